@@ -1,0 +1,4 @@
+"""Stage 1: audio → utterance embeddings in the HDF5 cache (see ``base`` for the registry)."""
+from exvo.extract.base import ExtractOptions, Extractor, get_extractor, names, register
+
+__all__ = ["ExtractOptions", "Extractor", "get_extractor", "names", "register"]

@@ -1,0 +1,176 @@
+"""Extractor interface and the one registry every extractor lives in.
+
+An extractor turns clips into utterance embeddings of shape ``(n_layers, dim)``
+(float32). Families register a factory under each public name::
+
+    @register("egemaps", "compare")
+    def _make(name: str, opts: ExtractOptions) -> Extractor: ...
+
+The CLI's ``--model`` choices are ``names()``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, ClassVar, Iterator, Sequence
+
+import numpy as np
+
+from exvo.corpus import AudioError, Corpus, load_audio
+
+
+@dataclass
+class ExtractOptions:
+    """User-facing extraction options; each family uses the ones that apply to it.
+
+    ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    ``precision``: ``fp32``, ``fp16`` or ``bf16`` (autocast; CUDA only for fp16).
+    ``batch_seconds``: audio seconds per padded batch on CUDA (length-bucketed).
+    ``workers``: worker processes (openSMILE) or decoding threads (SSL); 0 = all cores.
+    ``chunk_seconds``: SSL clips longer than this are processed in chunks with exact
+    pooled statistics.
+    ``checkpoint``: model id or local path for SSL models (``from_pretrained``).
+    """
+
+    checkpoint: str | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    batch_seconds: float = 120.0
+    workers: int = 0
+    chunk_seconds: float = 20.0
+    dtype: str = "float32"        # cache storage dtype: float32 or float16
+    seed: int = 0
+    train_epochs: int | None = None   # task CNNs: cap on training epochs (None = until lr < 1e-6)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ClipResult:
+    """One clip's outcome: ``embedding`` ``(n_layers, dim)`` float32, or ``error``."""
+
+    id: str
+    embedding: np.ndarray | None = None
+    error: str | None = None
+    seconds: float = 0.0           # audio duration, s
+    note: str | None = None        # non-fatal remark (e.g. "padded: 0.01 s < 0.25 s")
+
+
+class Extractor(ABC):
+    """Base class. Subclasses set ``name`` and implement :meth:`config` and :meth:`embed`.
+
+    Override :meth:`run` for batching or parallelism; the default decodes and embeds
+    one clip at a time and turns any per-clip exception into a :class:`ClipResult` error.
+    """
+
+    name: str
+    version: ClassVar[str] = "1"   # bump when the code changes the numbers
+
+    def prepare(self, corpus: Corpus, cache_dir: Path) -> None:
+        """Anything needed before :meth:`config` is final (e.g. train a task CNN)."""
+
+    @abstractmethod
+    def config(self) -> dict:
+        """JSON-able dict of everything that changes the numbers (stored in the cache)."""
+
+    @abstractmethod
+    def embed(self, wav: np.ndarray) -> np.ndarray:
+        """One clip: ``wav`` ``(n_samples,)`` float32 16 kHz → ``(n_layers, dim)`` float32."""
+
+    def feature_names(self) -> list[str] | None:
+        """Names of the ``dim`` features, when meaningful (openSMILE)."""
+        return None
+
+    def run(self, items: Sequence[tuple[str, Path]]) -> Iterator[ClipResult]:
+        """Embed ``(File_ID, path)`` pairs; yields one result per item, any order."""
+        for cid, path in items:
+            yield embed_one(self, cid, path)
+
+    def close(self) -> None:
+        """Release workers/devices."""
+
+
+def embed_one(ex: Extractor, cid: str, path: Path) -> ClipResult:
+    try:
+        wav = load_audio(path)
+    except AudioError as e:
+        return ClipResult(cid, error=e.reason)
+    try:
+        emb = ex.embed(wav)
+    except Exception as e:  # one bad clip must not stop the run
+        return ClipResult(cid, error=f"{type(e).__name__}: {e}", seconds=wav.size / 16000)
+    return ClipResult(cid, embedding=np.asarray(emb, dtype=np.float32), seconds=wav.size / 16000)
+
+
+def mean_std(frames: np.ndarray) -> np.ndarray:
+    """``(n_frames, dim)`` → ``(2*dim,)``: mean ‖ population std (ddof=0), float64 math."""
+    f = np.asarray(frames, dtype=np.float64)
+    return np.concatenate([f.mean(axis=0), f.std(axis=0)]).astype(np.float32)
+
+
+def hash_files(paths: Sequence[Path]) -> str:
+    """sha256 of file contents (for local weights in configs)."""
+    h = hashlib.sha256()
+    for p in sorted(Path(q) for q in paths):
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def config_json(cfg: dict) -> str:
+    return json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+
+
+Factory = Callable[[str, ExtractOptions], Extractor]
+_REGISTRY: dict[str, Factory] = {}
+_HELP: dict[str, str] = {}
+
+
+def register(*names: str, help: str = "") -> Callable[[Factory], Factory]:
+    """Register ``factory(name, opts)`` under each of ``names``."""
+    def deco(f: Factory) -> Factory:
+        for n in names:
+            if n in _REGISTRY:
+                raise ValueError(f"extractor {n!r} registered twice")
+            _REGISTRY[n] = f
+            _HELP[n] = help
+        return f
+    return deco
+
+
+def _load_families() -> None:
+    # importing the family modules runs their @register decorators
+    from exvo.extract import families  # noqa: F401
+
+
+def names() -> list[str]:
+    _load_families()
+    return sorted(_REGISTRY)
+
+
+def describe() -> dict[str, str]:
+    _load_families()
+    return dict(sorted(_HELP.items()))
+
+
+def get_extractor(name: str, opts: ExtractOptions | None = None) -> Extractor:
+    """Build a registered extractor; an unknown name lists the choices."""
+    _load_families()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown extractor {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](name, opts or ExtractOptions())
+
+
+class Timer:
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.t0

@@ -1,0 +1,157 @@
+"""ExVo Multi-Task metrics: CCC (two conventions), UAR, MAE and S_MTL.
+
+All functions take 1-D array-likes of equal length and return Python floats.
+
+CCC conventions
+---------------
+``population``  the textbook Lin (1989) form: means, variances and the covariance
+                all normalised by ``n``::
+
+                    ccc = 2 cov / (var_t + var_p + (mean_t - mean_p)**2)
+
+``challenge``   the official ExVo 2022 baseline code: the two variances are
+                normalised by ``n - 1`` while the covariance is normalised by ``n``.
+                It is therefore slightly *smaller* than the population CCC
+                (by about a factor ``(n-1)/n`` when the means agree).  This is the
+                default for ExVo reporting so numbers are comparable with the
+                published tables; unlike the official code we never round.
+
+A constant pair (both variances zero and equal means) has no defined CCC;
+we return 0.0 and warn, so a degenerate predictor scores as "no agreement"
+instead of raising ``ZeroDivisionError``.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Literal, Sequence
+
+import numpy as np
+
+EMOTIONS: tuple[str, ...] = (
+    "Awe", "Excitement", "Amusement", "Awkwardness", "Fear",
+    "Horror", "Distress", "Triumph", "Sadness", "Surprise",
+)
+"""The 10 ExVo emotions in the official order (used in submission files)."""
+
+COUNTRIES: tuple[str, ...] = ("China", "South Africa", "United States", "Venezuela")
+"""Country names by integer code 0-3."""
+
+CCCConvention = Literal["challenge", "population"]
+CCC_CONVENTIONS: tuple[str, ...] = ("challenge", "population")
+
+
+def _pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    t = np.asarray(y_true, dtype=np.float64).ravel()
+    p = np.asarray(y_pred, dtype=np.float64).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"y_true has {t.size} values but y_pred has {p.size}; they must match")
+    if t.size == 0:
+        raise ValueError("cannot score an empty set of predictions")
+    if not (np.isfinite(t).all() and np.isfinite(p).all()):
+        raise ValueError("y_true / y_pred contain NaN or inf; clean the predictions before scoring")
+    return t, p
+
+
+def ccc(y_true, y_pred, convention: CCCConvention = "challenge") -> float:
+    """Concordance correlation coefficient of two 1-D arrays, in [-1, 1].
+
+    ``convention`` is ``"challenge"`` (ExVo official: variances /(n-1),
+    covariance /n) or ``"population"`` (everything /n). See the module docstring.
+    """
+    if convention not in CCC_CONVENTIONS:
+        raise ValueError(f"unknown CCC convention {convention!r}; expected one of {CCC_CONVENTIONS}")
+    t, p = _pair(y_true, y_pred)
+    n = t.size
+    mt, mp = t.mean(), p.mean()
+    dt, dp = t - mt, p - mp
+    cov = float(np.mean(dt * dp))
+    if convention == "challenge":
+        if n < 2:
+            raise ValueError("the challenge CCC needs at least 2 values (variances use n-1)")
+        vt, vp = float(np.sum(dt**2) / (n - 1)), float(np.sum(dp**2) / (n - 1))
+    else:
+        vt, vp = float(np.mean(dt**2)), float(np.mean(dp**2))
+    denom = vt + vp + float(mt - mp) ** 2
+    if denom == 0.0:
+        warnings.warn("CCC undefined: both series are the same constant; returning 0.0", RuntimeWarning, stacklevel=2)
+        return 0.0
+    return 2.0 * cov / denom
+
+
+def mean_ccc(y_true, y_pred, convention: CCCConvention = "challenge") -> tuple[float, list[float]]:
+    """Mean CCC over columns of two ``(n_clips, n_emotions)`` arrays.
+
+    Returns ``(mean, per_column)``.
+    """
+    t = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(y_pred, dtype=np.float64)
+    if t.ndim != 2 or t.shape != p.shape:
+        raise ValueError(f"expected two (n_clips, n_emotions) arrays of equal shape, got {t.shape} and {p.shape}")
+    per = [ccc(t[:, j], p[:, j], convention) for j in range(t.shape[1])]
+    return float(np.mean(per)), per
+
+
+def uar(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
+    """Unweighted average recall (macro recall), in [0, 1].
+
+    Follows ``sklearn.metrics.recall_score(average="macro")`` as used by the
+    official baseline: the classes are those present in ``y_true`` or ``y_pred``;
+    a class that only occurs in the predictions has recall 0.
+    """
+    t = np.asarray(y_true).ravel()
+    p = np.asarray(y_pred).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"y_true has {t.size} labels but y_pred has {p.size}; they must match")
+    if t.size == 0:
+        raise ValueError("cannot score an empty set of predictions")
+    recalls = []
+    for c in np.union1d(t, p):
+        mask = t == c
+        recalls.append(float(np.mean(p[mask] == c)) if mask.any() else 0.0)
+    return float(np.mean(recalls))
+
+
+def mae(y_true, y_pred) -> float:
+    """Mean absolute error, in the unit of the inputs (years for age)."""
+    t, p = _pair(y_true, y_pred)
+    return float(np.mean(np.abs(t - p)))
+
+
+def s_mtl(ccc_value: float, uar_value: float, mae_value: float) -> float:
+    """ExVo multi-task score: harmonic-style mean ``3 / (1/CCC + 1/UAR + MAE)``.
+
+    Higher is better. Undefined when CCC <= 0 or UAR <= 0 (the reciprocals blow
+    up or flip sign); we then return 0.0 and emit a ``RuntimeWarning`` saying why.
+    """
+    if not (ccc_value > 0 and uar_value > 0):
+        warnings.warn(
+            f"S_MTL undefined for CCC={ccc_value:.4f}, UAR={uar_value:.4f} (both must be > 0); reporting 0.0",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return 0.0
+    return 3.0 / (1.0 / ccc_value + 1.0 / uar_value + mae_value)
+
+
+def score_all(
+    emo_true, emo_pred, country_true, country_pred, age_true, age_pred,
+    convention: CCCConvention = "challenge",
+) -> dict:
+    """All ExVo scores at once.
+
+    Shapes: emotions ``(n, 10)`` in the official order, country ``(n,)`` int
+    codes, age ``(n,)`` years. Returns a JSON-able dict with keys ``ccc``,
+    ``uar``, ``mae``, ``s_mtl``, ``ccc_per_emotion`` and ``ccc_convention``.
+    """
+    m, per = mean_ccc(emo_true, emo_pred, convention)
+    u = uar(country_true, country_pred)
+    a = mae(age_true, age_pred)
+    names = EMOTIONS if len(per) == len(EMOTIONS) else tuple(f"emo{j}" for j in range(len(per)))
+    return {
+        "ccc": m,
+        "uar": u,
+        "mae": a,
+        "s_mtl": s_mtl(m, u, a),
+        "ccc_per_emotion": dict(zip(names, per)),
+        "ccc_convention": convention,
+    }
