@@ -1,0 +1,98 @@
+"""Demo corpus generator and `exvo score` end to end."""
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from exvo.cli import app
+from exvo.corpus import Corpus
+from exvo.demo import make_demo_corpus
+from exvo.metrics import EMOTIONS
+from exvo.predictions import Predictions, PredictionError, score
+
+runner = CliRunner()
+
+
+def test_demo_corpus_is_deterministic(tmp_path):
+    a = make_demo_corpus(tmp_path / "a", speakers=8, clips_per_speaker=2, seed=5, progress=False)
+    b = make_demo_corpus(tmp_path / "b", speakers=8, clips_per_speaker=2, seed=5, progress=False)
+    assert (a / "data_info.csv").read_text() == (b / "data_info.csv").read_text()
+    assert (a / "wav" / "00003.wav").read_bytes() == (b / "wav" / "00003.wav").read_bytes()
+    c = Corpus.from_dir(a)
+    assert len(c) == 16 and set(c.splits) == {"Train", "Val", "Test"}
+
+
+def test_demo_corpus_labels_carry_acoustic_signal(small_demo_corpus_dir):
+    """The burst type drives emotions; its audio must differ (else the demo is noise)."""
+    from exvo.corpus import load_audio
+
+    c = Corpus.from_dir(small_demo_corpus_dir)
+    dur = np.array([load_audio(c.audio_path(i)).size / 16000 for i in c.ids])
+    assert 0.4 <= dur.min() and dur.max() <= 5.0
+    lab = c.emotions.copy()
+    lab[np.isnan(lab)] = 0
+    # cries (Distress/Sadness-dominant) are the longest bursts by construction
+    sad = lab[:, EMOTIONS.index("Sadness")] > 0.5
+    if sad.any() and (~sad).any():
+        assert dur[sad].mean() > dur[~sad].mean()
+
+
+def _perfect(c: Corpus, split: str) -> Predictions:
+    emo, cou, age = c.labels(split)
+    return Predictions(c.split_ids(split), emo, cou, age)
+
+
+def test_score_perfect_prediction(small_demo_corpus_dir, tmp_path):
+    c = Corpus.from_dir(small_demo_corpus_dir)
+    p = _perfect(c, "Val")
+    p.write(tmp_path / "val.csv")
+    res = runner.invoke(app, ["score", str(tmp_path / "val.csv"), "--data", str(small_demo_corpus_dir),
+                              "--convention", "population"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["ccc"] == pytest.approx(1.0) and out["uar"] == 1.0 and out["mae"] == 0.0
+    assert out["s_mtl"] == pytest.approx(1.5)
+    assert set(out["ccc_per_emotion"]) == set(EMOTIONS)
+    # the official (challenge) convention gives (n-1)/n for a perfect prediction
+    n = len(c.indices("Val"))
+    assert score(p, c, "Val")["ccc"] == pytest.approx((n - 1) / n)
+
+
+def test_score_test_split_uses_hidden_labels(small_demo_corpus_dir):
+    c = Corpus.from_dir(small_demo_corpus_dir)
+    assert score(_perfect(c, "Test"), c, "Test", "population")["uar"] == 1.0
+
+
+def test_score_rejects_missing_extra_ids_and_columns(small_demo_corpus_dir, tmp_path):
+    c = Corpus.from_dir(small_demo_corpus_dir)
+    p = _perfect(c, "Val")
+    short = Predictions(p.ids[1:] + ["[99999]"], p.emotions[:, :][1:].tolist() + [[0.5] * 10],
+                        p.country[1:].tolist() + [0], p.age[1:].tolist() + [30])
+    with pytest.raises(PredictionError, match=r"1 missing id\(s\) \[" + p.ids[0].replace("[", r"\[")):
+        score(short, c, "Val")
+    short.write(tmp_path / "bad.csv")
+    res = runner.invoke(app, ["score", str(tmp_path / "bad.csv"), "--data", str(small_demo_corpus_dir)])
+    assert res.exit_code == 2 and "extra id(s) [[99999]]" in res.output
+    (tmp_path / "cols.csv").write_text("File_ID,Country,Age,Awe\n[00000],1,30,0.5\n")
+    res = runner.invoke(app, ["score", str(tmp_path / "cols.csv"), "--data", str(small_demo_corpus_dir)])
+    assert res.exit_code == 2 and "missing ['Excitement'" in res.output
+
+
+def test_prediction_file_roundtrip(tmp_path):
+    rng = np.random.default_rng(0)
+    p = Predictions.from_proba(["[1]", "[2]", "[3]"], rng.random((3, 10)), rng.dirichlet(np.ones(4), 3), [20.5, 31.0, 44.25])
+    p.write(tmp_path / "p.csv")
+    p.write_proba(tmp_path / "pp.csv")
+    q = Predictions.read(tmp_path / "p.csv", tmp_path / "pp.csv")
+    assert q.ids == p.ids
+    np.testing.assert_array_equal(q.emotions, p.emotions)  # repr() keeps full float precision
+    np.testing.assert_array_equal(q.country_proba, p.country_proba)
+    np.testing.assert_array_equal(q.country, p.country)
+    assert (tmp_path / "p.csv").read_text().splitlines()[0] == "File_ID,Country,Age," + ",".join(EMOTIONS)
+
+
+def test_cli_help_lists_commands():
+    res = runner.invoke(app, ["--help"])
+    for cmd in ("extract", "learn", "fuse", "report", "score", "demo-corpus", "demo", "predict", "train-cnn"):
+        assert cmd in res.output
