@@ -1,7 +1,8 @@
 """``exvo`` command line: parses options, calls library functions, prints results.
 
 Exit codes: 0 success; 1 the command ran but some clips failed; 2 bad input or
-settings (the message says what to fix); 3 aborted by ``--max-failures``.
+settings (the message says what to fix); 3 aborted by ``--max-failures``; 130
+interrupted (Ctrl-C) during ``extract`` (finished clips are kept; rerun to resume).
 """
 from __future__ import annotations
 
@@ -140,7 +141,7 @@ def extract(
     list_models: bool = typer.Option(False, "--list", help="List the registered extractors and exit."),
 ):
     """Stage 1: extract utterance embeddings of every clip into the HDF5 cache (resumable)."""
-    from exvo.extract.base import ExtractOptions, describe, names
+    from exvo.extract.base import ExtractOptions, describe, find, names
     from exvo.extract.run import ExtractionAborted, extract as run_extract
 
     if list_models:
@@ -149,8 +150,9 @@ def extract(
         return
     if model is None:
         _fail(f"--model is required; choose one of: {', '.join(names())}")
-    if model not in names():
-        _fail(f"unknown extractor {model!r}; choose one of: {', '.join(names())}")
+    if model not in names() and find(model, cache) is None:
+        _fail(f"unknown extractor {model!r}; choose one of: {', '.join(names())} "
+              f"(or a CNN trained with `exvo train-cnn`, looked up in {cache}/models/)")
     corpus = load_corpus(data)
     opts = ExtractOptions(checkpoint=checkpoint, device=device, precision=precision, batch_seconds=batch_seconds,
                           workers=workers, dtype=dtype, train_epochs=epochs)
@@ -159,6 +161,8 @@ def extract(
                         progress=sys.stderr.isatty() or bool(os.environ.get("EXVO_PROGRESS")))
     except ExtractionAborted as e:
         _fail(str(e), code=3)
+    except KeyboardInterrupt:
+        _fail("interrupted; the clips finished so far are saved. Run the same command again to resume", code=130)
     for cid, note in s.notes:
         typer.echo(f"note {cid}: {note}")
     for cid, why in s.failures:

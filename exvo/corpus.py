@@ -155,13 +155,27 @@ class Corpus:
         path = Path(table) if table is not None else root / "data_info.csv"
         if not path.is_file():
             raise CorpusError(f"{path} not found; a corpus folder needs data_info.csv next to wav/")
+        header: list[str] = []
+        rows: list[dict[str, str]] = []
+        lines: list[int] = []       # CSV line number of each row (header = 1), for messages
+        ragged: list[int] = []
         try:
             with open(path, newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f)
-                header = [h.strip() for h in (reader.fieldnames or [])]
-                rows = [dict(zip(header, r.values())) for r in reader] if header else []
+                reader = csv.reader(f)
+                for cells in reader:
+                    if not header:
+                        header = [h.strip() for h in cells]
+                        continue
+                    if not cells or (len(cells) == 1 and not cells[0].strip()):
+                        continue  # blank line
+                    if len(cells) != len(header):
+                        ragged.append(reader.line_num)
+                    rows.append(dict(zip(header, cells + [""] * (len(header) - len(cells)))))
+                    lines.append(reader.line_num)
         except (UnicodeDecodeError, csv.Error) as e:
             raise CorpusError(f"{path} is not a readable UTF-8 CSV file ({e})") from None
+        except OSError as e:
+            raise CorpusError(f"{path} could not be read ({e.strerror or e}); check its permissions") from None
         missing_cols = [c for c in REQUIRED_COLUMNS if c not in header]
         if missing_cols:
             raise CorpusError(
@@ -175,32 +189,29 @@ class Corpus:
             raise CorpusError(f"{path} has a header but no rows")
         problems: list[str] = []
 
-        def bad(kind: str, lines: list[int], detail: str = ""):
-            if lines:
-                problems.append(f"{kind} on line(s) {_listing(lines)}{detail}")
+        def bad(kind: str, where: list[int], detail: str = ""):
+            if where:
+                problems.append(f"{kind} on line(s) {_listing(where)}{detail}")
 
-        # csv gives None for missing trailing cells and a list under key None for extra cells
-        ragged = [n + 2 for n, r in enumerate(rows) if None in r.values() or None in r]
-        bad("wrong number of cells", ragged)
-        rows = [{k: (v if isinstance(v, str) else "") for k, v in r.items() if k is not None} for r in rows]
+        bad(f"wrong number of cells (the header has {len(header)})", ragged)
 
         ids = [r["File_ID"].strip() for r in rows]
-        bad("empty File_ID", [n + 2 for n, i in enumerate(ids) if not i])
+        bad("empty File_ID", [lines[n] for n, i in enumerate(ids) if not i])
         seen: dict[str, int] = {}
         dups = []
         for n, i in enumerate(ids):
             if i and i in seen:
-                dups.append(f"{i} (lines {seen[i]} and {n + 2})")
-            seen.setdefault(i, n + 2)
+                dups.append(f"{i} (lines {seen[i]} and {lines[n]})")
+            seen.setdefault(i, lines[n])
         if dups:
             problems.append(f"duplicate File_ID: {_listing(dups)}")
-        bad_chars = [n + 2 for n, i in enumerate(ids) if i and ("/" in i or "\\" in i or "\x00" in i)]
+        bad_chars = [lines[n] for n, i in enumerate(ids) if i and ("/" in i or "\\" in i or "\x00" in i)]
         bad("File_ID with a path separator or NUL", bad_chars)
 
         splits = np.array([r["Split"].strip() for r in rows], dtype=object)
-        unknown = [n + 2 for n, s in enumerate(splits) if s not in SPLITS]
-        bad("unknown Split value", unknown,
-            f" (values {sorted({splits[k - 2] for k in unknown})[:5]}; expected one of {list(SPLITS)})")
+        unknown = [n for n, s in enumerate(splits) if s not in SPLITS]
+        bad("unknown Split value", [lines[n] for n in unknown],
+            f" (values {sorted({splits[n] for n in unknown})[:5]}; expected one of {list(SPLITS)})")
 
         def number(col: str, n: int) -> float:
             s = rows[n][col].strip()
@@ -217,19 +228,19 @@ class Corpus:
         cou_f = np.array([number("Country", n) for n in range(n_rows)], dtype=np.float64)
 
         for col, vals in [("Age", age), ("Country", cou_f)] + [(c, emo[:, j]) for j, c in enumerate(EMOTIONS)]:
-            bad(f"non-numeric {col}", [n + 2 for n in np.flatnonzero(np.isinf(vals))])
+            bad(f"non-numeric {col}", [lines[n] for n in np.flatnonzero(np.isinf(vals))])
         labelled = np.isin(splits, ("Train", "Val"))
         for col, vals in [("Age", age), ("Country", cou_f)] + [(c, emo[:, j]) for j, c in enumerate(EMOTIONS)]:
-            bad(f"missing {col} label in Train/Val", [n + 2 for n in np.flatnonzero(labelled & np.isnan(vals))])
+            bad(f"missing {col} label in Train/Val", [lines[n] for n in np.flatnonzero(labelled & np.isnan(vals))])
         fin_emo = np.isfinite(emo)
         bad("emotion intensity outside [0, 1]",
-            [n + 2 for n in np.flatnonzero((fin_emo & ((emo < 0) | (emo > 1))).any(axis=1))])
+            [lines[n] for n in np.flatnonzero((fin_emo & ((emo < 0) | (emo > 1))).any(axis=1))])
         fin_age = np.isfinite(age)
         bad(f"Age outside {AGE_RANGE} years",
-            [n + 2 for n in np.flatnonzero(fin_age & ((age < AGE_RANGE[0]) | (age > AGE_RANGE[1])))])
+            [lines[n] for n in np.flatnonzero(fin_age & ((age < AGE_RANGE[0]) | (age > AGE_RANGE[1])))])
         fin_cou = np.isfinite(cou_f)
         bad(f"Country not an integer code 0-{len(COUNTRIES) - 1}",
-            [n + 2 for n in np.flatnonzero(fin_cou & ~np.isin(cou_f, np.arange(len(COUNTRIES))))])
+            [lines[n] for n in np.flatnonzero(fin_cou & ~np.isin(cou_f, np.arange(len(COUNTRIES))))])
         if problems:
             raise CorpusError(f"{path} has problems:\n  - " + "\n  - ".join(problems))
 
@@ -243,35 +254,93 @@ class Corpus:
         )
 
 
+RATE_RANGE = (1_000, 768_000)
+"""Sample rates (Hz) accepted from a file header; others mean a damaged header."""
+_RIFF_PLACEHOLDERS = (0, 0xFFFFFFFF, 0x7FFFFFFF)
+"""``data`` chunk sizes that streaming recorders leave when they never rewrite the header."""
+
+
+def _wav_truncation(path: Path) -> str | None:
+    """For a RIFF/WAVE file, a reason if its ``data`` chunk is shorter than the header says.
+
+    libsndfile silently reads whatever frames remain, so a half-copied file would
+    otherwise yield half a burst without anyone noticing.
+    """
+    import struct
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return None
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(head):
+        tag, n = head[pos:pos + 4], struct.unpack("<I", head[pos + 4:pos + 8])[0]
+        if tag == b"data":
+            have = size - (pos + 8)
+            if n in _RIFF_PLACEHOLDERS or n <= have:
+                return None
+            return (f"file is truncated: its header declares {n} bytes of audio but only {have} are present "
+                    f"({100.0 * have / n:.0f} %); an incomplete copy? re-copy or re-export it")
+        pos += 8 + n + (n & 1)
+    return None
+
+
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Read a sound file as mono float32 at ``sample_rate`` Hz, shape ``(n_samples,)``.
 
     Multi-channel audio is averaged; other rates are resampled with soxr (HQ).
-    Raises :class:`AudioError` naming the file for a missing, empty, unreadable or
-    non-finite file. Silence is returned as is (it is valid audio).
+    Raises :class:`AudioError` naming the file for a missing, empty, unreadable,
+    truncated (WAV data shorter than its header declares) or non-finite file, or one
+    whose header gives an implausible sample rate. Silence is returned as is (it is
+    valid audio). Any other failure of the decoder is also an :class:`AudioError`.
     """
     import soundfile as sf
 
     path = Path(path)
     if not path.is_file():
         raise AudioError(path, "file not found; check the File_ID in data_info.csv and the wav/ folder")
-    if path.stat().st_size == 0:
-        raise AudioError(path, "file is empty (0 bytes); re-export or remove its row")
     try:
+        if path.stat().st_size == 0:
+            raise AudioError(path, "file is empty (0 bytes); re-export or remove its row")
+    except OSError as e:
+        raise AudioError(path, f"cannot be read ({e.strerror or e}); check its permissions") from None
+    try:
+        info = sf.info(str(path))
+        sr = int(info.samplerate)
+        if not RATE_RANGE[0] <= sr <= RATE_RANGE[1]:
+            raise AudioError(path, f"header gives an implausible sample rate of {sr} Hz (expected "
+                                   f"{RATE_RANGE[0]}-{RATE_RANGE[1]} Hz); the file is damaged, re-export it")
         x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except AudioError:
+        raise
+    except MemoryError:
+        raise AudioError(path, "header declares more audio than fits in memory; the file is damaged") from None
     except Exception as e:  # libsndfile raises several types for corrupt/non-audio files
         raise AudioError(path, f"not a readable audio file ({type(e).__name__}: {e}); re-export it as WAV") from None
-    if x.shape[0] == 0:
+    if x.shape[0] == 0 or x.shape[1] == 0:
         raise AudioError(path, "audio has no samples; re-export or remove its row")
+    trunc = _wav_truncation(path)
+    if trunc:
+        raise AudioError(path, trunc)
     if not np.isfinite(x).all():
         raise AudioError(path, "audio contains NaN or inf samples; re-export it from the source recording")
-    x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
+    # float64 accumulation: the mean of huge-but-finite float samples must not overflow
+    x = x.mean(axis=1, dtype=np.float64).astype(np.float32) if x.shape[1] > 1 else x[:, 0]
     if sr != sample_rate:
         import soxr
 
-        x = soxr.resample(x, sr, sample_rate, quality="HQ").astype(np.float32, copy=False)
+        try:
+            x = soxr.resample(x, sr, sample_rate, quality="HQ").astype(np.float32, copy=False)
+        except Exception as e:
+            raise AudioError(path, f"could not resample from {sr} Hz to {sample_rate} Hz ({e})") from None
         if x.size == 0:
             raise AudioError(path, f"audio too short to resample from {sr} Hz to {sample_rate} Hz")
+    if not np.isfinite(x).all():
+        raise AudioError(path, "audio samples are too large to process (overflow to inf); re-export it normalised")
     return np.ascontiguousarray(x, dtype=np.float32)
 
 

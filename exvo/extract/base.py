@@ -160,12 +160,36 @@ def describe() -> dict[str, str]:
     return dict(sorted(_HELP.items()))
 
 
-def get_extractor(name: str, opts: ExtractOptions | None = None) -> Extractor:
-    """Build a registered extractor; an unknown name lists the choices."""
+Resolver = Callable[[str, "Path | None"], "Factory | None"]
+_RESOLVERS: list[Resolver] = []
+
+
+def add_resolver(fn: Resolver) -> Resolver:
+    """Register ``fn(name, cache_dir) -> factory | None``, consulted for names outside the
+    registry (e.g. task CNNs a user trained, saved under ``<cache>/models/``)."""
+    _RESOLVERS.append(fn)
+    return fn
+
+
+def find(name: str, cache_dir: str | Path | None = None) -> Factory | None:
+    """The factory for ``name``: registered, else the first resolver that knows it, else None."""
     _load_families()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown extractor {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](name, opts or ExtractOptions())
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    for r in _RESOLVERS:
+        f = r(name, Path(cache_dir) if cache_dir is not None else None)
+        if f is not None:
+            return f
+    return None
+
+
+def get_extractor(name: str, opts: ExtractOptions | None = None, cache_dir: str | Path | None = None) -> Extractor:
+    """Build a registered (or resolvable, see :func:`add_resolver`) extractor; an unknown name lists the choices."""
+    f = find(name, cache_dir)
+    if f is None:
+        raise KeyError(f"unknown extractor {name!r}; choose one of: {', '.join(sorted(_REGISTRY))} "
+                       "(or a CNN trained with `exvo train-cnn`, found in <cache>/models/)")
+    return f(name, opts or ExtractOptions())
 
 
 class Timer:

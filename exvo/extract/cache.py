@@ -18,6 +18,17 @@ An interrupted run leaves its parts; the next run reads them and goes on. The fi
 file is written in corpus order from whatever parts exist, so it is byte-for-byte
 the same in ``features`` whether or not the run was interrupted.
 
+Parts are written every ``part_size`` clips or ``flush_seconds`` seconds, whichever
+comes first, so a kill costs at most that much work. Temporary files left by a killed
+write (``*.tmp<pid>``) are removed by the next writer, which holds the lock.
+Finalizing streams: it writes the ``.h5`` in blocks of about 64 MiB, reading rows from
+the old file and from the parts, so memory stays flat for a 12 GB SSL cache. A run that
+adds nothing (no parts, same ids) leaves the file untouched.
+
+Integrity. ``features`` carries fletcher32 checksums per chunk; the ids carry a sha256
+(attribute ``ids_sha256``) checked on opening. A damaged or truncated file raises
+:class:`CacheError` telling to rebuild it; it is never read as zeros.
+
 Concurrency. A writer holds an exclusive ``flock`` on ``<extractor>.lock``; a second
 writer is refused with a message naming the lock.
 """
@@ -29,6 +40,8 @@ import hashlib
 import json
 import os
 import re
+import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -36,6 +49,8 @@ import numpy as np
 
 FORMAT = "exvo-embeddings/1"
 TARGET_CHUNK_BYTES = 1 << 20
+FINALIZE_BLOCK_BYTES = 64 << 20
+"""Rows are copied into the final file in blocks of about this size (memory bound)."""
 
 
 class CacheError(RuntimeError):
@@ -79,6 +94,38 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
+def ids_digest(ids: Sequence[str]) -> str:
+    """sha256 of the ids in order (stored as ``ids_sha256``; HDF5 strings carry no checksum)."""
+    h = hashlib.sha256()
+    for i in ids:
+        h.update(i.encode("utf-8", "surrogatepass") + b"\0")
+    return h.hexdigest()
+
+
+def _damaged(path: Path, e: BaseException) -> CacheError:
+    return CacheError(
+        f"{path} is damaged (checksum or truncation: {type(e).__name__}: {e}); "
+        "delete it or rebuild with `exvo extract ... --overwrite`"
+    )
+
+
+def _lru_misses(seq: Sequence[int], capacity: int) -> int:
+    """Loads an LRU of ``capacity`` parts needs to serve part indices ``seq`` (negatives: not a part)."""
+    cache: OrderedDict[int, None] = OrderedDict()
+    misses = 0
+    for k in seq:
+        if k < 0:
+            continue
+        if k in cache:
+            cache.move_to_end(k)
+            continue
+        misses += 1
+        cache[k] = None
+        if len(cache) > capacity:
+            cache.popitem(last=False)
+    return misses
+
+
 def _config_diff(a: dict, b: dict) -> str:
     keys = sorted(set(a) | set(b))
     diffs = [f"{k}: cache={a.get(k, '<absent>')!r} requested={b.get(k, '<absent>')!r}"
@@ -112,15 +159,19 @@ class EmbeddingCache:
                 self.fingerprint = str(f.attrs["fingerprint"])
                 names = f.attrs.get("feature_names")
                 self.feature_names = json.loads(names) if names is not None else None
+                digest = f.attrs.get("ids_sha256")
         except CacheError:
             raise
-        except (OSError, KeyError, ValueError) as e:
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
             raise CacheError(
                 f"{self.path} is damaged or not an exvo cache ({type(e).__name__}: {e}); "
                 "delete it or rebuild with `exvo extract ... --overwrite`"
             ) from None
         if len(shape) != 3 or shape[0] != len(self.ids):
             raise CacheError(f"{self.path}: features shape {shape} does not fit {len(self.ids)} ids; rebuild it")
+        if digest is not None and str(digest) != ids_digest(self.ids):
+            raise CacheError(f"{self.path}: the stored ids do not match their checksum, so rows cannot be trusted; "
+                             "the file is damaged: rebuild it with `exvo extract ... --overwrite`")
         self.n_layers, self.dim = int(shape[1]), int(shape[2])
         self._pos = {i: k for k, i in enumerate(self.ids)}
 
@@ -145,11 +196,8 @@ class EmbeddingCache:
         try:
             with h5py.File(self.path, "r") as f:
                 return f["features"][sel]
-        except OSError as e:
-            raise CacheError(
-                f"{self.path} could not be read ({e}); the file is damaged (checksum or truncation). "
-                "Rebuild it with `exvo extract ... --overwrite`"
-            ) from None
+        except (OSError, RuntimeError, ValueError, KeyError) as e:
+            raise _damaged(self.path, e) from None
 
     def layer(self, layer: int = -1, ids: Sequence[str] | None = None, dtype=np.float32) -> np.ndarray:
         """``(len(ids), F)`` matrix of one layer (negative counts from the last), rows aligned to ``ids``.
@@ -184,9 +232,12 @@ class CacheWriter:
     """
 
     def __init__(self, path: str | Path, extractor: str, config: dict, *, overwrite: bool = False,
-                 dtype: str = "float32", part_size: int = 64, feature_names: list[str] | None = None):
+                 dtype: str = "float32", part_size: int = 64, feature_names: list[str] | None = None,
+                 flush_seconds: float = 60.0):
         if dtype not in ("float32", "float16"):
             raise ValueError(f"cache dtype must be float32 or float16, got {dtype!r}")
+        if part_size < 1:
+            raise ValueError(f"part_size must be >= 1 clip, got {part_size}")
         self.path = Path(path)
         self.extractor = extractor
         self.config = dict(config, storage_dtype=dtype)
@@ -194,6 +245,8 @@ class CacheWriter:
         self.overwrite = overwrite
         self.dtype = np.dtype(dtype)
         self.part_size = part_size
+        self.flush_seconds = flush_seconds
+        self._last_flush = 0.0
         self.feature_names = feature_names
         self.parts_dir = self.path.with_suffix(".parts")
         self.lock_path = self.path.with_suffix(".lock")
@@ -234,7 +287,13 @@ class CacheWriter:
     def __exit__(self, exc_type, exc, tb):
         try:
             if self._buf_ids:
-                self.flush()  # keep what was computed, even on Ctrl-C
+                try:
+                    self.flush()  # keep what was computed, even on Ctrl-C
+                except Exception:
+                    if exc_type is None:
+                        raise
+                    # already failing (e.g. disk full): the original error is the one to report;
+                    # the unflushed clips are simply extracted again on resume
         finally:
             self._release()
         return False
@@ -248,6 +307,12 @@ class CacheWriter:
     def _open_state(self) -> None:
         import shutil
 
+        # we hold the lock, so any temporary file is a leftover of a killed write
+        stale = list(self.path.parent.glob(f"{self.path.name}.tmp*"))
+        if self.parts_dir.is_dir():
+            stale += list(self.parts_dir.glob("*.tmp*"))
+        for t in stale:
+            t.unlink(missing_ok=True)
         if self.overwrite:
             shutil.rmtree(self.parts_dir, ignore_errors=True)
             self.path.unlink(missing_ok=True)
@@ -278,10 +343,11 @@ class CacheWriter:
             self._check_shape(feats.shape[1:])
             self.done.update(ids)
         self._next_part = 1 + max((int(p.stem.split("-")[1]) for p in self._part_files()), default=-1)
+        self._last_flush = time.monotonic()
 
     # ------------------------------------------------------------- parts
     def _part_files(self) -> list[Path]:
-        return sorted(self.parts_dir.glob("part-*.npz"))
+        return sorted(p for p in self.parts_dir.glob("part-*.npz") if re.fullmatch(r"part-\d+\.npz", p.name))
 
     @staticmethod
     def _load_part(p: Path) -> tuple[list[str], np.ndarray | None]:
@@ -325,7 +391,7 @@ class CacheWriter:
         self._buf_ids.append(cid)
         self._buf.append(e.astype(self.dtype))
         self.done.add(cid)
-        if len(self._buf_ids) >= self.part_size:
+        if len(self._buf_ids) >= self.part_size or time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:
@@ -339,58 +405,150 @@ class CacheWriter:
         self._atomic_write(self.parts_dir / f"part-{self._next_part:06d}.npz", bio.getvalue())
         self._next_part += 1
         self._buf_ids, self._buf = [], []
+        self._last_flush = time.monotonic()
 
     # ------------------------------------------------------------- finalize
     def finalize(self, order: Sequence[str], files: Sequence[Path]) -> Path:
         """Write the ``.h5`` from the old file + parts, rows in ``order`` (ids not done are skipped).
 
-        ``files`` are the audio files of ``order`` (for the fingerprint).
+        ``files`` are the audio files of ``order`` (for the fingerprint). Streams in blocks
+        of about :data:`FINALIZE_BLOCK_BYTES`; parts override rows of the old file.
         """
         import h5py
 
         self.flush()
-        chunks: dict[str, np.ndarray] = {}
-        if self.path.exists():
-            old = EmbeddingCache(self.path)
-            allf = old.all_layers(dtype=self.dtype)
-            chunks.update({i: allf[k] for k, i in enumerate(old.ids)})
         parts = self._part_files()
+        # where each clip's row lives: (-1, row) in the old file or (part index, row)
+        loc: dict[str, tuple[int, int]] = {}
+        old_ids: list[str] = []
+        if self.path.exists():
+            old_ids = EmbeddingCache(self.path).ids
+            loc.update((i, (-1, k)) for k, i in enumerate(old_ids))
+        part_paths: list[Path] = []
         for p in parts:
-            ids, feats = self._load_part(p)
-            if feats is not None:
-                chunks.update({i: feats[k] for k, i in enumerate(ids)})
-        ids = [i for i in order if i in chunks]
-        if not ids:
-            return self.path
+            try:
+                with np.load(p, allow_pickle=False) as z:
+                    pids = [str(x) for x in z["ids"]]
+            except Exception:
+                continue  # unreadable part: its clips are not cached and get extracted again
+            loc.update((i, (len(part_paths), k)) for k, i in enumerate(pids))
+            part_paths.append(p)
+        ids = [i for i in order if i in loc]
+        if not ids or (not part_paths and ids == old_ids):
+            return self.path      # nothing new: leave the file (possibly many GB) untouched
         L, F = self._shape
-        rows = max(1, min(len(ids), TARGET_CHUNK_BYTES // (F * self.dtype.itemsize)))
+        isz = self.dtype.itemsize
+        row_bytes = L * F * isz
+        rows = max(1, min(len(ids), TARGET_CHUNK_BYTES // (F * isz)))
+        block = rows * max(1, FINALIZE_BLOCK_BYTES // (rows * row_bytes))
+        part_rows = np.bincount([loc[i][0] for i in ids if loc[i][0] >= 0], minlength=len(part_paths))
+        capacity = max(2, FINALIZE_BLOCK_BYTES // max(1, int(part_rows.max(initial=1)) * row_bytes))
+        seq = [loc[i][0] for i in ids]
+        # Parts in about corpus order (one clip after another, or workers a few chunks apart)
+        # are read through a small LRU. Parts in another order (e.g. length-sorted batches)
+        # would make the LRU reload each part many times: their rows are first scattered
+        # into a raw staging file, one part at a time, then read back block by block.
+        staged = _lru_misses(seq, capacity) > 2 * len(part_paths) + 8
+        loaded: OrderedDict[int, np.ndarray] = OrderedDict()
+
+        def part_feats(k: int) -> np.ndarray:
+            if k not in loaded:
+                if len(loaded) >= capacity:
+                    loaded.popitem(last=False)
+                loaded[k] = self._load_part_checked(part_paths[k])
+            loaded.move_to_end(k)
+            return loaded[k]
+
         tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
+        stage = self.path.with_name(self.path.name + f".tmp{os.getpid()}.stage")
+        src = h5py.File(self.path, "r") if old_ids else None
+        sfd = None
         try:
+            if staged:
+                pos = {i: n for n, i in enumerate(ids)}
+                sfd = os.open(stage, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                for k in range(len(part_paths)):
+                    feats = self._load_part_checked(part_paths[k])
+                    for i, (kk, r) in ((i, loc[i]) for i in self._part_ids(part_paths[k])):
+                        if kk == k and i in pos:
+                            os.pwrite(sfd, feats[r].tobytes(), pos[i] * row_bytes)
+                    del feats
             with h5py.File(tmp, "w") as f:
                 f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
                 d = f.create_dataset("features", shape=(len(ids), L, F), dtype=self.dtype,
                                      chunks=(rows, 1, F), fletcher32=True)
-                for s in range(0, len(ids), 4096):
-                    d[s:s + 4096] = np.stack([chunks[i] for i in ids[s:s + 4096]])
+                for s in range(0, len(ids), block):
+                    bids = ids[s:s + block]
+                    if staged:
+                        buf = os.pread(sfd, len(bids) * row_bytes, s * row_bytes)
+                        buf += bytes(len(bids) * row_bytes - len(buf))   # a trailing hole reads short
+                        out = np.frombuffer(bytearray(buf), dtype=self.dtype).reshape(len(bids), L, F)
+                    else:
+                        out = np.empty((len(bids), L, F), dtype=self.dtype)
+                        for j, i in enumerate(bids):
+                            k, r = loc[i]
+                            if k >= 0:
+                                out[j] = part_feats(k)[r]
+                    from_old = [(j, loc[i][1]) for j, i in enumerate(bids) if loc[i][0] < 0]
+                    if from_old:
+                        self._copy_old(src["features"], from_old, out)
+                    d[s:s + len(bids)] = out
                 f.attrs["format"] = FORMAT
                 f.attrs["extractor"] = self.extractor
                 f.attrs["config"] = self.config_str
                 f.attrs["fingerprint"] = files_fingerprint(self.config_str, files)
+                f.attrs["ids_sha256"] = ids_digest(ids)
                 if self.feature_names is not None:
                     f.attrs["feature_names"] = json.dumps(self.feature_names)
+            if src is not None:
+                src.close()
+                src = None
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
             _fsync_dir(self.path.parent)
         except BaseException:
+            if src is not None:
+                src.close()
             tmp.unlink(missing_ok=True)
             raise
+        finally:
+            if sfd is not None:
+                os.close(sfd)
+            stage.unlink(missing_ok=True)
         # parts are removed only once the .h5 that contains them is safely in place
         for p in parts:
             p.unlink(missing_ok=True)
         if not self._part_files():
             self.discard_parts()
         return self.path
+
+    def _load_part_checked(self, p: Path) -> np.ndarray:
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                return z["features"].astype(self.dtype, copy=False)
+        except Exception as e:
+            raise CacheError(f"part {p} became unreadable while finalizing ({e}); "
+                             "run the extraction again (that part's clips are re-extracted)") from None
+
+    @staticmethod
+    def _part_ids(p: Path) -> list[str]:
+        with np.load(p, allow_pickle=False) as z:
+            return [str(x) for x in z["ids"]]
+
+    def _copy_old(self, dset, picks: list[tuple[int, int]], out: np.ndarray) -> None:
+        """``out[j] = dset[r]`` for ``(j, r)`` in ``picks``, reading a contiguous slab when rows are dense."""
+        rs = np.array([r for _, r in picks], dtype=np.int64)
+        js = np.array([j for j, _ in picks], dtype=np.int64)
+        lo, hi = int(rs.min()), int(rs.max()) + 1
+        try:
+            if hi - lo <= 2 * len(rs) + 64:
+                out[js] = dset[lo:hi][rs - lo]
+            else:
+                order = np.argsort(rs)
+                out[js[order]] = dset[np.unique(rs)][np.searchsorted(np.unique(rs), rs[order])]
+        except (OSError, RuntimeError, ValueError) as e:
+            raise _damaged(self.path, e) from None
 
     def discard_parts(self) -> None:
         import shutil

@@ -4,17 +4,29 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from exvo.corpus import Corpus
 from exvo.extract.base import ExtractOptions, Extractor, get_extractor
-from exvo.extract.cache import CacheWriter, cache_path
+from exvo.extract.cache import CacheError, CacheWriter, cache_path
 
 
 class ExtractionAborted(RuntimeError):
     """Too many clips failed (``--max-failures``); what was extracted is kept."""
+
+
+class _WriteFailed(Exception):
+    """Wraps an OSError raised while writing the cache (not while extracting)."""
+
+
+def _io(fn, *a, **k):
+    try:
+        return fn(*a, **k)
+    except OSError as e:
+        raise _WriteFailed(e) from e
 
 
 @dataclass
@@ -62,26 +74,33 @@ def parse_max_failures(value: str | float | int | None, n: int) -> int | None:
 def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = "cache",
             opts: ExtractOptions | None = None, *, overwrite: bool = False,
             max_failures: str | float | int | None = None, ids: Sequence[str] | None = None,
-            progress: bool = True) -> ExtractionSummary:
+            progress: bool = True, part_size: int = 64, flush_seconds: float = 60.0) -> ExtractionSummary:
     """Extract ``ids`` (default: every clip) of ``corpus`` into ``<cache>/<corpus>/<name>.h5``.
 
     Already cached clips are skipped (resume). Per-clip failures are collected, not raised;
     ``max_failures`` aborts early (raising :class:`ExtractionAborted`) once exceeded. The
     summary is also written to ``<name>.summary.json`` beside the cache.
+
+    Finished clips are saved every ``part_size`` clips or ``flush_seconds`` s (whichever
+    first), so a kill loses at most that much work. Ctrl-C keeps everything computed so
+    far. A write error (disk full, read-only folder) stops the run with a
+    :class:`~exvo.extract.cache.CacheError` saying what is kept; run again to resume.
     """
     from tqdm import tqdm
 
     opts = opts or ExtractOptions()
-    ex = get_extractor(extractor, opts) if isinstance(extractor, str) else extractor
+    ex = get_extractor(extractor, opts, cache_dir=cache_dir) if isinstance(extractor, str) else extractor
     t0 = time.perf_counter()
     ex.prepare(corpus, Path(cache_dir))
     want = list(ids) if ids is not None else list(corpus.ids)
     path = cache_path(cache_dir, corpus.name, ex.name)
     limit = parse_max_failures(max_failures, len(want))
     summary = ExtractionSummary(ex.name, str(path), len(want), 0, 0)
+    writer = CacheWriter(path, ex.name, ex.config(), overwrite=overwrite, dtype=opts.dtype,
+                         feature_names=ex.feature_names(), part_size=part_size, flush_seconds=flush_seconds)
     try:
-        with CacheWriter(path, ex.name, ex.config(), overwrite=overwrite, dtype=opts.dtype,
-                         feature_names=ex.feature_names()) as w:
+        with ExitStack() as stack:
+            w = _io(stack.enter_context, writer)   # opening may write too (lock, parts folder)
             todo = [(i, corpus.audio_path(i)) for i in want if i not in w.done]
             summary.n_cached_before = len(want) - len(todo)
             bar = tqdm(total=len(todo), desc=f"extract {ex.name}", unit="clip", disable=not progress,
@@ -100,8 +119,8 @@ def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = 
                             )
                     else:
                         try:
-                            w.add(r.id, r.embedding)
-                        except Exception as e:  # e.g. NaN embedding: report the clip, keep going
+                            _io(w.add, r.id, r.embedding)
+                        except CacheError as e:  # e.g. NaN embedding: report the clip, keep going
                             summary.failures.append((r.id, str(e)))
                         else:
                             summary.n_extracted += 1
@@ -114,11 +133,22 @@ def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = 
             finally:
                 bar.close()
                 ex.close()
-            w.finalize(order=corpus.ids, files=[corpus.audio_path(i) for i in corpus.ids])
+            _io(w.finalize, order=corpus.ids, files=[corpus.audio_path(i) for i in corpus.ids])
+    except _WriteFailed as wf:
+        # a write failed (disk full, quota, read-only): parts already on disk are whole
+        e = wf.__cause__
+        raise CacheError(
+            f"could not write the cache {path} ({getattr(e, 'strerror', None) or e}); the clips saved before "
+            f"this error are kept ({summary.n_cached_before + summary.n_extracted} of {summary.n_clips} were "
+            "done). Free disk space (or pass --cache DIR on another disk) and run the same command again to resume"
+        ) from e
     finally:
         summary.wall_seconds = time.perf_counter() - t0
         if path.parent.is_dir():
             tmp = path.with_suffix(f".summary.json.tmp{os.getpid()}")
-            tmp.write_text(json.dumps(asdict(summary), indent=1))
-            os.replace(tmp, path.with_suffix(".summary.json"))
+            try:
+                tmp.write_text(json.dumps(asdict(summary), indent=1))
+                os.replace(tmp, path.with_suffix(".summary.json"))
+            except OSError:  # the summary is also returned/printed; a full disk must not hide the real error
+                tmp.unlink(missing_ok=True)
     return summary

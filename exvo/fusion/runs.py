@@ -52,6 +52,29 @@ class Run:
         return load_split(self.path, split)
 
 
+def feature_specs(config: dict, resolved: bool = False) -> list[str]:
+    """The run's feature specs as given (``["wavlm@best", "egemaps"]``), [] when unknown.
+
+    ``config["features"]`` may hold spec strings or the learner's feature blocks
+    (dicts with ``spec``, ``name``, ``layer``, ``n_layers``). ``resolved=True`` appends the
+    layer a block resolved to when the spec did not name it: ``wavlm@best(=17)``.
+    """
+    feats = config.get("features")
+    if not isinstance(feats, list):
+        return []
+    out = []
+    for f in feats:
+        if isinstance(f, dict):
+            spec = str(f.get("spec") or f.get("name") or "?")
+            layer, n = f.get("layer"), f.get("n_layers")
+            if resolved and isinstance(n, int) and n > 1 and layer is not None and spec != f"{f.get('name')}@{layer}":
+                spec += f"(={layer})"
+            out.append(spec)
+        else:
+            out.append(str(f))
+    return out
+
+
 def _is_run(path: Path) -> bool:
     # hidden folders are our own half-written outputs; "report" is make_report's default output
     return path.is_dir() and not path.name.startswith(".") and (

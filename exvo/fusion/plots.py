@@ -1,0 +1,108 @@
+"""Report figures as PNG, drawn with matplotlib's object API (no pyplot, no GUI backend).
+
+Each function writes one file and returns its path; callers decide what to plot.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from exvo.metrics import COUNTRIES, EMOTIONS
+
+DPI = 120
+
+
+def _figure(w: float, h: float):
+    from matplotlib.figure import Figure
+
+    # Figure() without pyplot renders through the Agg canvas on savefig: safe headless
+    return Figure(figsize=(w, h), dpi=DPI, layout="constrained")
+
+
+def per_emotion_ccc(runs: list[tuple[str, dict[str, float]]], path: Path) -> Path:
+    """Grouped bars: per-emotion Val CCC (10 groups) of each ``(run name, {emotion: ccc})``."""
+    fig = _figure(11, 4.6)
+    ax = fig.add_subplot()
+    n = len(runs)
+    width = 0.8 / n
+    x = np.arange(len(EMOTIONS))
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    for k, (name, per) in enumerate(runs):
+        vals = [per.get(e, np.nan) for e in EMOTIONS]
+        ax.bar(x - 0.4 + width * (k + 0.5), vals, width, label=name, color=cmap(k % 10))
+    ax.set_xticks(x, EMOTIONS, rotation=30, ha="right")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_ylabel("CCC (Val)")
+    ax.set_title(f"Per-emotion CCC of the top {n} run{'s' if n > 1 else ''} (by S_MTL)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncols=min(n, 3), loc="upper left", bbox_to_anchor=(0, -0.25), frameon=False)
+    fig.savefig(path)
+    return path
+
+
+def country_confusion(true: np.ndarray, pred: np.ndarray, path: Path, title: str) -> Path:
+    """Row-normalised confusion matrix (rows: true country, cells: % of the row and count)."""
+    k = len(COUNTRIES)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (np.asarray(true, int), np.asarray(pred, int)), 1)
+    rows = cm.sum(axis=1, keepdims=True)
+    frac = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
+    fig = _figure(5.6, 4.8)
+    ax = fig.add_subplot()
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            label = f"{100 * frac[i, j]:.0f}%\n({cm[i, j]})" if rows[i, 0] else "–"   # no true clips of i
+            ax.text(j, i, label, ha="center", va="center", fontsize=9,
+                    color="white" if frac[i, j] > 0.55 else "black")
+    ax.set_xticks(range(k), COUNTRIES, rotation=20, ha="right")
+    ax.set_yticks(range(k), [c if rows[i, 0] else f"{c}\n(no clips)" for i, c in enumerate(COUNTRIES)])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, label="recall (row fraction)", shrink=0.85)
+    fig.savefig(path)
+    return path
+
+
+def age_scatter(true: np.ndarray, pred: np.ndarray, path: Path, title: str) -> Path:
+    """True vs predicted age (years) with the identity line."""
+    true = np.asarray(true, float)
+    pred = np.asarray(pred, float)
+    lo = float(min(true.min(), pred.min())) - 2
+    hi = float(max(true.max(), pred.max())) + 2
+    fig = _figure(5.2, 5.0)
+    ax = fig.add_subplot()
+    ax.plot([lo, hi], [lo, hi], color="gray", lw=1, ls="--", label="perfect")
+    ax.scatter(true, pred, s=10, alpha=0.5, edgecolors="none", label="Val clips")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+    ax.set_xlabel("true age (years)")
+    ax.set_ylabel("predicted age (years)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.savefig(path)
+    return path
+
+
+def layer_curves(groups: dict[str, list[tuple[int, float, float]]], path: Path) -> Path:
+    """S_MTL (mean ± std over seeds) against SSL layer, one line per ``{label: [(layer, mean, std)]}``."""
+    fig = _figure(7.5, 4.4)
+    ax = fig.add_subplot()
+    for label, pts in groups.items():
+        pts = sorted(pts)
+        x = [p[0] for p in pts]
+        ax.errorbar(x, [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", ms=4, capsize=3, label=label)
+    ax.set_xlabel("layer (0 = input embeddings)")
+    ax.set_ylabel("S_MTL (Val, mean ± std over seeds)")
+    ax.set_title("S_MTL per SSL layer")
+    ax.grid(alpha=0.3)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=8)
+    fig.savefig(path)
+    return path

@@ -1,0 +1,279 @@
+"""Feature specs and loading: cached embeddings → one standardised, early-fused matrix.
+
+A feature spec names a cache (one extractor) and, for multi-layer (SSL) caches, a layer::
+
+    egemaps          the only layer of an openSMILE cache
+    wavlm            the last layer
+    wavlm@12         layer 12 (0 = the input embeddings, as the model returns them)
+    wavlm@-2         the second-to-last layer
+    wavlm@best       the layer chosen by a closed-form ridge probe on Train → Val (see ``probe``)
+
+``--features a,b`` concatenates the sets column-wise (early fusion), rows aligned by ``File_ID``.
+
+Memory: the fused matrix ``(n_clips, sum of dims)`` float32 is allocated once; every
+set's layer is read once from HDF5 and copied into its column block, then the matrix is
+standardised in place (Train mean/std), so a 59,000 × 2,048 float32 matrix costs its
+own 480 MB plus one set's layer while loading.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from exvo.corpus import Corpus, _listing
+from exvo.extract.cache import CacheError, EmbeddingCache, cache_path
+
+_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)(?:@(?P<layer>-?\d+|best))?$")
+
+
+class FeatureError(CacheError):
+    """A feature spec or a feature cache cannot be used; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """``name`` of the cache (extractor); ``layer``: an int, ``"best"`` or None (= last)."""
+
+    name: str
+    layer: int | str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.name if self.layer is None else f"{self.name}@{self.layer}"
+
+
+def parse_spec(text: str) -> FeatureSpec:
+    """``"wavlm@12"`` → ``FeatureSpec("wavlm", 12)``; raises :class:`FeatureError` on bad input."""
+    s = str(text).strip()
+    m = _SPEC.match(s)
+    if not m:
+        raise FeatureError(
+            f"bad feature spec {text!r}: expected NAME, NAME@LAYER (an integer, negative counts from the last) "
+            "or NAME@best, where NAME is an extractor cached with `exvo extract --model NAME` "
+            "(e.g. egemaps, wavlm@12, hubert@best)"
+        )
+    layer = m.group("layer")
+    if layer is not None and layer != "best":
+        layer = int(layer)
+    return FeatureSpec(m.group("name"), layer)
+
+
+def parse_specs(texts: Sequence[str] | str) -> list[FeatureSpec]:
+    """Parse a list (or one comma-separated string) of specs; duplicates and empties are refused."""
+    if isinstance(texts, str):
+        texts = [t for t in texts.split(",")]
+    items = [t.strip() for t in texts]
+    if not items or any(not t for t in items):
+        raise FeatureError(f"empty feature spec in {list(texts)!r}; give e.g. --features egemaps or --features wavlm@12,egemaps")
+    specs = [parse_spec(t) for t in items]
+    names = [s.name for s in specs]
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        raise FeatureError(f"feature set(s) {dups} given more than once in {items}; each cache may appear once")
+    return specs
+
+
+@dataclass
+class FeatureBlock:
+    """One feature set as used in a run (recorded in ``config.json``)."""
+
+    spec: str                 # as given, e.g. "wavlm@best"
+    name: str                 # cache / extractor name
+    layer: int                # resolved layer index, 0..n_layers-1
+    layer_choice: str         # "only", "last", "given" or "best (ridge probe)"
+    n_layers: int
+    dim: int
+    cache: str
+    cache_config: dict
+    cache_fingerprint: str
+    probe: dict | None = None  # @best: {"layer_scores": {layer: s_mtl}, ...}
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class FeatureMatrix:
+    """``X`` ``(n_rows, dim)`` float32; ``ids`` of its rows; ``rows[split]`` indices into ``X``.
+
+    Rows are the corpus clips that every feature cache holds, in corpus order.
+    ``missing[split]`` lists clips of that split absent from at least one cache.
+    """
+
+    X: np.ndarray
+    ids: list[str]
+    rows: dict[str, np.ndarray]
+    blocks: list[FeatureBlock]
+    missing: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return int(self.X.shape[1])
+
+
+def extract_hint(name: str, corpus: Corpus, cache_dir: str | Path) -> str:
+    return f"`exvo extract --model {name} --data {corpus.root} --cache {cache_dir}`"
+
+
+def open_cache(spec: FeatureSpec | str, corpus: Corpus, cache_dir: str | Path) -> EmbeddingCache:
+    """Open the cache of one feature set; a missing cache names the command that makes it."""
+    name = spec.name if isinstance(spec, FeatureSpec) else str(spec)
+    path = cache_path(cache_dir, corpus.name, name)
+    if not path.is_file():
+        raise FeatureError(
+            f"no cache for feature set {name!r} of corpus {corpus.name!r} (looked for {path}); "
+            f"make it with {extract_hint(name, corpus, cache_dir)}"
+        )
+    return EmbeddingCache(path)
+
+
+def resolve_layer(spec: FeatureSpec, cache: EmbeddingCache) -> tuple[int | None, str]:
+    """``(layer index or None for @best, how it was chosen)``; out-of-range layers are refused."""
+    L = cache.n_layers
+    if spec.layer is None:
+        return L - 1, ("only" if L == 1 else "last")
+    if spec.layer == "best":
+        if L == 1:
+            return 0, "only"
+        return None, "best (ridge probe)"
+    k = int(spec.layer)
+    if not -L <= k < L:
+        raise FeatureError(
+            f"feature spec {spec.text!r}: layer {k} does not exist; the {spec.name} cache has {L} layer(s) "
+            f"(valid: 0..{L - 1}, or -1..-{L} from the end)"
+        )
+    return k % L, "given"
+
+
+def split_rows(corpus: Corpus, present: set[str], splits=("Train", "Val", "Test")):
+    """Row ids in corpus order that are present, their split indices, and the missing ids per split."""
+    ids = [i for i in corpus.ids if i in present]
+    pos = {i: k for k, i in enumerate(ids)}
+    rows, missing = {}, {}
+    for sp in splits:
+        want = corpus.split_ids(sp)
+        rows[sp] = np.array([pos[i] for i in want if i in pos], dtype=np.int64)
+        missing[sp] = [i for i in want if i not in pos]
+    return ids, rows, missing
+
+
+def load_features(corpus: Corpus, specs: Sequence[FeatureSpec], cache_dir: str | Path,
+                  echo: Callable[[str], None] = print, probe_fn=None, need_train: bool = True) -> FeatureMatrix:
+    """Read, align and concatenate the feature sets (raw, not yet standardised).
+
+    ``probe_fn(cache, corpus) -> (layer, info)`` resolves ``@best`` (see :mod:`exvo.learn.probe`).
+    """
+    caches = [open_cache(s, corpus, cache_dir) for s in specs]
+    present = set(corpus.ids)
+    for c in caches:
+        present &= set(c.ids)
+    ids, rows, missing = split_rows(corpus, present)
+    if need_train and rows["Train"].size == 0:
+        raise FeatureError(
+            f"no Train clip of {corpus.name} is in all of the caches {[c.path.name for c in caches]}; "
+            f"extract them first, e.g. {extract_hint(specs[0].name, corpus, cache_dir)}"
+        )
+    blocks: list[FeatureBlock] = []
+    for spec, c in zip(specs, caches):
+        layer, how = resolve_layer(spec, c)
+        info = None
+        if layer is None:
+            if probe_fn is None:
+                raise FeatureError(f"{spec.text}: @best needs a layer probe")
+            layer, info = probe_fn(c, corpus)
+            echo(f"{spec.text}: layer {layer} of {c.n_layers} chosen by a closed-form ridge probe "
+                 f"(Train → Val S_MTL; optimistic for Val) — scores: "
+                 + " ".join(f"{k}:{v:.3f}" for k, v in info["layer_scores"].items()))
+        blocks.append(FeatureBlock(spec.text, spec.name, int(layer), how, c.n_layers, c.dim, str(c.path),
+                                   c.config, c.fingerprint, info))
+    dim = sum(b.dim for b in blocks)
+    X: np.ndarray | None = None
+    off = 0
+    for b, c in zip(blocks, caches):
+        A = c.layer(b.layer)                       # (n_cache, F), cache order: one read
+        if c.ids == ids and len(blocks) == 1:
+            X = A if A.dtype == np.float32 and A.flags.c_contiguous else np.ascontiguousarray(A, np.float32)
+            break
+        if X is None:
+            X = np.empty((len(ids), dim), dtype=np.float32)
+        cpos = {i: k for k, i in enumerate(c.ids)}
+        src = np.fromiter((cpos[i] for i in ids), dtype=np.int64, count=len(ids))
+        for s in range(0, len(ids), 8192):        # chunks bound the temporary of the gather
+            X[s:s + 8192, off:off + b.dim] = A[src[s:s + 8192]]
+        off += b.dim
+        del A
+    if X is None:  # no clip of the corpus is in every cache
+        X = np.empty((0, dim), dtype=np.float32)
+    if not np.isfinite(X).all():
+        bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+        raise FeatureError(f"non-finite features for {len(bad)} clip(s): {_listing(ids[k] for k in bad)}; "
+                           "rebuild the cache with --overwrite")
+    return FeatureMatrix(X, ids, rows, blocks, missing)
+
+
+def report_missing(fm: FeatureMatrix, corpus: Corpus, cache_dir: str | Path, need: Sequence[str],
+                   echo: Callable[[str], None] = print) -> None:
+    """Train clips absent from a cache are dropped with a notice; absent ``need`` clips are an error."""
+    names = ", ".join(b.name for b in fm.blocks)
+    hint = " / ".join(extract_hint(b.name, corpus, cache_dir) for b in fm.blocks)
+    if fm.missing.get("Train"):
+        m = fm.missing["Train"]
+        echo(f"note: {len(m)} Train clip(s) are not in the cache(s) [{names}] (failed extraction?) and are "
+             f"left out of training: {_listing(m)}")
+    for sp in need:
+        m = fm.missing.get(sp) or []
+        if m:
+            raise FeatureError(
+                f"{len(m)} {sp} clip(s) are not in the cache(s) [{names}], so they cannot be predicted: "
+                f"{_listing(m)}. These clips failed extraction; see the extract summary "
+                f"(<cache>/<corpus>/<extractor>.summary.json), fix or replace their audio and run {hint} again "
+                "(it resumes and only extracts the missing clips)"
+            )
+
+
+class Scaler:
+    """Per-column standardisation fitted on Train rows only; applied in place.
+
+    ``mean``/``std`` ``(dim,)`` float64; constant columns get std 1 (they become 0).
+    """
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray):
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.std = np.asarray(std, dtype=np.float64)
+
+    @classmethod
+    def fit(cls, X: np.ndarray, rows: np.ndarray, chunk: int = 8192) -> "Scaler":
+        # chunked float64 sums: no copy of the Train rows, no float32 cancellation
+        n = len(rows)
+        s = np.zeros(X.shape[1]); ss = np.zeros(X.shape[1])
+        for k in range(0, n, chunk):
+            x = X[rows[k:k + chunk]].astype(np.float64)
+            s += x.sum(axis=0)
+            ss += (x * x).sum(axis=0)
+        mean = s / n
+        var = np.maximum(ss / n - mean * mean, 0.0)
+        std = np.sqrt(var)
+        std[std < 1e-8 * np.maximum(1.0, np.abs(mean))] = 1.0
+        return cls(mean, std)
+
+    def apply_(self, X: np.ndarray, chunk: int = 8192) -> np.ndarray:
+        """Standardise ``X`` in place (float32) and return it."""
+        m = self.mean.astype(np.float32); inv = (1.0 / self.std).astype(np.float32)
+        for k in range(0, X.shape[0], chunk):
+            blk = X[k:k + chunk]
+            blk -= m
+            blk *= inv
+        return X
+
+    def save(self, path: Path, **extra) -> None:
+        np.savez(path, mean=self.mean, std=self.std, **extra)
+
+    @classmethod
+    def load(cls, path: Path) -> tuple["Scaler", dict]:
+        with np.load(path) as z:
+            extra = {k: z[k] for k in z.files if k not in ("mean", "std")}
+            return cls(z["mean"], z["std"]), extra

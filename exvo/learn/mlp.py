@@ -1,0 +1,390 @@
+"""The ExVo multitask MLP, with every seed trained at once.
+
+Network (the official ExVo 2022 baseline, ``HumeAI/competitions`` ExVo-MultiTask ``models.py``)::
+
+    trunk   Linear(D, h1) → LayerNorm → LeakyReLU → Linear(h1, h2) → LayerNorm → LeakyReLU
+    heads   emotion  Linear(h2, hh) → LeakyReLU → Linear(hh, 10) → sigmoid
+            country  Linear(h2, hh) → LeakyReLU → Linear(hh, 4)    (logits)
+            age      Linear(h2, hh) → LeakyReLU → Linear(hh, 1)    (standardised years)
+
+``sys1`` is (h1, h2, hh) = (128, 64, 32), the baseline; ``sys2`` doubles it: (256, 128, 64).
+
+Loss (per batch of B clips, as the baseline's ``train.py``)::
+
+    L_emo = Σ_j mean_b (ŷ_bj − y_bj)²      the 10 per-emotion MSEs, summed
+    L_cou = mean_b CE(logits_b, country_b)
+    L_age = mean_b (â_b − a_b)²            (B,) vs (B,) on standardised age; the baseline
+                                           compares (B, 1) with (B,), which broadcasts to (B, B)
+    uncertainty:  Σ_i ½ exp(−s_i) L_i + ½ s_i   with learned s (= log σ²) initialised to −0.33,
+                  exactly the baseline's ``1/(2 exp(logsigma)) L + logsigma/2`` (Kendall et al. 2018)
+    mean:         (L_emo + L_cou + L_age) / 3
+
+Optimiser: Adam, lr 1e-3, L2 weight decay 1e-4 on every parameter (as the baseline's
+``torch.optim.Adam(..., weight_decay=0.0001)``), batch 8, up to 20 epochs. Early stopping
+(patience 5) on the Val *selection score* (S_MTL with CCC/UAR floored at 1e-3, see
+``targets.selection_score``), and the best epoch's weights are restored — the baseline
+monitors the weighted Val loss and keeps the last epoch.
+
+Seeds. Seed ``k`` draws its initial weights from ``torch.Generator().manual_seed(2k)`` and
+its batch order from ``manual_seed(2k + 1)`` (one ``randperm`` per epoch). All S seeds
+live in one set of tensors with a leading seed dimension, ``(S, ...)``, inside one flat
+buffer; forward and backward are written out by hand with ``torch.bmm`` (no autograd
+graph per step) and one fused Adam step updates every seed. Seeds never interact (Adam is
+elementwise), so training S seeds together equals training them one by one; each seed
+keeps its own best-epoch snapshot and stops counting when its patience runs out (the
+loop ends once every seed has stopped).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from exvo.learn.targets import N_COUNTRIES, selection_score
+
+ARCHS = {"sys1": (128, 64, 32), "sys2": (256, 128, 64)}
+N_EMO = 10
+HEADS = (("emo", N_EMO), ("cou", N_COUNTRIES), ("age", 1))
+SLOPE = 0.01        # LeakyReLU default
+LN_EPS = 1e-5       # LayerNorm default
+S_INIT = -0.33      # the baseline's initial log-variances
+LOSSES = ("uncertainty", "mean")
+
+
+@dataclass
+class MLPConfig:
+    """Training settings. ``eval_batch``: rows per chunk when predicting (memory bound only)."""
+
+    arch: str = "sys2"
+    loss: str = "uncertainty"
+    epochs: int = 20
+    patience: int = 5
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    eval_batch: int = 4096
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown MLP arch {self.arch!r}; choose one of {sorted(ARCHS)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {LOSSES}")
+        for k in ("epochs", "patience", "batch_size"):
+            if int(getattr(self, k)) < 1:
+                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+
+
+def param_shapes(dim: int, arch: str) -> dict[str, tuple[int, ...]]:
+    """Per-seed parameter shapes; weights are stored (in, out). Order = flat-buffer order."""
+    h1, h2, hh = ARCHS[arch]
+    shapes = {"w1": (dim, h1), "b1": (h1,), "g1": (h1,), "e1": (h1,),
+              "w2": (h1, h2), "b2": (h2,), "g2": (h2,), "e2": (h2,),
+              # the three heads' first layers side by side: columns [emo | cou | age]
+              "hw": (h2, 3 * hh), "hb": (3 * hh,)}
+    for name, k in HEADS:
+        shapes[f"{name}_w"] = (hh, k)
+        shapes[f"{name}_b"] = (k,)
+    shapes["s"] = (3,)
+    return shapes
+
+
+def init_seed(dim: int, arch: str, seed: int) -> dict[str, torch.Tensor]:
+    """Initial weights of one seed (nn.Linear's default U(±1/√fan_in), LayerNorm 1/0, s = −0.33)."""
+    g = torch.Generator().manual_seed(2 * int(seed))
+    h1, h2, hh = ARCHS[arch]
+
+    def u(shape, fan_in):
+        b = 1.0 / math.sqrt(fan_in)
+        return torch.rand(shape, generator=g, dtype=torch.float32) * (2 * b) - b
+
+    p = {"w1": u((dim, h1), dim), "b1": u((h1,), dim), "g1": torch.ones(h1), "e1": torch.zeros(h1),
+         "w2": u((h1, h2), h1), "b2": u((h2,), h1), "g2": torch.ones(h2), "e2": torch.zeros(h2)}
+    hw, hb = [], []
+    for _ in HEADS:
+        hw.append(u((h2, hh), h2)); hb.append(u((hh,), h2))
+    p["hw"], p["hb"] = torch.cat(hw, 1), torch.cat(hb)
+    for name, k in HEADS:
+        p[f"{name}_w"] = u((hh, k), hh)
+        p[f"{name}_b"] = u((k,), hh)
+    p["s"] = torch.full((3,), S_INIT)
+    return p
+
+
+class SeedStack:
+    """Parameters of S seeds: one flat buffer, named ``(S, *shape)`` views into it."""
+
+    def __init__(self, dim: int, arch: str, n_seeds: int, device="cpu"):
+        self.dim, self.arch, self.S = dim, arch, n_seeds
+        self.shapes = param_shapes(dim, arch)
+        sizes = {k: n_seeds * math.prod(s) for k, s in self.shapes.items()}
+        self.flat = torch.zeros(sum(sizes.values()), device=device)
+        self.p = self._views(self.flat)
+
+    def _views(self, buf: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, off = {}, 0
+        for k, s in self.shapes.items():
+            n = self.S * math.prod(s)
+            out[k] = buf[off:off + n].view(self.S, *s)
+            off += n
+        return out
+
+    @classmethod
+    def from_seeds(cls, dim: int, arch: str, seeds, device="cpu") -> "SeedStack":
+        st = cls(dim, arch, len(seeds), device)
+        for j, sd in enumerate(seeds):
+            for k, v in init_seed(dim, arch, sd).items():
+                st.p[k][j].copy_(v)
+        return st
+
+    def state_dict(self) -> dict:
+        return {"dim": self.dim, "arch": self.arch, "S": self.S, "flat": self.flat.detach().cpu().clone()}
+
+    @classmethod
+    def from_state(cls, state: dict, device="cpu") -> "SeedStack":
+        st = cls(int(state["dim"]), state["arch"], int(state["S"]), device)
+        st.flat.copy_(state["flat"].to(device))
+        return st
+
+    def seed(self, j: int) -> dict[str, torch.Tensor]:
+        return {k: v[j] for k, v in self.p.items()}
+
+
+def _ln(z: torch.Tensor, g: torch.Tensor, e: torch.Tensor):
+    mu = z.mean(-1, keepdim=True)
+    zc = z - mu
+    r = torch.rsqrt((zc * zc).mean(-1, keepdim=True) + LN_EPS)
+    n = zc * r
+    return torch.addcmul(e.unsqueeze(1), n, g.unsqueeze(1)), n, r
+
+
+def _ln_back(dy, n, r, g):
+    dn = dy * g.unsqueeze(1)
+    return r * (dn - dn.mean(-1, keepdim=True) - n * (dn * n).mean(-1, keepdim=True))
+
+
+def _lrelu(y):
+    return torch.nn.functional.leaky_relu(y, SLOPE)
+
+
+def _lrelu_back(dy, y):
+    # the kernel autograd uses for LeakyReLU: dy where y > 0, else SLOPE * dy
+    return torch.ops.aten.leaky_relu_backward(dy, y, SLOPE, False)
+
+
+def forward(p: dict[str, torch.Tensor], x: torch.Tensor, z1: torch.Tensor | None = None, keep: bool = False):
+    """``x`` ``(S, B, D)`` (or precomputed ``z1`` ``(S, B, h1)``) → emotions ``(S,B,10)`` in [0,1],
+    country logits ``(S,B,4)``, standardised age ``(S,B)``; with ``keep`` also the activations."""
+    if z1 is None:
+        z1 = torch.baddbmm(p["b1"].unsqueeze(1), x, p["w1"])
+    y1, n1, r1 = _ln(z1, p["g1"], p["e1"])
+    a1 = _lrelu(y1)
+    y2, n2, r2 = _ln(torch.baddbmm(p["b2"].unsqueeze(1), a1, p["w2"]), p["g2"], p["e2"])
+    a2 = _lrelu(y2)
+    u = torch.baddbmm(p["hb"].unsqueeze(1), a2, p["hw"])
+    h = _lrelu(u)
+    hh = h.shape[-1] // 3
+    outs = [torch.baddbmm(p[f"{name}_b"].unsqueeze(1), h[..., j * hh:(j + 1) * hh], p[f"{name}_w"])
+            for j, (name, _) in enumerate(HEADS)]
+    emo = torch.sigmoid(outs[0])
+    res = (emo, outs[1], outs[2][..., 0])
+    if keep:
+        return res, dict(y1=y1, n1=n1, r1=r1, a1=a1, y2=y2, n2=n2, r2=r2, a2=a2, u=u, h=h)
+    return res
+
+
+def task_losses(emo, logits, age, ye, yc, ya):
+    """Per-seed ``(S, 3)`` losses [L_emo, L_cou, L_age] (definitions in the module docstring)."""
+    B = emo.shape[1]
+    le = ((emo - ye) ** 2).sum((1, 2)) / B
+    lc = (torch.logsumexp(logits, -1) - logits.gather(-1, yc.unsqueeze(-1)).squeeze(-1)).mean(1)
+    la = ((age - ya) ** 2).mean(1)
+    return torch.stack([le, lc, la], 1)
+
+
+def task_weights(s: torch.Tensor, loss: str) -> torch.Tensor:
+    """``(S, 3)`` weights w_i of L_i in the combined loss."""
+    return 0.5 * torch.exp(-s) if loss == "uncertainty" else torch.full_like(s, 1.0 / 3.0)
+
+
+def loss_and_grad(st: SeedStack, grad: dict[str, torch.Tensor], x, ye, yc, ya, loss: str) -> torch.Tensor:
+    """Fill ``grad`` (views shaped like ``st.p``) with d(combined loss)/d(params) of every seed.
+
+    ``x`` ``(S, B, D)``, ``ye`` ``(S, B, 10)``, ``yc`` ``(S, B)`` int64, ``ya`` ``(S, B)``.
+    Returns the per-seed combined loss ``(S,)``. Hand-written backward of :func:`forward`.
+    """
+    p = st.p
+    (emo, logits, age), a = forward(p, x, keep=True)
+    B = x.shape[1]
+    L = task_losses(emo, logits, age, ye, yc, ya)
+    w = task_weights(p["s"], loss)
+    if loss == "uncertainty":
+        total = (w * L).sum(1) + 0.5 * p["s"].sum(1)
+        grad["s"].copy_(0.5 - w * L)
+    else:
+        total = (w * L).sum(1)
+        grad["s"].zero_()
+    we, wc, wa = (w[:, k].view(-1, 1, 1) for k in range(3))
+    d_emo = (2.0 / B) * we * (emo - ye) * emo * (1 - emo)
+    d_cou = torch.softmax(logits, -1)
+    d_cou.scatter_add_(-1, yc.unsqueeze(-1), torch.full_like(d_cou[..., :1], -1.0))   # softmax − one-hot
+    d_cou *= wc / B
+    d_age = ((2.0 / B) * wa[..., 0] * (age - ya)).unsqueeze(-1)
+    h, u = a["h"], a["u"]
+    hh = h.shape[-1] // 3
+    dhs = []
+    for j, ((name, _), d) in enumerate(zip(HEADS, (d_emo, d_cou, d_age))):
+        torch.bmm(h[..., j * hh:(j + 1) * hh].transpose(1, 2), d, out=grad[f"{name}_w"])
+        torch.sum(d, 1, out=grad[f"{name}_b"])
+        dhs.append(torch.bmm(d, p[f"{name}_w"].transpose(1, 2)))
+    du = _lrelu_back(torch.cat(dhs, -1), u)
+    torch.bmm(a["a2"].transpose(1, 2), du, out=grad["hw"])
+    torch.sum(du, 1, out=grad["hb"])
+    dy2 = _lrelu_back(torch.bmm(du, p["hw"].transpose(1, 2)), a["y2"])
+    torch.sum(dy2 * a["n2"], 1, out=grad["g2"])
+    torch.sum(dy2, 1, out=grad["e2"])
+    dz2 = _ln_back(dy2, a["n2"], a["r2"], p["g2"])
+    torch.bmm(a["a1"].transpose(1, 2), dz2, out=grad["w2"])
+    torch.sum(dz2, 1, out=grad["b2"])
+    dy1 = _lrelu_back(torch.bmm(dz2, p["w2"].transpose(1, 2)), a["y1"])
+    torch.sum(dy1 * a["n1"], 1, out=grad["g1"])
+    torch.sum(dy1, 1, out=grad["e1"])
+    dz1 = _ln_back(dy1, a["n1"], a["r1"], p["g1"])
+    torch.bmm(x.transpose(1, 2), dz1, out=grad["w1"])
+    torch.sum(dz1, 1, out=grad["b1"])
+    return total
+
+
+@torch.no_grad()
+def predict(st: SeedStack, X: torch.Tensor, rows: torch.Tensor | np.ndarray, eval_batch: int = 4096):
+    """Every seed's outputs for ``X[rows]``: emotions ``(S,n,10)``, country probabilities
+    ``(S,n,4)``, standardised age ``(S,n)`` (float32 numpy). Rows are read in chunks; the
+    first layer of all seeds is one GEMM ``(chunk, D) @ (D, S*h1)``."""
+    p = st.p
+    S, D, h1 = p["w1"].shape
+    w1cat = p["w1"].permute(1, 0, 2).reshape(D, S * h1)
+    b1cat = p["b1"].reshape(S * h1)
+    rows = torch.as_tensor(np.asarray(rows), dtype=torch.long)
+    emo, pro, age = [], [], []
+    for k in range(0, len(rows), eval_batch):
+        x = X[rows[k:k + eval_batch].to(X.device)]
+        z1 = torch.addmm(b1cat, x, w1cat).view(-1, S, h1).transpose(0, 1)
+        e, c, a = forward(p, None, z1=z1)
+        emo.append(e); pro.append(torch.softmax(c, -1)); age.append(a)
+    cat = lambda xs, shape: (torch.cat(xs, 1) if xs else torch.zeros(shape)).cpu().numpy()
+    return cat(emo, (S, 0, N_EMO)), cat(pro, (S, 0, N_COUNTRIES)), cat(age, (S, 0))
+
+
+@dataclass
+class MLPFit:
+    """Result of :func:`train_mlp`. ``history[e]`` = per-seed Val selection score after epoch e+1."""
+
+    stack: SeedStack
+    seeds: list[int]
+    best_epoch: list[int]
+    best_score: list[float]
+    history: list[list[float]] = field(default_factory=list)
+    train_loss: list[list[float]] = field(default_factory=list)
+    epochs_run: int = 0
+    seconds_per_epoch: list[float] = field(default_factory=list)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked but torch sees no CUDA GPU; use --device cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; choose auto, cpu or cuda")
+    return torch.device(device)
+
+
+def train_mlp(X: np.ndarray | torch.Tensor, train_rows: np.ndarray, val_rows: np.ndarray,
+              emotions: np.ndarray, country: np.ndarray, age_z: np.ndarray, age_mean: float, age_std: float,
+              seeds, cfg: MLPConfig, device: str = "cpu", echo: Callable[[str], None] | None = None,
+              progress: bool = False) -> MLPFit:
+    """Train one model per seed on ``X[train_rows]``, early-stopping on ``X[val_rows]``.
+
+    ``X`` ``(n, D)`` float32 (not copied: the tensor shares its memory); labels are indexed
+    by the same rows: ``emotions`` ``(n, 10)``, ``country`` ``(n,)``, ``age_z`` ``(n,)``
+    standardised with ``age_mean``/``age_std`` (years). Returns the best-epoch weights.
+    """
+    from tqdm import tqdm
+
+    dev = resolve_device(device)
+    seeds = [int(s) for s in seeds]
+    S = len(seeds)
+    Xt = torch.from_numpy(X) if isinstance(X, np.ndarray) else X
+    Xt = Xt.to(dev)
+    E = torch.as_tensor(np.nan_to_num(emotions), dtype=torch.float32, device=dev)
+    C = torch.as_tensor(np.where(country < 0, 0, country), dtype=torch.long, device=dev)
+    A = torch.as_tensor(np.nan_to_num(age_z), dtype=torch.float32, device=dev)
+    tr = torch.as_tensor(train_rows, dtype=torch.long, device=dev)
+    D = Xt.shape[1]
+    st = SeedStack.from_seeds(D, cfg.arch, seeds, dev)
+    gflat = torch.zeros_like(st.flat)
+    grad = st._views(gflat)
+    opt = torch.optim.Adam([st.flat], lr=cfg.lr, weight_decay=cfg.weight_decay,
+                           **({"fused": True} if _fused_ok(dev) else {}))
+    st.flat.grad = gflat
+    best = st.flat.detach().clone()
+    best_views = st._views(best)
+    gens = [torch.Generator().manual_seed(2 * s + 1) for s in seeds]
+    val_e, val_c, val_a = emotions[val_rows], country[val_rows], age_z[val_rows] * age_std + age_mean
+    fit = MLPFit(st, seeds, [0] * S, [-math.inf] * S)
+    bad = [0] * S
+    n, B = len(train_rows), cfg.batch_size
+    threads = torch.get_num_threads()
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        perm = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(dev)
+        order = tr[perm]                                        # (S, n) rows of X
+        losses = torch.zeros(S, device=dev)
+        # a batch-8 step is far too small to split across threads: OpenMP hand-offs cost more
+        # than they save (and stall badly on a shared CPU), so steps run single-threaded
+        if dev.type == "cpu":
+            torch.set_num_threads(1)
+        try:
+            with torch.no_grad():
+                for k in tqdm(range(0, n, B), disable=not progress, desc=f"epoch {epoch + 1}", leave=False):
+                    r = order[:, k:k + B]
+                    losses += loss_and_grad(st, grad, Xt[r], E[r], C[r], A[r], cfg.loss) * r.shape[1]
+                    opt.step()
+        finally:
+            torch.set_num_threads(threads)
+        emo, pro, age = predict(st, Xt, val_rows, cfg.eval_batch)
+        scores = [selection_score(val_e, emo[j], val_c, pro[j].argmax(1), val_a, age[j] * age_std + age_mean)
+                  for j in range(S)]
+        improved = [j for j in range(S) if bad[j] < cfg.patience and scores[j] > fit.best_score[j]]
+        for j in range(S):
+            if j in improved:
+                fit.best_score[j], fit.best_epoch[j], bad[j] = scores[j], epoch + 1, 0
+                for k, v in st.p.items():
+                    best_views[k][j].copy_(v[j])
+            elif bad[j] < cfg.patience:
+                bad[j] += 1
+        fit.history.append(scores)
+        fit.train_loss.append((losses / n).tolist())
+        fit.epochs_run = epoch + 1
+        fit.seconds_per_epoch.append(time.perf_counter() - t0)
+        if echo:
+            echo(f"  epoch {epoch + 1:2d}: Val score " + " ".join(f"{s:.3f}" for s in scores)
+                 + f"  ({fit.seconds_per_epoch[-1]:.1f} s)")
+        if all(b >= cfg.patience for b in bad):
+            break
+    st.flat.grad = None
+    with torch.no_grad():
+        st.flat.copy_(best)
+    return fit
+
+
+def _fused_ok(dev: torch.device) -> bool:
+    # fused Adam exists on CPU since torch 2.4; older torches fall back to the default
+    try:
+        torch.optim.Adam([torch.zeros(1, device=dev, requires_grad=True)], fused=True)
+        return True
+    except (RuntimeError, TypeError, ValueError):
+        return False

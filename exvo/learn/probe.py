@@ -1,0 +1,64 @@
+"""``@best``: choose an SSL layer with a closed-form ridge probe (Train → Val).
+
+For every layer: standardise with Train statistics, fit one multi-output ridge regression
+to ``[10 emotions, one-hot country (4), standardised age]`` and score its Val predictions
+by the selection S_MTL (emotions clipped to [0, 1], country = argmax of its 4 outputs, age in
+years). A grid of 5 ridge strengths costs one eigendecomposition per layer (of XᵀX when
+dim ≤ n_train, else of XXᵀ). The layer with the best Val score wins — an optimistic choice
+for Val numbers, as any selection on Val is.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from exvo.corpus import Corpus
+from exvo.extract.cache import EmbeddingCache
+from exvo.learn.features import Scaler
+from exvo.learn.targets import N_COUNTRIES, make_targets, selection_score
+
+ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+"""Ridge strengths relative to n_train (the mean eigenvalue of XᵀX for standardised X)."""
+
+
+def ridge_val_scores(Xtr: np.ndarray, Ytr: np.ndarray, Xva: np.ndarray, alphas=ALPHAS) -> list[np.ndarray]:
+    """Val predictions ``(n_val, T)`` of ridge fits for each alpha (X standardised on Train, Y any)."""
+    Xtr = Xtr.astype(np.float64); Xva = Xva.astype(np.float64)
+    ymean = Ytr.mean(axis=0)
+    Yc = Ytr - ymean
+    n, d = Xtr.shape
+    if d <= n:
+        e, V = np.linalg.eigh(Xtr.T @ Xtr)
+        A = Xva @ V
+        B = V.T @ (Xtr.T @ Yc)
+    else:  # dual (kernel) form: same solution, n × n instead of d × d
+        e, U = np.linalg.eigh(Xtr @ Xtr.T)
+        A = (Xva @ Xtr.T) @ U
+        B = U.T @ Yc
+    e = np.maximum(e, 0.0)
+    return [A @ (B / (e + a * n)[:, None]) + ymean for a in alphas]
+
+
+def probe_layers(cache: EmbeddingCache, corpus: Corpus) -> tuple[int, dict]:
+    """``(best layer, {"layer_scores": {layer: score}, "alpha": {layer: alpha}})``."""
+    ids = [i for i in corpus.ids if i in set(cache.ids)]
+    pos = {i: k for k, i in enumerate(ids)}
+    rows = {sp: np.array([pos[i] for i in corpus.split_ids(sp) if i in pos], dtype=np.int64)
+            for sp in ("Train", "Val", "Test")}
+    if rows["Val"].size < 2:
+        raise ValueError(f"@best needs labelled Val clips in {cache.path.name}; found {rows['Val'].size}")
+    t = make_targets(corpus, ids, rows)
+    tr, va = rows["Train"], rows["Val"]
+    Y = np.concatenate([t.emotions[tr], np.eye(N_COUNTRIES)[t.country[tr]], t.age_z[tr, None]], axis=1)
+    scores, alphas = {}, {}
+    for layer in range(cache.n_layers):
+        X = cache.layer(layer, ids)
+        Scaler.fit(X, tr).apply_(X)
+        best = (-1.0, None)
+        for a, P in zip(ALPHAS, ridge_val_scores(X[tr], Y, X[va])):
+            s = selection_score(t.emotions[va], np.clip(P[:, :10], 0, 1), t.country[va],
+                                P[:, 10:10 + N_COUNTRIES].argmax(1), t.age[va], P[:, -1] * t.age_std + t.age_mean)
+            if s > best[0]:
+                best = (s, a)
+        scores[layer], alphas[layer] = round(best[0], 5), best[1]
+    layer = max(scores, key=lambda k: scores[k])
+    return layer, {"method": "ridge probe, Train → Val selection S_MTL", "layer_scores": scores, "alpha": alphas}

@@ -1,0 +1,120 @@
+"""XGBoost learner: one booster per subtask and seed.
+
+* emotions: one multi-output regressor (``multi_strategy="multi_output_tree"``: each tree
+  predicts all 10 intensities), squared error, predictions clipped to [0, 1];
+* country: ``multi:softprob`` over the 4 countries;
+* age: squared-error regression on standardised age, reported in years.
+
+Early stopping (``early_stopping_rounds``) watches a speaker-disjoint 10 % of Train that is
+held out from fitting (the same speakers for every seed). Seeds change only the row and
+column subsampling (``subsample``/``colsample_bytree`` 0.8, ``random_state=seed``).
+Defaults are modest (≤ 300 trees of depth 4, learning rate 0.1) so that demo runs are quick.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from exvo.learn.targets import N_COUNTRIES
+
+TASKS = ("emo", "cou", "age")
+
+
+@dataclass
+class XGBConfig:
+    n_estimators: int = 300
+    max_depth: int = 4
+    learning_rate: float = 0.1
+    subsample: float = 0.8
+    colsample_bytree: float = 0.8
+    early_stopping_rounds: int = 20
+    holdout: float = 0.1          # fraction of Train speakers held out for early stopping
+    holdout_seed: int = 0
+    device: str = "cpu"           # cpu | cuda
+    n_jobs: int = 0               # 0 = all cores
+
+
+def holdout_split(train_rows: np.ndarray, speakers: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Speaker-disjoint ``(fit rows, early-stopping rows)`` of ``train_rows``.
+
+    ``speakers`` ``(len(train_rows),)``. At least one speaker is held out and one kept.
+    """
+    spk = np.unique(speakers)
+    if spk.size < 2:
+        raise ValueError("XGBoost early stopping needs at least 2 Train speakers for a speaker-disjoint hold-out")
+    rng = np.random.default_rng(seed)
+    k = min(spk.size - 1, max(1, int(round(frac * spk.size))))
+    held = set(rng.choice(spk, size=k, replace=False).tolist())
+    mask = np.array([s in held for s in speakers])
+    return train_rows[~mask], train_rows[mask]
+
+
+def _params(cfg: XGBConfig, seed: int) -> dict:
+    return dict(n_estimators=cfg.n_estimators, max_depth=cfg.max_depth, learning_rate=cfg.learning_rate,
+                subsample=cfg.subsample, colsample_bytree=cfg.colsample_bytree, tree_method="hist",
+                device=cfg.device, random_state=int(seed), early_stopping_rounds=cfg.early_stopping_rounds,
+                n_jobs=cfg.n_jobs or None)
+
+
+def train_xgb(X: np.ndarray, fit_rows: np.ndarray, stop_rows: np.ndarray, emotions: np.ndarray,
+              country: np.ndarray, age_z: np.ndarray, seeds, cfg: XGBConfig,
+              echo: Callable[[str], None] | None = None) -> list[dict]:
+    """Fit the three boosters for every seed. Returns ``[{"emo": model, "cou": ..., "age": ...,
+    "best_iteration": {...}}]`` per seed. Labels are indexed by the rows of ``X``."""
+    import xgboost as xgb
+
+    present = np.unique(country[fit_rows])
+    if present.size != N_COUNTRIES or not np.array_equal(present, np.arange(N_COUNTRIES)):
+        # multi:softprob needs every class in the fitted rows to keep 4 outputs
+        raise ValueError(f"the XGBoost fit rows contain countries {present.tolist()}; all of 0-{N_COUNTRIES - 1} "
+                         "are needed (too few Train speakers?)")
+    Xf, Xs = X[fit_rows], X[stop_rows]
+    out = []
+    for seed in seeds:
+        p = _params(cfg, seed)
+        m_emo = xgb.XGBRegressor(multi_strategy="multi_output_tree", **p)
+        m_emo.fit(Xf, emotions[fit_rows], eval_set=[(Xs, emotions[stop_rows])], verbose=False)
+        m_cou = xgb.XGBClassifier(objective="multi:softprob", num_class=N_COUNTRIES, **p)
+        m_cou.fit(Xf, country[fit_rows], eval_set=[(Xs, country[stop_rows])], verbose=False)
+        m_age = xgb.XGBRegressor(**p)
+        m_age.fit(Xf, age_z[fit_rows], eval_set=[(Xs, age_z[stop_rows])], verbose=False)
+        best = {t: int(getattr(m, "best_iteration", cfg.n_estimators - 1)) for t, m in zip(TASKS, (m_emo, m_cou, m_age))}
+        if echo:
+            echo(f"  seed {seed}: best iterations " + ", ".join(f"{k} {v}" for k, v in best.items()))
+        out.append({"emo": m_emo, "cou": m_cou, "age": m_age, "best_iteration": best})
+    return out
+
+
+def predict_xgb(models: list[dict], X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(emotions (S,n,10), country probabilities (S,n,4), standardised age (S,n))``."""
+    emo = np.stack([np.clip(m["emo"].predict(X), 0.0, 1.0).reshape(len(X), -1) for m in models])
+    pro = np.stack([m["cou"].predict_proba(X) for m in models])
+    age = np.stack([m["age"].predict(X) for m in models])
+    return emo.astype(np.float32), pro.astype(np.float32), age.astype(np.float32)
+
+
+def save_xgb(models: list[dict], folder: Path, seeds, cfg: XGBConfig) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed, m in zip(seeds, models):
+        for t in TASKS:
+            m[t].save_model(folder / f"xgb_seed{seed}_{t}.ubj")
+    (folder / "xgb.json").write_text(json.dumps({"seeds": list(seeds), "config": asdict(cfg),
+                                                 "best_iteration": [m["best_iteration"] for m in models]}, indent=1))
+
+
+def load_xgb(folder: Path) -> list[dict]:
+    import xgboost as xgb
+
+    meta = json.loads((folder / "xgb.json").read_text())
+    out = []
+    for seed in meta["seeds"]:
+        m = {}
+        for t in TASKS:
+            m[t] = xgb.XGBClassifier() if t == "cou" else xgb.XGBRegressor()
+            m[t].load_model(folder / f"xgb_seed{seed}_{t}.ubj")
+        out.append(m)
+    return out

@@ -1,0 +1,385 @@
+"""Stage 2 learners: feature specs, loading, the vectorised-seed MLP, XGBoost, run folders.
+
+Caches are written directly with CacheWriter for a hand-made corpus whose labels are
+known functions of a latent vector ``z`` (the features carry ``z``), so the right answers
+are known without running any extractor.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from exvo.corpus import Corpus
+from exvo.extract.cache import CacheMismatch, CacheWriter, cache_path
+from exvo.learn import mlp, reference
+from exvo.learn.api import LearnConfig, learn, predict_run
+from exvo.learn.features import (FeatureError, FeatureSpec, Scaler, load_features, parse_spec,
+                                 parse_specs, report_missing)
+from exvo.learn.mlp import MLPConfig
+from exvo.learn.probe import probe_layers
+from exvo.metrics import EMOTIONS
+from exvo.predictions import Predictions, load_split
+
+torch.set_num_threads(1)
+N_SPK, PER_SPK, ZDIM = 40, 20, 4
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def make_corpus(root, seed=0, n_spk=N_SPK, per_spk=PER_SPK):
+    """Corpus whose labels are known functions of a latent ``z`` (returned, rows in CSV order)."""
+    rng = np.random.default_rng(seed)
+    n = n_spk * per_spk
+    z = rng.normal(size=(n, ZDIM))
+    we = np.random.default_rng(100).normal(size=(ZDIM, 10))
+    emo = _sigmoid(1.5 * z @ we / math.sqrt(ZDIM))
+    country = np.argmax(z @ np.random.default_rng(101).normal(size=(ZDIM, 4)), axis=1)
+    age = np.clip(35 + 10 * z[:, 0], 1, 120).round(1)
+    splits = ["Train"] * (n_spk // 2) + ["Val"] * (n_spk // 4) + ["Test"] * (n_spk - n_spk // 2 - n_spk // 4)
+    root.mkdir(parents=True, exist_ok=True)
+    ids = [f"[{k:05d}]" for k in range(n)]
+    with open(root / "data_info.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["File_ID", "Split", "Subject_ID", "Country", "Age", "Country_string", *EMOTIONS])
+        for k in range(n):
+            sp = splits[k // per_spk]
+            lab = [country[k], age[k], "x", *emo[k]] if sp != "Test" else ["", "", "", *[""] * 10]
+            w.writerow([ids[k], sp, f"Speaker_{k // per_spk}", *lab])
+    return Corpus.from_dir(root), z
+
+
+def write_cache(cache_dir, corpus, name, feats, config=None, skip=()):
+    """``feats`` ``(n, L, F)`` in corpus order; ids in ``skip`` are left out (failed clips)."""
+    path = cache_path(cache_dir, corpus.name, name)
+    with CacheWriter(path, name, config or {"extractor": name, "v": 1}) as w:
+        for i, x in zip(corpus.ids, feats):
+            if i not in skip:
+                w.add(i, np.asarray(x, np.float32))
+        w.finalize(order=corpus.ids, files=[])
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A corpus + caches: ``lin`` (z and noise, 1 layer), ``noise`` (1 layer), ``ssl3`` (3 layers, z in layer 1)."""
+    tmp = tmp_path_factory.mktemp("learn")
+    corpus, z = make_corpus(tmp / "corp")
+    rng = np.random.default_rng(7)
+    n = len(corpus)
+    lin = np.concatenate([z * 3.0 + 1.0, rng.normal(size=(n, 4))], 1)[:, None, :]
+    noise = rng.normal(size=(n, 1, 6))
+    ssl = rng.normal(size=(n, 3, 8))
+    ssl[:, 1, :ZDIM] = z
+    cache = tmp / "cache"
+    write_cache(cache, corpus, "lin", lin)
+    write_cache(cache, corpus, "noise", noise)
+    write_cache(cache, corpus, "ssl3", ssl)
+    return {"corpus": corpus, "z": z, "cache": cache, "tmp": tmp, "lin": lin[:, 0], "noise": noise[:, 0]}
+
+
+def _quick(**kw):
+    base = dict(features=["lin"], learner="mlp", arch="sys1", seeds=2, epochs=12, patience=4, batch_size=8,
+                device="cpu")
+    base.update(kw)
+    return LearnConfig(**base)
+
+
+# ------------------------------------------------------------------ feature specs
+def test_parse_spec_forms():
+    assert parse_spec("wavlm") == FeatureSpec("wavlm", None)
+    assert parse_spec("wavlm@12") == FeatureSpec("wavlm", 12)
+    assert parse_spec(" hubert@-2 ") == FeatureSpec("hubert", -2)
+    assert parse_spec("wavlm@best") == FeatureSpec("wavlm", "best")
+    assert [s.text for s in parse_specs("egemaps,wavlm@3")] == ["egemaps", "wavlm@3"]
+
+
+@pytest.mark.parametrize("bad", ["wavlm@", "wavlm@x", "wavlm@1@2", "@3", "wav lm", "wavlm@best2", "a/b"])
+def test_bad_spec_is_explained(bad):
+    with pytest.raises(FeatureError, match=r"bad feature spec .*expected NAME, NAME@LAYER"):
+        parse_spec(bad)
+
+
+def test_empty_and_duplicate_specs_refused():
+    with pytest.raises(FeatureError, match="empty feature spec"):
+        parse_specs("egemaps,,compare")
+    with pytest.raises(FeatureError, match=r"\['wavlm'\] given more than once"):
+        parse_specs(["wavlm@3", "wavlm@4"])
+
+
+def test_missing_cache_names_the_extract_command(world, tmp_path):
+    with pytest.raises(FeatureError, match=r"no cache for feature set 'egemaps'.*exvo extract --model egemaps --data "):
+        learn(world["corpus"], _quick(features=["lin", "egemaps"]), cache_dir=world["cache"], runs_dir=tmp_path)
+
+
+def test_layer_out_of_range_and_layer_on_single_layer_cache(world):
+    c = world["corpus"]
+    with pytest.raises(FeatureError, match=r"layer 3 does not exist; the ssl3 cache has 3 layer\(s\)"):
+        load_features(c, [FeatureSpec("ssl3", 3)], world["cache"])
+    with pytest.raises(FeatureError, match=r"layer 1 does not exist; the lin cache has 1 layer"):
+        load_features(c, [FeatureSpec("lin", 1)], world["cache"])
+
+
+def test_early_fusion_aligns_by_id_and_resolves_layers(world, tmp_path):
+    c = world["corpus"]
+    # a cache written in reverse order must still line up row by row with the others
+    rev = tmp_path / "cache"
+    write_cache(rev, c, "lin", world["lin"][:, None])
+    feats = world["noise"][::-1, None]
+    path = cache_path(rev, c.name, "noise")
+    with CacheWriter(path, "noise", {"v": 1}) as w:
+        for i, x in zip(c.ids[::-1], feats):
+            w.add(i, x.astype(np.float32))
+        w.finalize(order=c.ids[::-1], files=[])
+    write_cache(rev, c, "ssl3", np.zeros((len(c), 3, 2)) + np.arange(3)[None, :, None])
+    fm = load_features(c, parse_specs("lin,noise,ssl3@-2"), rev)
+    assert fm.X.shape == (len(c), 8 + 6 + 2)
+    np.testing.assert_array_equal(fm.X[:, :8], world["lin"].astype(np.float32))
+    np.testing.assert_array_equal(fm.X[:, 8:14], world["noise"].astype(np.float32))
+    assert np.all(fm.X[:, 14:] == 1.0)          # ssl3@-2 is layer 1
+    assert [b.layer for b in fm.blocks] == [0, 0, 1]
+    assert load_features(c, parse_specs("ssl3"), rev).blocks[0].layer == 2    # plain name = last layer
+
+
+def test_scaler_uses_train_rows_only(world):
+    fm = load_features(world["corpus"], [FeatureSpec("lin")], world["cache"])
+    raw = fm.X.copy()
+    tr = fm.rows["Train"]
+    sc = Scaler.fit(fm.X, tr)
+    np.testing.assert_allclose(sc.mean, raw[tr].astype(np.float64).mean(0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(sc.std, raw[tr].astype(np.float64).std(0), rtol=1e-5)
+    out = sc.apply_(fm.X)
+    assert out is fm.X                           # in place, no copy
+    np.testing.assert_allclose(fm.X[tr].mean(0), 0, atol=1e-5)
+    assert abs(fm.X[fm.rows["Val"]].mean()) > 1e-4  # Val is not re-centred
+
+
+def test_best_layer_probe_finds_the_informative_layer(world):
+    layer, info = probe_layers(__import__("exvo.extract.cache", fromlist=["x"]).EmbeddingCache(
+        cache_path(world["cache"], world["corpus"].name, "ssl3")), world["corpus"])
+    assert layer == 1
+    s = info["layer_scores"]
+    assert s[1] > 2 * max(s[0], s[2])
+
+
+# ------------------------------------------------------------------ missing clips
+def test_missing_clips_are_reported(world, tmp_path):
+    c = world["corpus"]
+    tr_missing = c.split_ids("Train")[:3]
+    va_missing = c.split_ids("Val")[:2]
+    write_cache(tmp_path, c, "lin", world["lin"][:, None], skip=tr_missing)
+    fm = load_features(c, [FeatureSpec("lin")], tmp_path)
+    msgs = []
+    report_missing(fm, c, tmp_path, need=["Val"], echo=msgs.append)
+    assert "3 Train clip(s) are not in the cache(s) [lin]" in msgs[0] and tr_missing[0] in msgs[0]
+    assert fm.rows["Train"].size == len(c.split_ids("Train")) - 3
+    write_cache(tmp_path / "b", c, "lin", world["lin"][:, None], skip=va_missing)
+    with pytest.raises(FeatureError, match=r"2 Val clip\(s\) are not in the cache\(s\) \[lin\].*exvo extract --model lin"):
+        learn(c, _quick(), cache_dir=tmp_path / "b", runs_dir=tmp_path / "runs")
+
+
+# ------------------------------------------------------------------ MLP
+def _arrays(world):
+    fm = load_features(world["corpus"], [FeatureSpec("lin")], world["cache"])
+    from exvo.learn.targets import make_targets
+
+    t = make_targets(world["corpus"], fm.ids, fm.rows)
+    Scaler.fit(fm.X, fm.rows["Train"]).apply_(fm.X)
+    return fm, t
+
+
+def test_manual_backward_matches_autograd(world):
+    fm, t = _arrays(world)
+    for loss in ("uncertainty", "mean"):
+        st = mlp.SeedStack.from_seeds(fm.dim, "sys1", [3, 4])
+        g = torch.zeros_like(st.flat)
+        gv = st._views(g)
+        r = torch.as_tensor(fm.rows["Train"][:16].reshape(2, 8))
+        X = torch.from_numpy(fm.X)
+        E, C, A = torch.from_numpy(t.emotions), torch.from_numpy(t.country), torch.from_numpy(t.age_z)
+        total = mlp.loss_and_grad(st, gv, X[r], E[r], C[r], A[r], loss)
+        for j in range(2):
+            m = reference.MultiTaskMLP(fm.dim, "sys1").load_seed(st.seed(j))
+            e, c, a = m(X[r[j]])
+            L = torch.stack([((e - E[r[j]]) ** 2).mean(0).sum(), torch.nn.functional.cross_entropy(c, C[r[j]]),
+                             ((a - A[r[j]]) ** 2).mean()])
+            ref = (0.5 * torch.exp(-m.s) * L + 0.5 * m.s).sum() if loss == "uncertainty" else L.mean()
+            ref.backward()
+            assert abs(ref.item() - total[j].item()) < 1e-5
+            torch.testing.assert_close(m.trunk[0].weight.grad.T, gv["w1"][j], atol=1e-6, rtol=1e-4)
+            torch.testing.assert_close(m.trunk[1].weight.grad, gv["g1"][j], atol=1e-6, rtol=1e-4)
+            torch.testing.assert_close(m.heads[2][2].weight.grad.T, gv["age_w"][j], atol=1e-6, rtol=1e-4)
+            if loss == "uncertainty":
+                torch.testing.assert_close(m.s.grad, gv["s"][j], atol=1e-6, rtol=1e-4)
+
+
+def _train(fm, t, seeds, cfg):
+    return mlp.train_mlp(fm.X, fm.rows["Train"], fm.rows["Val"], t.emotions, t.country, t.age_z,
+                         t.age_mean, t.age_std, seeds, cfg)
+
+
+def test_vectorised_seeds_equal_one_by_one_and_the_plain_loop(world):
+    fm, t = _arrays(world)
+    cfg = MLPConfig(arch="sys1", epochs=3, patience=5)
+    both = _train(fm, t, [5, 6, 7], cfg)
+    va = fm.rows["Val"]
+    X = torch.from_numpy(fm.X)
+    together = mlp.predict(both.stack, X, va)
+    for j, s in enumerate([5, 6, 7]):
+        alone = _train(fm, t, [s], cfg)
+        assert alone.best_epoch[0] == both.best_epoch[j]
+        one = mlp.predict(alone.stack, X, va)
+        for a, b in zip(together, one):
+            np.testing.assert_allclose(a[j], b[0], atol=2e-5)
+        model, info = reference.train_plain(fm.X, fm.rows["Train"], va, t.emotions, t.country, t.age_z,
+                                            t.age_mean, t.age_std, s, cfg)
+        assert info["best_epoch"] == both.best_epoch[j]
+        np.testing.assert_allclose(info["history"], [h[j] for h in both.history], atol=1e-4)
+        for a, b in zip(together, reference.predict_plain(model, fm.X, va)):
+            np.testing.assert_allclose(a[j], b, atol=1e-4)
+
+
+def test_restores_the_best_epoch(world):
+    """Val labels that oppose Train's: Val gets worse as training goes on."""
+    fm, t = _arrays(world)
+    va = fm.rows["Val"]
+    t.emotions[va] = 1.0 - t.emotions[va]
+    t.country[va] = (t.country[va] + 2) % 4
+    t.age[va] = 2 * t.age_mean - t.age[va]
+    az = ((t.age - t.age_mean) / t.age_std).astype(np.float32)
+    cfg = MLPConfig(arch="sys1", epochs=10, patience=3)
+    fit = mlp.train_mlp(fm.X, fm.rows["Train"], va, t.emotions, t.country, az, t.age_mean, t.age_std, [0, 1], cfg)
+    hist = np.array(fit.history)                               # (epochs_run, seeds)
+    assert fit.epochs_run == max(fit.best_epoch) + cfg.patience < cfg.epochs   # stopped early ...
+    for j in range(2):
+        k = fit.best_epoch[j]
+        assert k == int(np.argmax(hist[:, j])) + 1 and k < fit.epochs_run
+        # ... and the restored weights are exactly those after epoch k
+        again = mlp.train_mlp(fm.X, fm.rows["Train"], va, t.emotions, t.country, az, t.age_mean, t.age_std,
+                              [fit.seeds[j]], MLPConfig(arch="sys1", epochs=k, patience=99))
+        torch.testing.assert_close(again.stack.seed(0)["w1"], fit.stack.seed(j)["w1"], atol=1e-6, rtol=0)
+        torch.testing.assert_close(again.stack.seed(0)["s"], fit.stack.seed(j)["s"], atol=1e-6, rtol=0)
+
+
+def test_mlp_learns_the_synthetic_task_and_writes_the_run(world, tmp_path):
+    c = world["corpus"]
+    res = learn(c, _quick(seeds=3), cache_dir=world["cache"], runs_dir=tmp_path, echo=lambda m: None)
+    run = tmp_path / "lin_mlp_sys1"
+    assert res.run_dir == run
+    m = json.loads((run / "metrics.json").read_text())
+    assert set(m) == {"split", "n", "ccc_convention", "summary", "per_seed", "ensemble", "ccc_per_emotion"}
+    assert m["split"] == "Val" and m["n"] == len(c.split_ids("Val")) and m["ccc_convention"] == "challenge"
+    assert set(m["summary"]) == {"ccc", "uar", "mae", "s_mtl"} and set(m["summary"]["ccc"]) == {"mean", "std"}
+    assert [p["seed"] for p in m["per_seed"]] == [0, 1, 2]
+    assert set(m["per_seed"][0]) == {"seed", "ccc", "uar", "mae", "s_mtl", "ccc_per_emotion", "best_epoch"}
+    assert list(m["ccc_per_emotion"]) == list(EMOTIONS)
+    s = m["summary"]
+    # the labels are smooth functions of 4 of the 8 features: near-perfect is reachable
+    assert s["ccc"]["mean"] > 0.8 and s["uar"]["mean"] > 0.75 and s["mae"]["mean"] < 3.0
+    const = res.config["constant_predictor_val"]
+    assert const["ccc"] == pytest.approx(0.0, abs=1e-9) and s["mae"]["mean"] < const["mae"] / 2
+    np.testing.assert_allclose(s["ccc"]["mean"], np.mean([p["ccc"] for p in m["per_seed"]]))
+    np.testing.assert_allclose(s["ccc"]["std"], np.std([p["ccc"] for p in m["per_seed"]]))
+    # val.csv is the seed ensemble and scores as metrics.json says
+    from exvo.predictions import score
+
+    pred = load_split(run, "Val")
+    assert pred.country_proba is not None
+    assert score(pred, c, "Val")["s_mtl"] == pytest.approx(m["ensemble"]["s_mtl"], abs=1e-9)
+    test = Predictions.read(run / "test.csv")
+    assert test.ids == c.split_ids("Test")
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["kind"] == "learn" and cfg["features"][0]["layer"] == 0 and cfg["features"][0]["dim"] == 8
+    assert cfg["features"][0]["cache_fingerprint"] and cfg["seeds"] == [0, 1, 2]
+    assert "Val CCC" in res.summary_line() and "±" in res.summary_line()
+    # reload the saved models: the same predictions again
+    out = predict_run(run, c, cache_dir=world["cache"], split="Val", out=tmp_path / "again.csv")
+    again = Predictions.read(out, out.with_name("again_country_proba.csv"))
+    np.testing.assert_allclose(again.emotions, pred.emotions, atol=1e-6)
+    np.testing.assert_allclose(again.age, pred.age, atol=1e-5)
+    np.testing.assert_allclose(again.country_proba, pred.country_proba, atol=1e-6)
+    t2 = Predictions.read(predict_run(run, c, cache_dir=world["cache"]))
+    np.testing.assert_allclose(t2.emotions, test.emotions, atol=1e-6)
+
+
+def test_seeds_are_reproducible(world, tmp_path):
+    c = world["corpus"]
+    a = learn(c, _quick(epochs=2, seeds=2), world["cache"], tmp_path, name="a", echo=lambda m: None).metrics
+    b = learn(c, _quick(epochs=2, seeds=2), world["cache"], tmp_path, name="b", echo=lambda m: None).metrics
+    d = learn(c, _quick(epochs=2, seeds=2, seed=10), world["cache"], tmp_path, name="d", echo=lambda m: None).metrics
+    assert a["per_seed"] == b["per_seed"]
+    assert a["per_seed"][0]["ccc"] != d["per_seed"][0]["ccc"]
+    assert (tmp_path / "a" / "val.csv").read_text() == (tmp_path / "b" / "val.csv").read_text()
+
+
+def test_best_layer_is_recorded(world, tmp_path):
+    msgs = []
+    res = learn(world["corpus"], _quick(features=["ssl3@best"], epochs=2, seeds=1), world["cache"], tmp_path,
+                echo=msgs.append)
+    f = res.config["features"][0]
+    assert f["layer"] == 1 and f["layer_choice"].startswith("best") and set(f["probe"]["layer_scores"]) == {0, 1, 2}
+    assert any("layer 1 of 3 chosen by a closed-form ridge probe" in m for m in msgs)
+    assert res.run_dir.name == "ssl3@best_mlp_sys1"
+    saved = json.loads((res.run_dir / "config.json").read_text())
+    assert saved["features"][0]["layer"] == 1
+
+
+def test_predict_refuses_a_cache_built_differently(world, tmp_path):
+    c = world["corpus"]
+    learn(c, _quick(epochs=1, seeds=1), world["cache"], tmp_path / "runs", echo=lambda m: None)
+    other = tmp_path / "cache"
+    write_cache(other, c, "lin", world["lin"][:, None], config={"extractor": "lin", "v": 2})
+    with pytest.raises(CacheMismatch, match=r"built with other settings.*v: cache=2 requested=1"):
+        predict_run(tmp_path / "runs" / "lin_mlp_sys1", c, cache_dir=other, split="Val")
+
+
+# ------------------------------------------------------------------ XGBoost
+def test_xgb_learns_the_synthetic_task(world, tmp_path):
+    c = world["corpus"]
+    res = learn(c, LearnConfig(features=["lin", "noise"], learner="xgb", seeds=2, xgb_estimators=60, device="cpu"),
+                world["cache"], tmp_path, echo=lambda m: None)
+    assert res.run_dir.name == "lin+noise_xgb"
+    s = res.metrics["summary"]
+    const = res.config["constant_predictor_val"]
+    assert s["ccc"]["mean"] > 0.5 and s["uar"]["mean"] > 0.6 and s["mae"]["mean"] < 0.6 * const["mae"]
+    assert res.metrics["per_seed"][0]["best_epoch"] is None
+    assert res.metrics["per_seed"][0]["ccc"] != res.metrics["per_seed"][1]["ccc"]   # seeds subsample differently
+    pred = load_split(res.run_dir, "Val")
+    out = predict_run(res.run_dir, c, world["cache"], split="Val", out=tmp_path / "x.csv")
+    np.testing.assert_allclose(Predictions.read(out).emotions, pred.emotions, atol=1e-6)
+
+
+def test_xgb_holdout_is_speaker_disjoint():
+    from exvo.learn.xgb import holdout_split
+
+    rows = np.arange(100)
+    spk = np.repeat(np.arange(20), 5)
+    fit, stop = holdout_split(rows, spk, 0.1, 0)
+    assert len(stop) == 10 and len(fit) == 90
+    assert not set(spk[fit]) & set(spk[stop])
+
+
+# ------------------------------------------------------------------ CLI
+def test_cli_learn_and_predict(world, tmp_path):
+    from typer.testing import CliRunner
+
+    from exvo.cli import app
+
+    r = CliRunner().invoke(app, ["learn", "--features", "lin", "--arch", "sys1", "--seeds", "1", "--epochs", "2",
+                                 "--device", "cpu", "--data", str(world["corpus"].root), "--cache", str(world["cache"]),
+                                 "--runs", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert "lin_mlp_sys1: Val CCC" in r.output and "mean/majority predictor" in r.output
+    r = CliRunner().invoke(app, ["learn", "--features", "lin@x", "--data", str(world["corpus"].root),
+                                 "--cache", str(world["cache"]), "--runs", str(tmp_path)])
+    assert r.exit_code == 2 and "bad feature spec" in r.output
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "lin_mlp_sys1"), "--data", str(world["corpus"].root),
+                                 "--cache", str(world["cache"])])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "lin_mlp_sys1" / f"predict_{world['corpus'].name}_test.csv").is_file()
