@@ -224,7 +224,7 @@ def fuse(
     hybrid: bool = typer.Option(False, "--hybrid", help="Per subtask, take the run with the best Val score."),
     mean: bool = typer.Option(False, "--mean", help="Average the runs (country: averaged probabilities)."),
     top: int = typer.Option(1, help="With --hybrid: average the K best runs per subtask."),
-    weighted: bool = typer.Option(False, help="With --mean: weight runs by their Val score."),
+    weighted: bool = typer.Option(False, help="With --mean (or --hybrid --top K): weight runs per subtask by their Val score (CCC, UAR, 1/MAE)."),
     select_on: str = typer.Option("val", help="val (choose on all of Val; optimistic) | cv (choose on half the Val speakers, score on the other half)."),
     name: Optional[str] = typer.Option(None, help="Output run name."),
     data: Optional[Path] = DataOpt,

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from exvo.fusion.runs import feature_specs, read_json
+from exvo.fusion.runs import feature_specs, n_seeds, read_json
 
 DEMO_CNN_EPOCHS = 4
 DEMO_EXTRACTORS: tuple[str, ...] = ("egemaps", "compare", "raw_exvo_er", "zff_exvo_er")
@@ -110,7 +110,7 @@ def _reusable(run_dir: Path, features: tuple[str, ...], learner: str, arch: str,
     cfg = read_json(run_dir / "config.json") or {}
     return ((run_dir / "metrics.json").is_file() and (run_dir / "val.csv").is_file()
             and feature_specs(cfg) == list(features)
-            and cfg.get("learner") == learner and cfg.get("arch") == arch and cfg.get("seeds") == seeds)
+            and cfg.get("learner") == learner and cfg.get("arch") == arch and n_seeds(cfg) == seeds)
 
 
 def run_demo(data_dir: Path, cache_dir: Path, runs_dir: Path, seeds: int = 3,

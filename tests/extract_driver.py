@@ -76,6 +76,10 @@ def main() -> None:
     ap.add_argument("--die", default="none")
     a = ap.parse_args()
 
+    import h5py  # noqa: F401  (imported before READY so that kill times measure work, not imports)
+    import soundfile  # noqa: F401
+    import tqdm  # noqa: F401
+
     from fault_extractor import RmsExtractor
     from exvo.corpus import Corpus
     from exvo.extract.run import extract

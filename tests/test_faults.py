@@ -94,8 +94,9 @@ def test_kill9_at_random_points_then_resume_equals_uninterrupted(corpus_and_refe
     rng = random.Random(7)
     kept = []
     for kill in range(4):
-        p = start_driver(corpus, cache, "--delay", 0.02, "--part-size", 4)
-        time.sleep(rng.uniform(0.1, 0.8))          # 60 clips x 20 ms = 1.2 s of work
+        p = start_driver(corpus, cache, "--delay", 0.04, "--part-size", 4)
+        # 60 clips x 40 ms = 2.4 s of work; 4 kills within 0.4 s each always land mid-run
+        time.sleep(rng.uniform(0.1, 0.4))
         p.send_signal(signal.SIGKILL)
         p.communicate(timeout=30)
         assert p.returncode == -signal.SIGKILL
@@ -274,7 +275,7 @@ def test_an_extractor_oserror_is_not_called_a_disk_problem(corpus_and_reference,
 # ----------------------------------------------------------------------------- concurrency
 def test_second_writer_is_refused_while_first_runs(corpus_and_reference, tmp_path):
     corpus, ids, ref = corpus_and_reference
-    p = start_driver(corpus, tmp_path, "--delay", 0.01)
+    p = start_driver(corpus, tmp_path, "--delay", 0.05)   # 3 s of work: ample time to collide
     try:
         lock = cache_path(tmp_path, corpus.name, fault_extractor.NAME).with_suffix(".lock")
         t0 = time.time()

@@ -298,14 +298,19 @@ def test_cv_selection_scores_on_the_other_half(tmp_path):
     # P's emotions are the truth: challenge CCC (n-1)/n = 3/4 on a 4-clip half
     assert d1["scores"]["ccc"] == pytest.approx(3 / 4) and d1["scores"]["uar"] == 1.0
     s1, s2 = 3 / (4 / 3 + 1 + 20), 3 / (4 / 3 + 1 + 5)
+    assert cv["mean_of_halves"]["s_mtl"] == pytest.approx((s1 + s2) / 2)
+    assert cv["std_of_halves"]["mae"] == pytest.approx(7.5)
+    # reported: out of fold, half B's ages from P (+20), half A's from Q (+5); emotions and
+    # country from P everywhere (truth) → CCC 7/8 and UAR 1 on all 8 clips
     met = json.loads((res.path / "metrics.json").read_text())
-    assert met["summary"]["mae"]["mean"] == pytest.approx(12.5) and met["summary"]["mae"]["std"] == pytest.approx(7.5)
-    assert met["summary"]["s_mtl"]["mean"] == pytest.approx((s1 + s2) / 2)
+    assert met["summary"]["mae"]["mean"] == pytest.approx(12.5)
+    assert met["summary"]["ccc"]["mean"] == pytest.approx(7 / 8) and met["summary"]["uar"]["mean"] == 1.0
+    assert met["summary"]["s_mtl"]["mean"] == pytest.approx(3 / (8 / 7 + 1 + 12.5))
     assert met["ensemble"]["mae"] == pytest.approx(5)     # full-Val score of val.csv, shown apart
     assert met["selection"] == {"select_on": "cv", "optimistic": False, "note": rec["selection_note"]}
     text = "\n".join(lines)
     assert "select_on=cv" in text and "choose on A, score on B" in text
-    assert "held-out halves" in res.summary_line()
+    assert "cv: out-of-fold over held-out halves of Val" in res.summary_line()
     assert not res.test_written                            # no run has test.csv
 
 
@@ -321,3 +326,26 @@ def test_cli_fuse_and_bad_mode(setup):
     r = CliRunner().invoke(app, ["fuse", "--mean", "--data", str(corpus.root), "--runs", str(runs),
                                  "--select-on", "half"])
     assert r.exit_code == 2 and "select_on must be one of" in r.output
+
+
+def test_cv_equals_the_val_score_when_the_same_runs_win_everywhere(setup):
+    corpus, runs, *_ = setup
+    res = fuse(corpus, runs_dir=runs, select_on="cv", echo=quiet)
+    rec = json.loads((res.path / "fusion.json").read_text())
+    for d in rec["cv"]["directions"]:
+        assert d["chosen"] == {"emotion": ["A"], "country": ["B"], "age": ["C"]}
+    for k in ("ccc", "uar", "mae", "s_mtl"):
+        assert res.reported[k]["mean"] == pytest.approx(res.val[k])
+    # whereas the mean of the half scores is not the full-Val score: CCC (n-1)/n with n = 4
+    assert rec["cv"]["mean_of_halves"]["ccc"] == pytest.approx(3 / 4)
+
+
+def test_mean_counts_a_run_without_probabilities_as_one_hot(setup):
+    corpus, runs, v, _ = setup
+    (runs / "C" / "val_country_proba.csv").unlink()
+    lines = []
+    res = fuse(corpus, runs_dir=runs, mode="mean", echo=lines.append)
+    out = load_split(res.path, "Val")
+    one_hot_c = np.eye(4)[v["C"].country]
+    np.testing.assert_allclose(out.country_proba, (v["A"].country_proba + v["B"].country_proba + one_hot_c) / 3)
+    assert "run(s) C have no country probabilities: their Country counts as one-hot" in "\n".join(lines)

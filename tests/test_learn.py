@@ -226,12 +226,12 @@ def _train(fm, t, seeds, cfg):
 
 def test_vectorised_seeds_equal_one_by_one_and_the_plain_loop(world):
     fm, t = _arrays(world)
-    cfg = MLPConfig(arch="sys1", epochs=3, patience=5)
-    both = _train(fm, t, [5, 6, 7], cfg)
+    cfg = MLPConfig(arch="sys1", epochs=2, patience=5)
+    both = _train(fm, t, [5, 6], cfg)
     va = fm.rows["Val"]
     X = torch.from_numpy(fm.X)
     together = mlp.predict(both.stack, X, va)
-    for j, s in enumerate([5, 6, 7]):
+    for j, s in enumerate([5, 6]):
         alone = _train(fm, t, [s], cfg)
         assert alone.best_epoch[0] == both.best_epoch[j]
         one = mlp.predict(alone.stack, X, va)
@@ -342,7 +342,7 @@ def test_predict_refuses_a_cache_built_differently(world, tmp_path):
 # ------------------------------------------------------------------ XGBoost
 def test_xgb_learns_the_synthetic_task(world, tmp_path):
     c = world["corpus"]
-    res = learn(c, LearnConfig(features=["lin", "noise"], learner="xgb", seeds=2, xgb_estimators=60, device="cpu"),
+    res = learn(c, LearnConfig(features=["lin", "noise"], learner="xgb", seeds=2, xgb_estimators=40, device="cpu"),
                 world["cache"], tmp_path, echo=lambda m: None)
     assert res.run_dir.name == "lin+noise_xgb"
     s = res.metrics["summary"]

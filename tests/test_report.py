@@ -28,7 +28,7 @@ def write_learn_run(runs: Path, name: str, corpus: Corpus, s_mtl: tuple[float, f
     cfg = {"kind": "learn", "features": features, "feature_dim": dim, "learner": learner, "arch": arch, "seeds": 3}
     if blocks is not None:
         cfg.pop("feature_dim")
-        cfg.update(features=blocks, dim=dim)
+        cfg.update(features=blocks, dim=dim, seeds=[0, 1, 2])
     (d / "config.json").write_text(json.dumps(cfg))
     per = {e: ccc[0] + 0.01 * k for k, e in enumerate(EMOTIONS)}
     summary = {"ccc": dict(zip(("mean", "std"), ccc)), "uar": dict(zip(("mean", "std"), uar)),
@@ -77,6 +77,7 @@ def test_table_sorted_by_s_mtl_with_the_right_numbers(report_runs, tmp_path):
     assert [r["system"] for r in rows] == order
     assert [float(r["s_mtl_mean"]) for r in rows] == [0.391, 0.36, 0.349, 0.338, 0.3, 0.25]
     assert rows[1]["features"] == "wavlm@6" and rows[1]["dims"] == "2048"      # learner's block format
+    assert rows[1]["seeds"] == "3" and rows[0]["seeds"] == "3"
     assert rows[5]["features"] == "wavlm@best(=9)"
     assert float(rows[0]["ccc_mean"]) == 0.4 and float(rows[0]["mae_std"]) == 0.1
     assert rows[2]["dims"] == "6373" and rows[0]["rank"] == "1"
@@ -184,7 +185,7 @@ def test_demo_pipeline_skips_what_is_missing_and_reuses_runs(small_demo_copy, tm
                         seed=len(calls["learn"]))
         cfg_path = runs_dir / name / "config.json"
         c = json.loads(cfg_path.read_text())
-        c["seeds"] = cfg.seeds
+        c["seeds"] = list(range(cfg.seeds))                      # the learner records the seed list
         cfg_path.write_text(json.dumps(c))
         return Result()
 

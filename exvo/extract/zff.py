@@ -71,12 +71,16 @@ class ZFFConfig:
 
 def _moving_mean(y: np.ndarray, half: int) -> np.ndarray:
     """Centered mean over ``2*half + 1`` samples; truncated windows at the edges. float64."""
-    n = y.size
+    n, w = y.size, 2 * half + 1
     c = np.concatenate(([0.0], np.cumsum(y)))
-    idx = np.arange(n)
-    lo = np.maximum(idx - half, 0)
-    hi = np.minimum(idx + half + 1, n)
-    return (c[hi] - c[lo]) / (hi - lo)
+    out = np.empty(n)
+    if n >= w:   # interior: full windows, plain slices
+        out[half: n - half] = (c[w:] - c[: n - w + 1]) / w
+    edge = np.r_[0: min(half, n), max(n - half, min(half, n)): n]
+    lo = np.maximum(edge - half, 0)
+    hi = np.minimum(edge + half + 1, n)
+    out[edge] = (c[hi] - c[lo]) / (hi - lo)
+    return out
 
 
 def _remove_trend(y: np.ndarray, half: int) -> np.ndarray:

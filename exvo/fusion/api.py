@@ -14,8 +14,12 @@ Selection bias
 ``select_on="val"`` chooses (or weights) on all of Val and reports the Val score of the
 result, which is optimistic: the choice was made on the very data that scores it.
 ``select_on="cv"`` splits the Val speakers into two halves (:mod:`exvo.fusion.cv`),
-chooses on one half and scores on the other, both ways, and reports the mean (± std over
-the two directions) as the run's ``summary``. The predictions written (val.csv, test.csv)
+chooses on one half and scores on the other, both ways (both half scores and their mean
+are printed and kept in fusion.json). The run's ``summary`` is the out-of-fold score:
+each half predicted by the choice made on the other half, scored on all of Val at once,
+so it is comparable with the full-Val scores of the learn runs (a metric on half of Val
+is not the metric on all of it, even for the same predictions: UAR and CCC do not
+average over subsets). When the same runs win everywhere it equals the plain Val score. The predictions written (val.csv, test.csv)
 always use the choice made on all of Val, the best guess for Test.
 
 Output
@@ -76,8 +80,8 @@ class FusionResult:
 
     def summary_line(self) -> str:
         r = {k: self.reported[k]["mean"] for k in SCORE_KEYS}
-        how = ("held-out halves of Val (cv)" if self.select_on == "cv"
-               else "Val, optimistic: chosen on Val" if self._selects() else "Val")
+        how = ("cv: out-of-fold over held-out halves of Val" if self.select_on == "cv"
+               else "Val, optimistic: chosen/weighted on Val" if self._selects() else "Val")
         return (f"{self.name}: Emo-CCC {r['ccc']:.3f}  Cou-UAR {r['uar']:.3f}  Age-MAE {r['mae']:.2f}  "
                 f"S_MTL {r['s_mtl']:.3f} [{how}]; "
                 f"{'val.csv + test.csv' if self.test_written else 'val.csv only (no test.csv)'} in {self.path}")
@@ -93,6 +97,18 @@ def _scores(pred: Predictions, labels, idx: np.ndarray | None) -> dict:
         warnings.simplefilter("ignore", RuntimeWarning)   # S_MTL 0 for CCC <= 0 is reported as 0
         out = score_all(emo[sel], pred.emotions[sel], cou[sel], pred.country[sel], age[sel], pred.age[sel])
     return out
+
+
+def _out_of_fold(template: Predictions, parts: list[tuple[np.ndarray, Predictions]]) -> Predictions:
+    """Rows ``idx`` of each ``(idx, pred)`` put together (all aligned with ``template``)."""
+    emo, cou, age = template.emotions.copy(), template.country.copy(), template.age.copy()
+    has_proba = all(p.country_proba is not None for _, p in parts)
+    proba = np.zeros((len(template), 4)) if has_proba else None
+    for idx, p in parts:
+        emo[idx], cou[idx], age[idx] = p.emotions[idx], p.country[idx], p.age[idx]
+        if has_proba:
+            proba[idx] = p.country_proba[idx]
+    return Predictions(list(template.ids), emo, cou, age, proba)
 
 
 def _choose_all(preds: dict[str, Predictions], labels, idx, mode, top, weighted) -> dict[str, Choice]:
@@ -158,7 +174,8 @@ def fuse(corpus: Corpus, runs_dir: str | Path = "runs", run_names: list[str] | N
         extra = sorted(set(raw_val[ref].ids) - set(val_ids))
         raise PredictionError(
             f"the runs' Val ids do not match the Val split of {corpus.root}: {len(miss)} missing {miss[:5]}, "
-            f"{len(extra)} extra {extra[:5]}; pass the --data corpus the runs were trained on")
+            f"{len(extra)} extra {extra[:5]}; pass the --data corpus the runs were trained on (every run must "
+            "predict every Val clip of it)")
     val = {n: p.take(val_ids) for n, p in raw_val.items()}
     labels = corpus.labels("Val")
 
@@ -174,11 +191,12 @@ def fuse(corpus: Corpus, runs_dir: str | Path = "runs", run_names: list[str] | N
     if select_on == "cv":
         speakers = corpus.speakers[corpus.indices("Val")]
         halves = speaker_halves(speakers, cv_seed)
-        directions = []
+        directions, oof_parts = [], []
         for sel_i, ev_i, label in ((0, 1, "choose on A, score on B"), (1, 0, "choose on B, score on A")):
             ch = _choose_all(val, labels, halves[sel_i], mode, top, weighted)
             pred, _ = compose(val, {s: ch[s].weights for s in SUBTASKS})
             sc = _scores(pred, labels, halves[ev_i])
+            oof_parts.append((halves[ev_i], pred))
             directions.append({
                 "direction": label,
                 "n_select": int(halves[sel_i].size), "n_score": int(halves[ev_i].size),
@@ -186,16 +204,23 @@ def fuse(corpus: Corpus, runs_dir: str | Path = "runs", run_names: list[str] | N
                 "weights": {s: ch[s].weights for s in SUBTASKS},
                 "scores": {k: sc[k] for k in SCORE_KEYS},
             })
-        reported = {k: {"mean": float(np.mean([d["scores"][k] for d in directions])),
-                         "std": float(np.std([d["scores"][k] for d in directions]))} for k in SCORE_KEYS}
+        # out-of-fold: every clip predicted by the choice made on the other half, scored on all
+        # of Val at once, so the number is comparable with the learn runs' full-Val scores
+        # (CCC and UAR of a half are not those of the whole, even for the same predictions)
+        oof = _out_of_fold(val_pred, oof_parts)
+        oof_scores = _scores(oof, labels, None)
+        reported = {k: {"mean": float(oof_scores[k]), "std": 0.0} for k in SCORE_KEYS}
+        halves_mean = {k: float(np.mean([d["scores"][k] for d in directions])) for k in SCORE_KEYS}
         spk_a = sorted(set(speakers[halves[0]].tolist()))
         spk_b = sorted(set(speakers[halves[1]].tolist()))
         cv_record = {"seed": cv_seed, "speakers_a": spk_a, "speakers_b": spk_b, "directions": directions,
-                     "mean": {k: v["mean"] for k, v in reported.items()},
-                     "std_over_directions": {k: v["std"] for k, v in reported.items()}}
+                     "mean_of_halves": halves_mean,
+                     "std_of_halves": {k: float(np.std([d["scores"][k] for d in directions])) for k in SCORE_KEYS},
+                     "out_of_fold": {k: oof_scores[k] for k in SCORE_KEYS}}
         selection_note = (f"select_on=cv: chose on one half of the Val speakers and scored on the other "
-                          f"({len(spk_a)}/{len(spk_b)} speakers, {halves[0].size}/{halves[1].size} clips), both ways, "
-                          "averaged; the full-Val score of val.csv is optimistic and shown as 'ensemble'")
+                          f"({len(spk_a)}/{len(spk_b)} speakers, {halves[0].size}/{halves[1].size} clips), both ways; "
+                          "reported: the out-of-fold score on all of Val (each clip predicted by the choice made "
+                          "without it); the full-Val score of val.csv is optimistic and shown as 'ensemble'")
     else:
         reported = {k: {"mean": float(val_scores[k]), "std": 0.0} for k in SCORE_KEYS}
         selection_note = ("select_on=val: the runs were chosen/weighted on Val, so the Val score is optimistic "
@@ -274,14 +299,17 @@ def fuse(corpus: Corpus, runs_dir: str | Path = "runs", run_names: list[str] | N
         echo(f"  {s:7s} Val {METRIC_LABEL[s]} ({better} is better): {cand}  → {w}")
         for n in c.notes:
             echo(f"    note: {n}")
+    def line(sc: dict) -> str:
+        return f"CCC {sc['ccc']:.3f} UAR {sc['uar']:.3f} MAE {sc['mae']:.2f} S_MTL {sc['s_mtl']:.3f}"
+
     if cv_record:
         for d in cv_record["directions"]:
-            sc = d["scores"]
             echo(f"  cv {d['direction']}: emotion {', '.join(d['chosen']['emotion'])}; "
                  f"country {', '.join(d['chosen']['country'])}; age {', '.join(d['chosen']['age'])} → "
-                 f"CCC {sc['ccc']:.3f} UAR {sc['uar']:.3f} MAE {sc['mae']:.2f} S_MTL {sc['s_mtl']:.3f}")
-    echo(f"  full-Val score of val.csv: CCC {val_scores['ccc']:.3f} UAR {val_scores['uar']:.3f} "
-         f"MAE {val_scores['mae']:.2f} S_MTL {val_scores['s_mtl']:.3f}")
+                 f"{line(d['scores'])}")
+        echo(f"  cv mean of the two half scores: {line(cv_record['mean_of_halves'])}")
+        echo(f"  cv out-of-fold score on all of Val (reported): {line(cv_record['out_of_fold'])}")
+    echo(f"  full-Val score of val.csv: {line(val_scores)}")
     echo(f"  {selection_note}")
     for n in notes:
         echo(f"  note: {n}")

@@ -2,9 +2,9 @@
 
 Columns (as in the papers' tables): system (run name), features, dims, learner/arch,
 seeds, Emo-CCC, Cou-UAR, Age-MAE and S_MTL as mean ± std over seeds (Val), and the
-S_MTL of the seed-averaged ("ensemble") predictions. Fusion runs have no seeds: their
-mean is the reported estimate (``select_on="cv"``: held-out halves, ± over the two
-directions) and runs chosen on Val are flagged as optimistic (†).
+S_MTL of the seed-averaged ("ensemble") predictions. Fusion runs have no seeds (no ±):
+their number is the reported estimate (``select_on="cv"``: the out-of-fold score, see
+:mod:`exvo.fusion.api`) and runs chosen and scored on Val are flagged as optimistic (†).
 
 Writes ``report.md``, ``report.csv`` and the PNG figures to ``out_dir``:
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from exvo.corpus import Corpus
-from exvo.fusion.runs import Run, discover, feature_specs, read_json
+from exvo.fusion.runs import Run, discover, feature_specs, n_seeds, read_json
 from exvo.predictions import PredictionError, score as score_pred
 
 TOP_EMOTION_RUNS = 5
@@ -74,14 +74,15 @@ def _learner(cfg: dict) -> str:
 def _fusion_features(run: Run) -> str:
     rec = read_json(run.path / "fusion.json") or {}
     subs = rec.get("subtasks") or {}
+    if rec.get("mode") == "mean":
+        return f"mean of {len(run.config.get('sources') or [])} runs"
     if not subs:
         return "fusion of " + ", ".join(run.config.get("sources", []) or ["?"])
     short = {"emotion": "emo", "country": "cou", "age": "age"}
-    parts = []
-    for s in ("emotion", "country", "age"):
-        chosen = (subs.get(s) or {}).get("chosen") or ["?"]
-        parts.append(f"{short[s]}:{'+'.join(chosen)}")
-    return " ".join(parts)
+    chosen = {s: "+".join((subs.get(s) or {}).get("chosen") or ["?"]) for s in short}
+    if len(set(chosen.values())) == 1:
+        return f"all:{chosen['emotion']}"
+    return " ".join(f"{short[s]}:{c}" for s, c in chosen.items())
 
 
 def _row(run: Run, corpus: Corpus | None) -> Row:
@@ -112,10 +113,10 @@ def _row(run: Run, corpus: Corpus | None) -> Row:
         features = "+".join(feature_specs(cfg, resolved=True)) or "?"
         dim = cfg.get("feature_dim", cfg.get("dim"))
         dims = str(dim) if dim is not None else "?"
-        n_seed = cfg.get("seeds") or (len(met.get("per_seed") or []) or None)
+        n_seed = n_seeds(cfg, met)
         seeds = str(n_seed) if n_seed else "?"
     sel = met.get("selection") if isinstance(met.get("selection"), dict) else {}
-    if kind == "fusion" and sel.get("select_on") != "cv":
+    if kind == "fusion":
         std = dict.fromkeys(METRICS)      # one set of predictions, no seeds: a ± would be a fake 0
     return Row(run, run.name, kind, features, dims, _learner(cfg), seeds, mean, std, _num(ens.get("s_mtl")),
                bool(sel.get("optimistic")), {k: float(v) for k, v in per.items() if _num(v) is not None}, note)
@@ -242,7 +243,8 @@ def make_report(runs_dir: str | Path, out_dir: str | Path, corpus: Corpus | None
     if any(r.optimistic for r in rows):
         notes.append("† fusion chosen on Val and scored on Val: optimistic (fuse with select_on='cv' for a held-out estimate)")
     if any(r.kind == "fusion" and r.run.config.get("select_on") == "cv" for r in rows):
-        notes.append("cv fusion runs: chosen on one half of the Val speakers, scored on the other, ± over the two directions")
+        notes.append("cv fusion runs: each half of the Val speakers predicted by the runs chosen on the other half "
+                     "(out-of-fold), scored on all of Val")
     notes.append("mean ± std over seeds on Val (challenge CCC); ens. S_MTL = S_MTL of the seed-averaged predictions")
     notes += [f"{r.system}: {r.note}" for r in rows if r.note]
 

@@ -75,6 +75,17 @@ def feature_specs(config: dict, resolved: bool = False) -> list[str]:
     return out
 
 
+def n_seeds(config: dict, metrics: dict | None = None) -> int | None:
+    """Number of seeds: ``config["seeds"]`` as a count or a list of seeds, else ``len(per_seed)``."""
+    s = config.get("seeds")
+    if isinstance(s, list):
+        return len(s) or None
+    if isinstance(s, int) and not isinstance(s, bool) and s > 0:
+        return s
+    per = (metrics or {}).get("per_seed")
+    return len(per) if isinstance(per, list) and per else None
+
+
 def _is_run(path: Path) -> bool:
     # hidden folders are our own half-written outputs; "report" is make_report's default output
     return path.is_dir() and not path.name.startswith(".") and (

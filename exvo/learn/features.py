@@ -247,17 +247,21 @@ class Scaler:
 
     @classmethod
     def fit(cls, X: np.ndarray, rows: np.ndarray, chunk: int = 8192) -> "Scaler":
-        # chunked float64 sums: no copy of the Train rows, no float32 cancellation
+        # two chunked float64 passes (mean, then squared deviations): no copy of the Train
+        # rows, and no cancellation for columns with a large offset (openSMILE energies)
         n = len(rows)
-        s = np.zeros(X.shape[1]); ss = np.zeros(X.shape[1])
+        if n == 0:
+            raise ValueError("cannot fit the feature standardisation on 0 Train rows")
+        s = np.zeros(X.shape[1])
         for k in range(0, n, chunk):
-            x = X[rows[k:k + chunk]].astype(np.float64)
-            s += x.sum(axis=0)
-            ss += (x * x).sum(axis=0)
+            s += X[rows[k:k + chunk]].sum(axis=0, dtype=np.float64)
         mean = s / n
-        var = np.maximum(ss / n - mean * mean, 0.0)
-        std = np.sqrt(var)
-        std[std < 1e-8 * np.maximum(1.0, np.abs(mean))] = 1.0
+        ss = np.zeros(X.shape[1])
+        for k in range(0, n, chunk):
+            d = X[rows[k:k + chunk]].astype(np.float64) - mean
+            ss += (d * d).sum(axis=0)
+        std = np.sqrt(ss / n)
+        std[std <= 1e-12 * np.maximum(1.0, np.abs(mean))] = 1.0   # constant column → 0 after scaling
         return cls(mean, std)
 
     def apply_(self, X: np.ndarray, chunk: int = 8192) -> np.ndarray:
