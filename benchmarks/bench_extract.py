@@ -10,7 +10,7 @@
 The CPU may be shared with other work: each measurement is repeated and the best
 (minimum) time is kept, and ratios are only taken between numbers of the same run.
 
-    .venv/bin/python benchmarks/bench_extract.py [--ssl-clips 40] [--smile-clips 200] [--compare-clips 60]
+    .venv/bin/python benchmarks/bench_extract.py [--ssl-clips 40] [--smile-clips 200] [--compare-clips 60] [--threads N]
 """
 from __future__ import annotations
 
@@ -119,10 +119,15 @@ def main() -> None:
     ap.add_argument("--ssl-clips", type=int, default=40)
     ap.add_argument("--smile-clips", type=int, default=200)
     ap.add_argument("--compare-clips", type=int, default=60)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     ap.add_argument("--skip-ssl", action="store_true")
     ap.add_argument("--skip-smile", action="store_true")
     a = ap.parse_args()
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     print(f"machine: {os.cpu_count()} CPU cores; load average at start {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="exvo_bench_") as tmp:
         root = Path(tmp)

@@ -383,3 +383,25 @@ def test_cli_learn_and_predict(world, tmp_path):
                                  "--cache", str(world["cache"])])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "lin_mlp_sys1" / f"predict_{world['corpus'].name}_test.csv").is_file()
+
+
+def test_no_test_rows_skips_test_csv_and_says_so(world, tmp_path):
+    src = world["corpus"].root / "data_info.csv"
+    root = tmp_path / "notest"
+    root.mkdir()
+    lines = src.read_text().splitlines()
+    (root / "data_info.csv").write_text("\n".join([lines[0]] + [r for r in lines[1:] if ",Test," not in r]) + "\n")
+    c = Corpus.from_dir(root)
+    assert not c.split_ids("Test")
+    write_cache(tmp_path / "cache", c, "lin", world["lin"][:len(c), None])
+    msgs = []
+    res = learn(c, _quick(epochs=1, seeds=1), tmp_path / "cache", tmp_path / "runs", echo=msgs.append)
+    assert any("no Test rows; test.csv is not written" in m for m in msgs)
+    assert (res.run_dir / "val.csv").is_file() and not (res.run_dir / "test.csv").exists()
+
+
+@pytest.mark.parametrize("kw, msg", [({"learner": "svm"}, "unknown learner 'svm'"), ({"arch": "sys3"}, "unknown arch"),
+                                     ({"loss": "sum"}, "unknown loss 'sum'"), ({"seeds": 0}, "--seeds must be >= 1")])
+def test_bad_learn_config_is_explained(world, tmp_path, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        learn(world["corpus"], _quick(**kw), world["cache"], tmp_path)

@@ -1,7 +1,6 @@
 """Task CNNs: model shapes, band-pass sinc filters, training, extraction, custom models."""
 import csv
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -174,7 +173,6 @@ def test_seeded_training_is_reproducible(small_demo_corpus_dir, tmp_path):
 
 def test_builtin_extractor_trains_once_extracts_and_reloads(small_demo_copy, tmp_path, monkeypatch):
     _tiny_cfg(monkeypatch)
-    short_id = None
     c = Corpus.from_dir(small_demo_copy)
     short_id = c.split_ids("Test")[0]
     sf.write(c.audio_path(short_id), np.random.default_rng(0).standard_normal(1600).astype(np.float32) * 0.1, SR)

@@ -456,7 +456,10 @@ class SSLExtractor(Extractor):
             mask = (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).long().to(self.device, non_blocking=cuda)
         hs = self._forward(x, mask)                                              # (L, B, F, H)
         hs = hs.double() if not cuda else hs.float()
-        frames = torch.as_tensor(_conv_frames(self.mconf, np.asarray(lengths)), device=self.device)
+        n_in = torch.tensor(lengths, dtype=torch.long)
+        # the model's own formula when it has one (it knows about adapters), else the conv stack's
+        frames_of = getattr(self.model, "_get_feat_extract_output_lengths", None)
+        frames = (frames_of(n_in) if frames_of is not None else _conv_frames(self.mconf, n_in)).to(self.device)
         if int(frames.max()) > hs.shape[2]:
             raise RuntimeError(f"frame count {int(frames.max())} exceeds model output {hs.shape[2]}")
         fmask = (torch.arange(hs.shape[2], device=self.device)[None, :] < frames[:, None]).to(hs.dtype)  # (B, F)

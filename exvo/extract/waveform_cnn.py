@@ -51,7 +51,7 @@ import os
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -413,20 +413,23 @@ class _Pool:
 
 
 def _load_signals(corpus: Corpus, rows: np.ndarray, signal: str, zcfg: ZFFConfig | None,
-                  echo: Echo, what: str) -> tuple[list[np.ndarray], list[int]]:
-    """Decode and convert ``rows``; unreadable clips are reported and skipped. Returns ``(signals, kept rows)``."""
+                  echo: Echo, what: str, bar: bool = True, dtype=np.float32) -> tuple[list[np.ndarray], list[int]]:
+    """Decode and convert ``rows`` to ``dtype``; unreadable clips are reported and skipped.
+
+    Returns ``(signals, kept rows)``.
+    """
+    import sys
+
     from tqdm import tqdm
 
     out, kept = [], []
-    import sys
-
-    for r in tqdm(rows, desc=f"load {what}", unit="clip", disable=not sys.stderr.isatty(), leave=False):
+    for r in tqdm(rows, desc=f"load {what}", unit="clip", disable=not (bar and sys.stderr.isatty()), leave=False):
         try:
             wav = load_audio(corpus.audio_path(corpus.ids[r]))
         except AudioError as e:
             echo(f"  skipped {corpus.ids[r]} ({what}): {e.reason}")
             continue
-        out.append(prepare_signal(wav, signal, zcfg))
+        out.append(prepare_signal(wav, signal, zcfg).astype(dtype, copy=False))
         kept.append(int(r))
     return out, kept
 
@@ -492,7 +495,7 @@ def fit(model, train: _Pool, held: _Pool, cfg: TrainConfig, device: str, echo: E
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr_start, momentum=cfg.momentum)
     h_clips, h_starts = held.even_starts(cfg.heldout_windows)
     bn_rng = np.random.default_rng([cfg.seed, 0])
-    bn_clips = bn_rng.integers(0, len(train), cfg.bn_windows)
+    bn_clips = bn_rng.integers(0, len(train), max(2, min(cfg.bn_windows, len(train) * cfg.windows_per_clip)))
     bn_starts = train.random_starts(bn_clips, bn_rng)
     best = _evaluate_loss(model, held, h_clips, h_starts, device)
     best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
@@ -546,10 +549,13 @@ def evaluate_clips(model, corpus: Corpus, rows: Sequence[int], labels: np.ndarra
                    zcfg: ZFFConfig | None, device: str, echo: Echo) -> dict:
     """Window-level (every 10 ms frame) and clip-level (mean posterior) UAR and WAR on ``rows``."""
     torch = _torch()
-    sigs, kept = _load_signals(corpus, np.asarray(rows), signal, zcfg, echo, "evaluation")
-    wt, wp, ct, cp = [], [], [], []
-    for x, r in zip(sigs, kept):
-        lg = clip_logits(model, x, device)
+    wt, wp, ct, cp, kept = [], [], [], [], []
+    for r in rows:   # one clip at a time: Val of the real corpus does not fit in RAM as float32
+        sig, ok = _load_signals(corpus, np.asarray([r]), signal, zcfg, echo, "evaluation", bar=False)
+        if not ok:
+            continue
+        kept.append(r)
+        lg = clip_logits(model, sig[0], device)
         p = torch.softmax(torch.from_numpy(lg), dim=1).numpy()
         wt.append(np.full(len(lg), labels[r])), wp.append(lg.argmax(1))
         ct.append(labels[r]), cp.append(int(p.mean(0).argmax()))
@@ -601,7 +607,7 @@ def _train_cnn(corpus, label_column, signal, out_path, *, epochs, device, seed, 
     echo(f"training {Path(out_path).stem}: {signal} CNN on {corpus.name} Train ({tr_rows.size} clips), "
          f"labels {labels.source} ({len(labels.classes)} classes), device {dev}, seed {seed}")
     held_mask = _heldout_split(corpus.speakers[tr_rows], tcfg.heldout_speakers, seed)
-    sigs, kept = _load_signals(corpus, tr_rows, signal, zcfg, echo, "Train")
+    sigs, kept = _load_signals(corpus, tr_rows, signal, zcfg, echo, "Train", dtype=np.float16)
     kept_mask = np.isin(tr_rows, kept)
     held_mask = held_mask[kept_mask]
     ys = labels.y[np.asarray(kept)]
@@ -609,7 +615,7 @@ def _train_cnn(corpus, label_column, signal, out_path, *, epochs, device, seed, 
     held_pool = _Pool([s for s, h in zip(sigs, held_mask) if h], ys[held_mask], mcfg.window)
     del sigs
     echo(f"  {len(train_pool)} clips for training, {len(held_pool)} held out "
-         f"({np.unique(corpus.speakers[np.asarray(kept)][held_mask]).size} speakers)")
+         f"({np.unique(corpus.speakers[np.asarray(kept)][held_mask]).size} speaker(s))")
     torch.manual_seed(seed)
     model = build_model(mcfg).to(dev)
     history = fit(model, train_pool, held_pool, tcfg, dev, echo)
