@@ -12,8 +12,8 @@ in a fresh child process so its peak memory is its own. We record:
 * the same numbers of a plain reference child that only imports and builds the
   extractor (the floor), and the ratio 20,000 / 2,000 of each peak.
 
-Flat memory means the ratio is about 1 (the per-clip state is a few hundred bytes:
-ids, the done-set, failure list; results stream to parts on disk).
+Flat memory means the ratio is about 1: results stream to part files on disk; what grows
+with the corpus is the id bookkeeping (about 1 KiB per clip, mostly while finalizing).
 
     .venv/bin/python benchmarks/bench_load.py [--sizes 2000,20000] [--extractor egemaps] [--workers 0]
 
