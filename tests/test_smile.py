@@ -12,7 +12,7 @@ from exvo.corpus import Corpus, load_audio
 from exvo.extract.base import ExtractOptions, get_extractor
 from exvo.extract.cache import EmbeddingCache
 from exvo.extract.run import extract
-from exvo.extract.smile import MIN_SAMPLES, SmileExtractor, _worker_chunk
+from exvo.extract.smile import MIN_SAMPLES, SmileExtractor, WorkerError, _worker_chunk
 
 
 def _smile(feature_set):
@@ -81,6 +81,22 @@ def test_worker_crash_costs_only_its_file(tiny_corpus):
     assert "worker process crashed" in got["[00003]"].error
     ok = [i for i in corpus.ids if i != "[00003]"]
     assert all(got[i].error is None and got[i].embedding.shape == (1, 88) for i in ok)
+
+
+def _always_crash(chunk):
+    os._exit(1)
+
+
+def test_workers_that_cannot_run_at_all_stop_the_run_with_advice(tiny_corpus):
+    corpus = Corpus.from_dir(tiny_corpus)
+    items = [(i, corpus.audio_path(i)) for i in corpus.ids[:9]]      # two chunks: the pool is used
+    ex = SmileExtractor("egemaps", ExtractOptions(workers=2))
+    ex._chunk_fn = _always_crash
+    got = []
+    with pytest.raises(WorkerError, match=r"died on 3 clips in a row .*--workers 1 .*__name__ == '__main__'"):
+        for r in ex.run(items):
+            got.append(r)
+    assert len(got) == 2 and all("worker process crashed" in r.error for r in got)
 
 
 def test_too_short_clip_is_padded_and_noted(tmp_path):

@@ -30,6 +30,9 @@ MIN_SAMPLES = 960
 """Shortest signal (60 ms at 16 kHz, openSMILE's longest analysis window in these two
 sets) for which openSMILE 2.x returns numbers rather than NaN; shorter clips are
 zero-padded to it and get a note."""
+MAX_CRASHES_IN_A_ROW = 3
+"""Isolated single-clip worker crashes, with no success in between, after which the
+workers are taken to be broken (e.g. unable to start) rather than the files."""
 CHUNK_CLIPS = 8
 """Clips per task sent to a worker: large enough to amortise inter-process overhead,
 small enough that results stream and the load stays balanced."""
@@ -72,6 +75,10 @@ def _clip(smile, cid: str, path: Path) -> ClipResult:
     except Exception as e:
         return ClipResult(cid, error=f"{type(e).__name__}: {e}", seconds=sec)
     return ClipResult(cid, embedding=v, seconds=sec, note=note)
+
+
+class WorkerError(ValueError):
+    """The worker processes cannot run at all; the message says how to find out why."""
 
 
 # ---------------------------------------------------------------- worker process side
@@ -150,6 +157,7 @@ class SmileExtractor(Extractor):
         suspects: list[list[tuple[str, str]]] = []
         pool = self._pool(n_workers)
         running: dict[Future, list[tuple[str, str]]] = {}
+        crashes_in_a_row = 0
         try:
             while todo or suspects or running:
                 if suspects:
@@ -172,6 +180,7 @@ class SmileExtractor(Extractor):
                         continue
                     except Exception as e:  # e.g. a result that could not be pickled
                         results = [ClipResult(cid, error=f"worker error: {type(e).__name__}: {e}") for cid, _ in chunk]
+                    crashes_in_a_row = 0
                     yield from results
                 if not crashed:
                     continue
@@ -181,6 +190,14 @@ class SmileExtractor(Extractor):
                 pool.shutdown(wait=False, cancel_futures=True)
                 if isolated and len(lost) == 1 and len(lost[0]) == 1:
                     cid, p = lost[0][0]
+                    crashes_in_a_row += 1
+                    if crashes_in_a_row >= MAX_CRASHES_IN_A_ROW:
+                        raise WorkerError(
+                            f"openSMILE worker processes died on {crashes_in_a_row} clips in a row (last: {p}); "
+                            "they are probably failing to start rather than failing on these files. Run with "
+                            "--workers 1 to see the error in this process; when calling exvo from a Python script, "
+                            "put the call under `if __name__ == '__main__':` (worker processes are spawned)"
+                        )
                     yield ClipResult(cid, error=f"openSMILE worker process crashed on {p}; check or re-export this file")
                 elif isolated and len(lost) == 1:
                     suspects.extend([c] for c in reversed(lost[0]))

@@ -36,7 +36,7 @@ class LearnConfig:
     """What to learn. ``seeds`` models are trained with seeds ``seed, seed+1, …``.
 
     MLP: ``arch`` sys1 | sys2, ``loss`` uncertainty | mean, ``epochs``, ``patience``,
-    ``batch_size``, ``lr``, ``weight_decay``. XGBoost: ``xgb_estimators``, ``xgb_depth``.
+    ``batch_size``, ``lr``, ``weight_decay``. XGBoost: ``xgb_estimators``, ``xgb_depth``, ``xgb_jobs`` (0 = all cores).
     ``device``: auto | cpu | cuda.
     """
 
@@ -52,8 +52,9 @@ class LearnConfig:
     seed: int = 0
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    xgb_estimators: int = 300
+    xgb_estimators: int = 100
     xgb_depth: int = 4
+    xgb_jobs: int = 1
     progress: bool = False
 
     def validate(self) -> None:
@@ -159,7 +160,7 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
                    "seconds_per_epoch": fit.seconds_per_epoch, "best_epoch": fit.best_epoch}
         learner_cfg = asdict(mcfg)
     else:
-        xcfg = XGBConfig(n_estimators=cfg.xgb_estimators, max_depth=cfg.xgb_depth,
+        xcfg = XGBConfig(n_estimators=cfg.xgb_estimators, max_depth=cfg.xgb_depth, n_jobs=cfg.xgb_jobs,
                          device="cuda" if cfg.device == "cuda" else "cpu")
         pos = {i: k for k, i in enumerate(corpus.ids)}
         spk = np.array([corpus.speakers[pos[fm.ids[k]]] for k in rows["Train"]])

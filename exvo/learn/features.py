@@ -246,7 +246,7 @@ class Scaler:
         self.std = np.asarray(std, dtype=np.float64)
 
     @classmethod
-    def fit(cls, X: np.ndarray, rows: np.ndarray, chunk: int = 8192) -> "Scaler":
+    def fit(cls, X: np.ndarray, rows: np.ndarray, chunk: int = 2048) -> "Scaler":
         # two chunked float64 passes (mean, then squared deviations): no copy of the Train
         # rows, and no cancellation for columns with a large offset (openSMILE energies)
         n = len(rows)
