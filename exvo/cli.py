@@ -134,6 +134,7 @@ def extract(
     precision: str = typer.Option("fp32", help="fp32 | fp16 | bf16 (SSL on CUDA)."),
     batch_seconds: float = typer.Option(120.0, help="SSL on CUDA: audio seconds per padded, length-bucketed batch."),
     workers: int = typer.Option(0, help="Worker processes/threads; 0 = all cores."),
+    chunk_seconds: float = typer.Option(20.0, help="SSL: clips longer than this are processed in chunks with exact pooled statistics."),
     dtype: str = typer.Option("float32", help="Cache storage: float32 | float16."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild the cache even if it exists (other settings are otherwise refused)."),
     max_failures: Optional[str] = typer.Option(None, help="Abort once more clips than this fail: a count (10), fraction (0.05) or percentage (5%)."),
@@ -155,7 +156,7 @@ def extract(
               f"(or a CNN trained with `exvo train-cnn`, looked up in {cache}/models/)")
     corpus = load_corpus(data)
     opts = ExtractOptions(checkpoint=checkpoint, device=device, precision=precision, batch_seconds=batch_seconds,
-                          workers=workers, dtype=dtype, train_epochs=epochs)
+                          workers=workers, chunk_seconds=chunk_seconds, dtype=dtype, train_epochs=epochs)
     try:
         s = run_extract(corpus, model, cache, opts, overwrite=overwrite, max_failures=max_failures,
                         progress=sys.stderr.isatty() or bool(os.environ.get("EXVO_PROGRESS")))

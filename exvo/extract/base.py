@@ -133,14 +133,18 @@ _REGISTRY: dict[str, Factory] = {}
 _HELP: dict[str, str] = {}
 
 
-def register(*names: str, help: str = "") -> Callable[[Factory], Factory]:
-    """Register ``factory(name, opts)`` under each of ``names``."""
+def register(*names: str, help: str | dict[str, str] = "") -> Callable[[Factory], Factory]:
+    """Register ``factory(name, opts)`` under each of ``names``.
+
+    ``help`` is one line shown by ``exvo extract --list``: a string for all names, or a
+    ``{name: line}`` dict when the names differ.
+    """
     def deco(f: Factory) -> Factory:
         for n in names:
             if n in _REGISTRY:
                 raise ValueError(f"extractor {n!r} registered twice")
             _REGISTRY[n] = f
-            _HELP[n] = help
+            _HELP[n] = help.get(n, "") if isinstance(help, dict) else help
         return f
     return deco
 

@@ -208,7 +208,8 @@ class SmileExtractor(Extractor):
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-@register("compare", "egemaps", help="openSMILE functionals: compare = ComParE_2016 (6373 dims), "
-                                     "egemaps = eGeMAPSv02 (88 dims); parallel over cores")
+@register("compare", "egemaps", help={
+    "compare": "openSMILE ComParE_2016 functionals, 6373 dims (parallel over cores)",
+    "egemaps": "openSMILE eGeMAPSv02 functionals, 88 dims (parallel over cores)"})
 def _make(name: str, opts: ExtractOptions) -> Extractor:
     return SmileExtractor(name, opts)

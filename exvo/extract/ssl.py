@@ -495,8 +495,9 @@ def _restore_fp32(old: dict) -> None:
     torch.backends.cudnn.allow_tf32 = old["cudnn"]
 
 
-@register("wavlm", "hubert", "wav2vec2",
-          help="SSL mean||std of every layer (default checkpoints: microsoft/wavlm-large, "
-               "facebook/hubert-large-ll60k, facebook/wav2vec2-base; --checkpoint overrides)")
+@register("wavlm", "hubert", "wav2vec2", help={
+    n: f"SSL mean||std of every hidden state; default checkpoint {c} (--checkpoint overrides)"
+    for n, c in (("wavlm", "microsoft/wavlm-large"), ("hubert", "facebook/hubert-large-ll60k"),
+                 ("wav2vec2", "facebook/wav2vec2-base"))})
 def _make(name: str, opts: ExtractOptions) -> Extractor:
     return SSLExtractor(name, opts)

@@ -779,7 +779,10 @@ def _stderr_echo(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-@register(*BUILTIN, help="task CNN (raw/ZFF waveform, trained on this corpus's Train split for ER/CR), 20 dims")
+@register(*BUILTIN, help={
+    n: f"{sig} waveform CNN trained on this corpus's Train split for "
+       f"{'emotion' if task == 'er' else 'country'} ({task.upper()}); 20 dims"
+    for n, (sig, task) in BUILTIN.items()})
 def _make_builtin(name: str, opts: ExtractOptions) -> Extractor:
     signal, task = BUILTIN[name]
     return WaveformCNNExtractor(name, opts, signal=signal, task=task)
