@@ -29,7 +29,7 @@ from typing import Callable
 
 from exvo.fusion.runs import feature_specs, n_seeds, read_json
 
-DEMO_CNN_EPOCHS = 4
+DEMO_CNN_EPOCHS = 15
 DEMO_EXTRACTORS: tuple[str, ...] = ("egemaps", "compare", "raw_exvo_er", "zff_exvo_er")
 DEMO_SSL: tuple[str, ...] = ("wavlm",)
 DEMO_FEATURE_SETS: tuple[tuple[str, ...], ...] = (
