@@ -293,3 +293,18 @@ def test_load_model_rejects_other_files(tmp_path):
         load_model(p)
     with pytest.raises(FileNotFoundError, match="no trained CNN"):
         load_model(tmp_path / "missing.pt")
+
+
+def test_heldout_split_is_speaker_disjoint_and_covers_every_class():
+    from exvo.extract.waveform_cnn import _heldout_split
+
+    # 30 speakers, 4 classes (one per speaker, like country), 5 clips each
+    speakers = np.repeat([f"S{i}" for i in range(30)], 5)
+    labels = np.repeat(np.arange(30) % 4, 5)
+    for seed in range(5):
+        held = _heldout_split(speakers, 0.1, seed, labels)
+        assert set(speakers[held]).isdisjoint(speakers[~held])
+        assert set(labels[held]) == {0, 1, 2, 3}          # a plain 10 % draw (3 speakers) cannot
+        assert len(set(speakers[held])) == 4
+    # without labels: the plain 10 % draw
+    assert len(set(speakers[_heldout_split(speakers, 0.1, 0)])) == 3
