@@ -41,6 +41,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from exvo.corpus import SAMPLE_RATE, AudioError, load_audio
+from exvo.device import resolve_device
 from exvo.extract.base import ClipResult, ExtractOptions, Extractor, hash_files, register
 
 DEFAULT_CHECKPOINTS = {
@@ -200,17 +201,11 @@ class SSLExtractor(Extractor):
         self.checkpoint = opts.checkpoint or DEFAULT_CHECKPOINTS[name]
         if opts.precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"--precision must be fp32, fp16 or bf16, got {opts.precision!r}")
-        if opts.device not in ("auto", "cpu", "cuda") and not str(opts.device).startswith("cuda:"):
-            raise ValueError(f"--device must be auto, cpu or cuda, got {opts.device!r}")
         if opts.chunk_seconds <= 0:
             raise ValueError(f"chunk_seconds must be > 0, got {opts.chunk_seconds}")
         if opts.workers < 0:
             raise ValueError(f"--workers must be >= 0 (0 = all cores), got {opts.workers}")
-        dev = opts.device
-        if dev == "auto":
-            dev = "cuda" if torch.cuda.is_available() else "cpu"
-        if dev.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu (or auto)")
+        dev = resolve_device(opts.device)
         if dev == "cpu" and opts.precision == "fp16":
             raise ValueError("--precision fp16 needs a CUDA GPU; on CPU use fp32 or bf16")
         self.device = torch.device(dev)

@@ -58,6 +58,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from exvo.corpus import SAMPLE_RATE, AudioError, Corpus, load_audio
+from exvo.device import resolve_device
 from exvo.extract.base import ClipResult, ExtractOptions, Extractor, add_resolver, mean_std, register
 from exvo.extract.zff import ZFFConfig, zff
 from exvo.metrics import COUNTRIES, EMOTIONS, uar
@@ -268,17 +269,6 @@ def weights_sha256(model) -> str:
         h.update(f"{k}:{a.dtype}:{a.shape}\n".encode())
         h.update(a.tobytes())
     return h.hexdigest()
-
-
-def resolve_device(device: str) -> str:
-    torch = _torch()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but no CUDA device is available; use --device cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda; got {device!r}")
-    return device
 
 
 def clip_embeddings(model, x: np.ndarray, device: str = "cpu", chunk_frames: int = 256) -> tuple[np.ndarray, str | None]:

@@ -44,6 +44,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from exvo.device import resolve_device
 from exvo.learn.targets import N_COUNTRIES, selection_score
 
 ARCHS = {"sys1": (128, 64, 32), "sys2": (256, 128, 64)}
@@ -294,16 +295,6 @@ class MLPFit:
     cpu_seconds_per_epoch: list[float] = field(default_factory=list)   # process CPU time
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked but torch sees no CUDA GPU; use --device cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r}; choose auto, cpu or cuda")
-    return torch.device(device)
-
-
 def train_mlp(X: np.ndarray | torch.Tensor, train_rows: np.ndarray, val_rows: np.ndarray,
               emotions: np.ndarray, country: np.ndarray, age_z: np.ndarray, age_mean: float, age_std: float,
               seeds, cfg: MLPConfig, device: str = "cpu", echo: Callable[[str], None] | None = None,
@@ -316,7 +307,7 @@ def train_mlp(X: np.ndarray | torch.Tensor, train_rows: np.ndarray, val_rows: np
     """
     from tqdm import tqdm
 
-    dev = resolve_device(device)
+    dev = torch.device(resolve_device(device))
     seeds = [int(s) for s in seeds]
     S = len(seeds)
     Xt = torch.from_numpy(X) if isinstance(X, np.ndarray) else X
