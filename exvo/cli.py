@@ -151,7 +151,7 @@ def extract(
         return
     if model is None:
         _fail(f"--model is required; choose one of: {', '.join(names())}")
-    if model not in names() and find(model, cache) is None:
+    if find(model, cache) is None:  # registered, or a CNN trained with `exvo train-cnn`
         _fail(f"unknown extractor {model!r}; choose one of: {', '.join(names())} "
               f"(or a CNN trained with `exvo train-cnn`, looked up in {cache}/models/)")
     corpus = load_corpus(data)
