@@ -405,3 +405,35 @@ def test_no_test_rows_skips_test_csv_and_says_so(world, tmp_path):
 def test_bad_learn_config_is_explained(world, tmp_path, kw, msg):
     with pytest.raises(ValueError, match=msg):
         learn(world["corpus"], _quick(**kw), world["cache"], tmp_path)
+
+
+def test_adam_shortcut_falls_back_when_the_private_kernel_changes(monkeypatch):
+    """The private fused kernel is an optimisation only: if its signature changes, the
+    shortcut must fall back to ``opt.step`` and give the same weights."""
+    import torch
+
+    from exvo.learn import mlp
+
+    def run(kernel_broken: bool):
+        torch.manual_seed(0)
+        p = torch.randn(50)
+        p.grad = torch.zeros(50)
+        opt = torch.optim.Adam([p], lr=1e-2, weight_decay=1e-4, **({"fused": True} if mlp._fused_ok(p.device) else {}))
+        if kernel_broken:
+            def broken(*a, **k):
+                raise TypeError("_fused_adam_() got an unexpected keyword argument 'lr'")
+            # the shortcut looks the kernel up once; torch's own Adam must keep the real one
+            monkeypatch.setattr(torch, "_fused_adam_", broken, raising=False)
+        step = mlp._adam_step(opt, p)
+        monkeypatch.undo()
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for _ in range(5):
+                p.grad.copy_(torch.randn(50, generator=g))
+                step()
+        return p.detach().clone(), opt.state[p]["step"]
+
+    good, n_good = run(False)
+    fallback, n_fallback = run(True)
+    torch.testing.assert_close(fallback, good, rtol=1e-6, atol=1e-7)
+    assert float(n_good) == float(n_fallback) == 5.0
