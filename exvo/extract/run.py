@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -110,7 +111,8 @@ def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = 
                     summary.audio_seconds += r.seconds
                     if r.error is not None:
                         summary.failures.append((r.id, r.error))
-                        bar.write(f"  failed {r.id}: {r.error}")
+                        if progress:  # live, above the bar; the caller gets the full list in the summary
+                            bar.write(f"  failed {r.id}: {r.error}", file=sys.stderr)
                         if limit is not None and len(summary.failures) > limit:
                             raise ExtractionAborted(
                                 f"{len(summary.failures)} clips failed, more than --max-failures {max_failures}; "
