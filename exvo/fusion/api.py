@@ -40,10 +40,7 @@ a fusion is idempotent) and refused otherwise.
 """
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,8 +51,9 @@ import numpy as np
 from exvo.corpus import Corpus
 from exvo.fusion.cv import speaker_halves
 from exvo.fusion.ensemble import compose
-from exvo.fusion.runs import Run, check_same_ids, feature_specs, resolve
+from exvo.fusion.runs import Run, check_same_ids, feature_specs, read_json, resolve
 from exvo.fusion.select import METRIC_LABEL, SUBTASKS, Choice, choose, subtask_score
+from exvo.learn.runs import commit, staging_dir, write_json
 from exvo.metrics import EMOTIONS, score_all
 from exvo.predictions import PredictionError, Predictions, save_split
 
@@ -127,13 +125,7 @@ def default_name(mode: str, n_runs: int, top: int, weighted: bool, select_on: st
 def _check_dest(dest: Path, explicit: bool) -> None:
     if not dest.exists():
         return
-    cfg = dest / "config.json"
-    kind = None
-    if cfg.is_file():
-        try:
-            kind = json.loads(cfg.read_text()).get("kind")
-        except ValueError:
-            kind = None
+    kind = (read_json(dest / "config.json") or {}).get("kind")
     if kind != "fusion":
         raise ValueError(f"{dest} exists and is not a fusion run (kind={kind!r}); "
                          f"{'choose another --name' if explicit else 'pass --name'} to keep it")
@@ -249,10 +241,7 @@ def fuse(corpus: Corpus, runs_dir: str | Path = "runs", run_names: list[str] | N
 
     # ---- write the run folder (to a hidden temp folder, then swap in)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    tmp = runs_dir / f".{out_name}.tmp{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = staging_dir(runs_dir, out_name)
     save_split(val_pred, tmp, "Val")
     if test_pred is not None:
         save_split(test_pred, tmp, "Test")
@@ -281,11 +270,9 @@ def fuse(corpus: Corpus, runs_dir: str | Path = "runs", run_names: list[str] | N
         "notes": notes + [n for s in SUBTASKS for n in choices[s].notes],
     }
     for fname, obj in (("config.json", config), ("metrics.json", metrics), ("fusion.json", record)):
-        (tmp / fname).write_text(json.dumps(obj, indent=1))
+        write_json(tmp / fname, obj)
     replaced = dest.exists()
-    if replaced:
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
+    commit(tmp, dest)
 
     # ---- tell the user
     echo(f"fusion {out_name} ({mode}{f', top {top}' if mode == 'hybrid' else ''}"
