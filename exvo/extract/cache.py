@@ -47,6 +47,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from exvo.corpus import _listing
+
 FORMAT = "exvo-embeddings/1"
 TARGET_CHUNK_BYTES = 1 << 20
 FINALIZE_BLOCK_BYTES = 64 << 20
@@ -183,9 +185,8 @@ class EmbeddingCache:
             return None
         missing = [i for i in ids if i not in self._pos]
         if missing:
-            shown = ", ".join(missing[:5]) + (" …" if len(missing) > 5 else "")
             raise CacheError(
-                f"{self.path} lacks {len(missing)} of the {len(ids)} requested clips ({shown}); "
+                f"{self.path} lacks {len(missing)} of the {len(ids)} requested clips ({_listing(missing, 5)}); "
                 f"run `exvo extract --model {self.extractor}` to complete it (failed clips are listed in its summary)"
             )
         return np.fromiter((self._pos[i] for i in ids), dtype=np.int64, count=len(ids))
