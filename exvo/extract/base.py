@@ -11,8 +11,6 @@ The CLI's ``--model`` choices are ``names()``.
 from __future__ import annotations
 
 import hashlib
-import json
-import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -124,10 +122,6 @@ def hash_files(paths: Sequence[Path]) -> str:
     return h.hexdigest()
 
 
-def config_json(cfg: dict) -> str:
-    return json.dumps(cfg, sort_keys=True, separators=(",", ":"))
-
-
 Factory = Callable[[str, ExtractOptions], Extractor]
 _REGISTRY: dict[str, Factory] = {}
 _HELP: dict[str, str] = {}
@@ -194,11 +188,3 @@ def get_extractor(name: str, opts: ExtractOptions | None = None, cache_dir: str 
         raise KeyError(f"unknown extractor {name!r}; choose one of: {', '.join(sorted(_REGISTRY))} "
                        "(or a CNN trained with `exvo train-cnn`, found in <cache>/models/)")
     return f(name, opts or ExtractOptions())
-
-
-class Timer:
-    def __init__(self):
-        self.t0 = time.perf_counter()
-
-    def __call__(self) -> float:
-        return time.perf_counter() - self.t0

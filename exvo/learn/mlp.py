@@ -188,20 +188,6 @@ def forward(p: dict[str, torch.Tensor], x: torch.Tensor, z1: torch.Tensor | None
     return res
 
 
-def task_losses(emo, logits, age, ye, yc, ya):
-    """Per-seed ``(S, 3)`` losses [L_emo, L_cou, L_age] (definitions in the module docstring)."""
-    B = emo.shape[1]
-    le = ((emo - ye) ** 2).sum((1, 2)) / B
-    lc = (torch.logsumexp(logits, -1) - logits.gather(-1, yc.unsqueeze(-1)).squeeze(-1)).mean(1)
-    la = ((age - ya) ** 2).mean(1)
-    return torch.stack([le, lc, la], 1)
-
-
-def task_weights(s: torch.Tensor, loss: str) -> torch.Tensor:
-    """``(S, 3)`` weights w_i of L_i in the combined loss."""
-    return 0.5 * torch.exp(-s) if loss == "uncertainty" else torch.full_like(s, 1.0 / 3.0)
-
-
 # the kernel autograd uses for LeakyReLU's backward: dy where y > 0, else SLOPE * dy
 _LRELU_BACK = torch.ops.aten.leaky_relu_backward.default
 _LN_BACK = torch.ops.aten.native_layer_norm_backward.default
