@@ -184,3 +184,60 @@ def score(pred: Predictions, corpus: Corpus, split: str = "Val",
     out["split"] = split
     out["n"] = len(want)
     return out
+
+
+@dataclass
+class SeedPredictions:
+    """Every seed's predictions of one split, beside a run's seed-averaged ``val.csv``/``test.csv``.
+
+    ``ids`` (n,) File_IDs; ``seeds`` (S,); ``emotions`` (S, n, 10) in [0, 1];
+    ``country_proba`` (S, n, 4) rows summing to 1; ``age`` (S, n) years. Fusion combines runs
+    seed by seed (seed k of each source) and the report scores each seed, so that every row
+    has a mean ± std over seeds as well as a seed-ensemble score.
+    """
+
+    ids: list[str]
+    seeds: list[int]
+    emotions: np.ndarray
+    country_proba: np.ndarray
+    age: np.ndarray
+
+    def __post_init__(self):
+        S, n = len(self.seeds), len(self.ids)
+        for name, arr, shape in (("emotions", self.emotions, (S, n, len(EMOTIONS))),
+                                 ("country_proba", self.country_proba, (S, n, 4)), ("age", self.age, (S, n))):
+            if tuple(arr.shape) != shape:
+                raise PredictionError(f"per-seed {name} has shape {tuple(arr.shape)}, expected {shape} "
+                                      f"({S} seeds × {n} clips)")
+
+    def seed(self, j: int) -> Predictions:
+        """Seed ``j``'s predictions (index into ``seeds``, not the seed value)."""
+        return Predictions.from_proba(self.ids, self.emotions[j], self.country_proba[j], self.age[j])
+
+    def ensemble(self) -> Predictions:
+        """The seed average (country probabilities averaged, then argmax)."""
+        return Predictions.from_proba(self.ids, self.emotions.mean(0), self.country_proba.mean(0), self.age.mean(0))
+
+
+def seed_file(run_dir: str | Path, split: str) -> Path:
+    return Path(run_dir) / "per_seed" / f"{split.lower()}.npz"
+
+
+def save_seed_predictions(sp: SeedPredictions, run_dir: str | Path, split: str) -> Path:
+    """Write ``<run_dir>/per_seed/<split>.npz`` (called on a run's staging folder, before it is committed)."""
+    path = seed_file(run_dir, split)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, ids=np.array(sp.ids, dtype=str), seeds=np.asarray(sp.seeds, dtype=np.int64),
+             emotions=sp.emotions.astype(np.float32), country_proba=sp.country_proba.astype(np.float32),
+             age=sp.age.astype(np.float64))
+    return path
+
+
+def load_seed_predictions(run_dir: str | Path, split: str) -> SeedPredictions | None:
+    """The per-seed predictions of ``split``, or None for a run that has none (older runs)."""
+    path = seed_file(run_dir, split)
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        return SeedPredictions([str(i) for i in z["ids"]], [int(s) for s in z["seeds"]], z["emotions"],
+                               z["country_proba"], z["age"])

@@ -294,6 +294,15 @@ def test_mlp_learns_the_synthetic_task_and_writes_the_run(world, tmp_path):
     assert score(pred, c, "Val")["s_mtl"] == pytest.approx(m["ensemble"]["s_mtl"], abs=1e-9)
     test = Predictions.read(run / "test.csv")
     assert test.ids == c.split_ids("Test")
+    # per_seed/: each seed scores as metrics.json's per-seed row; their average is val.csv / test.csv
+    from exvo.predictions import load_seed_predictions
+
+    sp = load_seed_predictions(run, "Val")
+    assert sp.seeds == [0, 1, 2] and sp.ids == pred.ids
+    for j, row in enumerate(m["per_seed"]):
+        assert score(sp.seed(j), c, "Val")["s_mtl"] == pytest.approx(row["s_mtl"], abs=1e-9)
+    np.testing.assert_allclose(sp.ensemble().emotions, pred.emotions, atol=1e-6)
+    np.testing.assert_allclose(load_seed_predictions(run, "Test").ensemble().age, test.age, atol=1e-4)
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["kind"] == "learn" and cfg["features"][0]["layer"] == 0 and cfg["features"][0]["dim"] == 8
     assert cfg["features"][0]["cache_fingerprint"] and cfg["seeds"] == [0, 1, 2]

@@ -190,14 +190,16 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
     for msg in sorted(set(warns + w)):
         note(f"warning: {msg}")
     metrics = runs.metrics_json(per_seed, seeds, best_epochs, ens, "Val", len(val_ids))
-    from exvo.predictions import save_split
+    from exvo.predictions import SeedPredictions, save_seed_predictions, save_split
 
     save_split(ens_pred, tmp, "Val")
+    save_seed_predictions(SeedPredictions(val_ids, seeds, emo, pro, age), tmp, "Val")
     if do_test:
         te_ids = [fm.ids[k] for k in rows["Test"]]
         e, p, a = outputs(rows["Test"])
-        save_split(Predictions.from_proba(te_ids, *runs.ensemble(e, p, a.astype(np.float64) * t.age_std + t.age_mean)),
-                   tmp, "Test")
+        a = a.astype(np.float64) * t.age_std + t.age_mean
+        save_split(Predictions.from_proba(te_ids, *runs.ensemble(e, p, a)), tmp, "Test")
+        save_seed_predictions(SeedPredictions(te_ids, seeds, e, p, a), tmp, "Test")
     trivial = _constant_baseline(corpus, t, rows)
 
     config = {

@@ -7,6 +7,7 @@
     history.json                per-epoch Val selection scores and train losses (MLP)
     val.csv, test.csv           submission format, the seed-averaged ensemble's predictions
     val_country_proba.csv, test_country_proba.csv
+    per_seed/val.npz, per_seed/test.npz   every seed's predictions (exvo.predictions.SeedPredictions)
     models/                     scaler.npz + mlp.pt (all seeds) or xgb_seed<k>_<task>.ubj
 
 ``metrics.json``::
