@@ -13,7 +13,8 @@ Numerics. ``C C*`` is not symmetric, so its square root is not taken directly. W
 (``AB`` and ``BA`` always do), and ``M`` is symmetric PSD, so
 ``Tr (C C*)^{1/2} = Σ_i sqrt(λ_i(M))``. ``C^{1/2}`` and the
 eigenvalues of ``M`` come from ``numpy.linalg.eigh`` in float64; eigenvalues that
-round-off pushes below zero are set to zero (M is PSD in exact arithmetic).
+are below ``d · ε · λ_max`` (round-off: M is PSD, and a singular covariance gives exact
+zeros that round-off turns into ±1e-16 · λ_max) count as zero.
 No matrix inverse is taken, so singular covariances (fewer clips than dimensions) are
 fine numerically, although the estimate is then poor: :func:`fid` warns.
 
@@ -87,7 +88,10 @@ def trace_sqrt_product(C1: np.ndarray, C2: np.ndarray, sqrt_c1: np.ndarray | Non
     S = sqrt_psd(C1) if sqrt_c1 is None else sqrt_c1
     M = S @ np.asarray(C2, dtype=np.float64) @ S
     lam = np.linalg.eigvalsh((M + M.T) / 2.0)
-    return float(np.sqrt(np.clip(lam, 0.0, None)).sum())
+    # eigenvalues at round-off level are zeros of M (e.g. the null space of a singular
+    # covariance): left in, each would add sqrt(noise) ~ 1e-8 x the largest one
+    cut = max(float(lam.max(initial=0.0)), 0.0) * lam.size * np.finfo(np.float64).eps
+    return float(np.sqrt(lam[lam > cut]).sum())
 
 
 def frechet_distance(mu1: np.ndarray, C1: np.ndarray, mu2: np.ndarray, C2: np.ndarray,

@@ -86,8 +86,7 @@ def heat_map(rec: dict, path: Path) -> Path:
     k = len(emos)
     fig = Figure(figsize=(9.5, 8), dpi=120, layout="constrained")
     ax = fig.add_subplot()
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("#dddddd")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
     im = ax.imshow(np.ma.masked_invalid(M), cmap=cmap)
     fig.colorbar(im, ax=ax, shrink=0.8, label="FID")
     finite = M[np.isfinite(M)]
@@ -121,6 +120,7 @@ def report_figures(runs_dir: str | Path, out_dir: str | Path) -> tuple[list[tupl
             rec = json.loads(p.read_text())
             if rec.get("format") != FORMAT:
                 raise ValueError(f"format {rec.get('format')!r}")
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
             png = heat_map(rec, Path(out_dir) / f"{p.stem}.png")
         except (OSError, ValueError, KeyError, TypeError) as e:
             notes.append(f"{p.name} skipped: not a readable FID table ({e}); rebuild it with `exvo fid --table`")
