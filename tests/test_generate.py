@@ -257,3 +257,29 @@ def test_cli_heep_and_s_gen(tmp_path):
     assert f"{(0.625 + (0.5 + 2 / 3) / 2) / 10:.4f}" in r.output          # mean over all 10 emotions
     r = _cli("heep", tmp_path / "r.csv", "--fid", "Amusement")
     assert r.exit_code == 2 and "expected EMOTION=VALUE" in r.output
+
+
+def test_cli_fid_in_a_learn_runs_shared_layer(gen_env, tmp_path):
+    from exvo.learn.api import LearnConfig, learn
+    from tests.fault_extractor import NAME
+
+    corpus, root = gen_env
+    learn(corpus, LearnConfig(features=[NAME], seeds=2, epochs=1, device="cpu"), cache_dir=root / "cache",
+          runs_dir=tmp_path / "runs", name="clf", echo=lambda m: None)
+    counts = {e: len(emotion_bin(corpus, "Val", e, "argmax")) for e in EMOTIONS}
+    emo = max(counts, key=counts.get)
+    gen = tmp_path / "gen"
+    _copy_bin(corpus, "Val", emo, gen)
+    common = ["--classifier", tmp_path / "runs" / "clf", "--bin", "argmax", "--data", corpus.root,
+              "--cache", root / "cache"]
+    r = _cli("fid", gen, "--emotion", emo, "--against", "Val", *common)
+    assert r.exit_code == 0, r.output
+    # the same clips in each seed's space: 0 for both seeds
+    assert f"FID {emo}: 0 ± 0 (mean ± std over 2 seeds)" in r.output, r.output
+    assert "last shared layer (128 dims) of clf" in r.output
+    r = _cli("fid", gen, "--emotion", emo, "--against", "Train", *common)
+    assert r.exit_code == 0 and "mean ± std over 2 seeds" in r.output, r.output
+    r = _cli("fid", "--table", *common, "--runs", tmp_path / "runs")
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "runs" / "fid" / "train_vs_val_clf_argmax.json").read_text())
+    assert rec["views"] == 2 and rec["space"].startswith("last shared layer")

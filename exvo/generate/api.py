@@ -233,6 +233,9 @@ class HEEPReport:
             if e in h.per_emotion:
                 s = f"  S_GEN {self.s_gen[e]:.4f}" if e in self.s_gen else ""
                 out.append(f"  {e:12s} HEEP {h.per_emotion[e]:+.4f} ({h.n_clips[e]} clips){s}")
+        no_fid = [e for e in h.per_emotion if self.s_gen_overall is not None and e not in self.s_gen]
+        if no_fid:
+            out.append(f"note: no FID given for {', '.join(no_fid)}: no S_GEN for them (0 in the overall mean)")
         if self.s_gen_overall is not None:
             out.append(f"S_GEN (Eq. 5, mean over the 10 emotions, 0 where not targeted): {self.s_gen_overall:.4f}")
         return out
