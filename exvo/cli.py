@@ -310,6 +310,10 @@ def fid_cmd(
     from exvo.extract.base import ExtractOptions
     from exvo.generate import api
 
+    if table and (gen_dir is not None or emotion is not None):
+        _fail("--table compares the corpus's own Train and Val bins; leave out GEN_DIR and --emotion")
+    if not table and (gen_dir is None or emotion is None):
+        _fail("give GEN_DIR and --emotion E (or --table for the Train-vs-Val table)")
     corpus = load_corpus(data)
     space = api.feature_space(corpus, cache, features=features, classifier=classifier, standardise=not raw,
                               opts=ExtractOptions(checkpoint=checkpoint, device=device, workers=workers))
@@ -317,18 +321,12 @@ def fid_cmd(
     if table:
         from exvo.generate.table import DEFAULT_SUBDIR, write_table
 
-        if gen_dir is not None or emotion is not None:
-            _fail("--table compares the corpus's own Train and Val bins; leave out GEN_DIR and --emotion")
         t = api.train_val_table(corpus, space, rule=bin_rule, echo=warn, progress=sys.stderr.isatty())
-        paths = write_table(t, out or runs / DEFAULT_SUBDIR, f"{features or Path(classifier).name}_{bin_rule}")
+        paths = write_table(t, out or runs / DEFAULT_SUBDIR, api.table_tag(features, classifier, bin_rule, raw))
         typer.echo(paths["csv"].read_text().rstrip())
-        low = t.diagonal_lowest()
-        typer.echo("diagonal lowest in its row and column: "
-                   + ", ".join(f"{e} {'yes' if v else ('no' if v is False else '-')}" for e, v in low.items()))
+        typer.echo(t.diagonal_line())
         typer.echo(f"space: {t.space}; wrote {paths['csv']}, {paths['json']}, {paths['png']}")
         return
-    if gen_dir is None or emotion is None:
-        _fail("give GEN_DIR and --emotion E (or --table for the Train-vs-Val table)")
     r = api.fid_generated(corpus, gen_dir, emotion, space, against=against, rule=bin_rule,
                           progress=sys.stderr.isatty(), echo=warn)
     typer.echo(r.line())

@@ -170,6 +170,16 @@ class FIDTable:
             out[e] = bool((M[i, i] < others).all()) if others.size else None
         return out
 
+    def diagonal_line(self) -> str:
+        low = self.diagonal_lowest()
+        return ("diagonal lowest in its row and column: "
+                + ", ".join(f"{e} {'yes' if v else ('no' if v is False else '-')}" for e, v in low.items()))
+
+
+def table_tag(features: str | None, classifier: str | Path | None, rule: str, raw: bool = False) -> str:
+    """File tag of a table: ``<features or run name>_<bin rule>[_raw]``."""
+    return f"{features or Path(str(classifier)).name}_{rule}" + ("_raw" if raw and features else "")
+
 
 def train_val_table(corpus: Corpus, space: FeatureSpace, rule: str = "one", echo: Echo = print,
                     progress: bool = False) -> FIDTable:

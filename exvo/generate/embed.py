@@ -48,6 +48,11 @@ def list_generated(gen_dir: str | Path) -> list[tuple[str, Path]]:
     items = sorted((p.stem, p) for p in d.iterdir() if p.is_file() and p.suffix.lower() in GEN_EXT)
     if not items:
         raise FileNotFoundError(f"{d} holds no .wav or .flac files (subfolders are not searched)")
+    stems = [s for s, _ in items]
+    dups = sorted({s for s in stems if stems.count(s) > 1})
+    if dups:
+        raise ValueError(f"{d} has several files per name ({_listing(dups)}: e.g. x.wav and x.flac); "
+                         "keep one file per clip")
     return items
 
 
@@ -99,7 +104,8 @@ class ExtractorSpace(FeatureSpace):
         layer = f" layer {self.layer} of {self.cache.n_layers}" if self.cache.n_layers > 1 else ""
         self.scaler: Scaler | None = None
         if standardise:
-            train = [i for i in corpus.split_ids("Train") if i in set(self.cache.ids)]
+            cached = set(self.cache.ids)
+            train = [i for i in corpus.split_ids("Train") if i in cached]
             if not train:
                 raise FeatureError(f"no Train clip of {corpus.name} is in {self.cache.path}; standardising needs them "
                                    "(extract the corpus first, or pass --raw)")
