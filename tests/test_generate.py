@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import fault_extractor as fx  # noqa: F401  (registers _test_rms)
+
 from exvo.generate import heep as H
 from exvo.generate.bins import bin_mask, emotion_bin
 from exvo.generate.fid import (FIDError, SmallSampleWarning, fid, frechet_distance, gaussian_stats, sqrt_psd)
@@ -176,7 +178,6 @@ def gen_env(tmp_path_factory):
     from exvo.corpus import Corpus
     from exvo.demo import make_demo_corpus
     from exvo.extract.run import extract
-    from tests import fault_extractor as fx  # noqa: F401  (registers _test_rms)
 
     root = tmp_path_factory.mktemp("gen")
     data = make_demo_corpus(root / "gdemo", speakers=12, clips_per_speaker=8, seed=5, progress=False)
@@ -201,10 +202,8 @@ def _cli(*args):
 
 
 def test_cli_fid_and_table_end_to_end(gen_env, tmp_path):
-    from tests.fault_extractor import NAME
-
     corpus, root = gen_env
-    common = ["--features", NAME, "--bin", "argmax", "--data", corpus.root, "--cache", root / "cache"]
+    common = ["--features", fx.NAME, "--bin", "argmax", "--data", corpus.root, "--cache", root / "cache"]
     counts = {e: len(emotion_bin(corpus, "Val", e, "argmax")) for e in EMOTIONS}
     emo = max(counts, key=counts.get)
     assert counts[emo] >= 4, counts
@@ -227,18 +226,24 @@ def test_cli_fid_and_table_end_to_end(gen_env, tmp_path):
     k = EMOTIONS.index(emo)
     assert rec["fid_mean"][k][k] == pytest.approx(fid_train, rel=1e-6)
     assert rec["n_val"][emo] == counts[emo]
-    assert (tmp_path / "runs" / "fid" / f"train_vs_val_{NAME}_argmax.png").stat().st_size > 0
-    csv_lines = (tmp_path / "runs" / "fid" / f"train_vs_val_{NAME}_argmax.csv").read_text().splitlines()
+    assert (tmp_path / "runs" / "fid" / f"train_vs_val_{fx.NAME}_argmax.png").stat().st_size > 0
+    csv_lines = (tmp_path / "runs" / "fid" / f"train_vs_val_{fx.NAME}_argmax.csv").read_text().splitlines()
     assert csv_lines[0].startswith("Train \\ Val,Awe,") and csv_lines[-1].startswith("n_val,")
     # the report hook redraws it
     from exvo.generate.table import report_figures
 
     made, notes = report_figures(tmp_path / "runs", tmp_path / "rep")
-    assert [p.name for _, p in made] == [f"train_vs_val_{NAME}_argmax.png"] and not notes
+    assert [p.name for _, p in made] == [f"train_vs_val_{fx.NAME}_argmax.png"] and not notes
+    # an unreadable generated clip is left out with a warning; the others give the same FID
+    (gen / "zz_broken.wav").write_bytes(b"")
+    r = _cli("fid", gen, "--emotion", emo, *common)
+    assert r.exit_code == 0, r.output
+    assert "1 generated clip(s) left out: zz_broken (file is empty" in r.output, r.output
+    assert f"FID {emo}: {fid_train:.4g} — {counts[emo]} generated" in r.output, r.output
     # errors: no space, empty bin under the paper's rule
     r = _cli("fid", gen, "--emotion", emo, "--data", corpus.root, "--cache", root / "cache")
     assert r.exit_code == 2 and "exactly one of --features" in r.output
-    r = _cli("fid", gen, "--emotion", "Triumph", "--features", NAME, "--data", corpus.root, "--cache", root / "cache")
+    r = _cli("fid", gen, "--emotion", "Triumph", "--features", fx.NAME, "--data", corpus.root, "--cache", root / "cache")
     assert r.exit_code == 2 and "Try --bin argmax" in r.output, r.output
 
 
@@ -261,10 +266,8 @@ def test_cli_heep_and_s_gen(tmp_path):
 
 def test_cli_fid_in_a_learn_runs_shared_layer(gen_env, tmp_path):
     from exvo.learn.api import LearnConfig, learn
-    from tests.fault_extractor import NAME
-
     corpus, root = gen_env
-    learn(corpus, LearnConfig(features=[NAME], seeds=2, epochs=1, device="cpu"), cache_dir=root / "cache",
+    learn(corpus, LearnConfig(features=[fx.NAME], seeds=2, epochs=1, device="cpu"), cache_dir=root / "cache",
           runs_dir=tmp_path / "runs", name="clf", echo=lambda m: None)
     counts = {e: len(emotion_bin(corpus, "Val", e, "argmax")) for e in EMOTIONS}
     emo = max(counts, key=counts.get)
