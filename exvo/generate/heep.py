@@ -13,6 +13,8 @@ HEEP (a per-emotion rescaling would change it: give ratings as collected).
 
 Per emotion (Table 3 reports ``HEEP_e`` for each targeted emotion): Equation (4) on the
 rows of the clips that target ``e`` (the challenge rates 5 such clips per emotion, §3.2).
+The paper gives no separate formula for ``HEEP_e``; this is our reading (the alternative,
+correlating column ``e`` of T and H over all rated clips, needs clips of several targets).
 
 §5.2, Equation (5)::
 
