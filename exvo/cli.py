@@ -278,6 +278,79 @@ def train_cnn(
     typer.echo(f"saved {path}; extract it with `exvo extract --model {name} --data DIR`")
 
 
+# --------------------------------------------------------------------------- generation (ExVo-Generate)
+def _bin_help() -> str:
+    from exvo.generate.bins import BIN_RULES
+
+    return (f"Real clips per emotion: {' | '.join(BIN_RULES)} (one: intensity 1, the paper's bins; "
+            "argmax: the clip's strongest emotion, for corpora not scaled to a max of 1 per clip).")
+
+
+@app.command("fid")
+@friendly
+def fid_cmd(
+    gen_dir: Optional[Path] = typer.Argument(None, help="Folder of generated clips (*.wav, *.flac) that target --emotion."),
+    emotion: Optional[str] = typer.Option(None, "--emotion", "-e", help="Target emotion of the generated clips (e.g. Amusement)."),
+    features: Optional[str] = typer.Option(None, "--features", "-f", help="Feature space: an extractor cached for this corpus, NAME or NAME@LAYER (e.g. egemaps, wavlm@12, raw_exvo_er = a task CNN's bottleneck)."),
+    classifier: Optional[Path] = typer.Option(None, "--classifier", help="Feature space: the last shared layer of an `exvo learn` MLP run folder (FID per seed, mean ± std)."),
+    against: str = typer.Option("Train", help="Real clips from: Train (paper §3.2) | Val (Eq. 3, §6.2)."),
+    bin_rule: str = typer.Option("one", "--bin", help=_bin_help()),
+    table: bool = typer.Option(False, "--table", help="Instead: the Train-vs-Val table of the emotion bins (paper Table 3): CSV, JSON, heat map."),
+    out: Optional[Path] = typer.Option(None, help="--table: output folder (default <runs>/fid, where `exvo report` finds it)."),
+    save: Optional[Path] = typer.Option(None, help="Add this emotion's FID to a CSV (replacing its old row), for `exvo heep --fid-csv`."),
+    raw: bool = typer.Option(False, "--raw", help="--features: keep cached units (default: standardise every dimension with Train mean/std)."),
+    checkpoint: Optional[str] = typer.Option(None, help="SSL features: the checkpoint the cache was built with."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda (embedding the generated clips)."),
+    workers: int = typer.Option(0, help="Extractor workers; 0 = all cores."),
+    data: Optional[Path] = DataOpt,
+    cache: Path = CacheOpt,
+    runs: Path = RunsOpt,
+):
+    """ExVo-Generate: FID of generated clips vs the real clips of one emotion, or the Train-vs-Val table."""
+    from exvo.extract.base import ExtractOptions
+    from exvo.generate import api
+
+    if table and (gen_dir is not None or emotion is not None):
+        _fail("--table compares the corpus's own Train and Val bins; leave out GEN_DIR and --emotion")
+    if not table and (gen_dir is None or emotion is None):
+        _fail("give GEN_DIR and --emotion E (or --table for the Train-vs-Val table)")
+    corpus = load_corpus(data)
+    space = api.feature_space(corpus, cache, features=features, classifier=classifier, standardise=not raw,
+                              opts=ExtractOptions(checkpoint=checkpoint, device=device, workers=workers))
+    warn = lambda m: typer.secho(m, fg=typer.colors.YELLOW, err=True)  # noqa: E731
+    if table:
+        from exvo.generate.table import DEFAULT_SUBDIR, write_table
+
+        t = api.train_val_table(corpus, space, rule=bin_rule, echo=warn, progress=sys.stderr.isatty())
+        paths = write_table(t, out or runs / DEFAULT_SUBDIR, api.table_tag(features, classifier, bin_rule, raw))
+        typer.echo(paths["csv"].read_text().rstrip())
+        typer.echo(t.diagonal_line())
+        typer.echo(f"space: {t.space}; wrote {paths['csv']}, {paths['json']}, {paths['png']}")
+        return
+    r = api.fid_generated(corpus, gen_dir, emotion, space, against=against, rule=bin_rule,
+                          progress=sys.stderr.isatty(), echo=warn)
+    typer.echo(r.line())
+    if save is not None:
+        typer.echo(f"saved to {api.save_fid_row(save, r, gen_dir)}")
+
+
+@app.command("heep")
+@friendly
+def heep_cmd(
+    ratings: Path = typer.Argument(..., help="Ratings CSV: File_ID,<10 emotions> (average human intensities of generated clips)."),
+    manifest: Optional[Path] = typer.Option(None, help="CSV File_ID,Target (emotion; several separated by ';'). Default: the emotion named in each File_ID."),
+    fid: Optional[List[str]] = typer.Option(None, "--fid", help="EMOTION=FID for S_GEN (repeatable), e.g. --fid Amusement=4.92."),
+    fid_csv: Optional[Path] = typer.Option(None, help="CSV with emotion,fid columns (as `exvo fid --save` writes) for S_GEN."),
+):
+    """ExVo-Generate: HEEP (paper Eq. 4) per targeted emotion and overall; with FIDs, S_GEN (Eq. 5)."""
+    from exvo.generate import api
+
+    fids = api.read_fids(fid, fid_csv) if (fid or fid_csv) else None
+    rep = api.heep_report(ratings, manifest, fids)
+    for line in rep.lines():
+        typer.echo(line)
+
+
 # --------------------------------------------------------------------------- demo
 @app.command()
 @friendly

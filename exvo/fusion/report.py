@@ -12,6 +12,7 @@ Writes ``report.md``, ``report.csv`` and the PNG figures to ``out_dir``:
 * ``country_confusion.png`` country confusion matrix of the best run (Val)
 * ``age_scatter.png``       true vs predicted age of the best run (Val)
 * ``ssl_layers.png``        S_MTL per layer for runs that differ only in one SSL @layer
+* ``train_vs_val_*.png``    FID tables of ``exvo fid --table`` found in ``<runs>/fid/`` (:mod:`exvo.generate.table`)
 
 A figure with nothing to plot is skipped with a note.
 """
@@ -238,6 +239,10 @@ def make_report(runs_dir: str | Path, out_dir: str | Path, corpus: Corpus | None
     out_dir.mkdir(parents=True, exist_ok=True)
     cells = [_cells(k + 1, r) for k, r in enumerate(rows)]
     made, fig_notes = _figures(rows, out_dir, corpus)
+    from exvo.generate.table import report_figures as fid_figures  # ExVo-Generate Train-vs-Val FID tables
+
+    fid_made, fid_notes = fid_figures(runs_dir, out_dir)
+    made, fig_notes = made + fid_made, fig_notes + fid_notes
 
     notes = []
     if any(r.optimistic for r in rows):
