@@ -141,7 +141,11 @@ def extract(
     epochs: Optional[int] = typer.Option(None, help="Task CNNs: cap on training epochs (default: until the lr falls below 1e-6)."),
     list_models: bool = typer.Option(False, "--list", help="List the registered extractors and exit."),
 ):
-    """Stage 1: extract utterance embeddings of every clip into the HDF5 cache (resumable)."""
+    """Stage 1: extract utterance embeddings of every clip into the HDF5 cache (resumable).
+
+    Progress: a bar on a terminal; with stderr redirected (a log file) a plain line every 30 s
+    (clips done/total, audio-s/s, ETA). EXVO_PROGRESS=bar|lines|off|SECONDS overrides.
+    """
     from exvo.extract.base import ExtractOptions, describe, find, names
     from exvo.extract.run import ExtractionAborted, extract as run_extract
 
@@ -159,7 +163,7 @@ def extract(
                           workers=workers, chunk_seconds=chunk_seconds, dtype=dtype, train_epochs=epochs)
     try:
         s = run_extract(corpus, model, cache, opts, overwrite=overwrite, max_failures=max_failures,
-                        progress=sys.stderr.isatty() or bool(os.environ.get("EXVO_PROGRESS")))
+                        progress=True)   # bar on a terminal, plain lines in a log (EXVO_PROGRESS overrides)
     except ExtractionAborted as e:
         _fail(str(e), code=3)
     except KeyboardInterrupt:

@@ -149,7 +149,8 @@ def _probe_notes(cfg: dict, s_mtl_std: float | None) -> tuple[list[str], bool]:
             near = [k for k in order if sc[best] - sc[k] <= s_mtl_std]
             if len(near) > 1:
                 tie = True
-                msg += (f"; layers {', '.join(map(str, near))} lie within one seed-std of S_MTL ({s_mtl_std:.3f}): "
+                shown = ", ".join(map(str, near[:6])) + (f" … ({len(near)} of {len(sc)} layers)" if len(near) > 6 else "")
+                msg += (f"; layers {shown} lie within one seed-std of S_MTL ({s_mtl_std:.3f}): "
                         "a tie within noise, the layer choice is arbitrary among them")
             else:
                 msg += f", more than one seed-std of S_MTL ({s_mtl_std:.3f})"
