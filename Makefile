@@ -26,5 +26,8 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow tests
 
+# What `make demo` made: the venv, the demo corpus, its runs (the report is runs/report)
+# and its caches (cache/demo_data/, task CNNs included). Caches of other corpora under
+# cache/ are kept: they may hold hours of extraction.
 clean:
-	rm -rf $(VENV) runs demo_data report cache/*.h5
+	rm -rf $(VENV) runs demo_data cache/demo_data

@@ -69,3 +69,14 @@ def test_extract_prints_plain_lines_when_stderr_is_not_a_terminal(small_demo_cor
     extract(corpus, RmsExtractor(), tmp_path / "cache2", progress=True)
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("extract _test_rms: ")]
     assert len(lines) == 2 and "starting" in lines[0] and "ETA" in lines[1]
+
+
+def test_no_lock_file_is_left_after_a_successful_run(small_demo_corpus_dir, tmp_path):
+    from exvo.corpus import Corpus
+    from exvo.extract.run import extract
+    from fault_extractor import RmsExtractor
+
+    corpus = Corpus.from_dir(small_demo_corpus_dir)
+    extract(corpus, RmsExtractor(), tmp_path, progress=False)
+    extract(corpus, RmsExtractor(), tmp_path, progress=False)        # resume: locks again, removes again
+    assert not list(tmp_path.rglob("*.lock"))

@@ -137,6 +137,14 @@ def read_config(run_dir: Path) -> dict:
     if not p.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json); pass a folder made by `exvo learn`")
     cfg = json.loads(p.read_text())
+    if cfg.get("kind") == "fusion":
+        test = Path(run_dir) / "test.csv"
+        raise ValueError(
+            f"{run_dir} is a fusion run: it has no model to apply, only the predictions it fused. "
+            + (f"Its Test predictions are {test}" if test.is_file() else
+               "It has no test.csv (a source run lacked Test predictions): predict Test with its source runs "
+               "(`exvo predict RUN --split Test`) and fuse again")
+            + "; to predict another corpus, predict with each source run (config.json: sources) and fuse those")
     if cfg.get("kind") != "learn":
         raise ValueError(f"{run_dir} is a {cfg.get('kind')!r} run; `exvo predict` applies `exvo learn` runs only")
     return cfg
