@@ -297,6 +297,32 @@ def demo(
     run_demo(data, cache, runs, seeds=seeds, echo=typer.echo)
 
 
+class _Command(typer.core.TyperCommand):
+    """Help as users read it: ``PRED`` (not ``{pred}``) in usage lines, no ``<bool>`` after flags."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for p in params:
+            if getattr(p, "is_flag", False) and p.metavar is None:
+                p.metavar = ""          # a flag takes no value: show no type
+        return params
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if p.param_type_name != "argument":
+                continue
+            name = (p.metavar or p.name or "ARG").upper()
+            name = name if p.required else f"[{name}]"
+            pieces.append(name + ("..." if p.nargs != 1 else ""))
+        return pieces
+
+
+for _info in app.registered_commands:   # every command, without repeating cls= on each decorator
+    if _info.cls in (None, typer.core.TyperCommand):
+        _info.cls = _Command
+
+
 def main():  # pragma: no cover
     app()
 

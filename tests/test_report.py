@@ -386,3 +386,14 @@ def test_layer_plot_has_every_layer_reached_including_best_and_last(report_runs,
     assert [p["layer"] for p in pts] == [0, 6, 9, 12, 24]
     how = {p["layer"]: p["how"] for p in pts}
     assert how[9] == "best" and how[24] == "last" and how[12] == "given"
+
+
+def test_learn_summary_line_of_one_seed_shows_no_fake_zero_std():
+    from exvo.learn.runs import summary_line
+
+    met = {"split": "Val", "summary": {k: {"mean": 0.5, "std": 0.0} for k in ("ccc", "uar", "mae", "s_mtl")},
+           "per_seed": [{}], "ensemble": {"s_mtl": 0.5}}
+    line = summary_line("runs/x", met)
+    assert "±" not in line and "one seed, std undefined" in line
+    met["per_seed"] = [{}, {}]
+    assert "S_MTL 0.500±0.000" in summary_line("runs/x", met)

@@ -137,8 +137,10 @@ def resolve_layer(spec: FeatureSpec, cache: EmbeddingCache) -> tuple[int | None,
     if spec.layer is None:
         return L - 1, ("only" if L == 1 else "last")
     if spec.layer == "best":
-        if L == 1:
-            return 0, "only"
+        if L == 1:   # accepting it would make a second, differently named run of the very same features
+            raise FeatureError(
+                f"feature spec {spec.text!r}: the {spec.name} cache has a single layer, so @best has nothing to "
+                f"choose; write {spec.name!r} (@LAYER and @best are for multi-layer SSL caches)")
         return None, "best (ridge probe)"
     k = int(spec.layer)
     if not -L <= k < L:

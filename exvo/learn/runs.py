@@ -86,12 +86,14 @@ def metrics_json(per_seed: list[dict], seeds: Sequence[int], best_epochs: Sequen
 def summary_line(run_dir: Path | str, metrics: dict) -> str:
     s = metrics["summary"]
 
+    one = len(metrics["per_seed"]) == 1    # one seed has no spread: "± 0.000" would claim one
+
     def f(k, d=3):
-        return f"{s[k]['mean']:.{d}f}±{s[k]['std']:.{d}f}"
+        return f"{s[k]['mean']:.{d}f}" + ("" if one else f"±{s[k]['std']:.{d}f}")
 
     return (f"{run_dir}: {metrics['split']} CCC {f('ccc')} UAR {f('uar')} MAE {f('mae', 2)} "
             f"S_MTL {f('s_mtl')} (ensemble {metrics['ensemble']['s_mtl']:.3f}; "
-            f"mean ± std over {len(metrics['per_seed'])} seeds)")
+            + ("one seed, std undefined)" if one else f"mean ± std over {len(metrics['per_seed'])} seeds)"))
 
 
 def write_json(path: Path, obj) -> None:
