@@ -187,9 +187,14 @@ def load_features(corpus: Corpus, specs: Sequence[FeatureSpec], cache_dir: str |
             if probe_fn is None:
                 raise FeatureError(f"{spec.text}: @best needs a layer probe")
             layer, info = probe_fn(c, corpus)
+            sc = info["layer_scores"]
+            runner_up = max((k for k in sc if k != layer), key=lambda k: sc[k], default=None)
+            # the margin tells a clear choice from a near-tie (`exvo report` compares it with the seed std)
+            margin = (f"; margin {sc[layer] - sc[runner_up]:.3f} over layer {runner_up}"
+                      if runner_up is not None else "")
             echo(f"{spec.text}: layer {layer} of {c.n_layers} chosen by a closed-form ridge probe "
-                 f"(Train → Val S_MTL; optimistic for Val) — scores: "
-                 + " ".join(f"{k}:{v:.3f}" for k, v in info["layer_scores"].items()))
+                 f"(Train → Val S_MTL; optimistic for Val){margin} — scores: "
+                 + " ".join(f"{k}:{v:.3f}" for k, v in sc.items()))
         blocks.append(FeatureBlock(spec.text, spec.name, int(layer), how, c.n_layers, c.dim, str(c.path),
                                    c.config, c.fingerprint, info))
     dim = sum(b.dim for b in blocks)
