@@ -397,3 +397,14 @@ def test_learn_summary_line_of_one_seed_shows_no_fake_zero_std():
     assert "±" not in line and "one seed, std undefined" in line
     met["per_seed"] = [{}, {}]
     assert "S_MTL 0.500±0.000" in summary_line("runs/x", met)
+
+
+def test_undefined_ensemble_s_mtl_is_not_shown_as_zero(small_demo_corpus_dir, tmp_path):
+    corpus = Corpus.from_dir(small_demo_corpus_dir)
+    runs = tmp_path / "runs"
+    write_seeded_run(runs, "flat", corpus, 2, 0.05, seed=1, flat_seeds=(0, 1))    # every seed: CCC 0
+    text = make_report(runs, tmp_path / "rep", corpus=corpus)
+    line = next(ln for ln in text.splitlines() if ln.split()[1:2] == ["flat"])
+    assert "undefined (0/2)" in line and line.rstrip().endswith("undefined") and "0.000" not in line.split("±")[-1]
+    row = csv_rows(tmp_path / "rep")["flat"]
+    assert row["ensemble_s_mtl"] == "" and row["ensemble_s_mtl_defined"] == "False" and row["s_mtl_mean"] == ""

@@ -103,7 +103,9 @@ class FusionResult:
             m, s = self.reported[k]["mean"], self.reported[k]["std"]
             if m is None:
                 return "undefined"
-            return f"{m:.{d}f}" + ("" if s is None else f" ± {s:.{d}f}")
+            n = self.reported[k].get("n")
+            part = f" ({n}/{self.n_seeds} seeds defined)" if k == "s_mtl" and self.n_seeds and n != self.n_seeds else ""
+            return f"{m:.{d}f}" + ("" if s is None else f" ± {s:.{d}f}") + part
 
         over = (f"mean ± std over {self.n_seeds} fused seeds" if self.n_seeds > 1
                 else "1 fused seed, std undefined" if self.n_seeds == 1

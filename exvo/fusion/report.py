@@ -76,7 +76,7 @@ def _cells(rank: int, r: Row) -> list[str]:
     ens = r.ensemble["s_mtl"]
     return [str(rank), r.system + _marks(r), r.features, r.dims, r.learner, r.seeds,
             _fmt(r, "ccc", 3), _fmt(r, "uar", 3), _fmt(r, "mae", 2), _fmt(r, "s_mtl", 3),
-            "?" if ens is None else f"{ens:.3f}"]
+            "undefined" if r.ensemble_undefined else "?" if ens is None else f"{ens:.3f}"]
 
 
 HEADER = ["#", "system", "features", "dims", "learner", "seeds", "Emo-CCC", "Cou-UAR", "Age-MAE", "S_MTL ▼",
@@ -165,7 +165,9 @@ def _notes(rows: list[Row]) -> list[str]:
                      "smallest seed count); their ± is over the fused seeds")
     if any(r.s_mtl_defined is not None and r.n_seeds and r.s_mtl_defined < r.n_seeds for r in rows):
         notes.append("S_MTL (k/n): defined for k of n seeds only (CCC or UAR <= 0 on the others); the mean is over "
-                     "the k seeds, not counting the others as 0")
+                     "the k seeds, not counting the others as 0, and the row is ranked by it: read it with its k/n")
+    if any(r.ensemble_undefined for r in rows):
+        notes.append("ens. S_MTL undefined: the seed-averaged predictions have CCC or UAR <= 0")
     for r in rows:
         for why in r.stale:
             notes.append(f"‡ {r.system} is stale: {why}; fuse again to update it")
@@ -184,11 +186,13 @@ def _write_csv(rows: list[Row], path: Path) -> None:
         w = csv.writer(f)
         w.writerow(["rank", "system", "kind", "features", "dims", "learner", "seeds",
                     *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")), "s_mtl_seeds_defined",
-                    *(f"ensemble_{m}" for m in METRICS), "optimistic", "stale", "probe_tie", "path"])
+                    *(f"ensemble_{m}" for m in METRICS), "ensemble_s_mtl_defined", "optimistic", "stale", "probe_tie",
+                    "path"])
         for k, r in enumerate(rows):
             w.writerow([k + 1, r.system, r.kind, r.features, r.dims, r.learner, r.seeds,
                         *(num(d[m]) for m in METRICS for d in (r.mean, r.std)), num(r.s_mtl_defined),
-                        *(num(r.ensemble[m]) for m in METRICS), r.optimistic, "; ".join(r.stale), r.probe_tie,
+                        *(num(r.ensemble[m]) for m in METRICS), not r.ensemble_undefined, r.optimistic,
+                        "; ".join(r.stale), r.probe_tie,
                         str(r.run.path)])
 
 

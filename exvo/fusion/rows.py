@@ -51,6 +51,7 @@ class Row:
     probe: list[str] = field(default_factory=list)
     probe_tie: bool = False
     note: str | None = None
+    ensemble_undefined: bool = False               # the ensemble's S_MTL is undefined (CCC or UAR <= 0)
 
     @property
     def sort_key(self) -> float | None:
@@ -176,6 +177,11 @@ def make_row(run: Run, corpus: Corpus | None, learn_runs: list[Run]) -> Row:
     if kind == "fusion" and cfg.get("select_on") == "cv" and "full_val_ensemble" not in met:
         ens_d = {}    # older cv fusions kept the optimistic full-Val score here: not shown as the estimate
     ensemble = {m: _num(ens_d.get(m)) for m in METRICS}
+    if ensemble["ccc"] is not None and ensemble["uar"] is not None and not seeds.s_mtl_defined(ensemble):
+        ensemble["s_mtl"] = None       # undefined (CCC or UAR <= 0), not the 0.0 written to metrics.json
+        ens_undefined = True
+    else:
+        ens_undefined = False
     note = None
     pe_mean, pe_std = {}, {}
     count = n_seeds(cfg, met) if kind != "fusion" else (len(per) or None)
@@ -219,7 +225,7 @@ def make_row(run: Run, corpus: Corpus | None, learn_runs: list[Run]) -> Row:
     stale = _stale(run, learn_runs) if kind == "fusion" else []
     probe, tie = _probe_notes(cfg, std["s_mtl"]) if kind != "fusion" else ([], False)
     return Row(run, run.name, kind, features, dims, learner_label(cfg), seeds_cell, mean, std, ensemble, count,
-               n_def, bool(sel.get("optimistic")), pe_mean, pe_std, stale, probe, tie, note)
+               n_def, bool(sel.get("optimistic")), pe_mean, pe_std, stale, probe, tie, note, ens_undefined)
 
 
 def make_rows(runs: list[Run], corpus: Corpus | None) -> list[Row]:

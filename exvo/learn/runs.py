@@ -83,6 +83,13 @@ def metrics_json(per_seed: list[dict], seeds: Sequence[int], best_epochs: Sequen
     }
 
 
+def _ens(e: dict) -> str:
+    """The ensemble's S_MTL, or "S_MTL undefined" where CCC or UAR <= 0 (metrics.json then holds 0.0)."""
+    if e.get("ccc", 1) <= 0 or e.get("uar", 1) <= 0:
+        return "S_MTL undefined"
+    return f"{e['s_mtl']:.3f}"
+
+
 def summary_line(run_dir: Path | str, metrics: dict) -> str:
     s = metrics["summary"]
 
@@ -92,7 +99,7 @@ def summary_line(run_dir: Path | str, metrics: dict) -> str:
         return f"{s[k]['mean']:.{d}f}" + ("" if one else f"±{s[k]['std']:.{d}f}")
 
     return (f"{run_dir}: {metrics['split']} CCC {f('ccc')} UAR {f('uar')} MAE {f('mae', 2)} "
-            f"S_MTL {f('s_mtl')} (ensemble {metrics['ensemble']['s_mtl']:.3f}; "
+            f"S_MTL {f('s_mtl')} (ensemble {_ens(metrics['ensemble'])}; "
             + ("one seed, std undefined)" if one else f"mean ± std over {len(metrics['per_seed'])} seeds)"))
 
 
