@@ -132,7 +132,8 @@ def layer_curves(groups: dict[str, list[dict]], path: Path) -> Path:
             tags = [t for t in (p["how"], (p.get("also") or "").split(" ")[0]) if t in ("best", "last")]
             if tags:
                 ax.plot([xi], [yi], marker="o", ms=11, mfc="none", mec=color, mew=1.2)
-                ax.annotate("@" + "/@".join(dict.fromkeys(tags)), (xi, yi), textcoords="offset points",
+                label = " / ".join({"best": "@best", "last": "default (last)"}[t] for t in dict.fromkeys(tags))
+                ax.annotate(label, (xi, yi), textcoords="offset points",
                             xytext=(0, 9), ha="center", fontsize=8, color=color)
     mid, span = (lo + hi) / 2, max(hi - lo, MIN_LAYER_SPAN) * 1.15
     ax.set_ylim(mid - span / 2, mid + span / 2)
