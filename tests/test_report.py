@@ -408,3 +408,18 @@ def test_undefined_ensemble_s_mtl_is_not_shown_as_zero(small_demo_corpus_dir, tm
     assert "undefined (0/2)" in line and line.rstrip().endswith("undefined") and "0.000" not in line.split("±")[-1]
     row = csv_rows(tmp_path / "rep")["flat"]
     assert row["ensemble_s_mtl"] == "" and row["ensemble_s_mtl_defined"] == "False" and row["s_mtl_mean"] == ""
+
+
+def test_learn_summary_leaves_undefined_s_mtl_seeds_out():
+    from exvo.learn.runs import metrics_json, summary_line
+
+    def sc(ccc, uar, mae, s):
+        return {"ccc": ccc, "uar": uar, "mae": mae, "s_mtl": s, "ccc_per_emotion": dict.fromkeys(EMOTIONS, ccc)}
+
+    per = [sc(0.5, 0.5, 1.0, 0.6), sc(0.0, 0.5, 1.0, 0.0), sc(0.5, 0.5, 1.0, 0.8)]
+    m = metrics_json(per, [0, 1, 2], [None] * 3, sc(0.5, 0.5, 1.0, 0.7), "Val", 10)
+    assert m["summary"]["s_mtl"] == pytest.approx({"mean": 0.7, "std": 0.1, "n_defined": 2})
+    assert m["summary"]["ccc"]["mean"] == pytest.approx(1 / 3)          # CCC itself is defined (0) on seed 1
+    assert "S_MTL 0.700±0.100 (2/3 seeds defined)" in summary_line("r", m)
+    m = metrics_json(per[1:2], [1], [None], per[1], "Val", 10)
+    assert m["summary"]["s_mtl"]["mean"] is None and "S_MTL undefined (ensemble S_MTL undefined" in summary_line("r", m)

@@ -110,13 +110,18 @@ class FusionResult:
         over = (f"mean ± std over {self.n_seeds} fused seeds" if self.n_seeds > 1
                 else "1 fused seed, std undefined" if self.n_seeds == 1
                 else "seed ensemble only: the sources have no per-seed predictions")
-        ens = f"; seed-ensemble S_MTL {self.ensemble['s_mtl']:.3f}" if self.n_seeds and self.ensemble else ""
+        ens = (f"; seed-ensemble S_MTL {_s_mtl(self.ensemble)}" if self.n_seeds and self.ensemble else "")
         return (f"{self.name}: Emo-CCC {cell('ccc', 3)}  Cou-UAR {cell('uar', 3)}  Age-MAE {cell('mae', 2)}  "
                 f"S_MTL {cell('s_mtl', 3)} [{how}; {over}{ens}]; "
                 f"{'val.csv + test.csv' if self.test_written else 'val.csv only (no test.csv)'} in {self.path}")
 
     def _selects(self) -> bool:
         return self.mode == "hybrid" or self.weighted
+
+
+def _s_mtl(sc: dict) -> str:
+    """S_MTL to 3 decimals, or "undefined" where CCC or UAR <= 0 (the score dict then holds 0.0)."""
+    return f"{sc['s_mtl']:.3f}" if seeds.s_mtl_defined(sc) else "undefined"
 
 
 def _scores(pred: Predictions, labels, idx: np.ndarray | None) -> dict:
@@ -377,7 +382,7 @@ def fuse(corpus: Corpus, runs_dir: str | Path = "runs", run_names: list[str] | N
         for n in c.notes:
             echo(f"    note: {n}")
     def line(sc: dict) -> str:
-        return f"CCC {sc['ccc']:.3f} UAR {sc['uar']:.3f} MAE {sc['mae']:.2f} S_MTL {sc['s_mtl']:.3f}"
+        return f"CCC {sc['ccc']:.3f} UAR {sc['uar']:.3f} MAE {sc['mae']:.2f} S_MTL {_s_mtl(sc)}"
 
     if cv_record:
         for d in cv_record["directions"]:
