@@ -253,7 +253,7 @@ def report(
     out: Optional[Path] = typer.Option(None, help="Output folder for report.md, report.csv and PNG figures (default: <runs>/report)."),
     data: Optional[Path] = DataOpt,
 ):
-    """Table of every run (sorted by S_MTL) plus figures."""
+    """Table of every run (mean ± std over seeds and the seed-ensemble score, sorted by the S_MTL seed mean) plus figures."""
     from exvo.fusion.report import make_report
 
     corpus = load_corpus(data)
