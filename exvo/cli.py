@@ -141,7 +141,11 @@ def extract(
     epochs: Optional[int] = typer.Option(None, help="Task CNNs: cap on training epochs (default: until the lr falls below 1e-6)."),
     list_models: bool = typer.Option(False, "--list", help="List the registered extractors and exit."),
 ):
-    """Stage 1: extract utterance embeddings of every clip into the HDF5 cache (resumable)."""
+    """Stage 1: extract utterance embeddings of every clip into the HDF5 cache (resumable).
+
+    Progress: a bar on a terminal; with stderr redirected (a log file) a plain line every 30 s
+    (clips done/total, audio-s/s, ETA). EXVO_PROGRESS=bar|lines|off|SECONDS overrides.
+    """
     from exvo.extract.base import ExtractOptions, describe, find, names
     from exvo.extract.run import ExtractionAborted, extract as run_extract
 
@@ -159,7 +163,7 @@ def extract(
                           workers=workers, chunk_seconds=chunk_seconds, dtype=dtype, train_epochs=epochs)
     try:
         s = run_extract(corpus, model, cache, opts, overwrite=overwrite, max_failures=max_failures,
-                        progress=sys.stderr.isatty() or bool(os.environ.get("EXVO_PROGRESS")))
+                        progress=True)   # bar on a terminal, plain lines in a log (EXVO_PROGRESS overrides)
     except ExtractionAborted as e:
         _fail(str(e), code=3)
     except KeyboardInterrupt:
@@ -249,7 +253,7 @@ def report(
     out: Optional[Path] = typer.Option(None, help="Output folder for report.md, report.csv and PNG figures (default: <runs>/report)."),
     data: Optional[Path] = DataOpt,
 ):
-    """Table of every run (sorted by S_MTL) plus figures."""
+    """Table of every run (mean ± std over seeds and the seed-ensemble score, sorted by the S_MTL seed mean) plus figures."""
     from exvo.fusion.report import make_report
 
     corpus = load_corpus(data)
@@ -364,6 +368,32 @@ def demo(
     from exvo.pipeline import run_demo
 
     run_demo(data, cache, runs, seeds=seeds, echo=typer.echo)
+
+
+class _Command(typer.core.TyperCommand):
+    """Help as users read it: ``PRED`` (not ``{pred}``) in usage lines, no ``<bool>`` after flags."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for p in params:
+            if getattr(p, "is_flag", False) and p.metavar is None:
+                p.metavar = ""          # a flag takes no value: show no type
+        return params
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if p.param_type_name != "argument":
+                continue
+            name = (p.metavar or p.name or "ARG").upper()
+            name = name if p.required else f"[{name}]"
+            pieces.append(name + ("..." if p.nargs != 1 else ""))
+        return pieces
+
+
+for _info in app.registered_commands:   # every command, without repeating cls= on each decorator
+    if _info.cls in (None, typer.core.TyperCommand):
+        _info.cls = _Command
 
 
 def main():  # pragma: no cover

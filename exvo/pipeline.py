@@ -60,7 +60,7 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {s[0] if s else ''}"
 
 
-def _extract_all(corpus, cache_dir: Path, echo, progress: bool) -> list[str]:
+def _extract_all(corpus, cache_dir: Path, echo, progress: bool | str) -> list[str]:
     """Extract the demo extractors; returns the names whose cache is complete enough to learn on."""
     from exvo.extract.base import ExtractOptions, get_extractor, names
     from exvo.extract.run import extract
@@ -136,7 +136,7 @@ def run_demo(data_dir: Path, cache_dir: Path, runs_dir: Path, seeds: int = 3,
     echo(f"  {len(corpus)} clips: " + ", ".join(f"{s} {len(corpus.split_ids(s))}" for s in ("Train", "Val", "Test")))
 
     echo(f"2/5 extract (cache: {cache_dir})")
-    ready = _extract_all(corpus, cache_dir, echo, progress)
+    ready = _extract_all(corpus, cache_dir, echo, True)   # bar on a terminal, plain lines in a log
 
     echo(f"3/5 learn (runs: {runs_dir}, {seeds} seeds each)")
     try:

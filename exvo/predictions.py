@@ -158,6 +158,21 @@ def load_split(run_dir: str | Path, split: str) -> Predictions:
     return Predictions.read(sub, proba)
 
 
+def _split_hint(ids: set[str], corpus: Corpus, split: str) -> str:
+    """``"; these are the Test ids: pass --split Test"`` when the ids belong to another split."""
+    counts = {sp: len(ids & set(corpus.split_ids(sp))) for sp in ("Train", "Val", "Test") if sp != split}
+    best = max(counts, key=lambda sp: counts[sp]) if counts else None
+    if best is None or counts[best] == 0:
+        return ""
+    n_best = len(corpus.split_ids(best))
+    if counts[best] == len(ids) == n_best:
+        return f"; these are exactly the {best} ids of the corpus: score them with `--split {best}`"
+    if counts[best] > len(ids) / 2:
+        return (f"; {counts[best]} of the {len(ids)} ids belong to the {best} split ({n_best} clips): "
+                f"did you mean `--split {best}`?")
+    return ""
+
+
 def score(pred: Predictions, corpus: Corpus, split: str = "Val",
           convention: CCCConvention = "challenge") -> dict:
     """Score predictions against one split's labels.
@@ -174,6 +189,7 @@ def score(pred: Predictions, corpus: Corpus, split: str = "Val",
         raise PredictionError(
             f"predictions do not match the {split} split of {corpus.root}: "
             f"{len(missing)} missing id(s) [{_listing(missing)}], {len(extra)} extra id(s) [{_listing(extra)}]"
+            + _split_hint(got, corpus, split)
         )
     try:
         emo, cou, age = corpus.labels(split)

@@ -151,7 +151,7 @@ def test_streaming_finalize_with_tiny_blocks_old_rows_and_shuffled_parts(tmp_pat
     assert c.ids == shuffled + ["[extra]"]
     np.testing.assert_array_equal(c.all_layers(ids=ids), x)
     assert not p.with_suffix(".parts").exists()
-    assert sorted(q.name for q in tmp_path.iterdir()) == ["s.h5", "s.lock"]   # no staging/tmp left
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["s.h5"]   # no staging/tmp/lock left
 
 
 @pytest.mark.parametrize("shuffled", [False, True])

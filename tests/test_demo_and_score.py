@@ -96,3 +96,33 @@ def test_cli_help_lists_commands():
     res = runner.invoke(app, ["--help"])
     for cmd in ("extract", "learn", "fuse", "report", "score", "demo-corpus", "demo", "predict", "train-cnn"):
         assert cmd in res.output
+
+
+def test_score_of_another_split_suggests_the_right_split(small_demo_corpus_dir, tmp_path):
+    c = Corpus.from_dir(small_demo_corpus_dir)
+    _perfect(c, "Test").write(tmp_path / "test.csv")
+    res = runner.invoke(app, ["score", str(tmp_path / "test.csv"), "--data", str(small_demo_corpus_dir)])
+    assert res.exit_code == 2
+    assert "these are exactly the Test ids of the corpus: score them with `--split Test`" in res.output
+    p = _perfect(c, "Test")
+    part = p.take(p.ids[:-1])                                # a Test file missing one clip
+    with pytest.raises(PredictionError, match=rf"{len(part)} of the {len(part)} ids belong to the Test split "
+                                              rf"\({len(p)} clips\): did you mean `--split Test`\?"):
+        score(part, c, "Val")
+    with pytest.raises(PredictionError) as e:                # Val ids with one stray: no hint
+        v = _perfect(c, "Val")
+        score(v.take(v.ids[1:]), c, "Val")
+    assert "--split" not in str(e.value)
+
+
+def test_predict_on_a_fusion_run_points_to_its_test_csv(tmp_path, small_demo_corpus_dir):
+    run = tmp_path / "runs" / "hybrid"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"kind": "fusion", "sources": ["a", "b"]}))
+    args = ["predict", str(run), "--data", str(small_demo_corpus_dir), "--cache", str(tmp_path / "cache")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "is a fusion run" in res.output and "no test.csv" in res.output
+    (run / "test.csv").write_text("File_ID\n")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2
+    assert f"Its Test predictions are {run / 'test.csv'}" in res.output.replace("\n", "")

@@ -306,10 +306,11 @@ def test_cv_selection_scores_on_the_other_half(tmp_path):
     assert met["summary"]["mae"]["mean"] == pytest.approx(12.5)
     assert met["summary"]["ccc"]["mean"] == pytest.approx(7 / 8) and met["summary"]["uar"]["mean"] == 1.0
     assert met["summary"]["s_mtl"]["mean"] == pytest.approx(3 / (8 / 7 + 1 + 12.5))
-    assert met["ensemble"]["mae"] == pytest.approx(5)     # full-Val score of val.csv, shown apart
+    assert met["ensemble"]["mae"] == pytest.approx(12.5)  # the seed ensemble, out of fold too
+    assert met["full_val_ensemble"]["mae"] == pytest.approx(5)   # optimistic score of val.csv, kept apart
     assert met["selection"] == {"select_on": "cv", "optimistic": False, "note": rec["selection_note"]}
     text = "\n".join(lines)
-    assert "select_on=cv" in text and "choose on A, score on B" in text
+    assert "--select-on cv" in text and "choose on A, score on B" in text
     assert "cv: out-of-fold over held-out halves of Val" in res.summary_line()
     assert not res.test_written                            # no run has test.csv
 
@@ -349,3 +350,113 @@ def test_mean_counts_a_run_without_probabilities_as_one_hot(setup):
     one_hot_c = np.eye(4)[v["C"].country]
     np.testing.assert_allclose(out.country_proba, (v["A"].country_proba + v["B"].country_proba + one_hot_c) / 3)
     assert "run(s) C have no country probabilities: their Country counts as one-hot" in "\n".join(lines)
+
+
+# ----------------------------------------------------------------------- seed by seed
+def write_seed_run(runs: Path, name: str, per_seed: list[Predictions], test: list[Predictions] | None = None,
+                   seed_values: list[int] | None = None) -> Path:
+    """A learn run with per_seed/val.npz (and test) whose val.csv is the seed average, as `exvo learn` writes."""
+    from exvo.fusion.seeds import stack
+    from exvo.predictions import save_seed_predictions
+
+    seeds = seed_values or list(range(len(per_seed)))
+    sp = stack(per_seed, seeds)
+    d = write_run(runs, name, sp.ensemble(), None if test is None else stack(test, seeds).ensemble(), seeds=seeds)
+    save_seed_predictions(sp, d, "Val")
+    if test is not None:
+        save_seed_predictions(stack(test, seeds), d, "Test")
+    return d
+
+
+def seeded(base: Predictions, age_offsets: list[float]) -> list[Predictions]:
+    return [Predictions(base.ids, base.emotions, base.country, base.age + o, base.country_proba) for o in age_offsets]
+
+
+def test_fusion_is_seed_by_seed_with_mean_and_std(tmp_path):
+    """Age from C: C's seeds are truth+1 and truth+3 → fused seeds MAE 1 and 3 (mean 2, std 1); ensemble +2."""
+    corpus = write_corpus(tmp_path / "data")
+    runs = tmp_path / "runs"
+    v, t = val_preds(), make_test_preds()
+    offsets = {"A": [0, 2], "B": [0, 2], "C": [0, 2]}      # C's ages: truth + 1, truth + 3
+    for n in "ABC":
+        write_seed_run(runs, n, seeded(v[n], offsets[n]), seeded(t[n], offsets[n]), seed_values=[3, 4])
+    lines = []
+    res = fuse(corpus, runs_dir=runs, mode="hybrid", echo=lines.append)
+    assert res.chosen == {"emotion": ["A"], "country": ["B"], "age": ["C"]} and res.n_seeds == 2
+    met = json.loads((res.path / "metrics.json").read_text())
+    assert [r["mae"] for r in met["per_seed"]] == pytest.approx([1, 3])
+    assert met["summary"]["mae"] == pytest.approx({"mean": 2.0, "std": 1.0, "n": 2})
+    assert met["ensemble"]["mae"] == pytest.approx(2.0)
+    assert met["summary"]["ccc"]["mean"] == pytest.approx(7 / 8) and met["summary"]["ccc"]["std"] == pytest.approx(0)
+    assert met["per_seed"][0]["sources"] == {"A": 3, "B": 3, "C": 3}
+    s1, s3 = 3 / (8 / 7 + 1 + 1), 3 / (8 / 7 + 1 + 3)
+    assert met["summary"]["s_mtl"]["mean"] == pytest.approx((s1 + s3) / 2)
+    from exvo.predictions import load_seed_predictions
+
+    for split, src in (("Val", v), ("Test", t)):
+        sp = load_seed_predictions(res.path, split)
+        assert sp is not None and sp.seeds == [0, 1]
+        np.testing.assert_allclose(sp.age[1], src["C"].age + 2, atol=1e-9)       # seed index 1 of C
+        np.testing.assert_allclose(sp.emotions[0], src["A"].emotions, atol=1e-6)
+        np.testing.assert_allclose(sp.country_proba[1], src["B"].country_proba, atol=1e-6)
+        out = load_split(res.path, split)                                          # val/test.csv = seed ensemble
+        np.testing.assert_allclose(out.age, src["C"].age + 1, atol=1e-9)
+    assert "S_MTL" in res.summary_line() and "± " in res.summary_line() and "2 fused seeds" in res.summary_line()
+
+    # a fusion of fusions works the same way: it has per-seed files
+    res2 = fuse(corpus, runs_dir=runs, run_names=["hybrid", "A"], mode="mean", name="mm", echo=quiet)
+    assert res2.n_seeds == 2 and json.loads((res2.path / "metrics.json").read_text())["summary"]["mae"]["std"] is not None
+
+
+def test_different_seed_counts_pair_by_index_up_to_the_smallest(tmp_path):
+    corpus = write_corpus(tmp_path / "data")
+    runs = tmp_path / "runs"
+    v = val_preds()
+    write_seed_run(runs, "A", seeded(v["A"], [0, 2, 4]))     # ages truth + 10, 12, 14
+    write_seed_run(runs, "B", seeded(v["B"], [0, 2]))        # ages truth + 5, 7
+    lines = []
+    res = fuse(corpus, runs_dir=runs, mode="mean", echo=lines.append)
+    assert res.n_seeds == 2
+    assert "seeds paired by index up to the smallest count (2): the extra seeds of A (3) are not used" in "\n".join(lines)
+    # mean of A and B seed k: ages +7.5 and +9.5 (A's third seed, +14, unused)
+    met = json.loads((res.path / "metrics.json").read_text())
+    assert [r["mae"] for r in met["per_seed"]] == pytest.approx([7.5, 9.5])
+    np.testing.assert_allclose(load_split(res.path, "Val").age, VAL_AGE + 8.5, atol=1e-9)
+
+
+def test_undefined_s_mtl_seeds_are_not_averaged_in_as_zero(tmp_path):
+    """Seed 1 of the only run predicts constant emotions (CCC 0): its S_MTL is undefined."""
+    corpus = write_corpus(tmp_path / "data")
+    runs = tmp_path / "runs"
+    a = val_preds()["B"]
+    flat = Predictions(a.ids, np.full((8, 10), 0.5), a.country, a.age, a.country_proba)
+    write_seed_run(runs, "B", [a, flat])
+    res = fuse(corpus, runs_dir=runs, mode="mean", echo=quiet)
+    met = json.loads((res.path / "metrics.json").read_text())
+    assert [r["s_mtl_defined"] for r in met["per_seed"]] == [True, False]
+    assert met["summary"]["s_mtl"]["n"] == 1 and met["summary"]["s_mtl"]["std"] is None
+    assert met["summary"]["s_mtl"]["mean"] == pytest.approx(met["per_seed"][0]["s_mtl"])
+    assert met["summary"]["ccc"]["n"] == 2        # CCC itself is defined (0) for both seeds
+
+
+def test_cv_fusion_is_out_of_fold_for_every_seed(tmp_path):
+    """As test_cv_selection_scores_on_the_other_half, with 2 seeds (ages +0 / +2 more on seed 1).
+
+    Full Val picks Q (ens. MAE 6 < 11.5); choosing on half A picks P, scored on B: 20 / 22;
+    choosing on half B picks Q, scored on A: 5 / 7 → out-of-fold MAE per seed 12.5 / 14.5.
+    """
+    corpus = write_corpus(tmp_path / "data")
+    half_a, half_b = speaker_halves(np.array(VAL_SPK), seed=0)
+    off = np.zeros(8)
+    off[half_a], off[half_b] = 1.0, 20.0
+    runs = tmp_path / "runs"
+    p = Predictions(VAL_IDS, VAL_EMO, VAL_COUNTRY, VAL_AGE + off, soft(VAL_COUNTRY, 0.9))
+    q = Predictions(VAL_IDS, VAL_EMO / 2 + 0.25, np.zeros(8, int), VAL_AGE + 5, soft(np.zeros(8, int), 0.9))
+    write_seed_run(runs, "P", seeded(p, [0, 2]))
+    write_seed_run(runs, "Q", seeded(q, [0, 2]))
+    res = fuse(corpus, runs_dir=runs, select_on="cv", echo=quiet)
+    met = json.loads((res.path / "metrics.json").read_text())
+    assert [r["mae"] for r in met["per_seed"]] == pytest.approx([12.5, 14.5])
+    assert met["summary"]["mae"] == pytest.approx({"mean": 13.5, "std": 1.0, "n": 2})
+    assert met["ensemble"]["mae"] == pytest.approx(13.5)              # ensemble, out of fold
+    assert met["full_val_ensemble"]["mae"] == pytest.approx(6)        # optimistic, kept apart

@@ -107,7 +107,7 @@ def test_missing_figures_are_skipped_with_a_note(tmp_path, small_demo_corpus_dir
     (runs / "broken").mkdir()
     (runs / "broken" / "config.json").write_text("{}")    # tolerant: a row of "?"
     text = make_report(runs, tmp_path / "rep", corpus=None)
-    assert "ssl_layers.png skipped: no runs of the same feature set at two or more @layers" in text
+    assert "ssl_layers.png skipped: no runs of the same feature set at two or more layers" in text
     assert "skipped: no corpus given" in text
     assert not (tmp_path / "rep" / "ssl_layers.png").exists()
     assert (tmp_path / "rep" / "per_emotion_ccc.png").exists()
@@ -127,7 +127,11 @@ def test_fusion_rows_are_flagged_and_scored_from_their_metrics(report_runs, tmp_
     with open(out / "report.csv", newline="") as f:
         rows = {r["system"]: r for r in csv.DictReader(f)}
     fused = json.loads((runs / "hybrid" / "metrics.json").read_text())
-    assert float(rows["hybrid"]["s_mtl_mean"]) == fused["summary"]["s_mtl"]["mean"]
+    # these learn runs have no per-seed files: the fusion has a seed-ensemble score only, and
+    # the report leaves its mean ± std empty instead of passing the ensemble off as a mean
+    assert rows["hybrid"]["s_mtl_mean"] == "" and rows["hybrid"]["s_mtl_std"] == ""
+    assert float(rows["hybrid"]["ensemble_s_mtl"]) == fused["ensemble"]["s_mtl"]
+    assert "seed-ensemble score only" in text
     assert rows["hybrid"]["optimistic"] == "True" and rows["hybrid_cv"]["optimistic"] == "False"
     assert rows["hybrid"]["learner"] == "hybrid" and rows["hybrid_cv"]["learner"] == "hybrid cv"
     assert rows["hybrid"]["features"].startswith("emo:")
@@ -212,3 +216,210 @@ def test_demo_pipeline_skips_what_is_missing_and_reuses_runs(small_demo_copy, tm
     assert f"reuse {runs / 'egemaps_mlp_sys2'} (delete it to retrain)" in "\n".join(lines)
     run_demo(small_demo_copy, tmp_path / "cache", runs, seeds=3, echo=lines.append)
     assert len(calls["learn"]) == 4                         # other seeds: retrained
+
+
+# ----------------------------------------------------------------------- like-for-like rows
+def write_seeded_run(runs: Path, name: str, corpus: Corpus, n_seeds: int, noise: float, *, seed: int = 0,
+                     flat_seeds: tuple[int, ...] = (), blocks: list[dict] | None = None) -> Path:
+    """A learn run as `exvo learn` writes it: per-seed predictions, per-seed scores, the seed ensemble.
+
+    ``flat_seeds``: those seeds predict constant emotions (CCC 0, so S_MTL undefined).
+    """
+    from exvo.learn import runs as lr
+    from exvo.predictions import SeedPredictions, save_seed_predictions
+
+    rng = np.random.default_rng(seed)
+    emo, cou, age = corpus.labels("Val")
+    ids = corpus.split_ids("Val")
+    n = len(ids)
+    E = np.stack([np.full_like(emo, 0.5) if k in flat_seeds else np.clip(emo + rng.normal(0, noise, emo.shape), 0, 1)
+                  for k in range(n_seeds)])
+    P = np.stack([np.eye(4)[np.where(rng.random(n) < 0.7, cou, rng.integers(0, 4, n))] * 0.7 + 0.075
+                  for _ in range(n_seeds)])
+    A = np.stack([age + rng.normal(0, 5 * noise * 10, n) for _ in range(n_seeds)])
+    sp = SeedPredictions(ids, list(range(n_seeds)), E, P, A)
+    per = [lr.score_quiet(sp.seed(k), corpus, "Val")[0] for k in range(n_seeds)]
+    ens = lr.score_quiet(sp.ensemble(), corpus, "Val")[0]
+    d = runs / name
+    d.mkdir(parents=True)
+    save_split(sp.ensemble(), d, "Val")
+    save_seed_predictions(sp, d, "Val")
+    cfg = {"kind": "learn", "features": blocks or [name], "dim": 10, "learner": "mlp", "arch": "sys2",
+           "seeds": list(range(n_seeds))}
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "metrics.json").write_text(json.dumps(lr.metrics_json(per, list(range(n_seeds)), [None] * n_seeds, ens,
+                                                               "Val", n)))
+    return d
+
+
+def csv_rows(out: Path) -> dict[str, dict]:
+    with open(out / "report.csv", newline="") as f:
+        return {r["system"]: r for r in csv.DictReader(f)}
+
+
+@pytest.fixture
+def seeded_runs(small_demo_corpus_dir, tmp_path):
+    corpus = Corpus.from_dir(small_demo_corpus_dir)
+    runs = tmp_path / "runs"
+    write_seeded_run(runs, "good", corpus, 3, 0.05, seed=1)
+    write_seeded_run(runs, "worse", corpus, 3, 0.3, seed=2)
+    return corpus, runs
+
+
+def test_every_row_shows_mean_std_over_seeds_and_the_ensemble_apart(seeded_runs, tmp_path):
+    """A hybrid that copies one run has exactly that run's numbers: it cannot outrank it."""
+    from exvo.fusion.api import fuse
+
+    corpus, runs = seeded_runs
+    res = fuse(corpus, runs_dir=runs, mode="hybrid", run_names=["good"], name="copy", echo=lambda *_: None)
+    assert res.chosen == {"emotion": ["good"], "country": ["good"], "age": ["good"]}
+    out = tmp_path / "rep"
+    text = make_report(runs, out, corpus=corpus)
+    rows = csv_rows(out)
+    good = json.loads((runs / "good" / "metrics.json").read_text())
+    for m in ("ccc", "uar", "mae", "s_mtl"):
+        assert float(rows["copy"][f"{m}_mean"]) == pytest.approx(good["summary"][m]["mean"], abs=1e-6)
+        assert float(rows["copy"][f"{m}_std"]) == pytest.approx(good["summary"][m]["std"], abs=1e-6)
+        assert float(rows["copy"][f"ensemble_{m}"]) == pytest.approx(good["ensemble"][m], abs=1e-6)
+        assert float(rows["good"][f"{m}_mean"]) == pytest.approx(good["summary"][m]["mean"])
+    assert float(rows["good"]["ensemble_s_mtl"]) == pytest.approx(good["ensemble"]["s_mtl"])
+    assert rows["copy"]["seeds"] == "3"
+    head = text.splitlines()[0]
+    assert "S_MTL ▼" in head and "ens. S_MTL" in head
+    assert "sorted by S_MTL ▼ = the S_MTL mean over seeds (Val)" in text
+    # the sort column is the seed mean, even where the ensemble is higher
+    means = [float(r["s_mtl_mean"]) for r in sorted(rows.values(), key=lambda r: int(r["rank"]))]
+    assert means == sorted(means, reverse=True)
+
+
+def test_one_seed_std_is_undefined_and_undefined_s_mtl_is_not_averaged_as_zero(small_demo_corpus_dir, tmp_path):
+    corpus = Corpus.from_dir(small_demo_corpus_dir)
+    runs = tmp_path / "runs"
+    write_seeded_run(runs, "one", corpus, 1, 0.05, seed=1)
+    write_seeded_run(runs, "flaky", corpus, 3, 0.05, seed=3, flat_seeds=(1,))
+    out = tmp_path / "rep"
+    text = make_report(runs, out, corpus=corpus)
+    rows = csv_rows(out)
+    assert rows["one"]["s_mtl_std"] == "" and rows["one"]["ccc_std"] == ""
+    line = next(ln for ln in text.splitlines() if ln.split()[1:2] == ["one"])
+    assert "± n/a" in line and "± 0.000" not in line
+    flaky = json.loads((runs / "flaky" / "metrics.json").read_text())["per_seed"]
+    assert flaky[1]["s_mtl"] == 0.0                       # the learner's file says 0 ...
+    defined = [flaky[0]["s_mtl"], flaky[2]["s_mtl"]]
+    assert float(rows["flaky"]["s_mtl_mean"]) == pytest.approx(np.mean(defined))   # ... the report leaves it out
+    assert rows["flaky"]["s_mtl_seeds_defined"] == "2"
+    assert "(2/3)" in next(ln for ln in text.splitlines() if ln.split()[1:2] == ["flaky"])
+    assert "S_MTL (k/n): defined for k of n seeds only" in text
+
+
+def test_cv_fusion_row_shows_out_of_fold_ensemble_and_per_half_choices(seeded_runs, tmp_path):
+    from exvo.fusion.api import fuse
+
+    corpus, runs = seeded_runs
+    fuse(corpus, runs_dir=runs, mode="hybrid", select_on="cv", echo=lambda *_: None)
+    met = json.loads((runs / "hybrid_cv" / "metrics.json").read_text())
+    rec = json.loads((runs / "hybrid_cv" / "fusion.json").read_text())
+    out = tmp_path / "rep"
+    make_report(runs, out, corpus=corpus)
+    row = csv_rows(out)["hybrid_cv"]
+    assert float(row["ensemble_s_mtl"]) == pytest.approx(rec["cv"]["out_of_fold"]["s_mtl"])
+    assert float(row["ensemble_s_mtl"]) == pytest.approx(met["ensemble"]["s_mtl"])
+    assert float(row["s_mtl_mean"]) == pytest.approx(met["summary"]["s_mtl"]["mean"])
+    d_ab, d_ba = rec["cv"]["directions"]
+    # half A is predicted by the choice made on B, and vice versa: the features name both
+    for s, short in (("emotion", "emo"), ("country", "cou"), ("age", "age")):
+        a, b = d_ba["chosen"][s][0], d_ab["chosen"][s][0]
+        want = a if a == b else f"{a}|{b}"
+        assert f"{short}:{want}" in row["features"] or row["features"] == f"all:{want}"
+
+
+def test_stale_fusions_are_flagged(seeded_runs, tmp_path):
+    from exvo.fusion.api import fuse
+
+    corpus, runs = seeded_runs
+    fuse(corpus, runs_dir=runs, mode="mean", echo=lambda *_: None)           # all learn runs
+    fuse(corpus, runs_dir=runs, mode="hybrid", run_names=["good"], name="named", echo=lambda *_: None)
+    text = make_report(runs, tmp_path / "r0", corpus=corpus)
+    assert "‡" not in text and csv_rows(tmp_path / "r0")["mean_2runs"]["stale"] == ""
+    write_seeded_run(runs, "newer", corpus, 3, 0.1, seed=9)                   # a run appears after the fusion
+    shutil.rmtree(runs / "good")                                             # a source is retrained
+    write_seeded_run(runs, "good", corpus, 3, 0.07, seed=5)
+    text = make_report(runs, tmp_path / "r1", corpus=corpus)
+    rows = csv_rows(tmp_path / "r1")
+    assert "source good changed since the fusion" in rows["mean_2runs"]["stale"]
+    assert "1 run(s) appeared since: newer" in rows["mean_2runs"]["stale"]
+    assert rows["named"]["stale"] == "source good changed since the fusion"  # named: new runs are not its business
+    assert "mean_2runs ‡" in text and "‡ named is stale: source good changed since the fusion; fuse again" in text
+
+
+def test_best_layer_probe_margin_and_ties_within_noise(small_demo_corpus_dir, tmp_path):
+    corpus = Corpus.from_dir(small_demo_corpus_dir)
+    runs = tmp_path / "runs"
+    probe = {"layer_scores": {"0": 0.0, "2": 0.360, "5": 0.359, "7": 0.358, "9": 0.05}}
+    block = {"spec": "wavlm@best", "name": "wavlm", "layer": 2, "layer_choice": "best (ridge probe)",
+             "n_layers": 10, "dim": 10, "probe": probe}
+    write_seeded_run(runs, "tied", corpus, 3, 0.05, seed=1, blocks=[block])
+    clear = dict(block, probe={"layer_scores": {"0": 0.0, "2": 0.36, "5": -0.1}})
+    write_seeded_run(runs, "clear", corpus, 3, 0.05, seed=1, blocks=[clear])
+    out = tmp_path / "rep"
+    text = make_report(runs, out, corpus=corpus)
+    rows = csv_rows(out)
+    std = float(rows["tied"]["s_mtl_std"])
+    assert 0.002 < std < 0.3                                 # the noise scale the tie is judged against
+    assert rows["tied"]["probe_tie"] == "True" and rows["clear"]["probe_tie"] == "False"
+    assert "tied ≈" in text
+    assert ("≈ tied: wavlm@best: the ridge probe chose layer 2 (0.360) over layer 5 (0.359) by 0.001; "
+            "layers 2, 5, 7 lie within one seed-std") in text
+    assert "clear: wavlm@best: the ridge probe chose layer 2 (0.360) over layer 0 (0.000) by 0.360, more than" in text
+
+
+def test_layer_plot_has_every_layer_reached_including_best_and_last(report_runs, tmp_path):
+    from exvo.fusion.rows import layer_groups, make_rows
+    from exvo.fusion.runs import discover
+
+    corpus, runs = report_runs
+    write_learn_run(runs, "wavlm_last", corpus, (0.33, 0.01), [], dim=2048, seed=7,
+                    blocks=[{"spec": "wavlm", "name": "wavlm", "layer": 24, "layer_choice": "last",
+                             "n_layers": 25, "dim": 2048}])
+    groups = layer_groups(make_rows(discover(runs), corpus))
+    (label, pts), = [(k, v) for k, v in groups.items() if k.startswith("wavlm@*")]
+    assert [p["layer"] for p in pts] == [0, 6, 9, 12, 24]
+    how = {p["layer"]: p["how"] for p in pts}
+    assert how[9] == "best" and how[24] == "last" and how[12] == "given"
+
+
+def test_learn_summary_line_of_one_seed_shows_no_fake_zero_std():
+    from exvo.learn.runs import summary_line
+
+    met = {"split": "Val", "summary": {k: {"mean": 0.5, "std": 0.0} for k in ("ccc", "uar", "mae", "s_mtl")},
+           "per_seed": [{}], "ensemble": {"s_mtl": 0.5}}
+    line = summary_line("runs/x", met)
+    assert "±" not in line and "one seed, std undefined" in line
+    met["per_seed"] = [{}, {}]
+    assert "S_MTL 0.500±0.000" in summary_line("runs/x", met)
+
+
+def test_undefined_ensemble_s_mtl_is_not_shown_as_zero(small_demo_corpus_dir, tmp_path):
+    corpus = Corpus.from_dir(small_demo_corpus_dir)
+    runs = tmp_path / "runs"
+    write_seeded_run(runs, "flat", corpus, 2, 0.05, seed=1, flat_seeds=(0, 1))    # every seed: CCC 0
+    text = make_report(runs, tmp_path / "rep", corpus=corpus)
+    line = next(ln for ln in text.splitlines() if ln.split()[1:2] == ["flat"])
+    assert "undefined (0/2)" in line and line.rstrip().endswith("undefined") and "0.000" not in line.split("±")[-1]
+    row = csv_rows(tmp_path / "rep")["flat"]
+    assert row["ensemble_s_mtl"] == "" and row["ensemble_s_mtl_defined"] == "False" and row["s_mtl_mean"] == ""
+
+
+def test_learn_summary_leaves_undefined_s_mtl_seeds_out():
+    from exvo.learn.runs import metrics_json, summary_line
+
+    def sc(ccc, uar, mae, s):
+        return {"ccc": ccc, "uar": uar, "mae": mae, "s_mtl": s, "ccc_per_emotion": dict.fromkeys(EMOTIONS, ccc)}
+
+    per = [sc(0.5, 0.5, 1.0, 0.6), sc(0.0, 0.5, 1.0, 0.0), sc(0.5, 0.5, 1.0, 0.8)]
+    m = metrics_json(per, [0, 1, 2], [None] * 3, sc(0.5, 0.5, 1.0, 0.7), "Val", 10)
+    assert m["summary"]["s_mtl"] == pytest.approx({"mean": 0.7, "std": 0.1, "n_defined": 2})
+    assert m["summary"]["ccc"]["mean"] == pytest.approx(1 / 3)          # CCC itself is defined (0) on seed 1
+    assert "S_MTL 0.700±0.100 (2/3 seeds defined)" in summary_line("r", m)
+    m = metrics_json(per[1:2], [1], [None], per[1], "Val", 10)
+    assert m["summary"]["s_mtl"]["mean"] is None and "S_MTL undefined (ensemble S_MTL undefined" in summary_line("r", m)

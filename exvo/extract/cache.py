@@ -30,7 +30,8 @@ Integrity. ``features`` carries fletcher32 checksums per chunk; the ids carry a 
 :class:`CacheError` telling to rebuild it; it is never read as zeros.
 
 Concurrency. A writer holds an exclusive ``flock`` on ``<extractor>.lock``; a second
-writer is refused with a message naming the lock.
+writer is refused with a message naming the lock. The lock file is removed when the
+writer finishes (one left behind by a killed writer is harmless: its lock died with it).
 """
 from __future__ import annotations
 
@@ -275,6 +276,13 @@ class CacheWriter:
                     f"(the lock is {self.lock_path}, released automatically when that process ends)"
                 ) from None
             raise
+        try:
+            same = os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:   # a writer that just finished removed this lock file: lock the current one
+            os.close(fd)
+            return self.__enter__()
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
@@ -301,6 +309,9 @@ class CacheWriter:
 
     def _release(self) -> None:
         if self._lock_fd is not None:
+            # removed while still held, so no other writer can own it; __enter__ checks that the
+            # file it locked is still the one at lock_path
+            self.lock_path.unlink(missing_ok=True)
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -75,7 +75,7 @@ def parse_max_failures(value: str | float | int | None, n: int) -> int | None:
 def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = "cache",
             opts: ExtractOptions | None = None, *, overwrite: bool = False,
             max_failures: str | float | int | None = None, ids: Sequence[str] | None = None,
-            progress: bool = True, part_size: int = 64, flush_seconds: float = 60.0) -> ExtractionSummary:
+            progress: bool | str = True, part_size: int = 64, flush_seconds: float = 60.0) -> ExtractionSummary:
     """Extract ``ids`` (default: every clip) of ``corpus`` into ``<cache>/<corpus>/<name>.h5``.
 
     Already cached clips are skipped (resume). Per-clip failures are collected, not raised;
@@ -86,8 +86,11 @@ def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = 
     first), so a kill loses at most that much work. Ctrl-C keeps everything computed so
     far. A write error (disk full, read-only folder) stops the run with a
     :class:`~exvo.extract.cache.CacheError` saying what is kept; run again to resume.
+
+    ``progress``: True = a bar on a terminal, plain lines otherwise (``EXVO_PROGRESS``
+    overrides, see :mod:`exvo.progress`); False = silent; or ``"bar"``/``"lines"``/``"off"``.
     """
-    from tqdm import tqdm
+    from exvo.progress import progress_bar
 
     opts = opts or ExtractOptions()
     ex = get_extractor(extractor, opts, cache_dir=cache_dir) if isinstance(extractor, str) else extractor
@@ -104,8 +107,7 @@ def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = 
             w = _io(stack.enter_context, writer)   # opening may write too (lock, parts folder)
             todo = [(i, corpus.audio_path(i)) for i in want if i not in w.done]
             summary.n_cached_before = len(want) - len(todo)
-            bar = tqdm(total=len(todo), desc=f"extract {ex.name}", unit="clip", disable=not progress,
-                       dynamic_ncols=True, mininterval=0.5)
+            bar = progress_bar(len(todo), f"extract {ex.name}", progress)
             try:
                 for r in ex.run(todo):
                     summary.audio_seconds += r.seconds

@@ -71,6 +71,36 @@ def _offline_help(name: str, ckpt: str) -> str:
     )
 
 
+HUB_PROBE_SECONDS = 3.0
+"""How long we wait for the hub to answer before calling it unreachable (a download would retry for ~30 s)."""
+
+
+def _hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """Whether a TCP connection to the hub (``HF_ENDPOINT``, default huggingface.co) opens within ``timeout`` s.
+
+    Runs in a daemon thread so a slow DNS lookup cannot hold us past ``timeout`` either.
+    """
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    ok: list[bool] = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            ok.append(False)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(ok and ok[0])
+
+
 def _is_local(ckpt: str) -> bool:
     p = Path(ckpt).expanduser()
     # hub ids are "name" or "org/name"; anything else (absolute, ./, ~, deeper) is a path
@@ -108,6 +138,10 @@ def load_checkpoint(name: str, ckpt: str):
         except OSError:
             if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
                 raise CheckpointError(_offline_help(name, ckpt) + " (HF_HUB_OFFLINE is set)") from None
+            # no local copy: ask the hub once, quickly, instead of letting the download retry for half a minute
+            if not _hub_reachable():
+                raise CheckpointError(_offline_help(name, ckpt) + f" (no answer from the hub within "
+                                      f"{HUB_PROBE_SECONDS:.0f} s)") from None
             try:
                 model = AutoModel.from_pretrained(ckpt)
             except OSError:

@@ -22,8 +22,8 @@ def speaker_halves(speakers: np.ndarray | list[str], seed: int = 0) -> tuple[np.
     uniq = sorted(set(spk.tolist()), key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
     if len(uniq) < 2:
         raise ValueError(
-            f"select_on='cv' needs at least 2 Val speakers to split them in halves, found {len(uniq)}; "
-            "use select_on='val'")
+            f"--select-on cv needs at least 2 Val speakers to split them in halves, found {len(uniq)}; "
+            "use --select-on val")
     a = set(uniq[: (len(uniq) + 1) // 2])
     in_a = np.array([s in a for s in spk])
     return np.flatnonzero(in_a), np.flatnonzero(~in_a)

@@ -20,9 +20,13 @@ def _figure(w: float, h: float):
     return Figure(figsize=(w, h), dpi=DPI, layout="constrained")
 
 
-def per_emotion_ccc(runs: list[tuple[str, dict[str, float]]], path: Path) -> Path:
-    """Grouped bars: per-emotion Val CCC (10 groups) of each ``(run name, {emotion: ccc})``."""
-    fig = _figure(11, 4.6)
+def per_emotion_ccc(runs: list[tuple[str, dict[str, float], dict[str, float | None]]], path: Path) -> Path:
+    """Grouped bars: per-emotion Val CCC, mean over seeds with ±1 std error bars.
+
+    ``runs``: ``(run name, {emotion: mean CCC}, {emotion: std or None})``; a run without a
+    std (one seed, or no per-seed scores) is drawn without error bars and says so in its label.
+    """
+    fig = _figure(11, 4.8)
     ax = fig.add_subplot()
     n = len(runs)
     width = 0.8 / n
@@ -30,13 +34,17 @@ def per_emotion_ccc(runs: list[tuple[str, dict[str, float]]], path: Path) -> Pat
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10"]
-    for k, (name, per) in enumerate(runs):
+    for k, (name, per, std) in enumerate(runs):
         vals = [per.get(e, np.nan) for e in EMOTIONS]
-        ax.bar(x - 0.4 + width * (k + 0.5), vals, width, label=name, color=cmap(k % 10))
+        errs = [np.nan if std.get(e) is None else std[e] for e in EMOTIONS]
+        has_err = not np.all(np.isnan(errs))
+        ax.bar(x - 0.4 + width * (k + 0.5), vals, width, color=cmap(k % 10),
+               yerr=np.nan_to_num(errs) if has_err else None, capsize=2, error_kw={"lw": 0.8},
+               label=name if has_err else f"{name} (no std)")
     ax.set_xticks(x, EMOTIONS, rotation=30, ha="right")
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_ylabel("CCC (Val)")
-    ax.set_title(f"Per-emotion CCC of the top {n} run{'s' if n > 1 else ''} (by S_MTL)")
+    ax.set_ylabel("CCC (Val), mean ± std over seeds")
+    ax.set_title(f"Per-emotion CCC of the top {n} run{'s' if n > 1 else ''} (by S_MTL mean over seeds)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncols=min(n, 3), loc="upper left", bbox_to_anchor=(0, -0.25), frameon=False)
     fig.savefig(path)
@@ -90,17 +98,48 @@ def age_scatter(true: np.ndarray, pred: np.ndarray, path: Path, title: str) -> P
     return path
 
 
-def layer_curves(groups: dict[str, list[tuple[int, float, float]]], path: Path) -> Path:
-    """S_MTL (mean ± std over seeds) against SSL layer, one line per ``{label: [(layer, mean, std)]}``."""
-    fig = _figure(7.5, 4.4)
+MIN_LAYER_SPAN = 0.05
+"""Smallest y-range of the layer plot (S_MTL units), so that a gap inside the seed noise does not look steep."""
+
+
+def layer_curves(groups: dict[str, list[dict]], path: Path) -> Path:
+    """S_MTL (mean ± std over seeds) against SSL layer, one line per group.
+
+    ``groups``: ``{label: [{"layer", "mean", "std" (None: one seed), "how", "system"}]}``
+    (see :func:`exvo.fusion.rows.layer_groups`). Layers reached by ``@best`` or by the default
+    (last) layer are ringed and labelled. The shaded band is the best point's mean ± std:
+    points inside it are within one seed-std of the best. The y-range spans at least
+    :data:`MIN_LAYER_SPAN` and always covers the error bars.
+    """
+    fig = _figure(8, 4.6)
     ax = fig.add_subplot()
-    for label, pts in groups.items():
-        pts = sorted(pts)
-        x = [p[0] for p in pts]
-        ax.errorbar(x, [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", ms=4, capsize=3, label=label)
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    lo, hi = np.inf, -np.inf
+    for g, (label, pts) in enumerate(groups.items()):
+        color = cmap(g % 10)
+        x = np.array([p["layer"] for p in pts])
+        y = np.array([p["mean"] for p in pts], dtype=float)
+        e = np.array([np.nan if p["std"] is None else p["std"] for p in pts], dtype=float)
+        ax.errorbar(x, y, yerr=np.nan_to_num(e), marker="o", ms=4, capsize=3, color=color, label=label)
+        lo = min(lo, float(np.min(y - np.nan_to_num(e))))
+        hi = max(hi, float(np.max(y + np.nan_to_num(e))))
+        b = int(np.argmax(y))
+        if not np.isnan(e[b]):
+            ax.axhspan(y[b] - e[b], y[b] + e[b], color=color, alpha=0.12, lw=0)
+        for p, xi, yi in zip(pts, x, y):
+            tags = [t for t in (p["how"], (p.get("also") or "").split(" ")[0]) if t in ("best", "last")]
+            if tags:
+                ax.plot([xi], [yi], marker="o", ms=11, mfc="none", mec=color, mew=1.2)
+                label = " / ".join({"best": "@best", "last": "default (last)"}[t] for t in dict.fromkeys(tags))
+                ax.annotate(label, (xi, yi), textcoords="offset points",
+                            xytext=(0, 9), ha="center", fontsize=8, color=color)
+    mid, span = (lo + hi) / 2, max(hi - lo, MIN_LAYER_SPAN) * 1.15
+    ax.set_ylim(mid - span / 2, mid + span / 2)
     ax.set_xlabel("layer (0 = input embeddings)")
     ax.set_ylabel("S_MTL (Val, mean ± std over seeds)")
-    ax.set_title("S_MTL per SSL layer")
+    ax.set_title(f"S_MTL per SSL layer (band: best layer ± 1 seed-std; y-range ≥ {MIN_LAYER_SPAN})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=8)

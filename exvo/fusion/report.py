@@ -1,143 +1,104 @@
-"""``make_report()``: one table of every run, sorted by S_MTL, plus figures.
+"""``make_report()``: one table of every run plus figures; every number says what it is.
 
-Columns (as in the papers' tables): system (run name), features, dims, learner/arch,
-seeds, Emo-CCC, Cou-UAR, Age-MAE and S_MTL as mean ± std over seeds (Val), and the
-S_MTL of the seed-averaged ("ensemble") predictions. Fusion runs have no seeds (no ±):
-their number is the reported estimate (``select_on="cv"``: the out-of-fold score, see
-:mod:`exvo.fusion.api`) and runs chosen and scored on Val are flagged as optimistic (†).
+Columns: system (run name and flags), features, dims, learner/arch, seeds; Emo-CCC,
+Cou-UAR, Age-MAE and S_MTL as **mean ± std over seeds** (Val; fusion runs are fused seed by
+seed, so they have seeds too); and **ens. S_MTL**, the score of the seed-averaged
+predictions, in its own column. Rows are sorted by the S_MTL mean over seeds (the column
+marked ▼); rows without per-seed scores follow, by their ensemble score. How each number
+is made, and the flags (†, ‡, ≈), are in :mod:`exvo.fusion.rows`.
 
 Writes ``report.md``, ``report.csv`` and the PNG figures to ``out_dir``:
 
-* ``per_emotion_ccc.png``   per-emotion CCC of the top 5 runs (grouped bars)
-* ``country_confusion.png`` country confusion matrix of the best run (Val)
-* ``age_scatter.png``       true vs predicted age of the best run (Val)
-* ``ssl_layers.png``        S_MTL per layer for runs that differ only in one SSL @layer
+* ``per_emotion_ccc.png``   per-emotion CCC (mean ± std over seeds) of the top 5 rows
+* ``country_confusion.png`` country confusion matrix of the top row (Val, seed ensemble)
+* ``age_scatter.png``       true vs predicted age of the top row (Val, seed ensemble)
+* ``ssl_layers.png``        S_MTL (mean ± std over seeds) per layer for runs that differ only
+                            in the layer of one SSL feature set (given, ``@best`` or last)
+
+and the sections of the other tracks and tools (each skipped when it has nothing to show):
+
 * ``train_vs_val_*.png``    FID tables of ``exvo fid --table`` found in ``<runs>/fid/`` (:mod:`exvo.generate.table`)
 
-A figure with nothing to plot is skipped with a note.
+A figure with nothing to plot is skipped with a note. More sections (tables, figures)
+plug in through :data:`SECTIONS` (see :func:`register_section`).
 """
 from __future__ import annotations
 
 import csv
-import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from exvo.corpus import Corpus
-from exvo.fusion.runs import Run, discover, feature_specs, n_seeds, read_json
-from exvo.predictions import PredictionError, score as score_pred
+from exvo.fusion.rows import METRICS, Row, layer_groups, make_rows
+from exvo.fusion.runs import discover
+from exvo.predictions import PredictionError
 
 TOP_EMOTION_RUNS = 5
 MAX_CELL = 44
-LAYER_SPEC = re.compile(r"^(?P<name>[^@]+)@(?P<layer>\d+)$")
-METRICS = ("ccc", "uar", "mae", "s_mtl")
 
 
 @dataclass
-class Row:
-    run: Run
-    system: str
-    kind: str
-    features: str
-    dims: str
-    learner: str
-    seeds: str
-    mean: dict[str, float | None]
-    std: dict[str, float | None]
-    ensemble_s_mtl: float | None
-    optimistic: bool = False
-    ccc_per_emotion: dict[str, float] = field(default_factory=dict)
-    note: str | None = None
+class Section:
+    """An extra part of the report: markdown text, figures ``[(title, path)]`` and notes."""
+
+    title: str
+    markdown: str = ""
+    figures: list[tuple[str, Path]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
-def _num(x) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if v == v else None
+SectionFn = Callable[[list[Row], Path, "Corpus | None", Path], "Section | None"]
+SECTIONS: list[SectionFn] = []
+"""Extra report sections, called in order with ``(rows, out_dir, corpus, runs_dir)`` after the main table."""
+
+SECTION_PROVIDERS = ("exvo.generate.table",)
+"""Modules whose ``report_section(rows, out_dir, corpus, runs_dir)`` adds a section (imported when a report is made)."""
 
 
-def _learner(cfg: dict) -> str:
-    if cfg.get("kind") == "fusion":
-        mode = str(cfg.get("mode", "?"))
-        top = cfg.get("top", 1) or 1
-        s = mode + (f"-top{top}" if mode == "hybrid" and top > 1 else "")
-        if cfg.get("weighted"):
-            s += " (weighted)"
-        return s + (" cv" if cfg.get("select_on") == "cv" else "")
-    learner = cfg.get("learner") or "?"
-    arch = cfg.get("arch")
-    return f"{learner}/{arch}" if arch else str(learner)
+def register_section(fn: SectionFn) -> SectionFn:
+    """Add a section builder (usable as a decorator); returning None skips it."""
+    SECTIONS.append(fn)
+    return fn
 
 
-def _fusion_features(run: Run) -> str:
-    rec = read_json(run.path / "fusion.json") or {}
-    subs = rec.get("subtasks") or {}
-    if rec.get("mode") == "mean":
-        return f"mean of {len(run.config.get('sources') or [])} runs"
-    if not subs:
-        return "fusion of " + ", ".join(run.config.get("sources", []) or ["?"])
-    short = {"emotion": "emo", "country": "cou", "age": "age"}
-    chosen = {s: "+".join((subs.get(s) or {}).get("chosen") or ["?"]) for s in short}
-    if len(set(chosen.values())) == 1:
-        return f"all:{chosen['emotion']}"
-    return " ".join(f"{short[s]}:{c}" for s, c in chosen.items())
+def _builtin_sections() -> list[SectionFn]:
+    import importlib
+
+    return [importlib.import_module(m).report_section for m in SECTION_PROVIDERS]
 
 
-def _row(run: Run, corpus: Corpus | None) -> Row:
-    cfg, met = run.config, run.metrics
-    kind = run.kind
-    summ = met.get("summary") if isinstance(met.get("summary"), dict) else {}
-    mean = {m: _num((summ.get(m) or {}).get("mean")) if isinstance(summ.get(m), dict) else None for m in METRICS}
-    std = {m: _num((summ.get(m) or {}).get("std")) if isinstance(summ.get(m), dict) else None for m in METRICS}
-    ens = met.get("ensemble") if isinstance(met.get("ensemble"), dict) else {}
-    per = met.get("ccc_per_emotion") or ens.get("ccc_per_emotion") or {}
-    per = per if isinstance(per, dict) else {}
-    note = None
-    if all(v is None for v in mean.values()) and corpus is not None and run.has("Val"):
-        # no metrics.json: score val.csv so the run still gets a row (no seeds → no std)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                sc = score_pred(run.load("Val"), corpus, "Val")
-            mean = {m: sc[m] for m in METRICS}
-            ens = {"s_mtl": sc["s_mtl"]}
-            per = sc["ccc_per_emotion"]
-            note = "no metrics.json: scored from val.csv"
-        except (PredictionError, ValueError) as e:
-            note = f"unscored: {e}"
-    if kind == "fusion":
-        features, dims, seeds = _fusion_features(run), "-", "-"
-    else:
-        features = "+".join(feature_specs(cfg, resolved=True)) or "?"
-        dim = cfg.get("feature_dim", cfg.get("dim"))
-        dims = str(dim) if dim is not None else "?"
-        n_seed = n_seeds(cfg, met)
-        seeds = str(n_seed) if n_seed else "?"
-    sel = met.get("selection") if isinstance(met.get("selection"), dict) else {}
-    if kind == "fusion":
-        std = dict.fromkeys(METRICS)      # one set of predictions, no seeds: a ± would be a fake 0
-    return Row(run, run.name, kind, features, dims, _learner(cfg), seeds, mean, std, _num(ens.get("s_mtl")),
-               bool(sel.get("optimistic")), {k: float(v) for k, v in per.items() if _num(v) is not None}, note)
+def _fmt(r: Row, m: str, digits: int) -> str:
+    """``mean ± std``; ``± n/a`` for one seed; S_MTL with ``(k/n)`` when only k seeds define it."""
+    mean, std = r.mean[m], r.std[m]
+    n_def = r.s_mtl_defined if m == "s_mtl" else None
+    if mean is None:
+        if n_def == 0 and r.n_seeds:
+            return f"undefined (0/{r.n_seeds})"
+        return "–" if r.kind == "fusion" and r.note and "per-seed" in r.note else "?"
+    cell = f"{mean:.{digits}f} ± " + (f"{std:.{digits}f}" if std is not None else "n/a")
+    if n_def is not None and r.n_seeds and n_def < r.n_seeds:
+        cell += f" ({n_def}/{r.n_seeds})"
+    return cell
 
 
-def _fmt(m: float | None, s: float | None, digits: int) -> str:
-    if m is None:
-        return "?"
-    return f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if s is not None else "")
+def _marks(r: Row) -> str:
+    return (" †" if r.optimistic else "") + (" ‡" if r.stale else "") + (" ≈" if r.probe_tie else "")
 
 
 def _cells(rank: int, r: Row) -> list[str]:
-    return [str(rank), r.system + (" †" if r.optimistic else ""), r.features, r.dims, r.learner, r.seeds,
-            _fmt(r.mean["ccc"], r.std["ccc"], 3), _fmt(r.mean["uar"], r.std["uar"], 3),
-            _fmt(r.mean["mae"], r.std["mae"], 2), _fmt(r.mean["s_mtl"], r.std["s_mtl"], 3),
-            "?" if r.ensemble_s_mtl is None else f"{r.ensemble_s_mtl:.3f}"]
+    ens = r.ensemble["s_mtl"]
+    return [str(rank), r.system + _marks(r), r.features, r.dims, r.learner, r.seeds,
+            _fmt(r, "ccc", 3), _fmt(r, "uar", 3), _fmt(r, "mae", 2), _fmt(r, "s_mtl", 3),
+            "undefined" if r.ensemble_undefined else "?" if ens is None else f"{ens:.3f}"]
 
 
-HEADER = ["#", "system", "features", "dims", "learner", "seeds", "Emo-CCC", "Cou-UAR", "Age-MAE", "S_MTL",
+HEADER = ["#", "system", "features", "dims", "learner", "seeds", "Emo-CCC", "Cou-UAR", "Age-MAE", "S_MTL ▼",
           "ens. S_MTL"]
+RIGHT = {0, 3, 5, 6, 7, 8, 9, 10}
+SORT_NOTE = ("sorted by S_MTL ▼ = the S_MTL mean over seeds (Val); Emo-CCC, Cou-UAR, Age-MAE, S_MTL: mean ± std "
+             "over seeds (population std; n/a = one seed, std undefined); ens. S_MTL: S_MTL of the seed-averaged "
+             "predictions (val.csv), a different quantity, never sorted on")
 
 
 def _text_table(rows: list[list[str]]) -> str:
@@ -146,10 +107,9 @@ def _text_table(rows: list[list[str]]) -> str:
 
     rows = [[cut(c) for c in r] for r in rows]
     widths = [max(len(r[j]) for r in [HEADER, *rows]) for j in range(len(HEADER))]
-    right = {0, 3, 5, 6, 7, 8, 9, 10}
 
     def line(r):
-        return "  ".join(c.rjust(w) if j in right else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))).rstrip()
+        return "  ".join(c.rjust(w) if j in RIGHT else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))).rstrip()
 
     return "\n".join([line(HEADER), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
 
@@ -158,30 +118,10 @@ def _md_table(rows: list[list[str]]) -> str:
     def esc(c: str) -> str:
         return c.replace("|", "\\|")
 
-    out = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---:" if j in {0, 3, 5, 6, 7, 8, 9, 10} else "---"
+    out = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---:" if j in RIGHT else "---"
                                                              for j in range(len(HEADER))) + "|"]
     out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
-
-
-def _layer_groups(rows: list[Row]) -> dict[str, list[tuple[int, float, float]]]:
-    """``{label: [(layer, S_MTL mean, std)]}`` for learn runs differing only in one ``name@layer`` spec."""
-    groups: dict[tuple, dict[int, Row]] = {}
-    for r in rows:
-        feats = feature_specs(r.run.config)
-        if r.kind == "fusion" or not feats or r.mean["s_mtl"] is None:
-            continue
-        layered = [(k, LAYER_SPEC.match(str(f))) for k, f in enumerate(feats)]
-        layered = [(k, m) for k, m in layered if m]
-        if len(layered) != 1:
-            continue
-        k, m = layered[0]
-        key_feats = [str(f) if j != k else f"{m['name']}@*" for j, f in enumerate(feats)]
-        key = ("+".join(key_feats), _learner(r.run.config))
-        # rows arrive sorted by S_MTL, so a duplicate layer keeps the better run
-        groups.setdefault(key, {}).setdefault(int(m["layer"]), r)
-    return {f"{feats} ({learner})": [(layer, r.mean["s_mtl"], r.std["s_mtl"] or 0.0) for layer, r in by.items()]
-            for (feats, learner), by in groups.items() if len(by) >= 2}
 
 
 def _figures(rows: list[Row], out_dir: Path, corpus: Corpus | None) -> tuple[list[tuple[str, Path]], list[str]]:
@@ -189,9 +129,10 @@ def _figures(rows: list[Row], out_dir: Path, corpus: Corpus | None) -> tuple[lis
 
     made: list[tuple[str, Path]] = []
     notes: list[str] = []
-    top = [(r.system, r.ccc_per_emotion) for r in rows if r.ccc_per_emotion][:TOP_EMOTION_RUNS]
+    top = [(r.system, r.ccc_per_emotion, r.ccc_per_emotion_std) for r in rows if r.ccc_per_emotion][:TOP_EMOTION_RUNS]
     if top:
-        made.append(("Per-emotion CCC of the top runs", plots.per_emotion_ccc(top, out_dir / "per_emotion_ccc.png")))
+        made.append(("Per-emotion CCC of the top runs (mean ± std over seeds)",
+                     plots.per_emotion_ccc(top, out_dir / "per_emotion_ccc.png")))
     else:
         notes.append("per_emotion_ccc.png skipped: no run has per-emotion CCC in metrics.json")
 
@@ -209,19 +150,64 @@ def _figures(rows: list[Row], out_dir: Path, corpus: Corpus | None) -> tuple[lis
         else:
             from exvo.metrics import mae, uar
 
-            made.append((f"Country confusion of the best run ({best.system})", plots.country_confusion(
+            made.append((f"Country confusion of the top run ({best.system}, seed ensemble)", plots.country_confusion(
                 cou, pred.country, out_dir / "country_confusion.png",
-                f"Country, {best.system} (Val, UAR {uar(cou, pred.country):.3f})")))
-            made.append((f"Age, true vs predicted, best run ({best.system})", plots.age_scatter(
+                f"Country, {best.system} (Val, seed ensemble, UAR {uar(cou, pred.country):.3f})")))
+            made.append((f"Age, true vs predicted, top run ({best.system}, seed ensemble)", plots.age_scatter(
                 age, pred.age, out_dir / "age_scatter.png",
-                f"Age, {best.system} (Val, MAE {mae(age, pred.age):.2f} years)")))
+                f"Age, {best.system} (Val, seed ensemble, MAE {mae(age, pred.age):.2f} years)")))
 
-    groups = _layer_groups(rows)
+    groups = layer_groups(rows)
     if groups:
-        made.append(("S_MTL per SSL layer", plots.layer_curves(groups, out_dir / "ssl_layers.png")))
+        made.append(("S_MTL per SSL layer (mean ± std over seeds)", plots.layer_curves(groups, out_dir / "ssl_layers.png")))
     else:
-        notes.append("ssl_layers.png skipped: no runs of the same feature set at two or more @layers")
+        notes.append("ssl_layers.png skipped: no runs of the same feature set at two or more layers")
     return made, notes
+
+
+def _notes(rows: list[Row]) -> list[str]:
+    notes = [SORT_NOTE]
+    if any(r.optimistic for r in rows):
+        notes.append("† fusion chosen on Val and scored on Val: optimistic (fuse with --select-on cv for a "
+                     "held-out estimate)")
+    if any(r.kind == "fusion" and r.run.config.get("select_on") == "cv" for r in rows):
+        notes.append("cv fusion runs: each half of the Val speakers predicted by the runs chosen on the other half "
+                     "(out-of-fold), scored on all of Val, per fused seed and for the seed ensemble; features "
+                     "name the choice per half as A|B (the same run on both halves: one name)")
+    if any(r.kind == "fusion" and r.n_seeds for r in rows):
+        notes.append("fusion runs are fused seed by seed (seed k of every source, paired by index up to the "
+                     "smallest seed count); their ± is over the fused seeds")
+    if any(r.s_mtl_defined is not None and r.n_seeds and r.s_mtl_defined < r.n_seeds for r in rows):
+        notes.append("S_MTL (k/n): defined for k of n seeds only (CCC or UAR <= 0 on the others); the mean is over "
+                     "the k seeds, not counting the others as 0, and the row is ranked by it: read it with its k/n")
+    if any(r.ensemble_undefined for r in rows):
+        notes.append("ens. S_MTL undefined: the seed-averaged predictions have CCC or UAR <= 0")
+    for r in rows:
+        for why in r.stale:
+            notes.append(f"‡ {r.system} is stale: {why}; fuse again to update it")
+    for r in rows:
+        for p in r.probe:
+            notes.append(("≈ " if r.probe_tie else "") + f"{r.system}: {p}")
+    notes += [f"{r.system}: {r.note}" for r in rows if r.note]
+    return notes
+
+
+def _write_csv(rows: list[Row], path: Path) -> None:
+    def num(v) -> str:
+        return "" if v is None else repr(v)
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["rank", "system", "kind", "features", "dims", "learner", "seeds",
+                    *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")), "s_mtl_seeds_defined",
+                    *(f"ensemble_{m}" for m in METRICS), "ensemble_s_mtl_defined", "optimistic", "stale", "probe_tie",
+                    "path"])
+        for k, r in enumerate(rows):
+            w.writerow([k + 1, r.system, r.kind, r.features, r.dims, r.learner, r.seeds,
+                        *(num(d[m]) for m in METRICS for d in (r.mean, r.std)), num(r.s_mtl_defined),
+                        *(num(r.ensemble[m]) for m in METRICS), not r.ensemble_undefined, r.optimistic,
+                        "; ".join(r.stale), r.probe_tie,
+                        str(r.run.path)])
 
 
 def make_report(runs_dir: str | Path, out_dir: str | Path, corpus: Corpus | None = None) -> str:
@@ -234,39 +220,27 @@ def make_report(runs_dir: str | Path, out_dir: str | Path, corpus: Corpus | None
     runs = [r for r in discover(runs_dir) if r.path.resolve() != out_dir.resolve()]
     if not runs:
         raise FileNotFoundError(f"no run folders under {runs_dir}; train some with `exvo learn --runs {runs_dir}`")
-    rows = [_row(r, corpus) for r in runs]
-    rows.sort(key=lambda r: (r.mean["s_mtl"] is None, -(r.mean["s_mtl"] or 0.0), r.system))
+    rows = make_rows(runs, corpus)
     out_dir.mkdir(parents=True, exist_ok=True)
     cells = [_cells(k + 1, r) for k, r in enumerate(rows)]
     made, fig_notes = _figures(rows, out_dir, corpus)
-    from exvo.generate.table import report_figures as fid_figures  # ExVo-Generate Train-vs-Val FID tables
+    notes = _notes(rows)
+    sections = [s for s in (fn(rows, out_dir, corpus, runs_dir) for fn in (*_builtin_sections(), *SECTIONS))
+                if s is not None]
 
-    fid_made, fid_notes = fid_figures(runs_dir, out_dir)
-    made, fig_notes = made + fid_made, fig_notes + fid_notes
-
-    notes = []
-    if any(r.optimistic for r in rows):
-        notes.append("† fusion chosen on Val and scored on Val: optimistic (fuse with select_on='cv' for a held-out estimate)")
-    if any(r.kind == "fusion" and r.run.config.get("select_on") == "cv" for r in rows):
-        notes.append("cv fusion runs: each half of the Val speakers predicted by the runs chosen on the other half "
-                     "(out-of-fold), scored on all of Val")
-    notes.append("mean ± std over seeds on Val (challenge CCC); ens. S_MTL = S_MTL of the seed-averaged predictions")
-    notes += [f"{r.system}: {r.note}" for r in rows if r.note]
-
-    with open(out_dir / "report.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["rank", "system", "kind", "features", "dims", "learner", "seeds",
-                    *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")), "ensemble_s_mtl", "optimistic", "path"])
-        for k, r in enumerate(rows):
-            w.writerow([k + 1, r.system, r.kind, r.features, r.dims, r.learner, r.seeds,
-                        *("" if d[m] is None else repr(d[m]) for m in METRICS for d in (r.mean, r.std)),
-                        "" if r.ensemble_s_mtl is None else repr(r.ensemble_s_mtl), r.optimistic, str(r.run.path)])
+    _write_csv(rows, out_dir / "report.csv")
     md = [f"# exvo report: {runs_dir}", "", _md_table(cells), ""] + [f"- {n}" for n in notes] + ["", "## Figures", ""]
     md += [f"### {title}\n\n![{title}]({p.name})\n" for title, p in made]
     md += [f"- {n}" for n in fig_notes]
+    for sec in sections:
+        md += ["", f"## {sec.title}", "", sec.markdown]
+        md += [f"### {title}\n\n![{title}]({p.name})\n" for title, p in sec.figures]
+        md += [f"- {n}" for n in sec.notes]
     (out_dir / "report.md").write_text("\n".join(md) + "\n")
 
     text = [_text_table(cells), ""] + [f"  {n}" for n in notes]
     text += [f"  figure: {p}" for _, p in made] + [f"  {n}" for n in fig_notes]
+    for sec in sections:
+        text += [f"  figure: {p}" for _, p in sec.figures] + [f"  {n}" for n in sec.notes]
     text.append(f"  written: {out_dir / 'report.md'}, {out_dir / 'report.csv'}")
     return "\n".join(text)

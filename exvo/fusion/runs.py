@@ -7,6 +7,7 @@ Every file but ``val.csv`` may be missing; readers here are tolerant and say wha
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,25 @@ class Run:
 
     def load(self, split: str) -> Predictions:
         return load_split(self.path, split)
+
+
+FINGERPRINTED = ("val.csv", "val_country_proba.csv", "per_seed/val.npz", "test.csv", "per_seed/test.npz")
+
+
+def fingerprint(path: Path) -> str:
+    """sha256 over the prediction files a fusion reads from a run folder (missing files count as absent)."""
+    h = hashlib.sha256()
+    for rel in FINGERPRINTED:
+        f = Path(path) / rel
+        h.update(rel.encode() + b"\0")
+        if f.is_file():
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def source_state(run: Run) -> dict:
+    """What a fusion records about one source, to tell later whether it changed."""
+    return {"path": str(run.path.resolve()), "fingerprint": fingerprint(run.path)}
 
 
 def feature_specs(config: dict, resolved: bool = False) -> list[str]:

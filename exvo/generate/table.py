@@ -127,3 +127,14 @@ def report_figures(runs_dir: str | Path, out_dir: str | Path) -> tuple[list[tupl
             continue
         made.append((f"FID between emotion bins, Train vs Val ({rec['space']})", png))
     return made, notes
+
+
+def report_section(rows, out_dir: Path, corpus, runs_dir: Path):
+    """``exvo report``'s ExVo-Generate section: the Train-vs-Val FID heat maps, or None without tables."""
+    from exvo.fusion.report import Section
+
+    made, notes = report_figures(runs_dir, out_dir)
+    if not made and not notes:
+        return None
+    return Section("ExVo-Generate: FID between emotion bins", "Tables made by `exvo fid --table`; the diagonal is "
+                   "the lower bound a generator can reach (the paper's Table 3).", made, notes)

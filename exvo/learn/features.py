@@ -137,8 +137,10 @@ def resolve_layer(spec: FeatureSpec, cache: EmbeddingCache) -> tuple[int | None,
     if spec.layer is None:
         return L - 1, ("only" if L == 1 else "last")
     if spec.layer == "best":
-        if L == 1:
-            return 0, "only"
+        if L == 1:   # accepting it would make a second, differently named run of the very same features
+            raise FeatureError(
+                f"feature spec {spec.text!r}: the {spec.name} cache has a single layer, so @best has nothing to "
+                f"choose; write {spec.name!r} (@LAYER and @best are for multi-layer SSL caches)")
         return None, "best (ridge probe)"
     k = int(spec.layer)
     if not -L <= k < L:
@@ -185,9 +187,14 @@ def load_features(corpus: Corpus, specs: Sequence[FeatureSpec], cache_dir: str |
             if probe_fn is None:
                 raise FeatureError(f"{spec.text}: @best needs a layer probe")
             layer, info = probe_fn(c, corpus)
+            sc = info["layer_scores"]
+            runner_up = max((k for k in sc if k != layer), key=lambda k: sc[k], default=None)
+            # the margin tells a clear choice from a near-tie (`exvo report` compares it with the seed std)
+            margin = (f"; margin {sc[layer] - sc[runner_up]:.3f} over layer {runner_up}"
+                      if runner_up is not None else "")
             echo(f"{spec.text}: layer {layer} of {c.n_layers} chosen by a closed-form ridge probe "
-                 f"(Train → Val S_MTL; optimistic for Val) — scores: "
-                 + " ".join(f"{k}:{v:.3f}" for k, v in info["layer_scores"].items()))
+                 f"(Train → Val S_MTL; optimistic for Val){margin} — scores: "
+                 + " ".join(f"{k}:{v:.3f}" for k, v in sc.items()))
         blocks.append(FeatureBlock(spec.text, spec.name, int(layer), how, c.n_layers, c.dim, str(c.path),
                                    c.config, c.fingerprint, info))
     dim = sum(b.dim for b in blocks)

@@ -13,12 +13,15 @@
 ``metrics.json``::
 
     {"split": "Val", "n": int, "ccc_convention": "challenge",
-     "summary": {"ccc": {"mean": f, "std": f}, "uar": {...}, "mae": {...}, "s_mtl": {...}},
+     "summary": {"ccc": {"mean": f, "std": f}, "uar": {...}, "mae": {...},
+                 "s_mtl": {"mean", "std", "n_defined"}},   # S_MTL over the seeds where it is defined
      "per_seed": [{"seed", "ccc", "uar", "mae", "s_mtl", "ccc_per_emotion", "best_epoch"}, ...],
      "ensemble": {"ccc", "uar", "mae", "s_mtl", "ccc_per_emotion"},
      "ccc_per_emotion": {emotion: mean over seeds}}
 
-Standard deviations are over seeds with ``ddof = 0`` (as ``np.std``).
+Standard deviations are over seeds with ``ddof = 0`` (as ``np.std``). A seed whose CCC or UAR
+is <= 0 has no defined S_MTL (its ``per_seed`` entry says 0.0): the S_MTL summary is over the
+``n_defined`` other seeds (mean and std None when there are none).
 """
 from __future__ import annotations
 
@@ -72,8 +75,12 @@ def metrics_json(per_seed: list[dict], seeds: Sequence[int], best_epochs: Sequen
 
     rows = [{"seed": int(sd), **pick(s), "best_epoch": (None if be is None else int(be))}
             for sd, s, be in zip(seeds, per_seed, best_epochs)]
-    summary = {k: {"mean": float(np.mean([r[k] for r in rows])), "std": float(np.std([r[k] for r in rows]))}
-               for k in METRICS}
+    summary = {}
+    for k in METRICS:
+        # S_MTL is undefined for a seed with CCC or UAR <= 0 (scored 0.0): left out, not averaged in as 0
+        vals = [r[k] for r in rows if k != "s_mtl" or (r["ccc"] > 0 and r["uar"] > 0)]
+        summary[k] = {"mean": float(np.mean(vals)) if vals else None, "std": float(np.std(vals)) if vals else None}
+    summary["s_mtl"]["n_defined"] = sum(r["ccc"] > 0 and r["uar"] > 0 for r in rows)
     return {
         "split": split, "n": int(n), "ccc_convention": "challenge",
         "summary": summary,
@@ -83,15 +90,28 @@ def metrics_json(per_seed: list[dict], seeds: Sequence[int], best_epochs: Sequen
     }
 
 
+def _ens(e: dict) -> str:
+    """The ensemble's S_MTL, or "S_MTL undefined" where CCC or UAR <= 0 (metrics.json then holds 0.0)."""
+    if e.get("ccc", 1) <= 0 or e.get("uar", 1) <= 0:
+        return "S_MTL undefined"
+    return f"{e['s_mtl']:.3f}"
+
+
 def summary_line(run_dir: Path | str, metrics: dict) -> str:
     s = metrics["summary"]
 
+    one = len(metrics["per_seed"]) == 1    # one seed has no spread: "± 0.000" would claim one
+
     def f(k, d=3):
-        return f"{s[k]['mean']:.{d}f}±{s[k]['std']:.{d}f}"
+        if s[k]["mean"] is None:
+            return "undefined"
+        n_def = s[k].get("n_defined", len(metrics["per_seed"]))
+        part = f" ({n_def}/{len(metrics['per_seed'])} seeds defined)" if n_def != len(metrics["per_seed"]) else ""
+        return f"{s[k]['mean']:.{d}f}" + ("" if one else f"±{s[k]['std']:.{d}f}") + part
 
     return (f"{run_dir}: {metrics['split']} CCC {f('ccc')} UAR {f('uar')} MAE {f('mae', 2)} "
-            f"S_MTL {f('s_mtl')} (ensemble {metrics['ensemble']['s_mtl']:.3f}; "
-            f"mean ± std over {len(metrics['per_seed'])} seeds)")
+            f"S_MTL {f('s_mtl')} (ensemble {_ens(metrics['ensemble'])}; "
+            + ("one seed, std undefined)" if one else f"mean ± std over {len(metrics['per_seed'])} seeds)"))
 
 
 def write_json(path: Path, obj) -> None:
@@ -137,6 +157,14 @@ def read_config(run_dir: Path) -> dict:
     if not p.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json); pass a folder made by `exvo learn`")
     cfg = json.loads(p.read_text())
+    if cfg.get("kind") == "fusion":
+        test = Path(run_dir) / "test.csv"
+        raise ValueError(
+            f"{run_dir} is a fusion run: it has no model to apply, only the predictions it fused. "
+            + (f"Its Test predictions are {test}" if test.is_file() else
+               "It has no test.csv (a source run lacked Test predictions): predict Test with its source runs "
+               "(`exvo predict RUN --split Test`) and fuse again")
+            + "; to predict another corpus, predict with each source run (config.json: sources) and fuse those")
     if cfg.get("kind") != "learn":
         raise ValueError(f"{run_dir} is a {cfg.get('kind')!r} run; `exvo predict` applies `exvo learn` runs only")
     return cfg
