@@ -257,6 +257,43 @@ def report(
     typer.echo(table)
 
 
+def _verify_loss_help() -> str:
+    from exvo.verify.losses import LOSSES
+
+    return f"Encoder loss: {' | '.join(LOSSES)} (paper 004 Exp I; namp = negative angular margin prototypical + CE)."
+
+
+@app.command()
+@friendly
+def verify(
+    features: str = typer.Option(..., "--features", "-f", help="Feature set: an utterance cache spec (egemaps, wavlm@12) or a frame cache name (exvo extract --frames)."),
+    seen: str = typer.Option(..., "--seen", help="Comma-separated pretraining classes (dominant emotions), e.g. Amusement,Awe,Distress,Fear."),
+    task: str = typer.Option(..., "--task", help="The new task's classes, e.g. Amusement,Awkwardness (at least one not in --seen)."),
+    enrol: int = typer.Option(10, "--enrol", help="Clips enrolled per task class (drawn from Val, afresh per seed)."),
+    loss: str = typer.Option("namp", "--loss", help=_verify_loss_help()),
+    encoder: str = typer.Option("auto", help="auto (GRU-transformer when a frame cache exists, else MLP) | mlp | gru."),
+    seeds: int = typer.Option(5, help="Number of seeds; results are mean ± std over seeds."),
+    epochs: int = typer.Option(40, help="Maximum training epochs."),
+    n_per_class: int = typer.Option(10, help="N clips per seen class in a training episode."),
+    reference: bool = typer.Option(True, "--reference/--no-reference", help="Also train the paper's \"All\" classifier on all Train clips of the task classes."),
+    name: Optional[str] = typer.Option(None, help="Run folder name under <runs>/verify/ (default derived)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    data: Optional[Path] = DataOpt,
+    cache: Path = CacheOpt,
+    runs: Path = RunsOpt,
+):
+    """Enrol-to-verify: pretrain on seen classes, enrol N clips per class of a new task, verify queries (prints JSON)."""
+    from exvo.verify.api import VerifyConfig, verify as run_verify
+
+    corpus = load_corpus(data)
+    cfg = VerifyConfig(features=features, seen=seen.split(","), task=task.split(","), enrol=enrol, loss=loss,
+                       encoder=encoder, seeds=seeds, epochs=epochs, n_per_class=n_per_class, reference=reference,
+                       device=device)
+    result = run_verify(corpus, cfg, cache_dir=cache, runs_dir=runs, name=name,
+                        echo=lambda m: typer.echo(m, err=True))
+    typer.echo(json.dumps(result.summary(), indent=1))
+
+
 @app.command("train-cnn")
 @friendly
 def train_cnn(
