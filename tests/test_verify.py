@@ -192,6 +192,14 @@ def test_verify_recognises_the_unseen_class_and_writes_the_run(world, tmp_path):
     for f in ("config.json", "metrics.json", "history.json", "models/encoder.pt", "models/scaler.npz"):
         assert (res.run_dir / f).is_file(), f
     assert json.loads((res.run_dir / "config.json").read_text())["kind"] == "verify"
+    # the report's figures: the N_p curve and the projection, plus one summary line per run
+    from exvo.verify.figures import verify_figures
+
+    (tmp_path / "rep").mkdir()
+    made, notes = verify_figures(tmp_path / "runs" / "verify", tmp_path / "rep")
+    assert [p.name for _, p in made] == ["verify_np_curve.png", "verify_projection.png"]
+    assert all(p.stat().st_size > 1000 for _, p in made)
+    assert len(notes) == 1 and "UAR" in notes[0] and "mean ± std over 2 seeds" in notes[0]
 
 
 def test_unseen_class_clips_never_reach_training(world, tmp_path, monkeypatch):

@@ -238,6 +238,10 @@ def make_report(runs_dir: str | Path, out_dir: str | Path, corpus: Corpus | None
     out_dir.mkdir(parents=True, exist_ok=True)
     cells = [_cells(k + 1, r) for k, r in enumerate(rows)]
     made, fig_notes = _figures(rows, out_dir, corpus)
+    from exvo.verify.figures import verify_figures  # enrol-to-verify runs live in <runs>/verify (issue 15)
+
+    made_v, notes_v = verify_figures(runs_dir / "verify", out_dir)
+    made, fig_notes = made + made_v, fig_notes + notes_v
 
     notes = []
     if any(r.optimistic for r in rows):
