@@ -140,6 +140,9 @@ def extract(
     max_failures: Optional[str] = typer.Option(None, help="Abort once more clips than this fail: a count (10), fraction (0.05) or percentage (5%)."),
     epochs: Optional[int] = typer.Option(None, help="Task CNNs: cap on training epochs (default: until the lr falls below 1e-6)."),
     list_models: bool = typer.Option(False, "--list", help="List the registered extractors and exit."),
+    frames: bool = typer.Option(False, "--frames", help="SSL: store one layer's frame sequences (ragged, <model>.frames.h5) instead of utterance vectors."),
+    layer: int = typer.Option(-1, help="With --frames: the hidden state to store (0 = input embeddings, -1 = last)."),
+    pool_frames: int = typer.Option(1, help="With --frames: average every K consecutive frames (K = 1 keeps 50 frames/s)."),
 ):
     """Stage 1: extract utterance embeddings of every clip into the HDF5 cache (resumable)."""
     from exvo.extract.base import ExtractOptions, describe, find, names
@@ -157,6 +160,15 @@ def extract(
     corpus = load_corpus(data)
     opts = ExtractOptions(checkpoint=checkpoint, device=device, precision=precision, batch_seconds=batch_seconds,
                           workers=workers, chunk_seconds=chunk_seconds, dtype=dtype, train_epochs=epochs)
+    if frames:  # the frame-level cache of issue 15: its own store and writer (exvo.extract.frames)
+        from exvo.extract.frames import extract_frames
+
+        s = extract_frames(corpus, model, cache, opts, layer=layer, pool=pool_frames, overwrite=overwrite,
+                           progress=sys.stderr.isatty() or bool(os.environ.get("EXVO_PROGRESS")))
+        for cid, why in s.failures:
+            typer.echo(f"FAILED {cid}: {why}")
+        typer.echo(s.line())
+        raise typer.Exit(1 if s.failures else 0)
     try:
         s = run_extract(corpus, model, cache, opts, overwrite=overwrite, max_failures=max_failures,
                         progress=sys.stderr.isatty() or bool(os.environ.get("EXVO_PROGRESS")))
