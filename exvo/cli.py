@@ -287,6 +287,8 @@ def verify(
     seeds: int = typer.Option(5, help="Number of seeds; results are mean ± std over seeds."),
     epochs: int = typer.Option(40, help="Maximum training epochs."),
     n_per_class: int = typer.Option(10, help="N clips per seen class in a training episode."),
+    margin: float = typer.Option(0.3, help="namp/amproto: |m| at the start, in (0, 0.5); the sign comes from the loss."),
+    fixed_margin: bool = typer.Option(False, "--fixed-margin", help="namp/amproto: keep m at --margin (the paper's Fig. 2 sweep) instead of learning it."),
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Also train the paper's \"All\" classifier on all Train clips of the task classes."),
     name: Optional[str] = typer.Option(None, help="Run folder name under <runs>/verify/ (default derived)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
@@ -296,11 +298,12 @@ def verify(
 ):
     """Enrol-to-verify: pretrain on seen classes, enrol N clips per class of a new task, verify queries (prints JSON)."""
     from exvo.verify.api import VerifyConfig, verify as run_verify
+    from exvo.verify.losses import LossConfig
 
     corpus = load_corpus(data)
     cfg = VerifyConfig(features=features, seen=seen.split(","), task=task.split(","), enrol=enrol, loss=loss,
                        encoder=encoder, seeds=seeds, epochs=epochs, n_per_class=n_per_class, reference=reference,
-                       device=device)
+                       device=device, loss_cfg=LossConfig(margin_init=margin, learn_margin=not fixed_margin))
     result = run_verify(corpus, cfg, cache_dir=cache, runs_dir=runs, name=name,
                         echo=lambda m: typer.echo(m, err=True))
     typer.echo(json.dumps(result.summary(), indent=1))

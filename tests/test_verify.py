@@ -96,6 +96,9 @@ def test_amproto_has_the_positive_margin_and_aproto_the_bias():
     assert amp.margin().item() == pytest.approx(0.3) and namp.margin().item() == pytest.approx(-0.3)
     # a positive margin raises the target logit: lower loss than the negative one on the same batch
     assert amp(emb, logits, y, N).item() < namp(emb, logits, y, N).item()
+    fixed = make_loss("namp", K, E, LossConfig(margin_init=0.2, learn_margin=False))
+    assert "theta" not in dict(fixed.named_parameters()) and fixed.margin().item() == pytest.approx(-0.2)
+    assert fixed.margin_kind() == "fixed" and namp.margin_kind() == "learned"
     for name in LOSSES:   # every loss runs, is finite and has a gradient
         lf = make_loss(name, K, E, LossConfig())
         x = emb.clone().requires_grad_(True)

@@ -150,8 +150,9 @@ def speaker_holdout(rows: np.ndarray, speakers: np.ndarray, frac: float, seed: i
 
 
 def _train(inp: Inputs, labels: np.ndarray, fit: np.ndarray, held: np.ndarray, classes: list[int], loss: str,
-           cfg: VerifyConfig, device: str, echo: Callable[[str], None]):
-    """Train one encoder per seed on ``fit`` rows of ``classes``; select epochs on ``held`` rows."""
+           cfg: VerifyConfig, device: str, echo: Callable[[str], None], select: str = "prototype"):
+    """Train one encoder per seed on ``fit`` rows of ``classes``; select epochs on ``held`` rows by the
+    UAR of the nearest fit-row prototype (``select="prototype"``) or of the classifier (``"classifier"``)."""
     K = len(classes)
     cidx = {c: k for k, c in enumerate(classes)}
     enc = cfg.encoder_cfg
@@ -170,6 +171,9 @@ def _train(inp: Inputs, labels: np.ndarray, fit: np.ndarray, held: np.ndarray, c
         return VerifyModule(inp.dim, K, loss, enc, cfg.loss_cfg)
 
     def evaluate(stack):
+        if select == "classifier":
+            lg = predict(stack, data, held, vectorise=vec)["logits"]
+            return np.array([uar(held_y, lg[j].argmax(1)) for j in range(stack.n)])
         e_p = predict(stack, data, proto_rows, vectorise=vec)["emb"]
         e_h = predict(stack, data, held, vectorise=vec)["emb"]
         return np.array([uar(held_y, nearest_prototype(e_h[j], prototypes(e_p[j], proto_y, range(K))))
@@ -243,6 +247,10 @@ def verify(corpus: Corpus, cfg: VerifyConfig, cache_dir: str | Path = "cache", r
     qcount = {EMOTIONS[c]: int((labels[queries] == c).sum()) for c in task}
     if any(n == 0 for n in qcount.values()):
         raise ValueError(f"the query split {qsplit} lacks clips of some task class ({qcount}); choose another --task")
+    short = {EMOTIONS[c]: int((labels[pool] == c).sum()) for c in task if (labels[pool] == c).sum() < cfg.enrol}
+    if short:
+        raise ValueError(f"only {short} clip(s) of the task class(es) are available to enrol from Val, fewer than "
+                         f"--enrol {cfg.enrol}; enrol fewer clips")
     echo(f"task {' vs '.join(cfg.task)} (unseen: {', '.join(EMOTIONS[c] for c in unseen)}); enrol {cfg.enrol} per class "
          f"from Val; {queries.size} queries from {qsplit} {qcount}")
 
@@ -298,7 +306,7 @@ def verify(corpus: Corpus, cfg: VerifyConfig, cache_dir: str | Path = "cache", r
             echo("\"All\" reference: cross-entropy classifier on all Train clips of the task classes")
             task_train = train[np.isin(labels[train], task)]
             rfit, rheld = speaker_holdout(task_train, speakers[task_train], cfg.holdout, cfg.seed)
-            rfitres, rmake = _train(inp, labels, rfit, rheld, task, "sm", cfg, device, echo)
+            rfitres, _ = _train(inp, labels, rfit, rheld, task, "sm", cfg, device, echo, select="classifier")
             logits = predict(rfitres.stack, inp.data, queries, vectorise=vec)["logits"]
             rs = []
             for j in range(rfitres.stack.n):
@@ -306,6 +314,7 @@ def verify(corpus: Corpus, cfg: VerifyConfig, cache_dir: str | Path = "cache", r
                 rs.append({"uar": uar(labels[queries], pred), "f1_weighted": weighted_f1(labels[queries], pred)})
             ref = {"uar": _ms(r["uar"] for r in rs), "f1_weighted": _ms(r["f1_weighted"] for r in rs),
                    "per_seed": rs, "train_clips": int(task_train.size),
+                   "selection": "epochs chosen on held-out Train speakers of the task classes (classifier UAR)",
                    "note": "trained with the task's classes (unseen one included): an upper reference, not enrol-to-verify"}
 
         metrics = {
@@ -313,7 +322,8 @@ def verify(corpus: Corpus, cfg: VerifyConfig, cache_dir: str | Path = "cache", r
             "encoder": inp.kind, "enrol": cfg.enrol,
             "queries": {"split": qsplit, "n": int(queries.size), "per_class": qcount},
             "uar": _ms(r["uar"] for r in per_seed), "f1_weighted": _ms(r["f1_weighted"] for r in per_seed),
-            "margin": _ms(margins), "scale": _ms(scales), "pretrain_uar": _ms(pre),
+            "margin": _ms(margins) | {"kind": mods[0].criterion.margin_kind()}, "scale": _ms(scales),
+            "pretrain_uar": _ms(pre),
             "np_curve": curve, "all_reference": ref, "chance_uar": 1.0 / len(task), "seeds": len(per_seed),
             "selection": "epochs chosen per seed on held-out Train speakers of the seen classes (nearest-prototype UAR); "
                          "the task's classes never chose anything",
@@ -357,4 +367,6 @@ def _derive_name(cfg: VerifyConfig) -> str:
     import re
 
     base = f"{cfg.features}_{cfg.loss}_{'-'.join(cfg.task)}_n{cfg.enrol}"
+    if cfg.loss in ("namp", "amproto") and not cfg.loss_cfg.learn_margin:
+        base += f"_m{cfg.loss_cfg.margin_init:g}fixed"
     return re.sub(r"[^A-Za-z0-9_.@+-]", "-", base)

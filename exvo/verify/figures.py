@@ -140,7 +140,8 @@ def verify_figures(verify_dir: str | Path, out_dir: str | Path) -> tuple[list[tu
         notes.append(
             f"verify {p.name}: {label(m)}, enrol {m['enrol']}: UAR {m['uar']['mean']:.3f} ± {m['uar']['std']:.3f}, "
             f"weighted F1 {m['f1_weighted']['mean']:.3f} ± {m['f1_weighted']['std']:.3f}"
-            + (f", learned m {m['margin']['mean']:.3f} ± {m['margin']['std']:.3f}" if m["margin"]["mean"] is not None else "")
+            + (f", {m['margin'].get('kind', 'learned')} m {m['margin']['mean']:.3f} ± {m['margin']['std']:.3f}"
+               if m["margin"]["mean"] is not None else "")
             + (f"; All {ref['uar']['mean']:.3f} ± {ref['uar']['std']:.3f}" if ref else "")
             + f" (mean ± std over {m['seeds']} seeds; queries: {m['queries']['split'].split(' (')[0]}, n = {m['queries']['n']})")
     made = []

@@ -107,6 +107,10 @@ class EncoderLoss(nn.Module):
     def scale(self) -> torch.Tensor | None:
         return None
 
+    def margin_kind(self) -> str | None:
+        """``"learned"``, ``"fixed"`` or None (no margin)."""
+        return None
+
 
 class Softmax(EncoderLoss):
     """SM: the classifier's cross-entropy alone."""
@@ -124,6 +128,9 @@ class _CosineClassifier(EncoderLoss):
 
     def margin(self):
         return torch.tensor(self.cfg.am_margin)
+
+    def margin_kind(self):
+        return "fixed"
 
     def target_logit(self, cos: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -217,6 +224,9 @@ class _MarginProto(AProto):
 
     def margin(self):
         return self.sign * self.cfg.margin_max * torch.sigmoid(self.theta)
+
+    def margin_kind(self):
+        return "learned" if self.cfg.learn_margin else "fixed"
 
     def logits_(self, q, c):
         cos = cosine_matrix(q, c)                                # (K, K): row j = query of class j
