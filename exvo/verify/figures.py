@@ -58,7 +58,8 @@ def np_curve(items: list[tuple[str, dict, dict | None]], path: Path, chance: flo
         m = np.array([curve[str(n)]["mean"] for n in ns])
         s = np.array([curve[str(n)]["std"] for n in ns])
         col = cmap(k % 10)
-        ax.errorbar(ns, m, yerr=s, marker="o", capsize=3, color=col, label=name)
+        dodge = 1.0 + 0.025 * (k - (len(items) - 1) / 2)        # side by side, so error bars stay readable
+        ax.errorbar(np.array(ns) * dodge, m, yerr=s, marker="o", ms=4, capsize=2, color=col, label=name)
         if ref is not None:
             ax.axhline(ref["mean"], color=col, ls="--", lw=1, alpha=0.8)
     ax.axhline(chance, color="grey", ls=":", lw=1, label=f"chance ({chance:.2f})")
@@ -143,7 +144,8 @@ def verify_figures(verify_dir: str | Path, out_dir: str | Path) -> tuple[list[tu
             + (f", {m['margin'].get('kind', 'learned')} m {m['margin']['mean']:.3f} ± {m['margin']['std']:.3f}"
                if m["margin"]["mean"] is not None else "")
             + (f"; All {ref['uar']['mean']:.3f} ± {ref['uar']['std']:.3f}" if ref else "")
-            + f" (mean ± std over {m['seeds']} seeds; queries: {m['queries']['split'].split(' (')[0]}, n = {m['queries']['n']})")
+            + f" (mean ± std over {m['seeds']} seeds; queries: {m['queries']['split'].split(' (')[0]}, n = {m['queries']['n']})"
+            + "".join(f"; {n}" for n in m.get("notes", [])))
     made = []
     curves = [(label(m), m["np_curve"], (m.get("all_reference") or {}).get("uar")) for _, _, m in found if m.get("np_curve")]
     if curves:
