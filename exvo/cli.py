@@ -161,7 +161,7 @@ def extract(
     opts = ExtractOptions(checkpoint=checkpoint, device=device, precision=precision, batch_seconds=batch_seconds,
                           workers=workers, chunk_seconds=chunk_seconds, dtype=dtype, train_epochs=epochs)
     if frames:  # the frame-level cache of issue 15: its own store and writer (exvo.extract.frames)
-        from exvo.extract.frames import extract_frames
+        from exvo.extract.frames_run import extract_frames
 
         s = extract_frames(corpus, model, cache, opts, layer=layer, pool=pool_frames, overwrite=overwrite,
                            progress=sys.stderr.isatty() or bool(os.environ.get("EXVO_PROGRESS")))

@@ -31,7 +31,7 @@ def main() -> None:
     a = ap.parse_args()
     from exvo.corpus import Corpus
     from exvo.extract.base import ExtractOptions
-    from exvo.extract.frames import extract_frames
+    from exvo.extract.frames_run import extract_frames
 
     real_replace = os.replace
     seen = [0]

@@ -14,7 +14,8 @@ import pytest
 
 from exvo.corpus import Corpus
 from exvo.extract.cache import CacheError, CacheMismatch
-from exvo.extract.frames import FrameCache, FrameWriter, extract_frames, frames_path, pool_frames
+from exvo.extract.frames import FrameCache, FrameWriter, frames_path, pool_frames
+from exvo.extract.frames_run import extract_frames
 from exvo.metrics import EMOTIONS
 
 HERE = Path(__file__).resolve().parent

@@ -39,7 +39,7 @@ from exvo.learn import runs
 from exvo.learn.framework import TrainConfig, predict, train_seeds
 from exvo.metrics import EMOTIONS, uar
 from exvo.verify.encoder import ENCODERS, EncoderConfig, VerifyModule
-from exvo.verify.episodes import (cosine, dominant_class, draw_enrolment, episodic_sampler, nearest_prototype,
+from exvo.verify.episodes import (dominant_class, draw_enrolment, episodic_sampler, nearest_prototype,
                                   parse_classes, prototypes, weighted_f1)
 from exvo.verify.inputs import Inputs, load_inputs
 from exvo.verify.losses import LOSSES, LossConfig
