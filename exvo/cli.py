@@ -140,6 +140,9 @@ def extract(
     max_failures: Optional[str] = typer.Option(None, help="Abort once more clips than this fail: a count (10), fraction (0.05) or percentage (5%)."),
     epochs: Optional[int] = typer.Option(None, help="Task CNNs: cap on training epochs (default: until the lr falls below 1e-6)."),
     list_models: bool = typer.Option(False, "--list", help="List the registered extractors and exit."),
+    frames: bool = typer.Option(False, "--frames", help="SSL: store one layer's frame sequences (ragged, <model>.frames.h5) instead of utterance vectors."),
+    layer: int = typer.Option(-1, help="With --frames: the hidden state to store (0 = input embeddings, -1 = last)."),
+    pool_frames: int = typer.Option(1, help="With --frames: average every K consecutive frames (K = 1 keeps 50 frames/s)."),
 ):
     """Stage 1: extract utterance embeddings of every clip into the HDF5 cache (resumable).
 
@@ -161,6 +164,15 @@ def extract(
     corpus = load_corpus(data)
     opts = ExtractOptions(checkpoint=checkpoint, device=device, precision=precision, batch_seconds=batch_seconds,
                           workers=workers, chunk_seconds=chunk_seconds, dtype=dtype, train_epochs=epochs)
+    if frames:  # the frame-level cache of issue 15: its own store and writer (exvo.extract.frames)
+        from exvo.extract.frames_run import extract_frames
+
+        s = extract_frames(corpus, model, cache, opts, layer=layer, pool=pool_frames, overwrite=overwrite,
+                           progress=sys.stderr.isatty() or bool(os.environ.get("EXVO_PROGRESS")))
+        for cid, why in s.failures:
+            typer.echo(f"FAILED {cid}: {why}")
+        typer.echo(s.line())
+        raise typer.Exit(1 if s.failures else 0)
     try:
         s = run_extract(corpus, model, cache, opts, overwrite=overwrite, max_failures=max_failures,
                         progress=True)   # bar on a terminal, plain lines in a log (EXVO_PROGRESS overrides)
@@ -259,6 +271,46 @@ def report(
     corpus = load_corpus(data)
     table = make_report(runs, out or runs / "report", corpus=corpus)
     typer.echo(table)
+
+
+def _verify_loss_help() -> str:
+    from exvo.verify.losses import LOSSES
+
+    return f"Encoder loss: {' | '.join(LOSSES)} (paper 004 Exp I; namp = negative angular margin prototypical + CE)."
+
+
+@app.command()
+@friendly
+def verify(
+    features: str = typer.Option(..., "--features", "-f", help="Feature set: an utterance cache spec (egemaps, wavlm@12) or a frame cache name (exvo extract --frames)."),
+    seen: str = typer.Option(..., "--seen", help="Comma-separated pretraining classes (dominant emotions), e.g. Amusement,Awe,Distress,Fear."),
+    task: str = typer.Option(..., "--task", help="The new task's classes, e.g. Amusement,Awkwardness (at least one not in --seen)."),
+    enrol: int = typer.Option(10, "--enrol", help="Clips enrolled per task class (drawn from Val, afresh per seed)."),
+    loss: str = typer.Option("namp", "--loss", help=_verify_loss_help()),
+    encoder: str = typer.Option("auto", help="auto (GRU-transformer when a frame cache exists, else MLP) | mlp | gru."),
+    seeds: int = typer.Option(5, help="Number of seeds; results are mean ± std over seeds."),
+    epochs: int = typer.Option(40, help="Maximum training epochs."),
+    n_per_class: int = typer.Option(10, help="N clips per seen class in a training episode."),
+    margin: float = typer.Option(0.3, help="namp/amproto: |m| at the start, in (0, 0.5); the sign comes from the loss."),
+    fixed_margin: bool = typer.Option(False, "--fixed-margin", help="namp/amproto: keep m at --margin (the paper's Fig. 2 sweep) instead of learning it."),
+    reference: bool = typer.Option(True, "--reference/--no-reference", help="Also train the paper's \"All\" classifier on all Train clips of the task classes."),
+    name: Optional[str] = typer.Option(None, help="Run folder name under <runs>/verify/ (default derived)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    data: Optional[Path] = DataOpt,
+    cache: Path = CacheOpt,
+    runs: Path = RunsOpt,
+):
+    """Enrol-to-verify: pretrain on seen classes, enrol N clips per class of a new task, verify queries (prints JSON)."""
+    from exvo.verify.api import VerifyConfig, verify as run_verify
+    from exvo.verify.losses import LossConfig
+
+    corpus = load_corpus(data)
+    cfg = VerifyConfig(features=features, seen=seen.split(","), task=task.split(","), enrol=enrol, loss=loss,
+                       encoder=encoder, seeds=seeds, epochs=epochs, n_per_class=n_per_class, reference=reference,
+                       device=device, loss_cfg=LossConfig(margin_init=margin, learn_margin=not fixed_margin))
+    result = run_verify(corpus, cfg, cache_dir=cache, runs_dir=runs, name=name,
+                        echo=lambda m: typer.echo(m, err=True))
+    typer.echo(json.dumps(result.summary(), indent=1))
 
 
 @app.command("train-cnn")

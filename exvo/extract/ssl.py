@@ -288,6 +288,17 @@ class SSLExtractor(Extractor):
         clip = self._prepare("clip", np.asarray(wav, dtype=np.float32))
         return self._embed_single(clip)
 
+    def frames(self, wav: np.ndarray, layer: int) -> tuple[np.ndarray, str | None]:
+        """Hook of the frame cache (:mod:`exvo.extract.frames`): hidden state ``layer``'s frames
+        ``(T, H)`` float32 and a note, with :meth:`embed`'s input policy (normalisation, short-clip
+        padding, chunks of long clips concatenated). One clip, no padding."""
+        import torch
+
+        clip = self._prepare("clip", np.asarray(wav, dtype=np.float32))
+        x = torch.from_numpy(clip.x)
+        parts = [self._forward(x[None, a:b].to(self.device))[layer, 0].float().cpu() for a, b in self._chunks(x.numel())]
+        return torch.cat(parts).numpy(), clip.note
+
     def run(self, items: Sequence[tuple[str, Path]]) -> Iterator[ClipResult]:
         """Yields one result per item; in corpus order on CPU, length order within windows when batched."""
         q: queue.Queue = queue.Queue(maxsize=PREFETCH)

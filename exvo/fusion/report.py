@@ -18,6 +18,8 @@ Writes ``report.md``, ``report.csv`` and the PNG figures to ``out_dir``:
 and the sections of the other tracks and tools (each skipped when it has nothing to show):
 
 * ``train_vs_val_*.png``    FID tables of ``exvo fid --table`` found in ``<runs>/fid/`` (:mod:`exvo.generate.table`)
+* ``verify_*.png``          enrol-to-verify: UAR against N_p, and a 2-D projection of prototypes
+                            (runs in ``<runs>/verify/``, :mod:`exvo.verify.figures`)
 
 A figure with nothing to plot is skipped with a note. More sections (tables, figures)
 plug in through :data:`SECTIONS` (see :func:`register_section`).
@@ -52,7 +54,7 @@ SectionFn = Callable[[list[Row], Path, "Corpus | None", Path], "Section | None"]
 SECTIONS: list[SectionFn] = []
 """Extra report sections, called in order with ``(rows, out_dir, corpus, runs_dir)`` after the main table."""
 
-SECTION_PROVIDERS = ("exvo.generate.table",)
+SECTION_PROVIDERS = ("exvo.generate.table", "exvo.verify.figures")
 """Modules whose ``report_section(rows, out_dir, corpus, runs_dir)`` adds a section (imported when a report is made)."""
 
 

@@ -1,0 +1,372 @@
+"""``verify``: train a prototype encoder on seen emotion classes, enrol a new task, verify queries.
+
+Protocol (paper 004, §3.3, §4.1, Alg. 1), on exvo's splits:
+
+1. class of a clip = its dominant emotion (argmax of the 10 intensities);
+2. the encoder trains on the Train clips of the ``seen`` classes only (clips of every other
+   class never enter training, nor the feature standardisation); epochs are chosen on a
+   speaker-disjoint hold-out of those Train clips (nearest-Train-prototype UAR over the
+   seen classes), never on the task's classes;
+3. per seed, ``enrol`` clips of each task class are drawn from Val; their mean embedding is
+   the class prototype;
+4. queries: the Test clips of the task classes when Test has labels (the demo corpus), else
+   the Val clips of the half of the Val speakers that were not enrolled from (speaker-disjoint);
+   each goes to the nearest prototype (cosine);
+5. UAR and weighted F1 per seed → mean ± std over seeds; the learned margin m likewise;
+   the same models give the N_p curve (UAR against the number of enrolled clips).
+
+The paper's "All" reference: the same encoder + classifier trained with cross-entropy on all
+Train clips of the task's classes (the unseen one included), scored on the same queries.
+
+Run folder ``<runs>/verify/<name>/``: ``config.json`` (kind ``verify``), ``metrics.json``,
+``history.json``, ``embeddings.npz`` (seed 0: queries, enrolled clips, seen prototypes, for the
+report's projection), ``models/encoder.pt`` + ``models/scaler.npz``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+import exvo
+from exvo.corpus import Corpus, CorpusError
+from exvo.device import resolve_device
+from exvo.learn import runs
+from exvo.learn.framework import TrainConfig, predict, train_seeds
+from exvo.metrics import EMOTIONS, uar
+from exvo.verify.encoder import ENCODERS, EncoderConfig, VerifyModule
+from exvo.verify.episodes import (dominant_class, draw_enrolment, episodic_sampler, nearest_prototype,
+                                  parse_classes, prototypes, weighted_f1)
+from exvo.verify.inputs import Inputs, load_inputs
+from exvo.verify.losses import LOSSES, LossConfig
+
+CURVE = (1, 5, 10, 20, 50)
+"""Numbers of enrolled clips per class for the N_p curve (paper Fig. 4)."""
+
+
+@dataclass
+class VerifyConfig:
+    """``features``: one feature set (utterance cache spec, or the name of a frame cache);
+    ``seen``: the pretraining classes; ``task``: the new task's classes (at least one unseen);
+    ``enrol``: N_p clips per task class; ``n_per_class``: N clips per class in a training
+    episode (paper 10); ``encoder``: auto (gru when a frame cache exists, else mlp) | mlp | gru;
+    ``reference``: also train the "All" classifier."""
+
+    features: str
+    seen: list[str]
+    task: list[str]
+    enrol: int = 10
+    loss: str = "namp"
+    encoder: str = "auto"
+    seeds: int = 5
+    seed: int = 0
+    n_per_class: int = 10
+    epochs: int = 40
+    patience: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    holdout: float = 0.15
+    curve: tuple[int, ...] = CURVE
+    reference: bool = True
+    device: str = "auto"
+    max_frames: int = 512
+    encoder_cfg: EncoderConfig = field(default_factory=EncoderConfig)
+    loss_cfg: LossConfig = field(default_factory=LossConfig)
+
+    def validate(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown --loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.encoder not in ("auto", *ENCODERS):
+            raise ValueError(f"unknown --encoder {self.encoder!r}; choose auto, {' or '.join(ENCODERS)}")
+        self.seen = parse_classes(self.seen, "--seen")
+        self.task = parse_classes(self.task, "--task")
+        if len(self.seen) < 2:
+            raise ValueError(f"--seen needs at least 2 classes to pretrain on, got {self.seen}")
+        if len(self.task) < 2:
+            raise ValueError(f"--task needs at least 2 classes (e.g. a seen one and the new one), got {self.task}")
+        if all(c in self.seen for c in self.task):
+            raise ValueError(f"--task {','.join(self.task)}: every class is seen in pretraining; an enrol-to-verify "
+                             "task needs at least one class missing from --seen")
+        for k in ("enrol", "seeds", "n_per_class", "epochs", "patience"):
+            if int(getattr(self, k)) < 1:
+                raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(self, k)}")
+        if LOSSES[self.loss].episodic and self.n_per_class < 2:
+            raise ValueError(f"--loss {self.loss} needs --n-per-class >= 2 (one query + support per class)")
+        if not 0.0 < self.holdout < 1.0:
+            raise ValueError(f"holdout must be a fraction in (0, 1), got {self.holdout}")
+
+    @property
+    def seed_list(self) -> list[int]:
+        return [self.seed + k for k in range(int(self.seeds))]
+
+
+@dataclass
+class VerifyResult:
+    run_dir: Path
+    metrics: dict
+    config: dict
+
+    def summary(self) -> dict:
+        """The JSON that ``exvo verify`` prints."""
+        m = self.metrics
+        keys = ("task", "unseen", "loss", "encoder", "enrol", "queries", "uar", "f1_weighted", "margin", "scale",
+                "pretrain_uar", "chance_uar", "seeds", "selection")
+        out = {k: m[k] for k in keys if k in m}
+        out["np_curve"] = {n: {"mean": v["mean"], "std": v["std"]} for n, v in m["np_curve"].items()}
+        ref = m.get("all_reference")
+        out["all_reference"] = None if ref is None else {"uar": ref["uar"], "f1_weighted": ref["f1_weighted"]}
+        return out | {"notes": m.get("notes", []), "run": str(self.run_dir)}
+
+
+def class_labels(corpus: Corpus, ids: list[str]) -> tuple[np.ndarray, bool]:
+    """Dominant-emotion class of every clip in ``ids`` (−1 unknown) and whether Test has labels."""
+    pos = {i: k for k, i in enumerate(corpus.ids)}
+    emo = corpus.emotions.copy()
+    test_labelled = False
+    te = corpus.indices("Test")
+    if te.size:
+        try:
+            emo[te] = corpus.labels("Test")[0]
+            test_labelled = bool(np.isfinite(emo[te]).all())
+        except CorpusError:
+            test_labelled = False
+    lab = dominant_class(emo)
+    return np.array([lab[pos[i]] for i in ids], dtype=np.int64), test_labelled
+
+
+def speaker_holdout(rows: np.ndarray, speakers: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Speaker-disjoint ``(kept rows, held-out rows)``; at least one speaker on each side."""
+    spk = np.unique(speakers)
+    if spk.size < 2:
+        raise ValueError(f"a speaker-disjoint hold-out needs at least 2 speakers, got {spk.size}")
+    k = min(spk.size - 1, max(1, int(round(frac * spk.size))))
+    held = set(np.random.default_rng(seed).choice(spk, size=k, replace=False).tolist())
+    mask = np.array([s in held for s in speakers], dtype=bool)
+    return rows[~mask], rows[mask]
+
+
+def _train(inp: Inputs, labels: np.ndarray, fit: np.ndarray, held: np.ndarray, classes: list[int], loss: str,
+           cfg: VerifyConfig, device: str, echo: Callable[[str], None], select: str = "prototype"):
+    """Train one encoder per seed on ``fit`` rows of ``classes``; select epochs on ``held`` rows by the
+    UAR of the nearest fit-row prototype (``select="prototype"``) or of the classifier (``"classifier"``)."""
+    K = len(classes)
+    cidx = {c: k for k, c in enumerate(classes)}
+    enc = cfg.encoder_cfg
+    data = {k: v for k, v in inp.data.items()}
+    by_class = [fit[labels[fit] == c] for c in classes]
+    sampler = episodic_sampler(data, by_class, cfg.n_per_class)
+    vec = enc.kind == "mlp"
+    tcfg = TrainConfig(epochs=cfg.epochs, patience=cfg.patience, batch_size=K * cfg.n_per_class, lr=cfg.lr,
+                       weight_decay=cfg.weight_decay, optimizer="adam", vectorise=vec)
+    # prototypes for model selection from at most 2000 fit rows (fixed): bounded cost per epoch
+    proto_rows = fit if fit.size <= 2000 else np.sort(np.random.default_rng(cfg.seed).choice(fit, 2000, replace=False))
+    held_y = np.array([cidx[c] for c in labels[held]])
+    proto_y = np.array([cidx[c] for c in labels[proto_rows]])
+
+    def make():
+        return VerifyModule(inp.dim, K, loss, enc, cfg.loss_cfg)
+
+    def evaluate(stack):
+        if select == "classifier":
+            lg = predict(stack, data, held, vectorise=vec)["logits"]
+            return np.array([uar(held_y, lg[j].argmax(1)) for j in range(stack.n)])
+        e_p = predict(stack, data, proto_rows, vectorise=vec)["emb"]
+        e_h = predict(stack, data, held, vectorise=vec)["emb"]
+        return np.array([uar(held_y, nearest_prototype(e_h[j], prototypes(e_p[j], proto_y, range(K))))
+                         for j in range(stack.n)])
+
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):      # dropout draws from the global generator: seed it
+        torch.manual_seed(10_007 * cfg.seed + K)
+        fitres = train_seeds(make, sampler, evaluate, cfg.seed_list, tcfg, device=device,
+                             progress=lambda ep, s: echo(f"  epoch {ep}: held-out Train-speaker UAR "
+                                                         + " ".join(f"{v:.3f}" for v in s)) if ep % 10 == 0 else None)
+    echo(f"  trained {fitres.epochs_run} epochs in {time.perf_counter() - t0:.1f} s; best epochs {fitres.best_epoch}")
+    return fitres, make
+
+
+def _seed_modules(stack, make) -> list[VerifyModule]:
+    mods = []
+    for j in range(stack.n):
+        m = make()
+        p, b = stack.one(j)
+        m.load_state_dict({**{k: v.cpu() for k, v in p.items()}, **{k: v.cpu() for k, v in b.items()}})
+        mods.append(m)
+    return mods
+
+
+def _ms(values) -> dict:
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std())} if v.size else {"mean": None, "std": None}
+
+
+def verify(corpus: Corpus, cfg: VerifyConfig, cache_dir: str | Path = "cache", runs_dir: str | Path = "runs",
+           name: str | None = None, echo: Callable[[str], None] = print) -> VerifyResult:
+    """Run the enrol-to-verify protocol (module docstring); write ``<runs_dir>/verify/<name>``."""
+    t_start = time.perf_counter()
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    if not corpus.has_labels("Val"):
+        raise CorpusError(f"{corpus.root} has no labelled Val clips; enrolment draws its clips from Val")
+    inp = load_inputs(corpus, cfg.features, cache_dir, cfg.encoder, cfg.max_frames, echo=echo)
+    cfg.encoder_cfg.kind = inp.kind
+    labels, test_labelled = class_labels(corpus, inp.ids)
+    seen = [EMOTIONS.index(c) for c in cfg.seen]
+    task = [EMOTIONS.index(c) for c in cfg.task]
+    unseen = [c for c in task if c not in seen]
+    spk_of = dict(zip(corpus.ids, corpus.speakers))
+    speakers = np.array([spk_of[i] for i in inp.ids])
+
+    # ---- pretraining rows: Train clips of the seen classes only
+    train = inp.rows["Train"]
+    seen_train = train[np.isin(labels[train], seen)]
+    counts = {EMOTIONS[c]: int((labels[seen_train] == c).sum()) for c in seen}
+    empty = [c for c, n in counts.items() if n == 0]
+    if empty:
+        raise ValueError(f"no Train clip has {', '.join(empty)} as its dominant emotion; choose other --seen classes "
+                         f"(Train counts: {counts})")
+    fit, held = speaker_holdout(seen_train, speakers[seen_train], cfg.holdout, cfg.seed)
+    inp.standardise(fit)
+    echo(f"{inp.describe()}; pretraining on {fit.size} Train clips of {len(seen)} seen classes {counts} "
+         f"(+{held.size} held out by speaker for epoch selection); loss {cfg.loss}, encoder {inp.kind}, "
+         f"seeds {cfg.seed_list}")
+
+    # ---- enrolment pool and queries
+    val = inp.rows["Val"]
+    if test_labelled and inp.rows["Test"].size:
+        pool, queries, qsplit = val, inp.rows["Test"], "Test"
+    else:
+        pool, queries = speaker_holdout(val, speakers[val], 0.5, cfg.seed + 1)
+        qsplit = "Val (held-out half of the Val speakers; Test has no labels)"
+    pool = pool[np.isin(labels[pool], task)]
+    queries = queries[np.isin(labels[queries], task)]
+    qcount = {EMOTIONS[c]: int((labels[queries] == c).sum()) for c in task}
+    if any(n == 0 for n in qcount.values()):
+        raise ValueError(f"the query split {qsplit} lacks clips of some task class ({qcount}); choose another --task")
+    short = {EMOTIONS[c]: int((labels[pool] == c).sum()) for c in task if (labels[pool] == c).sum() < cfg.enrol}
+    if short:
+        raise ValueError(f"only {short} clip(s) of the task class(es) are available to enrol from Val, fewer than "
+                         f"--enrol {cfg.enrol}; enrol fewer clips")
+    echo(f"task {' vs '.join(cfg.task)} (unseen: {', '.join(EMOTIONS[c] for c in unseen)}); enrol {cfg.enrol} per class "
+         f"from Val; {queries.size} queries from {qsplit} {qcount}")
+
+    tmp = runs.staging_dir(Path(runs_dir) / "verify", name := runs.check_name(name or _derive_name(cfg)))
+    try:
+        fitres, make = _train(inp, labels, fit, held, seen, cfg.loss, cfg, device, echo)
+        stack = fitres.stack
+        vec = inp.kind == "mlp"
+        mods = _seed_modules(stack, make)
+        with torch.no_grad():
+            margins = [None if (m := mod.criterion.margin()) is None else float(m) for mod in mods]
+            scales = [None if (w := mod.criterion.scale()) is None else float(w) for mod in mods]
+        everything = np.unique(np.concatenate([fit, pool, queries, inp.rows["Val"], inp.rows["Test"]]))
+        emb_all = predict(stack, inp.data, everything, vectorise=vec)["emb"]         # (S, n, E)
+        at = {r: k for k, r in enumerate(everything)}
+
+        def emb(j, rows):
+            return emb_all[j][[at[r] for r in rows]]
+
+        # pretrain check: seen-class queries of the query split against Train prototypes (Table 4 "Pretrain")
+        seen_q = np.concatenate([inp.rows["Test"] if qsplit == "Test" else queries, inp.rows["Val"]])
+        seen_q = np.unique(seen_q[np.isin(labels[seen_q], seen)])
+        pre = []
+        for j in range(stack.n):
+            pt = prototypes(emb(j, fit), labels[fit], seen)
+            pre.append(uar(labels[seen_q], np.asarray(seen)[nearest_prototype(emb(j, seen_q), pt)]) if seen_q.size else None)
+
+        def run_enrol(n_enrol: int):
+            out = []
+            for j, sd in enumerate(cfg.seed_list):
+                rng = np.random.default_rng([int(sd), int(n_enrol), 15])
+                en = draw_enrolment(rng, labels, pool, task, n_enrol)
+                pt = prototypes(emb(j, en), labels[en], task)
+                pred = np.asarray(task)[nearest_prototype(emb(j, queries), pt)]
+                out.append({"seed": int(sd), "uar": uar(labels[queries], pred),
+                            "f1_weighted": weighted_f1(labels[queries], pred), "enrolled": [inp.ids[r] for r in en]})
+            return out
+
+        per_seed = run_enrol(cfg.enrol)
+        for r, m, w, p, be in zip(per_seed, margins, scales, pre, fitres.best_epoch):
+            r.update(margin=m, scale=w, pretrain_uar=p, best_epoch=int(be))
+        curve, curve_notes = {}, []
+        avail = min(int((labels[pool] == c).sum()) for c in task)
+        for n_p in cfg.curve:
+            if n_p > avail:
+                curve_notes.append(f"N_p = {n_p} skipped: only {avail} clips of the rarest task class in the enrolment pool")
+                continue
+            res = run_enrol(n_p)
+            curve[str(n_p)] = _ms(r["uar"] for r in res) | {"per_seed": [r["uar"] for r in res]}
+
+        ref = None
+        if cfg.reference:
+            echo("\"All\" reference: cross-entropy classifier on all Train clips of the task classes")
+            task_train = train[np.isin(labels[train], task)]
+            rfit, rheld = speaker_holdout(task_train, speakers[task_train], cfg.holdout, cfg.seed)
+            rfitres, _ = _train(inp, labels, rfit, rheld, task, "sm", cfg, device, echo, select="classifier")
+            logits = predict(rfitres.stack, inp.data, queries, vectorise=vec)["logits"]
+            rs = []
+            for j in range(rfitres.stack.n):
+                pred = np.asarray(task)[logits[j].argmax(1)]
+                rs.append({"uar": uar(labels[queries], pred), "f1_weighted": weighted_f1(labels[queries], pred)})
+            ref = {"uar": _ms(r["uar"] for r in rs), "f1_weighted": _ms(r["f1_weighted"] for r in rs),
+                   "per_seed": rs, "train_clips": int(task_train.size),
+                   "selection": "epochs chosen on held-out Train speakers of the task classes (classifier UAR)",
+                   "note": "trained with the task's classes (unseen one included): an upper reference, not enrol-to-verify"}
+
+        metrics = {
+            "task": cfg.task, "unseen": [EMOTIONS[c] for c in unseen], "seen": cfg.seen, "loss": cfg.loss,
+            "encoder": inp.kind, "enrol": cfg.enrol,
+            "queries": {"split": qsplit, "n": int(queries.size), "per_class": qcount},
+            "uar": _ms(r["uar"] for r in per_seed), "f1_weighted": _ms(r["f1_weighted"] for r in per_seed),
+            "margin": _ms(margins) | {"kind": mods[0].criterion.margin_kind()}, "scale": _ms(scales),
+            "pretrain_uar": _ms(pre),
+            "np_curve": curve, "all_reference": ref, "chance_uar": 1.0 / len(task), "seeds": len(per_seed),
+            "selection": "epochs chosen per seed on held-out Train speakers of the seen classes (nearest-prototype UAR); "
+                         "the task's classes never chose anything",
+            "std_over_seeds": "population (ddof=0); enrolled clips drawn afresh per seed",
+            "per_seed": per_seed, "notes": curve_notes,
+        }
+        # the projection figure: seed 0's embeddings
+        pt_seen = prototypes(emb(0, fit), labels[fit], seen)
+        en0 = np.array([inp.ids.index(i) for i in per_seed[0]["enrolled"]])
+        np.savez(tmp / "embeddings.npz", query_emb=emb(0, queries), query_class=labels[queries],
+                 enrol_emb=emb(0, en0), enrol_class=labels[en0], seen_proto=pt_seen, seen_class=np.asarray(seen),
+                 task_class=np.asarray(task), seen_train_emb=emb(0, fit[:: max(1, fit.size // 400)]),
+                 seen_train_class=labels[fit[:: max(1, fit.size // 400)]])
+        models = tmp / "models"
+        models.mkdir()
+        torch.save(stack.state_dict(), models / "encoder.pt")
+        inp.save_scaler(models / "scaler.npz")
+        config = {
+            "kind": "verify", "exvo_version": exvo.__version__, "name": name,
+            "corpus": {"name": corpus.name, "root": str(corpus.root)},
+            "features": inp.info, "dim": inp.dim, "verify_config": asdict(cfg),
+            "clips": {"pretrain_fit": int(fit.size), "pretrain_held_out": int(held.size), "seen_train_counts": counts,
+                      "enrol_pool": int(pool.size), "queries": int(queries.size)},
+            "standardisation": "per-feature mean/std of the pretraining (seen-class, fit) Train clips",
+            "seconds": round(time.perf_counter() - t_start, 2),
+        }
+        runs.write_json(tmp / "config.json", config)
+        runs.write_json(tmp / "metrics.json", metrics)
+        runs.write_json(tmp / "history.json", {"heldout_seen_uar": fitres.history, "train_loss": fitres.train_loss,
+                                               "best_epoch": fitres.best_epoch, "epochs_run": fitres.epochs_run})
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    final = runs.commit(tmp, Path(runs_dir) / "verify" / name)
+    return VerifyResult(final, metrics, config)
+
+
+def _derive_name(cfg: VerifyConfig) -> str:
+    import re
+
+    base = f"{cfg.features}_{cfg.loss}_{'-'.join(cfg.task)}_n{cfg.enrol}"
+    if cfg.loss in ("namp", "amproto") and not cfg.loss_cfg.learn_margin:
+        base += f"_m{cfg.loss_cfg.margin_init:g}fixed"
+    return re.sub(r"[^A-Za-z0-9_.@+-]", "-", base)

@@ -1,0 +1,258 @@
+"""Enrol-to-verify (issue 15): losses by hand, margin/scale constraints, prototypes, the protocol.
+
+The synthetic corpus gives each clip one dominant emotion (0.9 against 0.1 for the others)
+and features = a class-specific mean + noise, so the right answers are known.
+"""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from exvo.corpus import Corpus
+from exvo.extract.cache import CacheWriter, cache_path
+from exvo.metrics import EMOTIONS
+from exvo.verify import api as vapi
+from exvo.verify.api import VerifyConfig, verify
+from exvo.verify.encoder import EncoderConfig, VerifyModule
+from exvo.verify.episodes import (dominant_class, draw_enrolment, episodic_sampler, nearest_prototype, prototypes,
+                                  weighted_f1)
+from exvo.verify.losses import LOSSES, LossConfig, make_loss
+
+torch.set_num_threads(1)
+CLASSES = ["Amusement", "Awe", "Distress", "Fear", "Awkwardness"]
+SEEN, TASK = ["Amusement", "Awe", "Distress", "Fear"], ["Amusement", "Awkwardness"]
+
+
+def make_world(root, unseen_train_garbage: bool = False, seed: int = 0):
+    """24 speakers × 15 clips (Train 12 / Val 6 / Test 6 unlabelled); one 8-dim cache ``feat``."""
+    rng = np.random.default_rng(seed)
+    n_spk, per = 24, 15
+    n = n_spk * per
+    cls = rng.integers(0, len(CLASSES), size=n)
+    means = np.random.default_rng(99).normal(size=(len(CLASSES), 8)) * 2.0
+    X = means[cls] + rng.normal(size=(n, 8))
+    splits = ["Train"] * 12 + ["Val"] * 6 + ["Test"] * 6
+    ids = [f"[{k:05d}]" for k in range(n)]
+    if unseen_train_garbage:   # what an unseen-class Train clip holds must not matter
+        for k in range(n):
+            if splits[k // per] == "Train" and CLASSES[cls[k]] not in SEEN:
+                X[k] = np.random.default_rng(1000 + k).normal(size=8) * 50.0
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "data_info.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["File_ID", "Split", "Subject_ID", "Country", "Age", "Country_string", *EMOTIONS])
+        for k in range(n):
+            sp = splits[k // per]
+            emo = [0.9 if e == CLASSES[cls[k]] else 0.1 for e in EMOTIONS]
+            lab = [k % 4, 30, "x", *emo] if sp != "Test" else ["", "", "", *[""] * 10]
+            w.writerow([ids[k], sp, f"Speaker_{k // per}", *lab])
+    corpus = Corpus.from_dir(root)
+    cache = root.parent / "cache"
+    with CacheWriter(cache_path(cache, corpus.name, "feat"), "feat", {"extractor": "feat"}) as wr:
+        for i, x in zip(corpus.ids, X):
+            wr.add(i, x[None, :].astype(np.float32))
+        wr.finalize(order=corpus.ids, files=[])
+    return corpus, cache, np.array([CLASSES[c] for c in cls])
+
+
+def _cfg(**kw):
+    base = dict(features="feat", seen=SEEN, task=TASK, enrol=5, loss="namp", seeds=2, epochs=6, patience=6,
+                n_per_class=4, device="cpu", curve=(1, 5), reference=False)
+    base.update(kw)
+    return VerifyConfig(**base)
+
+
+# ------------------------------------------------------------------ losses
+def test_namp_loss_is_eq4_plus_ce_by_hand():
+    torch.manual_seed(0)
+    K, N, E = 3, 4, 5
+    cfg = LossConfig(margin_init=0.3, scale_init=7.0)
+    loss = make_loss("namp", K, E, cfg)
+    emb, logits = torch.randn(K * N, E), torch.randn(K * N, K)
+    y = torch.arange(K).repeat_interleave(N)
+    got = loss(emb, logits, y, N)
+    e = emb.numpy().reshape(K, N, E)
+    q, c = e[:, -1], e[:, :-1].mean(1)                          # Eq. 2: centroid of the first N-1
+    cos = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (c / np.linalg.norm(c, axis=1, keepdims=True)).T
+    S = 7.0 * (cos + np.eye(K) * -0.3)                          # Eq. 4, m = -0.3
+    l_namp = -np.mean([S[j, j] - np.log(np.exp(S[j]).sum()) for j in range(K)])
+    l_ce = F.cross_entropy(logits, y).item()
+    assert got.item() == pytest.approx(l_namp + l_ce, rel=1e-5)
+    assert loss.margin().item() == pytest.approx(-0.3, abs=1e-6)
+    assert loss.scale().item() == pytest.approx(7.0, rel=1e-6)
+
+
+def test_amproto_has_the_positive_margin_and_aproto_the_bias():
+    K, N, E = 2, 3, 4
+    emb, logits = torch.randn(K * N, E), torch.randn(K * N, K)
+    y = torch.arange(K).repeat_interleave(N)
+    cfg = LossConfig(ce_weight=0.0)
+    amp, namp = make_loss("amproto", K, E, cfg), make_loss("namp", K, E, cfg)
+    assert amp.margin().item() == pytest.approx(0.3) and namp.margin().item() == pytest.approx(-0.3)
+    # a positive margin raises the target logit: lower loss than the negative one on the same batch
+    assert amp(emb, logits, y, N).item() < namp(emb, logits, y, N).item()
+    fixed = make_loss("namp", K, E, LossConfig(margin_init=0.2, learn_margin=False))
+    assert "theta" not in dict(fixed.named_parameters()) and fixed.margin().item() == pytest.approx(-0.2)
+    assert fixed.margin_kind() == "fixed" and namp.margin_kind() == "learned"
+    for name in LOSSES:   # every loss runs, is finite and has a gradient
+        lf = make_loss(name, K, E, LossConfig())
+        x = emb.clone().requires_grad_(True)
+        out = lf(x, x @ torch.ones(E, K), y, N)
+        out.backward()
+        assert torch.isfinite(out) and x.grad is not None and torch.isfinite(x.grad).all(), name
+
+
+@pytest.mark.parametrize("name,sign", [("namp", -1), ("amproto", 1)])
+def test_margin_keeps_its_sign_and_scale_stays_positive_under_training(name, sign):
+    torch.manual_seed(1)
+    K, N = 3, 5
+    mod = VerifyModule(6, K, name, EncoderConfig(kind="mlp", hidden=16, emb=8), LossConfig())
+    opt = torch.optim.Adam(mod.parameters(), lr=0.1)    # 100 x the usual step: a clamp-free margin would cross 0
+    x = torch.randn(K * N, 6)
+    y = torch.arange(K).repeat_interleave(N)
+    ms = []
+    for _ in range(200):
+        opt.zero_grad()
+        mod({"x": x + 0.1 * torch.randn_like(x), "y": y}, train_loss=True).backward()
+        opt.step()
+        with torch.no_grad():
+            m, w = float(mod.criterion.margin()), float(mod.criterion.scale())
+        assert sign * m > 0 and abs(m) < LossConfig().margin_max and w > 0
+        ms.append(m)
+    # Eq. 4 lowers the loss as m rises, so a learned m drifts upwards (towards 0 for NAMP)
+    assert ms[-1] > -0.3 if sign < 0 else ms[-1] > 0.3
+
+
+# ------------------------------------------------------------------ episodes, enrolment, verification
+def test_episodic_batches_hold_n_clips_of_each_class_in_order():
+    data = {"x": torch.arange(20.0)[:, None]}
+    by_class = [np.array([0, 1, 2]), np.arange(3, 20)]          # class 0 smaller than N: wraps round
+    s = episodic_sampler(data, by_class, 4)
+    batches = list(s(torch.Generator().manual_seed(0), 1))
+    assert len(batches) == 5                                  # ceil(17 / 4)
+    for b in batches:
+        assert b["y"].tolist() == [0] * 4 + [1] * 4
+        rows = b["x"][:, 0].long().numpy()
+        assert set(rows[:4]) <= {0, 1, 2} and set(rows[4:]) <= set(range(3, 20))
+        assert len(set(rows[4:])) == 4                         # no repeat within a class's epoch
+
+
+def test_dominant_class_and_weighted_f1():
+    emo = np.array([[0.1] * 10, [0.0] * 10, [np.nan] * 10])
+    emo[0, 4] = 0.9
+    emo[1, 7] = 0.2
+    assert dominant_class(emo).tolist() == [4, 7, -1]
+    # known answer: class 0 P=2/3 R=1 F1=.8 (2 clips); class 1 P=1 R=.5 F1=2/3 (2 clips)
+    assert weighted_f1([0, 0, 1, 1], [0, 0, 0, 1]) == pytest.approx((0.8 * 2 + 2 / 3 * 2) / 4)
+
+
+def test_prototypes_are_the_means_of_enrolled_embeddings_and_a_copy_of_an_enrolled_clip_gets_its_class():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(30, 6))
+    labels = rng.integers(0, 3, size=30)
+    en = draw_enrolment(np.random.default_rng(1), labels, np.arange(30), [0, 2], 3)
+    assert len(en) == 6 and set(labels[en[:3]]) == {0} and set(labels[en[3:]]) == {2}
+    P = prototypes(emb[en], labels[en], [0, 2])
+    np.testing.assert_allclose(P[0], emb[en[:3]].mean(0))
+    np.testing.assert_allclose(P[1], emb[en[3:]].mean(0))
+    # one enrolled clip per class: the prototype is that clip, so its copy as a query is assigned its class
+    one = draw_enrolment(np.random.default_rng(2), labels, np.arange(30), [0, 1, 2], 1)
+    P1 = prototypes(emb[one], labels[one], [0, 1, 2])
+    assert nearest_prototype(emb[one], P1).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="fewer than --enrol 50"):
+        draw_enrolment(np.random.default_rng(1), labels, np.arange(30), [0], 50)
+
+
+# ------------------------------------------------------------------ the protocol
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("verify") / "corp")
+
+
+def test_verify_recognises_the_unseen_class_and_writes_the_run(world, tmp_path):
+    corpus, cache, _ = world
+    res = verify(corpus, _cfg(reference=True), cache, tmp_path / "runs", echo=lambda m: None)
+    m = res.metrics
+    assert res.run_dir == tmp_path / "runs" / "verify" / res.run_dir.name
+    assert m["unseen"] == ["Awkwardness"] and m["enrol"] == 5 and m["chance_uar"] == 0.5
+    assert "held-out half" in m["queries"]["split"]             # Test has no labels here
+    assert m["uar"]["mean"] > 0.8                               # well separated synthetic classes
+    assert all(r["margin"] < 0 and r["scale"] > 0 for r in m["per_seed"])
+    assert set(m["np_curve"]) == {"1", "5"}
+    assert m["all_reference"]["uar"]["mean"] > 0.8
+    # queries and enrolled clips come from disjoint Val speakers, enrolled clips of the task classes
+    enrolled = set(m["per_seed"][0]["enrolled"])
+    lab, _ = vapi.class_labels(corpus, corpus.ids)
+    pos = {i: k for k, i in enumerate(corpus.ids)}
+    assert all(EMOTIONS[lab[pos[i]]] in TASK and corpus.splits[pos[i]] == "Val" for i in enrolled)
+    z = np.load(res.run_dir / "embeddings.npz")
+    assert z["seen_proto"].shape[0] == 4 and z["enrol_emb"].shape[0] == 10
+    for f in ("config.json", "metrics.json", "history.json", "models/encoder.pt", "models/scaler.npz"):
+        assert (res.run_dir / f).is_file(), f
+    assert json.loads((res.run_dir / "config.json").read_text())["kind"] == "verify"
+    # the report's figures: the N_p curve and the projection, plus one summary line per run
+    from exvo.verify.figures import verify_figures
+
+    (tmp_path / "rep").mkdir()
+    made, notes = verify_figures(tmp_path / "runs" / "verify", tmp_path / "rep")
+    assert [p.name for _, p in made] == ["verify_np_curve.png", "verify_projection.png"]
+    assert all(p.stat().st_size > 1000 for _, p in made)
+    assert len(notes) == 1 and "UAR" in notes[0] and "mean ± std over 2 seeds" in notes[0]
+
+
+def test_unseen_class_clips_never_reach_training(world, tmp_path, monkeypatch):
+    corpus, cache, names = world
+    corpus2, cache2, _ = make_world(tmp_path / "corp", unseen_train_garbage=True)
+    seen_rows = []
+    real = vapi.episodic_sampler
+
+    def spy(data, by_class, n, steps=None):
+        seen_rows.append(np.concatenate(by_class))
+        return real(data, by_class, n, steps)
+
+    monkeypatch.setattr(vapi, "episodic_sampler", spy)
+    r1 = verify(corpus, _cfg(seeds=1, curve=()), cache, tmp_path / "r1", name="a", echo=lambda m: None)
+    r2 = verify(corpus2, _cfg(seeds=1, curve=()), cache2, tmp_path / "r2", name="a", echo=lambda m: None)
+    rows = seen_rows[0]
+    assert set(names[rows]) <= set(SEEN) and all(corpus.splits[r] == "Train" for r in rows)
+    # the unseen-class Train clips were replaced by garbage: the trained encoder and scaler are unchanged
+    a = torch.load(r1.run_dir / "models" / "encoder.pt", weights_only=True)["params"]
+    b = torch.load(r2.run_dir / "models" / "encoder.pt", weights_only=True)["params"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    s1, s2 = np.load(r1.run_dir / "models" / "scaler.npz"), np.load(r2.run_dir / "models" / "scaler.npz")
+    np.testing.assert_array_equal(s1["mean"], s2["mean"])
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(task=["Amusement", "Awe"]), "every class is seen"),
+    (dict(task=["Amusement", "Joy"]), "'Joy' is not an emotion class"),
+    (dict(seen=["Amusement"]), "at least 2 classes"),
+    (dict(loss="arc"), "unknown --loss 'arc'"),
+    (dict(enrol=500), "fewer than --enrol 500"),
+])
+def test_bad_settings_are_explained(world, tmp_path, kw, msg):
+    corpus, cache, _ = world
+    with pytest.raises(ValueError, match=msg):
+        verify(corpus, _cfg(seeds=1, epochs=1, **kw), cache, tmp_path / "runs", echo=lambda m: None)
+    assert not list((tmp_path / "runs").glob("verify/.*"))     # no half-written run left behind
+
+
+def test_cli_verify_prints_json(world, tmp_path):
+    from typer.testing import CliRunner
+
+    from exvo.cli import app
+
+    corpus, cache, _ = world
+    r = CliRunner().invoke(app, ["verify", "--features", "feat", "--seen", ",".join(SEEN), "--task", ",".join(TASK),
+                                 "--enrol", "3", "--seeds", "1", "--epochs", "2", "--n-per-class", "3",
+                                 "--no-reference", "--device", "cpu", "--data", str(corpus.root),
+                                 "--cache", str(cache), "--runs", str(tmp_path / "runs")])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout[r.stdout.index("{"):])
+    assert out["loss"] == "namp" and out["margin"]["mean"] < 0 and out["all_reference"] is None
