@@ -84,8 +84,6 @@ def demo_corpus(
     """Write a procedural demo corpus in the exact ExVo layout."""
     from exvo.demo import make_demo_corpus
 
-    if (out / "data_info.csv").exists():
-        _fail(f"{out}/data_info.csv already exists; choose another folder or delete it")
     make_demo_corpus(out, speakers=speakers, clips_per_speaker=clips_per_speaker, seed=seed,
                      progress=sys.stderr.isatty())
     typer.echo(f"wrote {speakers * clips_per_speaker} clips to {out}/")
@@ -187,6 +185,7 @@ def learn(
     batch_size: int = typer.Option(8, help="MLP: batch size."),
     name: Optional[str] = typer.Option(None, help="Run folder name (default derived from features/learner/arch)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run of the same name (refused otherwise)."),
     data: Optional[Path] = DataOpt,
     cache: Path = CacheOpt,
     runs: Path = RunsOpt,
@@ -197,7 +196,7 @@ def learn(
     corpus = load_corpus(data)
     cfg = LearnConfig(features=[f.strip() for f in features.split(",") if f.strip()], learner=learner, arch=arch,
                       seeds=seeds, loss=loss, epochs=epochs, patience=patience, batch_size=batch_size, device=device)
-    result = run_learn(corpus, cfg, cache_dir=cache, runs_dir=runs, name=name, echo=typer.echo)
+    result = run_learn(corpus, cfg, cache_dir=cache, runs_dir=runs, name=name, echo=typer.echo, overwrite=overwrite)
     typer.echo(result.summary_line())
 
 

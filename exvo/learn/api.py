@@ -99,8 +99,11 @@ def _constant_baseline(corpus: Corpus, t, rows) -> dict:
 
 
 def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", runs_dir: str | Path = "runs",
-          name: str | None = None, echo: Callable[[str], None] = print) -> LearnResult:
-    """Train ``cfg.seeds`` models on Train, early-stop/score on Val, predict Val and Test, write the run."""
+          name: str | None = None, echo: Callable[[str], None] = print, overwrite: bool = False) -> LearnResult:
+    """Train ``cfg.seeds`` models on Train, early-stop/score on Val, predict Val and Test, write the run.
+
+    An existing run of the same name is refused before training unless ``overwrite``.
+    """
     t_start = time.perf_counter()
     cfg.validate()
     specs = parse_specs(cfg.features)
@@ -108,6 +111,7 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
         raise CorpusError(f"{corpus.root} has no labelled Val clips; learning needs Val for early stopping and scores")
     name = runs.check_name(name or runs.derive_name([s.text for s in specs], cfg.learner, cfg.arch))
     runs_dir, cache_dir = Path(runs_dir), Path(cache_dir)
+    runs.check_free(runs_dir, name, overwrite)
     notes: list[str] = []
 
     def note(msg: str) -> None:
@@ -234,7 +238,7 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
     runs.write_json(tmp / "metrics.json", metrics)
     if history is not None:
         runs.write_json(tmp / "history.json", history)
-    final = runs.commit(tmp, runs_dir / name)
+    final = runs.commit(tmp, runs_dir / name, overwrite=overwrite)
     echo(f"mean/majority predictor on Val: CCC {trivial['ccc']:.3f} UAR {trivial['uar']:.3f} "
          f"MAE {trivial['mae']:.2f} S_MTL {trivial['s_mtl']:.3f}")
     return LearnResult(final, metrics, config, notes)
