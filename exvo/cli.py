@@ -141,7 +141,7 @@ def extract(
 ):
     """Stage 1: extract utterance embeddings of every clip into the HDF5 cache (resumable)."""
     from exvo.extract.base import ExtractOptions, describe, find, names
-    from exvo.extract.run import ExtractionAborted, extract as run_extract
+    from exvo.extract.run import ExtractionAborted, extract as run_extract, interrupt_guard
 
     if list_models:
         for k, v in describe().items():
@@ -156,12 +156,15 @@ def extract(
     opts = ExtractOptions(checkpoint=checkpoint, device=device, precision=precision, batch_seconds=batch_seconds,
                           workers=workers, chunk_seconds=chunk_seconds, dtype=dtype, train_epochs=epochs)
     try:
-        s = run_extract(corpus, model, cache, opts, overwrite=overwrite, max_failures=max_failures,
-                        progress=sys.stderr.isatty() or bool(os.environ.get("EXVO_PROGRESS")))
+        with interrupt_guard():
+            s = run_extract(corpus, model, cache, opts, overwrite=overwrite, max_failures=max_failures,
+                            progress=sys.stderr.isatty() or bool(os.environ.get("EXVO_PROGRESS")))
     except ExtractionAborted as e:
         _fail(str(e), code=3)
     except KeyboardInterrupt:
         _fail("interrupted; the clips finished so far are saved. Run the same command again to resume", code=130)
+    for msg in s.messages:
+        typer.secho(f"note: {msg}", fg=typer.colors.YELLOW, err=True)
     for cid, note in s.notes:
         typer.echo(f"note {cid}: {note}")
     for cid, why in s.failures:

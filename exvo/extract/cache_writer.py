@@ -378,6 +378,7 @@ class CacheWriter:
         src = h5py.File(self.path, "r") if uses_old else None
         sfd = None
         f = None
+        fobj = None
         try:
             if staged:
                 pos = {i: n for n, i in enumerate(ids)}
@@ -388,7 +389,9 @@ class CacheWriter:
                         if kk == k and i in pos:
                             os.pwrite(sfd, feats[r].tobytes(), pos[i] * row_bytes)
                     del feats
-            f = h5py.File(tmp, "w")
+            reserve = _estimate_bytes(ids, L, F, isz, rows)
+            fobj = _Reserved(tmp, reserve)      # disk full is raised here, in Python, not inside HDF5
+            f = h5py.File(fobj, "w")
             f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
             st, dg = to_arrays(idents)
             f.create_dataset("identity", data=st, chunks=(min(len(ids), 65536), 2), fletcher32=True)
@@ -420,6 +423,7 @@ class CacheWriter:
                 f.attrs["feature_names"] = json.dumps(self.feature_names)
             ff, f = f, None
             _close_h5(ff)
+            fobj.close()
             if src is not None:
                 src.close()
                 src = None
@@ -433,6 +437,8 @@ class CacheWriter:
                     _close_h5(f)
                 except BaseException:
                     pass     # the original error is the one to report
+            if fobj is not None:
+                fobj.close()
             if src is not None:
                 src.close()
             tmp.unlink(missing_ok=True)
@@ -479,6 +485,90 @@ class CacheWriter:
 
     def discard_parts(self) -> None:
         shutil.rmtree(self.parts_dir, ignore_errors=True)
+
+
+def _estimate_bytes(ids: Sequence[str], L: int, F: int, isz: int, rows: int) -> int:
+    """Generous upper bound of the final ``.h5`` size: data, chunk index, ids, identities."""
+    n = len(ids)
+    n_chunks = -(-n // rows) * L
+    longest = max((len(i.encode("utf-8", "surrogatepass")) for i in ids), default=0)
+    meta = n_chunks * 256 + n * (longest + 64) + n * 64 + (8 << 20)
+    return int(n * L * F * isz * 1.01) + meta
+
+
+class _Reserved(io.RawIOBase):
+    """A new file with ``reserve`` bytes allocated up front, seen by HDF5 as an empty file.
+
+    HDF5 does not survive a failed write: after ``ENOSPC`` inside the library, closing the
+    file (or the garbage collector doing it at exit) crashes the interpreter. So the space
+    is taken before HDF5 writes a byte (``posix_fallocate`` raises ``OSError`` ENOSPC here,
+    cleanly), and HDF5 writes into it through h5py's file-object driver. The logical size
+    is tracked separately; :meth:`close` cuts the file to it.
+    """
+
+    def __init__(self, path: Path, reserve: int):
+        super().__init__()
+        self._f = open(path, "w+b")
+        try:
+            os.posix_fallocate(self._f.fileno(), 0, max(1, reserve))
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                self._f.close()
+                raise
+            # a filesystem without fallocate: at least refuse a disk that is already too full
+            if shutil.disk_usage(path.parent).free < reserve:
+                self._f.close()
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        self._size = 0
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, b) -> int:
+        n = max(0, min(len(b), self._size - self._pos))
+        self._f.seek(self._pos)
+        got = self._f.readinto(memoryview(b)[:n]) or 0
+        self._pos += got
+        return got
+
+    def write(self, b) -> int:
+        self._f.seek(self._pos)
+        n = self._f.write(b)
+        self._pos += n
+        self._size = max(self._size, self._pos)
+        return n
+
+    def truncate(self, size: int | None = None) -> int:
+        self._size = self._pos if size is None else int(size)
+        return self._size
+
+    def flush(self) -> None:
+        if not self._f.closed:
+            self._f.flush()
+
+    def close(self) -> None:
+        if not self._f.closed:
+            try:
+                self._f.truncate(self._size)
+                self._f.flush()
+            finally:
+                self._f.close()
+        super().close()
 
 
 def _close_h5(f) -> None:

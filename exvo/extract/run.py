@@ -5,7 +5,7 @@ import json
 import os
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -76,6 +76,44 @@ def parse_max_failures(value: str | float | int | None, n: int) -> int | None:
     if 0 < v < 1:
         return max(0, int(v * n))
     return int(v)
+
+
+@contextmanager
+def interrupt_guard(echo=lambda m: print(m, file=sys.stderr, flush=True)):
+    """Ctrl-C / SIGTERM handling for a command-line run (main thread only).
+
+    The first SIGINT or SIGTERM raises ``KeyboardInterrupt`` (the run saves its finished
+    clips and stops its workers, a few seconds at most). Further presses while that
+    happens are acknowledged, not obeyed, so that they cannot break the cleanup half-way
+    (which used to hang the exit); a third press exits at once with 130 (every part on
+    disk is whole, so nothing written is lost either way). After the first signal, the
+    handler stays until the process exits.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    presses = [0]
+
+    def handler(signum, frame):
+        presses[0] += 1
+        if presses[0] == 1:
+            raise KeyboardInterrupt
+        if presses[0] == 2:
+            echo("interrupt: saving the finished clips and stopping the workers; press Ctrl-C again to quit at once")
+            return
+        os._exit(130)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            # once interrupted, the process is on its way out: further presses are ignored
+            # (a Python handler would be reset to the default one while the interpreter exits)
+            signal.signal(sig, signal.SIG_IGN if presses[0] else h)
 
 
 def write_failure_message(path: Path, e: BaseException, summary: ExtractionSummary) -> str:
@@ -170,8 +208,9 @@ def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = 
             summary.n_cached_before = len(want) - len(todo)
             bar = tqdm(total=len(todo), desc=f"extract {ex.name}", unit="clip", disable=not progress,
                        dynamic_ncols=True, mininterval=0.5)
+            results = ex.run(todo)
             try:
-                for r in ex.run(todo):
+                for r in results:
                     summary.audio_seconds += r.seconds
                     ident = None
                     if r.error is None:
@@ -207,6 +246,8 @@ def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = 
                                         f"{len(summary.failures)} failed", refresh=False)
             finally:
                 bar.close()
+                if hasattr(results, "close"):
+                    results.close()   # stop the extractor's workers now, not when the traceback is freed
                 ex.close()
             _io(w.finalize, order=corpus.ids)
             if w.kept_old:

@@ -209,6 +209,10 @@ def load_features(corpus: Corpus, specs: Sequence[FeatureSpec], cache_dir: str |
         present &= set(c.ids)
     ids, rows, missing = split_rows(corpus, present)
     check_identity(corpus, caches, ids, cache_dir)
+    if need_train and not corpus.split_ids("Train"):
+        raise FeatureError(f"{corpus.root / 'data_info.csv'} has no Train rows (Split column: "
+                           f"{', '.join(f'{s} {len(corpus.split_ids(s))}' for s in ('Train', 'Val', 'Test'))}); "
+                           "learning needs Train clips: mark some rows Split=Train")
     if need_train and rows["Train"].size == 0:
         raise FeatureError(
             f"no Train clip of {corpus.name} is in all of the caches {[c.path.name for c in caches]}; "
