@@ -44,12 +44,50 @@ def friendly(fn):
         from exvo.extract.cache import CacheError
         from exvo.predictions import PredictionError
 
+        for stream in (sys.stdout, sys.stderr):
+            # a path that is not valid UTF-8 (an odd folder name) must print, not crash the command
+            if hasattr(stream, "reconfigure"):
+                try:
+                    stream.reconfigure(errors="backslashreplace")
+                except (ValueError, OSError):
+                    pass
         try:
             return fn(*a, **k)
         except (CorpusError, CacheError, PredictionError, AudioError, KeyError, ValueError, FileNotFoundError) as e:
+            _discard_staging()
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             _fail(str(msg))
+        except OSError as e:       # disk full, read-only folder, a file where a folder belongs …
+            _discard_staging()
+            _fail(os_error_message(e))
+        except KeyboardInterrupt:
+            _discard_staging()
+            _fail("interrupted; nothing half-written is left behind (a run folder appears only when complete)", 130)
     return wrapper
+
+
+def _discard_staging() -> None:
+    """Remove this process's unfinished run folders (``runs/.NAME.tmpPID``) before exiting."""
+    runs = sys.modules.get("exvo.learn.runs")
+    if runs is not None:
+        runs.discard_staging()
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an operating-system error: what failed, on which file, and what to do."""
+    import errno
+
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    what = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"could not write{where}: {what}. Free disk space (or write to another disk) and run the command again"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{what}{where}: this folder or file is not writable/readable by you; fix its permissions or choose another path"
+    if e.errno in (errno.EISDIR,):
+        return f"{where.strip(' ()') or 'the path'} is a folder where a file was expected; give a file name"
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"{what}{where}: a file is in the way where a folder was expected; choose another path"
+    return f"{what}{where}"
 
 
 def resolve_data(data: Optional[Path]) -> Path:
@@ -84,8 +122,6 @@ def demo_corpus(
     """Write a procedural demo corpus in the exact ExVo layout."""
     from exvo.demo import make_demo_corpus
 
-    if (out / "data_info.csv").exists():
-        _fail(f"{out}/data_info.csv already exists; choose another folder or delete it")
     make_demo_corpus(out, speakers=speakers, clips_per_speaker=clips_per_speaker, seed=seed,
                      progress=sys.stderr.isatty())
     typer.echo(f"wrote {speakers * clips_per_speaker} clips to {out}/")
@@ -150,7 +186,7 @@ def extract(
     (clips done/total, audio-s/s, ETA). EXVO_PROGRESS=bar|lines|off|SECONDS overrides.
     """
     from exvo.extract.base import ExtractOptions, describe, find, names
-    from exvo.extract.run import ExtractionAborted, extract as run_extract
+    from exvo.extract.run import ExtractionAborted, extract as run_extract, interrupt_guard
 
     if list_models:
         for k, v in describe().items():
@@ -174,12 +210,15 @@ def extract(
         typer.echo(s.line())
         raise typer.Exit(1 if s.failures else 0)
     try:
-        s = run_extract(corpus, model, cache, opts, overwrite=overwrite, max_failures=max_failures,
-                        progress=True)   # bar on a terminal, plain lines in a log (EXVO_PROGRESS overrides)
+        with interrupt_guard():
+            s = run_extract(corpus, model, cache, opts, overwrite=overwrite, max_failures=max_failures,
+                            progress=True)   # bar on a terminal, plain lines in a log (EXVO_PROGRESS overrides)
     except ExtractionAborted as e:
         _fail(str(e), code=3)
     except KeyboardInterrupt:
         _fail("interrupted; the clips finished so far are saved. Run the same command again to resume", code=130)
+    for msg in s.messages:
+        typer.secho(f"note: {msg}", fg=typer.colors.YELLOW, err=True)
     for cid, note in s.notes:
         typer.echo(f"note {cid}: {note}")
     for cid, why in s.failures:
@@ -203,6 +242,7 @@ def learn(
     batch_size: int = typer.Option(8, help="MLP: batch size."),
     name: Optional[str] = typer.Option(None, help="Run folder name (default derived from features/learner/arch)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run of the same name (refused otherwise)."),
     data: Optional[Path] = DataOpt,
     cache: Path = CacheOpt,
     runs: Path = RunsOpt,
@@ -213,7 +253,7 @@ def learn(
     corpus = load_corpus(data)
     cfg = LearnConfig(features=[f.strip() for f in features.split(",") if f.strip()], learner=learner, arch=arch,
                       seeds=seeds, loss=loss, epochs=epochs, patience=patience, batch_size=batch_size, device=device)
-    result = run_learn(corpus, cfg, cache_dir=cache, runs_dir=runs, name=name, echo=typer.echo)
+    result = run_learn(corpus, cfg, cache_dir=cache, runs_dir=runs, name=name, echo=typer.echo, overwrite=overwrite)
     typer.echo(result.summary_line())
 
 

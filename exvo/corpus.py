@@ -111,6 +111,14 @@ class Corpus:
         """
         idx = self.indices(split)
         if not self.has_labels(split):
+            have = np.isfinite(self.age[idx])
+            if have.any():
+                lacking = [self.ids[i] for i in idx[~have]]
+                raise CorpusError(
+                    f"the {split} rows of {self.root / 'data_info.csv'} are only partly labelled: {int(have.sum())} "
+                    f"of {idx.size} have labels, {len(lacking)} do not ({_listing(lacking)}). Scoring needs every "
+                    f"{split} clip labelled: fill in the missing labels (or remove the labels so that "
+                    f"{HIDDEN_LABELS_FILE} is used)")
             hidden = self.root / HIDDEN_LABELS_FILE
             if not hidden.exists():
                 raise CorpusError(
@@ -205,6 +213,20 @@ class Corpus:
             seen.setdefault(i, lines[n])
         if dups:
             problems.append(f"duplicate File_ID: {_listing(dups)}")
+        # "[00005]" and "00005" are different ids but the same audio file wav/00005.wav
+        by_file: dict[str, int] = {}
+        same_file = []
+        for n, i in enumerate(ids):
+            if not i or i in seen and seen[i] != lines[n]:
+                continue
+            stem = file_stem(i)
+            if stem in by_file and ids[by_file[stem]] != i:
+                k = by_file[stem]
+                same_file.append(f"{ids[k]} (line {lines[k]}) and {i} (line {lines[n]}) both name wav/{stem}.wav")
+            by_file.setdefault(stem, n)
+        if same_file:
+            problems.append(f"File_IDs that name the same audio file (brackets are not part of the file name): "
+                            f"{_listing(same_file)}; keep one row per clip")
         bad_chars = [lines[n] for n, i in enumerate(ids) if i and ("/" in i or "\\" in i or "\x00" in i)]
         bad("File_ID with a path separator or NUL", bad_chars)
 
@@ -309,12 +331,23 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     except OSError as e:
         raise AudioError(path, f"cannot be read ({e.strerror or e}); check its permissions") from None
     try:
-        info = sf.info(str(path))
-        sr = int(info.samplerate)
-        if not RATE_RANGE[0] <= sr <= RATE_RANGE[1]:
-            raise AudioError(path, f"header gives an implausible sample rate of {sr} Hz (expected "
-                                   f"{RATE_RANGE[0]}-{RATE_RANGE[1]} Hz); the file is damaged, re-export it")
-        x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        # opened here, not by libsndfile: a permission problem is named as such, and a path
+        # that is not valid UTF-8 (odd folder names) is no problem for a file object
+        fh = open(path, "rb")
+    except PermissionError:
+        raise AudioError(path, "permission denied: this user may not read the file; fix its permissions "
+                               "(e.g. chmod a+r) or run as a user who can read it") from None
+    except OSError as e:
+        raise AudioError(path, f"cannot be opened ({e.strerror or e}); check the file and its folder") from None
+    try:
+        with fh:
+            info = sf.info(fh)
+            sr = int(info.samplerate)
+            if not RATE_RANGE[0] <= sr <= RATE_RANGE[1]:
+                raise AudioError(path, f"header gives an implausible sample rate of {sr} Hz (expected "
+                                       f"{RATE_RANGE[0]}-{RATE_RANGE[1]} Hz); the file is damaged, re-export it")
+            fh.seek(0)
+            x, sr = sf.read(fh, dtype="float32", always_2d=True)
     except AudioError:
         raise
     except MemoryError:

@@ -175,6 +175,16 @@ def make_demo_corpus(out_dir: str | Path, speakers: int = 60, clips_per_speaker:
     if clips_per_speaker < 1:
         raise ValueError(f"--clips-per-speaker must be at least 1 (got {clips_per_speaker})")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file; the demo corpus needs a new or empty folder")
+    if out.is_dir():
+        present = sorted(p.name for p in out.iterdir())
+        if present:
+            raise ValueError(
+                f"{out} is not empty ({len(present)} entries: {', '.join(present[:5])}"
+                f"{' …' if len(present) > 5 else ''}); the demo corpus is only written to a new or empty folder, "
+                "so that no audio or table there is overwritten. Choose another folder or delete this one"
+            )
     (out / "wav").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     spk = _speakers(speakers, rng)

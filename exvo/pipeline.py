@@ -163,7 +163,8 @@ def run_demo(data_dir: Path, cache_dir: Path, runs_dir: Path, seeds: int = 3,
         t0 = time.perf_counter()
         try:
             res = learn(corpus, LearnConfig(features=list(fs), learner=learner, arch=arch, seeds=seeds),
-                        cache_dir=cache_dir, runs_dir=runs_dir, name=run_name, echo=lambda *_: None)
+                        cache_dir=cache_dir, runs_dir=runs_dir, name=run_name, echo=lambda *_: None,
+                        overwrite=True)   # not reusable (see above): the demo retrains its own run
         except Exception as e:  # one failed run must not cost the others
             echo(f"  FAILED {'+'.join(fs)}: {_first_line(e)}")
             continue

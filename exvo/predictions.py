@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -131,13 +132,74 @@ class Predictions:
             raise PredictionError(f"{path}: Country must be an integer code 0-3 (line(s) {_listing(lines)})")
         proba = None
         if proba_path is not None and Path(proba_path).is_file():
-            with open(proba_path, newline="") as f:
-                prow = list(csv.reader(f))
-            ppos = {r[0]: np.array([float(v) for v in r[1:]]) for r in prow[1:]}
-            if set(ppos) != set(ids):
-                raise PredictionError(f"{proba_path} ids differ from {path}")
-            proba = np.stack([ppos[i] for i in ids]) if ids else np.zeros((0, len(COUNTRIES)))
+            proba = read_proba(proba_path, ids, path)
         return cls(ids, num[:, 2:], cou.astype(np.int64), num[:, 1], proba)
+
+
+PROBA_SUM_TOL = 1e-3
+"""How far a row of country probabilities may sum from 1 (files hold full float precision)."""
+
+
+def check_proba(proba: np.ndarray, where: str, rows: Sequence[str] | None = None) -> np.ndarray:
+    """Validate country probabilities ``(..., n, 4)``: finite, in [0, 1], rows summing to 1.
+
+    ``where`` names the file in messages; ``rows`` labels the rows (e.g. ``line 7``).
+    Raises :class:`PredictionError` saying what was found and what is expected.
+    """
+    p = np.asarray(proba, dtype=np.float64)
+    if p.ndim < 2 or p.shape[-1] != len(COUNTRIES):
+        raise PredictionError(f"{where}: country probabilities have shape {p.shape}; expected (n, {len(COUNTRIES)}) "
+                              f"columns {', '.join(COUNTRIES)}")
+    flat = p.reshape(-1, len(COUNTRIES))
+    label = (lambda k: rows[k % len(rows)]) if rows else (lambda k: f"row {k % max(1, p.shape[-2]) + 1}")
+    bad = np.flatnonzero(~np.isfinite(flat).all(axis=1))
+    if bad.size:
+        raise PredictionError(f"{where}: NaN/inf country probabilities at {_listing(label(k) for k in bad)}")
+    bad = np.flatnonzero(((flat < 0) | (flat > 1)).any(axis=1))
+    if bad.size:
+        raise PredictionError(
+            f"{where}: country probabilities outside [0, 1] at {_listing(label(k) for k in bad)} (largest "
+            f"{flat.max():.6g}, smallest {flat.min():.6g}); expected probabilities, not percentages or logits")
+    sums = flat.sum(axis=1)
+    bad = np.flatnonzero(np.abs(sums - 1.0) > PROBA_SUM_TOL)
+    if bad.size:
+        raise PredictionError(
+            f"{where}: country probability rows must sum to 1; {bad.size} row(s) do not, at "
+            f"{_listing(label(k) for k in bad)} (e.g. sum {sums[bad[0]]:.6g})")
+    return p
+
+
+def read_proba(proba_path: str | Path, ids: Sequence[str], sub_path: str | Path) -> np.ndarray:
+    """``(n, 4)`` probabilities of ``<split>_country_proba.csv`` aligned to ``ids`` (validated)."""
+    proba_path = Path(proba_path)
+    try:
+        with open(proba_path, newline="", encoding="utf-8-sig") as f:
+            prow = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise PredictionError(f"{proba_path} cannot be read ({e})") from None
+    expected = ["File_ID", *COUNTRIES]
+    if not prow or [h.strip() for h in prow[0]] != expected:
+        raise PredictionError(f"{proba_path}: header {prow[0] if prow else '(empty file)'}; expected {','.join(expected)}")
+    body = prow[1:]
+    short = [n + 2 for n, r in enumerate(body) if len(r) != len(expected)]
+    if short:
+        raise PredictionError(f"{proba_path}: wrong number of cells on line(s) {_listing(short)} "
+                              f"(expected {len(expected)})")
+    pids = [r[0].strip() for r in body]
+    if len(set(pids)) != len(pids):
+        raise PredictionError(f"{proba_path} has duplicate File_ID(s): {_listing(sorted({i for i in pids if pids.count(i) > 1}))}")
+    if set(pids) != set(ids):
+        miss = [i for i in ids if i not in set(pids)]
+        extra = [i for i in pids if i not in set(ids)]
+        raise PredictionError(f"{proba_path} ids differ from {sub_path}: {len(miss)} missing [{_listing(miss)}], "
+                              f"{len(extra)} extra [{_listing(extra)}]")
+    try:
+        vals = np.array([[float(v) for v in r[1:]] for r in body], dtype=np.float64).reshape(len(body), len(COUNTRIES))
+    except ValueError as e:
+        raise PredictionError(f"{proba_path}: a non-numeric probability ({e})") from None
+    check_proba(vals, str(proba_path), [f"line {n + 2}" for n in range(len(body))])
+    pos = {i: k for k, i in enumerate(pids)}
+    return vals[[pos[i] for i in ids]] if ids else np.zeros((0, len(COUNTRIES)))
 
 
 def split_files(run_dir: str | Path, split: str) -> tuple[Path, Path]:
@@ -196,10 +258,27 @@ def score(pred: Predictions, corpus: Corpus, split: str = "Val",
     except CorpusError as e:
         raise PredictionError(str(e)) from None
     p = pred.take(want)
+    _warn_out_of_range(p, split)
     out = score_all(emo, p.emotions, cou, p.country, age, p.age, convention)
     out["split"] = split
     out["n"] = len(want)
     return out
+
+
+def _warn_out_of_range(p: Predictions, split: str) -> None:
+    """Scores are computed as given, but values no label can take are counted in a warning."""
+    import warnings
+
+    emo_bad = (p.emotions < 0) | (p.emotions > 1)
+    if emo_bad.any():
+        warnings.warn(f"{int(emo_bad.sum())} predicted emotion value(s) in {int(emo_bad.any(axis=1).sum())} of "
+                      f"{len(p)} {split} clips are outside [0, 1] (range {p.emotions.min():.4g} to "
+                      f"{p.emotions.max():.4g}); intensities are in [0, 1]: clip them, or check the columns",
+                      stacklevel=3)
+    age_bad = p.age < 0
+    if age_bad.any():
+        warnings.warn(f"{int(age_bad.sum())} of {len(p)} {split} clips have a negative predicted Age "
+                      f"(smallest {p.age.min():.4g}); ages are in years", stacklevel=3)
 
 
 @dataclass
@@ -254,6 +333,13 @@ def load_seed_predictions(run_dir: str | Path, split: str) -> SeedPredictions | 
     path = seed_file(run_dir, split)
     if not path.is_file():
         return None
-    with np.load(path) as z:
-        return SeedPredictions([str(i) for i in z["ids"]], [int(s) for s in z["seeds"]], z["emotions"],
-                               z["country_proba"], z["age"])
+    try:
+        with np.load(path) as z:
+            sp = SeedPredictions([str(i) for i in z["ids"]], [int(s) for s in z["seeds"]], z["emotions"],
+                                 z["country_proba"], z["age"])
+    except PredictionError as e:
+        raise PredictionError(f"{path}: {e}") from None
+    except (OSError, KeyError, ValueError) as e:
+        raise PredictionError(f"{path} cannot be read ({type(e).__name__}: {e}); the run folder is damaged") from None
+    check_proba(sp.country_proba, str(path))
+    return sp

@@ -42,7 +42,10 @@ def test_contract_layout_and_round_trip(tmp_path):
     x = rng.standard_normal((50, 3, 8)).astype(np.float32)
     p = _write(tmp_path / "c" / "toy.h5", dict(zip(ids, x)), ids, feature_names=[f"f{k}" for k in range(8)])
     with h5py.File(p, "r") as f:
-        assert f.attrs["format"] == FORMAT == "exvo-embeddings/1"
+        assert f.attrs["format"] == FORMAT == "exvo-embeddings/2"
+        # no audio identity given to add(): stored as unknown (-1), never as a made-up value
+        assert f["identity"].shape == (50, 2) and (f["identity"][()] == -1).all() and f["identity"].fletcher32
+        assert f["digest"].shape == (50,) and f["digest"].fletcher32
         assert f.attrs["extractor"] == "toy"
         assert json.loads(f.attrs["config"]) == {"toy": 1, "storage_dtype": "float32"}
         assert len(f.attrs["fingerprint"]) == 64
@@ -186,9 +189,12 @@ def test_nothing_new_leaves_the_file_untouched(tmp_path):
     _write(p, {}, ids)
     st2 = p.stat()
     assert (st.st_ino, st.st_mtime_ns) == (st2.st_ino, st2.st_mtime_ns)
-    # a changed corpus order is a change: rewritten
+    # rows are keyed by clip: another table order, or a table listing fewer clips, reads a
+    # subset and rewrites nothing
     _write(p, {}, ids[::-1])
-    assert EmbeddingCache(p).ids == ids[::-1]
+    _write(p, {}, ids[:5])
+    st3 = p.stat()
+    assert (st.st_ino, st.st_mtime_ns) == (st3.st_ino, st3.st_mtime_ns) and EmbeddingCache(p).ids == ids
 
 
 def test_cache_path_rejects_unsafe_names(tmp_path):

@@ -44,6 +44,18 @@ class ExtractOptions:
     seed: int = 0
     train_epochs: int | None = None   # task CNNs: cap on training epochs (None = until lr < 1e-6)
 
+    def __post_init__(self):
+        # every family must see a valid value, also those that do not use it (openSMILE runs on
+        # the CPU whatever --device says): a typo must not pass silently
+        import re
+
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
+            raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"--precision must be fp32, fp16 or bf16, got {self.precision!r}")
+        if self.dtype not in ("float32", "float16"):
+            raise ValueError(f"--dtype must be float32 or float16, got {self.dtype!r}")
+
     def to_json(self) -> dict:
         return asdict(self)
 

@@ -5,14 +5,17 @@ import json
 import os
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from exvo.corpus import Corpus
+import numpy as np
+
+from exvo.corpus import Corpus, _listing
 from exvo.extract.base import ExtractOptions, Extractor, get_extractor
-from exvo.extract.cache import CacheError, CacheWriter, cache_path
+from exvo.extract.cache import CacheDtypeError, CacheError, CacheWriter, cache_path, files_fingerprint
+from exvo.extract.identity import ClipIdentity, compare, identify, stat_all
 
 
 class ExtractionAborted(RuntimeError):
@@ -39,6 +42,8 @@ class ExtractionSummary:
     n_extracted: int             # embedded by this run
     failures: list[tuple[str, str]] = field(default_factory=list)   # (File_ID, reason)
     notes: list[tuple[str, str]] = field(default_factory=list)      # (File_ID, remark)
+    n_changed: int = 0           # cached clips whose audio changed: extracted again
+    messages: list[str] = field(default_factory=list)               # run-level remarks for the user
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
 
@@ -49,7 +54,8 @@ class ExtractionSummary:
     def line(self) -> str:
         rate = self.n_extracted / self.wall_seconds if self.wall_seconds > 0 else 0.0
         return (f"{self.extractor}: {self.n_cached_before + self.n_extracted}/{self.n_clips} clips cached "
-                f"({self.n_extracted} new, {len(self.failures)} failed, {len(self.notes)} notes) "
+                f"({self.n_extracted} new{f', {self.n_changed} changed audio redone' if self.n_changed else ''}, "
+                f"{len(self.failures)} failed, {len(self.notes)} notes) "
                 f"in {self.wall_seconds:.1f} s [{rate:.1f} clips/s, "
                 f"{self.audio_seconds / max(self.wall_seconds, 1e-9):.1f} audio-s/s] → {self.cache}")
 
@@ -70,6 +76,84 @@ def parse_max_failures(value: str | float | int | None, n: int) -> int | None:
     if 0 < v < 1:
         return max(0, int(v * n))
     return int(v)
+
+
+@contextmanager
+def interrupt_guard(echo=lambda m: print(m, file=sys.stderr, flush=True)):
+    """Ctrl-C / SIGTERM handling for a command-line run (main thread only).
+
+    The first SIGINT or SIGTERM raises ``KeyboardInterrupt`` (the run saves its finished
+    clips and stops its workers, a few seconds at most). Further presses while that
+    happens are acknowledged, not obeyed, so that they cannot break the cleanup half-way
+    (which used to hang the exit); a third press exits at once with 130 (every part on
+    disk is whole, so nothing written is lost either way). After the first signal, the
+    handler stays until the process exits.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    presses = [0]
+
+    def handler(signum, frame):
+        presses[0] += 1
+        if presses[0] == 1:
+            raise KeyboardInterrupt
+        if presses[0] == 2:
+            echo("interrupt: saving the finished clips and stopping the workers; press Ctrl-C again to quit at once")
+            return
+        os._exit(130)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            # once interrupted, the process is on its way out: further presses are ignored
+            # (a Python handler would be reset to the default one while the interpreter exits)
+            signal.signal(sig, signal.SIG_IGN if presses[0] else h)
+
+
+def write_failure_message(path: Path, e: BaseException, summary: ExtractionSummary) -> str:
+    """What to tell the user when writing the cache failed: the cause by errno, and what is kept."""
+    import errno
+
+    code = getattr(e, "errno", None)
+    kept = (f"the clips saved before this error are kept ({summary.n_cached_before + summary.n_extracted} of "
+            f"{summary.n_clips} were done)")
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return (f"could not write the cache {path} ({e.strerror or e}); {kept}. Free disk space (or pass "
+                "--cache DIR on another disk) and run the same command again to resume")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"could not write the cache {path}: {e.strerror or e} ({getattr(e, 'filename', None) or path.parent} "
+                f"is not writable); {kept}. Make the cache folder writable (check its permissions, or a read-only "
+                "mount) or pass --cache DIR pointing to a writable folder, then run the same command again")
+    if code in (errno.ENOTDIR, errno.EEXIST):
+        bad = next((q for q in [path.parent, *path.parent.parents] if q.exists() and not q.is_dir()), path.parent)
+        return (f"could not create the cache folder {path.parent}: {bad} is a file, not a folder; pass "
+                "--cache DIR naming a folder (it is created if absent)")
+    return (f"could not write the cache {path} ({getattr(e, 'strerror', None) or e}); {kept}. Check that the "
+            "cache folder is writable and has free space, then run the same command again to resume")
+
+
+def _adopt_legacy(w: CacheWriter, corpus: Corpus) -> None:
+    """A format-1 cache stored no per-clip identities, only one fingerprint of the config and
+    every table file's (name, size, mtime). If that fingerprint still matches today's files,
+    the rows were made from exactly these files: record their identities instead of
+    re-extracting everything (the next finalize writes them)."""
+    if w.legacy_fingerprint is None:
+        return
+    files = [corpus.audio_path(i) for i in corpus.ids]
+    if files_fingerprint(w.config_str, files) != w.legacy_fingerprint:
+        w.messages.append(f"{w.path} was made by an older exvo without per-clip identities, and the audio "
+                          "files are not those it was made from: its clips are extracted again")
+        return
+    now = stat_all(files)
+    for i, (size, mtime) in zip(corpus.ids, now):
+        if i in w.done and size >= 0:
+            w.touch(i, ClipIdentity(int(size), int(mtime), ""))
 
 
 def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = "cache",
@@ -105,12 +189,38 @@ def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = 
     try:
         with ExitStack() as stack:
             w = _io(stack.enter_context, writer)   # opening may write too (lock, parts folder)
-            todo = [(i, corpus.audio_path(i)) for i in want if i not in w.done]
+            paths = {i: corpus.audio_path(i) for i in want}
+            _adopt_legacy(w, corpus)
+            summary.messages += w.messages
+            # identity check of every cached clip of the table: one stat each (a read only
+            # when the size matches but the mtime moved)
+            cached = [i for i in want if i in w.done]
+            now = stat_all([paths[i] for i in want])
+            pre = {i: (int(a), int(b)) for i, (a, b) in zip(want, now)}
+            changed, touched = compare([w.identity[i] for i in cached], [paths[i] for i in cached],
+                                       now=np.array([pre[i] for i in cached], dtype=np.int64).reshape(-1, 2))
+            for k, ident in touched.items():
+                w.touch(cached[k], ident)
+            stale = {cached[k] for k in changed}
+            if stale:
+                summary.n_changed = len(stale)
+                summary.messages.append(
+                    f"{len(stale)} cached clip(s) were made from audio that has changed since (size, mtime or "
+                    f"content differ); extracting them again: {_listing(sorted(stale), 10)}")
+            todo = [(i, paths[i]) for i in want if i not in w.done or i in stale]
             summary.n_cached_before = len(want) - len(todo)
             bar = progress_bar(len(todo), f"extract {ex.name}", progress)
+            results = ex.run(todo)
             try:
-                for r in ex.run(todo):
+                for r in results:
                     summary.audio_seconds += r.seconds
+                    ident = None
+                    if r.error is None:
+                        # identity of the bytes just read; a file that changed while it was being
+                        # extracted cannot be trusted either way
+                        ident = identify(paths[r.id])
+                        if (ident.size, ident.mtime_ns) != pre[r.id]:
+                            r.error, r.embedding = "the file changed while it was being extracted; run again", None
                     if r.error is not None:
                         summary.failures.append((r.id, r.error))
                         if progress:  # live, above the bar; the caller gets the full list in the summary
@@ -123,7 +233,9 @@ def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = 
                             )
                     else:
                         try:
-                            _io(w.add, r.id, r.embedding)
+                            _io(w.add, r.id, r.embedding, ident)
+                        except CacheDtypeError:
+                            raise     # the extractor does not fit the dtype: every clip would fail
                         except CacheError as e:  # e.g. NaN embedding: report the clip, keep going
                             summary.failures.append((r.id, str(e)))
                         else:
@@ -136,16 +248,16 @@ def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = 
                                         f"{len(summary.failures)} failed", refresh=False)
             finally:
                 bar.close()
+                if hasattr(results, "close"):
+                    results.close()   # stop the extractor's workers now, not when the traceback is freed
                 ex.close()
-            _io(w.finalize, order=corpus.ids, files=[corpus.audio_path(i) for i in corpus.ids])
+            _io(w.finalize, order=corpus.ids)
+            if w.kept_old:
+                summary.messages.append(w.kept_old)
     except _WriteFailed as wf:
         # a write failed (disk full, quota, read-only): parts already on disk are whole
         e = wf.__cause__
-        raise CacheError(
-            f"could not write the cache {path} ({getattr(e, 'strerror', None) or e}); the clips saved before "
-            f"this error are kept ({summary.n_cached_before + summary.n_extracted} of {summary.n_clips} were "
-            "done). Free disk space (or pass --cache DIR on another disk) and run the same command again to resume"
-        ) from e
+        raise CacheError(write_failure_message(path, e, summary)) from e
     finally:
         summary.wall_seconds = time.perf_counter() - t0
         if path.parent.is_dir():

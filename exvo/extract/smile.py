@@ -83,10 +83,33 @@ class WorkerError(ValueError):
 
 # ---------------------------------------------------------------- worker process side
 _WORKER_SMILE = None
+PARENT_POLL_SECONDS = 0.25
+"""How often a worker checks that the process that started it is still alive."""
 
 
-def _worker_init(feature_set: str) -> None:
+def _exit_with_parent(parent_pid: int) -> None:
+    """Daemon thread of a worker: exit as soon as the parent is gone (e.g. killed with -9).
+
+    Without it, a worker blocked waiting for work would live on for ever, holding its
+    ~150 MB. Polling ``getppid`` is portable (POSIX) and needs no cooperation from the parent.
+    """
+    import time
+
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)
+
+
+def _worker_init(feature_set: str, parent_pid: int | None = None) -> None:
+    import signal
+    import threading
+
     global _WORKER_SMILE
+    # Ctrl-C reaches the whole process group; the parent decides what happens (it stops the
+    # workers), so a worker neither prints a traceback nor dies half-way through a chunk
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_pid is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     _WORKER_SMILE = _make_smile(feature_set)
 
 
@@ -144,7 +167,7 @@ class SmileExtractor(Extractor):
 
         # spawn, not fork: the parent may hold torch/OpenMP threads, which fork does not copy safely
         return ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"),
-                                   initializer=_worker_init, initargs=(self.feature_set,))
+                                   initializer=_worker_init, initargs=(self.feature_set, os.getpid()))
 
     def _run_pool(self, items: list[tuple[str, Path]]) -> Iterator[ClipResult]:
         chunks = [[(cid, str(p)) for cid, p in items[k:k + CHUNK_CLIPS]] for k in range(0, len(items), CHUNK_CLIPS)]
@@ -155,6 +178,9 @@ class SmileExtractor(Extractor):
         # alone in the pool, so a second crash names its chunk for sure; a crashing chunk
         # is split into single clips, and a single clip that crashes alone is the culprit.
         suspects: list[list[tuple[str, str]]] = []
+        import multiprocessing as mp
+
+        before = set(mp.active_children())    # children that are not ours (none, normally)
         pool = self._pool(n_workers)
         running: dict[Future, list[tuple[str, str]]] = {}
         crashes_in_a_row = 0
@@ -204,8 +230,25 @@ class SmileExtractor(Extractor):
                 else:
                     suspects.extend(lost)
                 pool = self._pool(n_workers)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            # Ctrl-C, an abort, a failed write: stop at once. Waiting for running chunks
+            # could take minutes (and a second Ctrl-C during that wait used to hang the exit)
+            pool.shutdown(wait=False, cancel_futures=True)
+            _stop_workers(set(mp.active_children()) - before)
+            raise
+        else:
+            pool.shutdown(wait=True)
+
+
+def _stop_workers(procs) -> None:
+    """Terminate pool workers (SIGTERM, then SIGKILL) and reap them, within a few seconds."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.join(timeout=3)
+        if p.is_alive():
+            p.kill()
+            p.join(timeout=2)
 
 
 @register("compare", "egemaps", help={

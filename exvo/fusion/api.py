@@ -367,7 +367,7 @@ def fuse(corpus: Corpus, runs_dir: str | Path = "runs", run_names: list[str] | N
     for fname, obj in (("config.json", config), ("metrics.json", metrics), ("fusion.json", record)):
         write_json(tmp / fname, obj)
     replaced = dest.exists()
-    commit(tmp, dest)
+    commit(tmp, dest, overwrite=True)   # a fusion is derived from its sources: re-running it replaces it
 
     # ---- tell the user
     echo(f"fusion {out_name} ({mode}{f', top {top}' if mode == 'hybrid' else ''}"

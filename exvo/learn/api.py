@@ -99,8 +99,11 @@ def _constant_baseline(corpus: Corpus, t, rows) -> dict:
 
 
 def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", runs_dir: str | Path = "runs",
-          name: str | None = None, echo: Callable[[str], None] = print) -> LearnResult:
-    """Train ``cfg.seeds`` models on Train, early-stop/score on Val, predict Val and Test, write the run."""
+          name: str | None = None, echo: Callable[[str], None] = print, overwrite: bool = False) -> LearnResult:
+    """Train ``cfg.seeds`` models on Train, early-stop/score on Val, predict Val and Test, write the run.
+
+    An existing run of the same name is refused before training unless ``overwrite``.
+    """
     t_start = time.perf_counter()
     cfg.validate()
     specs = parse_specs(cfg.features)
@@ -108,6 +111,7 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
         raise CorpusError(f"{corpus.root} has no labelled Val clips; learning needs Val for early stopping and scores")
     name = runs.check_name(name or runs.derive_name([s.text for s in specs], cfg.learner, cfg.arch))
     runs_dir, cache_dir = Path(runs_dir), Path(cache_dir)
+    runs.check_free(runs_dir, name, overwrite)
     notes: list[str] = []
 
     def note(msg: str) -> None:
@@ -154,7 +158,7 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
             return mlp_predict(fit.stack, Xt, r, mcfg.eval_batch)
 
         best_epochs: list[int | None] = list(fit.best_epoch)
-        torch.save(fit.stack.state_dict(), models / "mlp.pt")
+        runs.save_torch(fit.stack.state_dict(), models / "mlp.pt")
         (models / "model.json").write_text(json.dumps({"learner": "mlp", "mlp": asdict(mcfg), "seeds": seeds}, indent=1))
         history = {"val_selection_score": fit.history, "train_loss": fit.train_loss, "epochs_run": fit.epochs_run,
                    "seconds_per_epoch": fit.seconds_per_epoch, "best_epoch": fit.best_epoch}
@@ -234,7 +238,7 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
     runs.write_json(tmp / "metrics.json", metrics)
     if history is not None:
         runs.write_json(tmp / "history.json", history)
-    final = runs.commit(tmp, runs_dir / name)
+    final = runs.commit(tmp, runs_dir / name, overwrite=overwrite)
     echo(f"mean/majority predictor on Val: CCC {trivial['ccc']:.3f} UAR {trivial['uar']:.3f} "
          f"MAE {trivial['mae']:.2f} S_MTL {trivial['s_mtl']:.3f}")
     return LearnResult(final, metrics, config, notes)
@@ -248,6 +252,8 @@ def predict_run(run_dir: str | Path, corpus: Corpus, cache_dir: str | Path = "ca
     cache built with other settings than the run's is refused.
     """
     run_dir = Path(run_dir)
+    if out is not None and Path(out).is_dir():
+        raise ValueError(f"--out {out} is a folder; give the CSV file to write, e.g. --out {Path(out) / (split.lower() + '.csv')}")
     cfg = runs.read_config(run_dir)
     ids = corpus.split_ids(split)
     if not ids:

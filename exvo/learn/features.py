@@ -25,13 +25,17 @@ from typing import Callable, Sequence
 import numpy as np
 
 from exvo.corpus import Corpus, _listing
-from exvo.extract.cache import CacheError, EmbeddingCache, cache_path
+from exvo.extract.cache import FORMAT, CacheError, EmbeddingCache, cache_path
 
 _SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)(?:@(?P<layer>-?\d+|best))?$")
 
 
 class FeatureError(CacheError):
     """A feature spec or a feature cache cannot be used; the message says how to fix it."""
+
+
+class StaleCacheError(FeatureError):
+    """Cached rows were made from audio that has changed since (see :func:`check_identity`)."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,38 @@ def split_rows(corpus: Corpus, present: set[str], splits=("Train", "Val", "Test"
     return ids, rows, missing
 
 
+def check_identity(corpus: Corpus, caches: Sequence[EmbeddingCache], ids: Sequence[str],
+                   cache_dir: str | Path) -> None:
+    """Refuse rows made from audio that has changed since (stale embeddings), naming the clips.
+
+    One ``stat`` per clip (shared by all caches); a file is read only when its size matches
+    but its mtime moved (see :mod:`exvo.extract.identity`).
+    """
+    from exvo.extract.identity import compare, stat_all
+
+    if not ids:
+        return
+    paths = [corpus.audio_path(i) for i in ids]
+    now = stat_all(paths)
+    for c in caches:
+        if c.format != FORMAT:
+            raise StaleCacheError(
+                f"{c.path} was made by an older exvo that did not record which audio each row came from, so "
+                f"its rows cannot be checked against {corpus.root}. Run {extract_hint(c.extractor, corpus, cache_dir)} "
+                "once: it records the identities (re-extracting only clips whose audio changed), then run this "
+                "command again"
+            )
+        changed, _ = compare([c.identity(i) for i in ids], paths, now=now, strict=False)
+        if changed:
+            bad = [ids[k] for k in changed]
+            raise StaleCacheError(
+                f"{len(bad)} clip(s) of {corpus.name} are not the audio the {c.extractor} cache ({c.path}) was "
+                f"made from (size, mtime or content differ): {_listing(bad)}. Their embeddings would be stale, "
+                f"so nothing is done. Run {extract_hint(c.extractor, corpus, cache_dir)} (it re-extracts just "
+                "these clips), then run this command again"
+            )
+
+
 def load_features(corpus: Corpus, specs: Sequence[FeatureSpec], cache_dir: str | Path,
                   echo: Callable[[str], None] = print, probe_fn=None, need_train: bool = True) -> FeatureMatrix:
     """Read, align and concatenate the feature sets (raw, not yet standardised).
@@ -174,6 +210,11 @@ def load_features(corpus: Corpus, specs: Sequence[FeatureSpec], cache_dir: str |
     for c in caches:
         present &= set(c.ids)
     ids, rows, missing = split_rows(corpus, present)
+    check_identity(corpus, caches, ids, cache_dir)
+    if need_train and not corpus.split_ids("Train"):
+        raise FeatureError(f"{corpus.root / 'data_info.csv'} has no Train rows (Split column: "
+                           f"{', '.join(f'{s} {len(corpus.split_ids(s))}' for s in ('Train', 'Val', 'Test'))}); "
+                           "learning needs Train clips: mark some rows Split=Train")
     if need_train and rows["Train"].size == 0:
         raise FeatureError(
             f"no Train clip of {corpus.name} is in all of the caches {[c.path.name for c in caches]}; "

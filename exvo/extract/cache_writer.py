@@ -1,0 +1,500 @@
+"""Writing the embedding cache: exclusive lock, crash-safe parts, streaming merge into the ``.h5``.
+
+Layout and guarantees: :mod:`exvo.extract.cache` (module docstring) and docs/faults.md.
+
+Crash safety. HDF5 is not journaled, so a kill -9 in the middle of an HDF5 write can
+leave a file unreadable. Work in progress therefore goes to *parts*: small ``.npz``
+files in ``<extractor>.parts/``, each written to a temporary name, fsynced and renamed,
+so a part either exists whole or not at all. The ``.h5`` is only ever produced by
+:meth:`CacheWriter.finalize` into a temporary file that is renamed over the old one.
+An interrupted run leaves its parts; the next run reads them and goes on. The final
+file is written from whatever parts exist, in table order, so it is byte-for-byte the
+same in ``features`` whether or not the run was interrupted.
+
+Keyed by clip. Finalize writes old rows ∪ part rows: a clip is never dropped because
+today's table does not list it. Parts win over old rows (a re-extraction of changed
+audio replaces its row). Parts are written every ``part_size`` clips or
+``flush_seconds`` seconds, whichever comes first. Temporary files left by a killed
+write (``*.tmp<pid>``) are removed by the next writer, which holds the lock.
+Finalizing streams in blocks of about 64 MiB, so memory stays flat for a 12 GB SSL
+cache. A run that adds nothing (no parts, no identity to record) leaves the file untouched.
+
+Rebuild (``overwrite=True``). The old file is neither read nor deleted: the rebuild
+writes its own parts (marked by ``REBUILD`` in the parts folder, so an interrupted
+rebuild resumes as a rebuild) and replaces the old file only when it holds every clip
+of the table that the old file held. Until then ``kept_old`` says why the old file stays.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from exvo.corpus import _listing
+from exvo.extract import cache as C
+from exvo.extract import h5io
+from exvo.extract.identity import UNKNOWN, ClipIdentity, from_arrays, to_arrays
+
+REBUILD_MARKER = "REBUILD"
+
+
+def _fingerprint(config_str: str, ids: Sequence[str], idents: Sequence[ClipIdentity]) -> str:
+    """sha256 of the config and every row's (id, size, mtime, digest)."""
+    h = hashlib.sha256(config_str.encode())
+    for i, d in zip(ids, idents):
+        h.update(f"{i}\0{d.size}\0{d.mtime_ns}\0{d.digest}\n".encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+class CacheWriter:
+    """Incremental, crash-safe, exclusive writer for one cache file.
+
+    Use as a context manager::
+
+        with CacheWriter(path, extractor, config, overwrite=False) as w:
+            todo = [i for i in ids if i not in w.done]            # w.identity[i]: stored identity
+            for r in results: w.add(r.id, r.embedding, identity)
+            w.finalize(order=ids)
+    """
+
+    def __init__(self, path: str | Path, extractor: str, config: dict, *, overwrite: bool = False,
+                 dtype: str = "float32", part_size: int = 64, feature_names: list[str] | None = None,
+                 flush_seconds: float = 60.0):
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"cache dtype must be float32 or float16, got {dtype!r}")
+        if part_size < 1:
+            raise ValueError(f"part_size must be >= 1 clip, got {part_size}")
+        self.path = Path(path)
+        self.extractor = extractor
+        self.config = dict(config, storage_dtype=dtype)
+        self.config_str = json.dumps(self.config, sort_keys=True, separators=(",", ":"))
+        self.overwrite = overwrite
+        self.rebuild = overwrite
+        self.dtype = np.dtype(dtype)
+        self.part_size = part_size
+        self.flush_seconds = flush_seconds
+        self._last_flush = 0.0
+        self.feature_names = feature_names
+        self.parts_dir = self.path.with_suffix(".parts")
+        self.lock_path = self.path.with_suffix(".lock")
+        self._lock_fd: int | None = None
+        self._buf_ids: list[str] = []
+        self._buf: list[np.ndarray] = []
+        self._buf_ident: list[ClipIdentity] = []
+        self.done: set[str] = set()
+        self.identity: dict[str, ClipIdentity] = {}
+        self._touched: dict[str, ClipIdentity] = {}
+        self._shape: tuple[int, int] | None = None
+        self.messages: list[str] = []
+        """Things the user should know about this run (resumed rebuild, old file kept …)."""
+        self.kept_old: str | None = None
+        """Set by a rebuild's :meth:`finalize` that did not replace the old file: why."""
+        self.legacy_fingerprint: str | None = None
+        """The ``fingerprint`` of a format-1 file (no per-clip identities), to adopt them."""
+
+    # ------------------------------------------------------------- lifecycle
+    def __enter__(self) -> "CacheWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                try:
+                    holder = self.lock_path.read_text().strip()
+                except OSError:
+                    holder = "?"
+                raise C.CacheBusy(
+                    f"another extraction (pid {holder or '?'}) is writing {self.path}; wait for it to finish "
+                    f"(the lock is {self.lock_path}, released automatically when that process ends)"
+                ) from None
+            raise
+        try:
+            same = os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:   # a writer that just finished removed this lock file: lock the current one
+            os.close(fd)
+            return self.__enter__()
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+        try:
+            self._open_state()
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if self._buf_ids:
+                try:
+                    self.flush()  # keep what was computed, even on Ctrl-C
+                except BaseException:
+                    if exc_type is None:
+                        raise
+                    # already failing (e.g. disk full, a second Ctrl-C): the original error is the
+                    # one to report; the unflushed clips are simply extracted again on resume
+        finally:
+            self._release()
+        return False
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            # removed while still held, so no other writer can own it; __enter__ checks that the
+            # file it locked is still the one at lock_path
+            self.lock_path.unlink(missing_ok=True)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _open_state(self) -> None:
+        # we hold the lock, so any temporary file is a leftover of a killed write
+        stale = list(self.path.parent.glob(f"{self.path.name}.tmp*"))
+        if self.parts_dir.is_dir():
+            stale += list(self.parts_dir.glob("*.tmp*"))
+        for t in stale:
+            t.unlink(missing_ok=True)
+        cfg_file = self.parts_dir / "config.json"
+        marker = self.parts_dir / REBUILD_MARKER
+        if cfg_file.exists():
+            parts_cfg = cfg_file.read_text()
+            if self.overwrite:
+                if parts_cfg == self.config_str and marker.exists():
+                    self.messages.append(f"resuming the rebuild (--overwrite) begun earlier in {self.parts_dir}; "
+                                         f"{self.path} stays as it is until the rebuild is complete")
+                else:   # parts of an ordinary run or of other settings: a rebuild starts from nothing
+                    shutil.rmtree(self.parts_dir)
+            else:
+                if parts_cfg != self.config_str:
+                    raise C.CacheMismatch(
+                        f"unfinished parts in {self.parts_dir} were made with other settings "
+                        f"({C._config_diff(json.loads(parts_cfg), self.config)}); "
+                        "pass --overwrite to discard them"
+                    )
+                if marker.exists():
+                    self.rebuild = True
+                    self.messages.append(f"{self.parts_dir} holds an unfinished rebuild (--overwrite); continuing "
+                                         f"it. {self.path} stays as it is until the rebuild is complete")
+        if not self.rebuild and self.path.exists():
+            old = C.EmbeddingCache(self.path)
+            if old.config_str != self.config_str:
+                raise C.CacheMismatch(
+                    f"{self.path} was built with other settings ({C._config_diff(old.config, self.config)}). "
+                    "Refusing to mix them: pass --overwrite to rebuild it, or --cache DIR to keep both"
+                )
+            self.done.update(old.ids)
+            self.identity.update(zip(old.ids, old.identities))
+            self._shape = (old.n_layers, old.dim)
+            if old.format != C.FORMAT:
+                self.legacy_fingerprint = old.fingerprint
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        if not cfg_file.exists():
+            self._atomic_write(cfg_file, self.config_str.encode())
+        if self.rebuild and not marker.exists():
+            self._atomic_write(marker, f"rebuild of {self.path.name}: it replaces the old file once complete\n".encode())
+        for p in self._part_files():
+            ids, feats, idents = self._load_part(p)
+            if feats is None:
+                continue
+            self._check_shape(feats.shape[1:])
+            self.done.update(ids)
+            self.identity.update(zip(ids, idents))
+        self._next_part = 1 + max((int(p.stem.split("-")[1]) for p in self._part_files()), default=-1)
+        self._last_flush = time.monotonic()
+
+    # ------------------------------------------------------------- parts
+    def _part_files(self) -> list[Path]:
+        return sorted(p for p in self.parts_dir.glob("part-*.npz") if re.fullmatch(r"part-\d+\.npz", p.name))
+
+    @staticmethod
+    def _load_part(p: Path) -> tuple[list[str], np.ndarray | None, list[ClipIdentity]]:
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                ids = [str(s) for s in z["ids"]]
+                idents = (from_arrays(z["identity"], z["digest"]) if "identity" in z.files
+                          else [UNKNOWN] * len(ids))   # a part of an older exvo: identity unknown
+                return ids, z["features"], idents
+        except Exception:
+            # cannot happen through our atomic writes; a part damaged by other means is
+            # dropped (its clips are simply extracted again) rather than read as garbage
+            p.rename(p.with_suffix(".damaged"))
+            return [], None, []
+
+    def _atomic_write(self, dest: Path, data: bytes) -> None:
+        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+            C._fsync_dir(dest.parent)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _check_shape(self, shape) -> None:
+        shape = tuple(int(s) for s in shape)
+        if self._shape is None:
+            self._shape = shape
+        elif shape != self._shape:
+            raise C.CacheError(f"embedding shape {shape} differs from earlier clips {self._shape} in {self.path}")
+
+    def add(self, cid: str, embedding: np.ndarray, identity: ClipIdentity = UNKNOWN) -> None:
+        """Queue one clip's ``(L, F)`` embedding with the identity of its audio (:func:`identify`).
+
+        Values are checked after the cast to the storage dtype: a non-finite input is this
+        clip's failure (:class:`CacheError`); a finite value that overflows float16 is a
+        :class:`CacheDtypeError` for the whole run (the extractor does not fit the dtype).
+        """
+        e = np.asarray(embedding)
+        if e.ndim != 2:
+            raise C.CacheError(f"embedding of {cid} has shape {e.shape}; expected (n_layers, dim)")
+        if not np.isfinite(e).all():
+            raise C.CacheError(f"embedding of {cid} contains NaN/inf; not stored")
+        self._check_shape(e.shape)
+        with np.errstate(over="ignore"):      # overflow is checked just below, with a message
+            stored = e.astype(self.dtype)
+        if not np.isfinite(stored).all():
+            big = float(np.abs(e.astype(np.float64)).max())
+            raise C.CacheDtypeError(
+                f"{self.extractor} values do not fit --dtype {self.dtype.name}: clip {cid} has a value of "
+                f"magnitude {big:.6g}, above the {self.dtype.name} maximum {float(np.finfo(self.dtype).max):.6g} "
+                "(it would be stored as inf). Use --dtype float32 for this extractor"
+            )
+        self._buf_ids.append(cid)
+        self._buf.append(stored)
+        self._buf_ident.append(identity)
+        self.done.add(cid)
+        self.identity[cid] = identity
+        self._touched.pop(cid, None)
+        if len(self._buf_ids) >= self.part_size or time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def touch(self, cid: str, identity: ClipIdentity) -> None:
+        """Record a new identity for a cached clip whose audio bytes are unchanged (e.g. new mtime)."""
+        if cid not in self.done:
+            raise KeyError(f"{cid} is not in the cache")
+        self.identity[cid] = identity
+        self._touched[cid] = identity
+
+    def flush(self) -> None:
+        """Write queued clips as one atomic part file."""
+        if not self._buf_ids:
+            return
+        bio = io.BytesIO()
+        st, dg = to_arrays(self._buf_ident)
+        np.savez(bio, ids=np.array(self._buf_ids, dtype=str), features=np.stack(self._buf), identity=st, digest=dg)
+        self._atomic_write(self.parts_dir / f"part-{self._next_part:06d}.npz", bio.getvalue())
+        self._next_part += 1
+        self._buf_ids, self._buf, self._buf_ident = [], [], []
+        self._last_flush = time.monotonic()
+
+    # ------------------------------------------------------------- finalize
+    def _old_ids_for_rebuild(self) -> list[str]:
+        if not self.path.exists():
+            return []
+        try:
+            return C.EmbeddingCache(self.path).ids
+        except C.CacheError:
+            return []      # a damaged old file holds nothing worth keeping
+
+    def finalize(self, order: Sequence[str], files: Sequence[Path] | None = None) -> Path:
+        """Merge the old file's rows and the parts into a new ``.h5`` renamed over the old one.
+
+        Rows: the clips of ``order`` that are done, in that order, then every other done
+        clip (old rows first, in their old order; then part rows). ``files`` is accepted
+        for compatibility and unused (identities are per row). A rebuild that lacks a
+        clip of ``order`` the old file holds leaves the old file and its parts in place
+        (``kept_old`` says so).
+        """
+        import h5py
+
+        self.flush()
+        parts = self._part_files()
+        # where each clip's row lives: (-1, row) in the old file or (part index, row)
+        loc: dict[str, tuple[int, int]] = {}
+        old_ids: list[str] = []
+        if not self.rebuild and self.path.exists():
+            old_ids = C.EmbeddingCache(self.path).ids
+            loc.update((i, (-1, k)) for k, i in enumerate(old_ids))
+        part_paths: list[Path] = []
+        part_order: list[str] = []
+        for p in parts:
+            try:
+                pids = self._part_ids(p)
+            except Exception:
+                continue  # unreadable part: its clips are not cached and get extracted again
+            loc.update((i, (len(part_paths), k)) for k, i in enumerate(pids))
+            part_paths.append(p)
+            part_order += pids
+        if self.rebuild:
+            prev = self._old_ids_for_rebuild()
+            lacking = [i for i in order if i in set(prev) and i not in loc]
+            if lacking:
+                self.kept_old = (
+                    f"the rebuild lacks {len(lacking)} clip(s) that {self.path} holds ({_listing(lacking, 5)}), so "
+                    f"that file is kept unchanged and the rebuild waits in {self.parts_dir}. Fix those clips and run "
+                    "the same command again: the rebuild resumes and replaces the file once it is complete (to accept "
+                    f"the rebuild without them, delete {self.path.name} and run again)"
+                )
+                return self.path
+        seen: set[str] = set()
+        ids: list[str] = []
+        for i in list(order) + old_ids + part_order:
+            if i in loc and i not in seen:
+                seen.add(i)
+                ids.append(i)
+        if not ids or (not part_paths and not self._touched and not self.rebuild):
+            return self.path      # nothing new: leave the file (possibly many GB) untouched
+        idents = [self.identity.get(i, UNKNOWN) for i in ids]
+        L, F = self._shape
+        isz = self.dtype.itemsize
+        row_bytes = L * F * isz
+        rows = max(1, min(len(ids), C.TARGET_CHUNK_BYTES // (F * isz)))
+        block = rows * max(1, C.FINALIZE_BLOCK_BYTES // (rows * row_bytes))
+        part_rows = np.bincount([loc[i][0] for i in ids if loc[i][0] >= 0], minlength=len(part_paths))
+        capacity = max(2, C.FINALIZE_BLOCK_BYTES // max(1, int(part_rows.max(initial=1)) * row_bytes))
+        seq = [loc[i][0] for i in ids]
+        # Parts in about table order (one clip after another, or workers a few chunks apart)
+        # are read through a small LRU. Parts in another order (e.g. length-sorted batches)
+        # would make the LRU reload each part many times: their rows are first scattered
+        # into a raw staging file, one part at a time, then read back block by block.
+        staged = C._lru_misses(seq, capacity) > 2 * len(part_paths) + 8
+        loaded: OrderedDict[int, np.ndarray] = OrderedDict()
+
+        def part_feats(k: int) -> np.ndarray:
+            if k not in loaded:
+                if len(loaded) >= capacity:
+                    loaded.popitem(last=False)
+                loaded[k] = self._load_part_checked(part_paths[k])
+            loaded.move_to_end(k)
+            return loaded[k]
+
+        tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
+        stage = self.path.with_name(self.path.name + f".tmp{os.getpid()}.stage")
+        uses_old = any(loc[i][0] < 0 for i in ids)
+        src = h5py.File(self.path, "r") if uses_old else None
+        sfd = None
+        f = None
+        fobj = None
+        try:
+            if staged:
+                pos = {i: n for n, i in enumerate(ids)}
+                sfd = os.open(stage, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                for k in range(len(part_paths)):
+                    feats = self._load_part_checked(part_paths[k])
+                    for i, (kk, r) in ((i, loc[i]) for i in self._part_ids(part_paths[k])):
+                        if kk == k and i in pos:
+                            os.pwrite(sfd, feats[r].tobytes(), pos[i] * row_bytes)
+                    del feats
+            reserve = h5io.estimate_bytes(ids, L, F, isz, rows)
+            fobj = h5io.Reserved(tmp, reserve)      # disk full is raised here, in Python, not inside HDF5
+            f = h5py.File(fobj, "w")
+            f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
+            st, dg = to_arrays(idents)
+            f.create_dataset("identity", data=st, chunks=(min(len(ids), 65536), 2), fletcher32=True)
+            f.create_dataset("digest", data=dg.astype("S32"), chunks=(min(len(ids), 65536),), fletcher32=True)
+            d = f.create_dataset("features", shape=(len(ids), L, F), dtype=self.dtype,
+                                 chunks=(rows, 1, F), fletcher32=True)
+            for s in range(0, len(ids), block):
+                bids = ids[s:s + block]
+                if staged:
+                    buf = os.pread(sfd, len(bids) * row_bytes, s * row_bytes)
+                    buf += bytes(len(bids) * row_bytes - len(buf))   # a trailing hole reads short
+                    out = np.frombuffer(bytearray(buf), dtype=self.dtype).reshape(len(bids), L, F)
+                else:
+                    out = np.empty((len(bids), L, F), dtype=self.dtype)
+                    for j, i in enumerate(bids):
+                        k, r = loc[i]
+                        if k >= 0:
+                            out[j] = part_feats(k)[r]
+                from_old = [(j, loc[i][1]) for j, i in enumerate(bids) if loc[i][0] < 0]
+                if from_old:
+                    self._copy_old(src["features"], from_old, out)
+                d[s:s + len(bids)] = out
+            f.attrs["format"] = C.FORMAT
+            f.attrs["extractor"] = self.extractor
+            f.attrs["config"] = self.config_str
+            f.attrs["fingerprint"] = _fingerprint(self.config_str, ids, idents)
+            f.attrs["ids_sha256"] = C.ids_digest(ids)
+            if self.feature_names is not None:
+                f.attrs["feature_names"] = json.dumps(self.feature_names)
+            ff, f = f, None
+            h5io.close_h5(ff)
+            fobj.close()
+            if src is not None:
+                src.close()
+                src = None
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+            C._fsync_dir(self.path.parent)
+        except BaseException:
+            if f is not None:
+                try:
+                    h5io.close_h5(f)
+                except BaseException:
+                    pass     # the original error is the one to report
+            if fobj is not None:
+                fobj.close()
+            if src is not None:
+                src.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            if sfd is not None:
+                os.close(sfd)
+            stage.unlink(missing_ok=True)
+        # parts are removed only once the .h5 that contains them is safely in place
+        self._touched.clear()
+        for p in parts:
+            p.unlink(missing_ok=True)
+        if not self._part_files():
+            self.discard_parts()
+        self.rebuild = False
+        return self.path
+
+    def _load_part_checked(self, p: Path) -> np.ndarray:
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                return z["features"].astype(self.dtype, copy=False)
+        except Exception as e:
+            raise C.CacheError(f"part {p} became unreadable while finalizing ({e}); "
+                               "run the extraction again (that part's clips are re-extracted)") from None
+
+    @staticmethod
+    def _part_ids(p: Path) -> list[str]:
+        with np.load(p, allow_pickle=False) as z:
+            return [str(x) for x in z["ids"]]
+
+    def _copy_old(self, dset, picks: list[tuple[int, int]], out: np.ndarray) -> None:
+        """``out[j] = dset[r]`` for ``(j, r)`` in ``picks``, reading a contiguous slab when rows are dense."""
+        rs = np.array([r for _, r in picks], dtype=np.int64)
+        js = np.array([j for j, _ in picks], dtype=np.int64)
+        lo, hi = int(rs.min()), int(rs.max()) + 1
+        try:
+            if hi - lo <= 2 * len(rs) + 64:
+                out[js] = dset[lo:hi][rs - lo]
+            else:
+                order = np.argsort(rs)
+                out[js[order]] = dset[np.unique(rs)][np.searchsorted(np.unique(rs), rs[order])]
+        except (OSError, RuntimeError, ValueError) as e:
+            raise C._damaged(self.path, e) from None
+
+    def discard_parts(self) -> None:
+        shutil.rmtree(self.parts_dir, ignore_errors=True)
