@@ -13,11 +13,18 @@ subtask learnable, and not trivial:
 * country: a typical recording channel (band-pass + hum + room) around which each
   speaker's own device scatters, a vocal-tract-length and tempo style, and different
   preferences over burst types;
-* labels carry rater noise that the audio does not reflect, so no score is perfect.
+* labels carry rater noise that the audio does not reflect, so no score is perfect;
+* emotional style (for the few-shot track): each speaker has a gain (how strongly all
+  emotion effects move the acoustics, log-normal, σ 0.5), an own direction (a random
+  3 × 10 response of log-f0, F1 and F2 to the 10 emotions) and resting offsets of F1, F2,
+  loudness and tempo, so that the same acoustics mean different emotions for different
+  speakers and a few clips of a speaker help.
 
 Speakers are split speaker-disjointly into Train/Val/Test (50/25/25 %). Test rows in
 ``data_info.csv`` have empty labels; their labels go to ``hidden_test_labels.csv``
-so that ``exvo score --split Test`` works on the demo. A few clips are written
+so that ``exvo score --split Test`` works on the demo, and ``fewshot_support.csv`` (same
+columns, labelled) holds the first 2 clips of every Test speaker: the few-shot track's
+Test support set (``exvo fewshot --support-file``). A few clips are written
 stereo or at 44.1/48 kHz, as in real corpora.
 """
 from __future__ import annotations
@@ -33,6 +40,8 @@ from exvo.metrics import COUNTRIES, EMOTIONS
 
 SR = SAMPLE_RATE
 _E = {e: k for k, e in enumerate(EMOTIONS)}
+SUPPORT_FILE = "fewshot_support.csv"
+SUPPORT_SHOTS = 2
 
 # Burst types: (emotion profile, preference per country)
 _TYPES = {
@@ -64,6 +73,9 @@ class Speaker:
     band: tuple        # (low, high) Hz of the speaker's recording device
     hum: float         # mains hum frequency, Hz
     room: float        # echo gain of the speaker's room
+    gain: float = 1.0           # emotional style: how strongly the acoustics follow the emotions
+    style: tuple = ()           # emotional style: (3, 10) extra log-f0 / F1 / F2 response per emotion
+    rest: tuple = (0.0, 0.0, 0.0, 0.0)  # resting F1 (Hz), F2 (Hz), loudness (log), tempo (log) offsets
 
 
 def _speakers(n: int, rng: np.random.Generator) -> list[Speaker]:
@@ -85,6 +97,10 @@ def _speakers(n: int, rng: np.random.Generator) -> list[Speaker]:
             band=(lo * float(np.exp(rng.normal(0, 0.35))), min(7800.0, hi * float(np.exp(rng.normal(0, 0.2))))),
             hum=style["hum"] if rng.random() < 0.75 else 110.0 - style["hum"],
             room=float(max(0.0, style["room"] + rng.normal(0, 0.08))),
+            gain=float(np.clip(np.exp(rng.normal(0, 0.5)), 0.3, 2.5)),
+            style=tuple(rng.normal(0, 0.45, size=3 * len(EMOTIONS)).round(4).tolist()),
+            rest=(float(rng.normal(0, 90)), float(rng.normal(0, 180)), float(rng.normal(0, 0.35)),
+                  float(rng.normal(0, 0.15))),
         ))
     return out
 
@@ -111,13 +127,18 @@ def _synth(kind: str, emo: np.ndarray, spk: Speaker, rng: np.random.Generator) -
     from scipy.signal import butter, sosfilt
 
     style = _COUNTRY[spk.country]
+    # the speaker's emotional style: every emotion effect below is scaled by the speaker's gain,
+    # and the speaker's own direction (a 3 x 10 response) moves pitch and formants on top
+    emo = emo * spk.gain
+    own = np.asarray(spk.style).reshape(3, len(EMOTIONS)) @ emo if spk.style else np.zeros(3)
     arousal = emo[[_E["Excitement"], _E["Fear"], _E["Horror"], _E["Triumph"], _E["Surprise"]]].mean()
+    tempo = style["tempo"] * float(np.exp(spk.rest[3]))
     dur = {"laugh": 1.8, "gasp": 0.9, "cry": 2.8, "aah": 2.0, "sigh": 1.5}[kind]
-    dur = float(np.clip(dur / style["tempo"] * np.exp(rng.normal(0, 0.25)), 0.4, 5.0))
+    dur = float(np.clip(dur / tempo * np.exp(rng.normal(0, 0.25)), 0.4, 5.0))
     n = int(dur * SR)
     t = np.arange(n) / SR
     # pitch contour: arousal raises it; surprise glides up, sadness down; distress trembles
-    f0 = spk.f0 * (1.0 + 0.6 * arousal + 0.15 * emo[_E["Amusement"]])
+    f0 = spk.f0 * (1.0 + 0.6 * arousal + 0.15 * emo[_E["Amusement"]]) * float(np.exp(0.3 * np.tanh(own[0])))
     glide = 0.35 * emo[_E["Surprise"]] - 0.3 * emo[_E["Sadness"]]
     contour = f0 * (1.0 + glide * (t / dur - 0.5)) * (1.0 + 0.04 * emo[_E["Distress"]] * np.sin(2 * np.pi * 5.5 * t))
     contour *= 1.0 + spk.jitter * rng.standard_normal(n).cumsum() / np.sqrt(np.arange(1, n + 1))
@@ -129,13 +150,14 @@ def _synth(kind: str, emo: np.ndarray, spk: Speaker, rng: np.random.Generator) -
     src = (1.0 - noisy) * voiced + (noisy + spk.breath) * noise
     # formants: vowel opens (F1 up) with arousal; speaker/country vocal tract scale
     scale = spk.formant * style["vtl"]
-    f1 = (520 + 250 * arousal + 120 * emo[_E["Awe"]]) * scale
-    f2 = (1500 - 350 * emo[_E["Sadness"]] + 300 * emo[_E["Amusement"]]) * scale
+    f1 = (520 + spk.rest[0] + 250 * arousal + 120 * emo[_E["Awe"]] + 120 * np.tanh(own[1])) * scale
+    f2 = (1500 + spk.rest[1] - 350 * emo[_E["Sadness"]] + 300 * emo[_E["Amusement"]] + 250 * np.tanh(own[2])) * scale
+    f1, f2 = max(f1, 200.0), max(f2, f1 + 300.0)
     f3 = 2600 * scale
     y = _resonator(src, f1, 90) + 0.6 * _resonator(src, f2, 120) + 0.3 * _resonator(src, f3, 180)
     # amplitude envelope by burst type
     if kind == "laugh":
-        rate = (3.5 + 3.0 * emo[_E["Amusement"]] + 1.5 * arousal) * style["tempo"]
+        rate = (3.5 + 3.0 * emo[_E["Amusement"]] + 1.5 * arousal) * tempo
         env = np.clip(np.sin(np.pi * ((t * rate) % 1.0)) ** 2 * (1.0 - 0.5 * t / dur), 0, None)
     elif kind == "gasp":
         env = np.minimum(1.0, t / (0.3 * dur)) * np.exp(-np.maximum(0.0, t - 0.3 * dur) * 6)
@@ -148,7 +170,8 @@ def _synth(kind: str, emo: np.ndarray, spk: Speaker, rng: np.random.Generator) -
         env = np.exp(-t * (1.5 + 2.0 * emo[_E["Sadness"]]))
     env *= np.minimum(1.0, t / 0.01) * np.minimum(1.0, (dur - t) / 0.02)
     y = y * env
-    y = y / (np.abs(y).max() + 1e-9) * (0.25 + 0.55 * arousal) * float(np.exp(rng.normal(0, 0.2)))
+    level = (0.25 + 0.55 * arousal) * float(np.exp(spk.rest[2] + rng.normal(0, 0.2)))
+    y = y / (np.abs(y).max() + 1e-9) * min(level, 0.95)
     # recording channel of the country: band-pass, room, mains hum, noise floor
     sos = butter(2, spk.band, btype="bandpass", fs=SR, output="sos")
     y = sosfilt(sos, y)
@@ -216,7 +239,13 @@ def make_demo_corpus(out_dir: str | Path, speakers: int = 60, clips_per_speaker:
             k += 1
             bar.update()
     bar.close()
-    for name, body in (("data_info.csv", rows), (HIDDEN_LABELS_FILE, hidden)):
+    # the few-shot track's labelled support set of every Test speaker: its first SUPPORT_SHOTS clips
+    support, seen = [], {}
+    for r in hidden:
+        seen[r[2]] = seen.get(r[2], 0) + 1
+        if seen[r[2]] <= SUPPORT_SHOTS:
+            support.append(r)
+    for name, body in (("data_info.csv", rows), (HIDDEN_LABELS_FILE, hidden), (SUPPORT_FILE, support)):
         with open(out / name, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(header)
