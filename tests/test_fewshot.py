@@ -18,6 +18,7 @@ from exvo.corpus import Corpus
 from exvo.extract.cache import CacheWriter, cache_path
 from exvo.fewshot import protocol as P
 from exvo.fewshot.api import FewShotConfig, fewshot, holdout_protocol
+from exvo.fewshot.report import fewshot_section
 from exvo.fewshot.models import FewShotNet, parse_heads, reversal_schedule
 from exvo.fewshot.train import draw_pairs, finetune_episodes, partner_table, predict_rows, train_sampler
 from exvo.learn.framework import SeedStack
@@ -143,6 +144,11 @@ def test_support_clips_are_never_scored(world, tmp_path):
     r = CliRunner().invoke(app, ["score", str(res.run_dir / "val.csv"), "--data", str(world.root), "--track", "fewshot"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["ccc"] == pytest.approx(m["ensemble"]["ccc"])
+    # the report's few-shot table shows this run with its interval
+    md, text = fewshot_section(tmp_path / "runs")
+    row = [line for line in md if res.run_dir.name in line]
+    assert len(row) == 1 and f"{m['ensemble']['ccc']:.3f} [{lo:.3f}–{hi:.3f}]" in row[0]
+    assert any(res.run_dir.name in t for t in text)
     one = sorted(sup)[0]
     with pytest.raises(P.FewShotError, match="support clips are never scored"):
         P.score_submission(val_ids + [one], np.vstack([val_pred, val_pred[:1]]), world, vp)

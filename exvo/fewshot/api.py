@@ -54,7 +54,7 @@ VARIANTS = {
     "znorm": "speaker normalisation by the support clips (features centred, or prediction shift)",
 }
 ZNORM_MODES = ("features", "residual")
-RUN_SUBDIR = "fewshot"
+RUN_SUBDIR = P.RUN_SUBDIR
 
 
 @dataclass

@@ -28,6 +28,8 @@ from exvo.metrics import EMOTIONS, mean_ccc
 
 SHOTS = 2
 CONVENTION = "population"
+RUN_SUBDIR = "fewshot"
+"""Few-shot runs live in <runs>/fewshot/<name>/, apart from the multitask runs that fuse and report rank."""
 FEWSHOT_COLUMNS: tuple[str, ...] = ("File_ID", *EMOTIONS)
 
 

@@ -259,9 +259,13 @@ def make_report(runs_dir: str | Path, out_dir: str | Path, corpus: Corpus | None
     md = [f"# exvo report: {runs_dir}", "", _md_table(cells), ""] + [f"- {n}" for n in notes] + ["", "## Figures", ""]
     md += [f"### {title}\n\n![{title}]({p.name})\n" for title, p in made]
     md += [f"- {n}" for n in fig_notes]
+    from exvo.fewshot.report import fewshot_section   # the ExVo-FewShot table lives with its track
+    fs_md, fs_text = fewshot_section(runs_dir)
+    md += [""] + fs_md if fs_md else []
     (out_dir / "report.md").write_text("\n".join(md) + "\n")
 
     text = [_text_table(cells), ""] + [f"  {n}" for n in notes]
     text += [f"  figure: {p}" for _, p in made] + [f"  {n}" for n in fig_notes]
+    text += fs_text
     text.append(f"  written: {out_dir / 'report.md'}, {out_dir / 'report.csv'}")
     return "\n".join(text)
