@@ -228,6 +228,8 @@ def fewshot(
     ft_steps: int = typer.Option(1, help="finetune: AdamW steps per speaker on its support clips (baseline: 1)."),
     ft_lr: float = typer.Option(1e-4, help="finetune: learning rate of those steps (baseline: 1e-4)."),
     ft_loss: str = typer.Option("mse", help="finetune: mse (the baseline's) | ccc."),
+    ft_select: bool = typer.Option(False, "--ft-select", help="finetune: choose weights/steps/lr from a small grid on the held-out Train speakers (overrides the three options)."),
+    ft_params: str = typer.Option("all", help="finetune: which weights move: all (the baseline) | head (classifier f) | bias (f's output bias)."),
     znorm: str = typer.Option("features", help="znorm: features (centre each speaker on its support clips) | residual (shift predictions by the mean support residual)."),
     support_seed: Optional[int] = typer.Option(None, help="Val support: random clips with this seed (default: each speaker's first 2)."),
     support_file: Optional[Path] = typer.Option(None, help="Test support: labelled file in data_info.csv format (default <data>/fewshot_support.csv)."),
@@ -243,7 +245,8 @@ def fewshot(
     corpus = load_corpus(data)
     cfg = FewShotConfig(features=[f.strip() for f in features.split(",") if f.strip()], variant=variant,
                         heads=[h for h in heads.split(",") if h.strip()], seeds=seeds, epochs=epochs, patience=patience,
-                        batch_size=batch_size, lr=lr, holdout=holdout, ft_steps=ft_steps, ft_lr=ft_lr, ft_loss=ft_loss,
+                        batch_size=batch_size, lr=lr, holdout=holdout, ft_steps=ft_steps, ft_lr=ft_lr, ft_loss=ft_loss, ft_params=ft_params,
+                        ft_select=ft_select,
                         znorm=znorm, support_seed=support_seed,
                         support_file=str(support_file) if support_file else None, device=device)
     result = run_fewshot(corpus, cfg, cache_dir=cache, runs_dir=runs, name=name, echo=typer.echo)

@@ -154,13 +154,25 @@ def test_support_clips_are_never_scored(world, tmp_path):
         P.score_submission(val_ids + [one], np.vstack([val_pred, val_pred[:1]]), world, vp)
 
 
-@pytest.mark.parametrize("kw", [dict(variant="finetune", ft_steps=2), dict(variant="enrol", heads=["h", "h~", "f~"]),
+@pytest.mark.parametrize("kw", [dict(variant="finetune", ft_steps=2), dict(variant="finetune", ft_select=True),
+                                dict(variant="finetune", ft_params="bias", ft_steps=3, ft_lr=0.1), dict(variant="enrol", heads=["h", "h~", "f~"]),
                                 dict(variant="none", heads=["h"]), dict(variant="znorm"),
                                 dict(variant="znorm", znorm="residual")])
 def test_every_variant_runs(world, tmp_path, kw):
     res = fewshot(world, quick(seeds=1, epochs=2, **kw), cache_dir=world.root.parent / "cache",
                   runs_dir=tmp_path / "runs", echo=lambda m: None)
     assert np.isfinite(res.metrics["ensemble"]["ccc"]) and (res.run_dir / "test.csv").is_file()
+    if kw.get("ft_select"):
+        ft = res.config["finetune"]
+        assert ft["chosen_by"] == "held-out Train speakers" and len(ft["trials_on_holdout"]) > 1
+        assert ft["chosen"]["params"] in ("all", "head", "bias")
+
+
+def test_runs_are_reproducible(world, tmp_path):
+    a, b = (fewshot(world, quick(seeds=2, epochs=2), cache_dir=world.root.parent / "cache", runs_dir=tmp_path / d,
+                    echo=lambda m: None) for d in ("a", "b"))
+    assert a.metrics["per_seed"] == b.metrics["per_seed"]
+    assert (a.run_dir / "val.csv").read_text() == (b.run_dir / "val.csv").read_text()
 
 
 def test_holdout_is_speaker_disjoint(world):
@@ -266,3 +278,17 @@ def test_enrolment_pairs_are_always_same_speaker_and_distinct():
     others, count = partner_table(rows, spk)
     pair = draw_pairs(torch.arange(spk.size), torch.from_numpy(others), torch.from_numpy(count), gen)
     assert (spk[pair[:, 0].numpy()] == spk).all()
+
+
+def test_demo_corpus_writes_a_valid_test_support_file(small_demo_corpus_dir):
+    corpus = Corpus.from_dir(small_demo_corpus_dir)
+    pr = P.protocol_for(corpus, "Test")                  # default: <data>/fewshot_support.csv
+    test = corpus.indices("Test")
+    assert {e.speaker for e in pr.episodes} == set(corpus.speakers[test].tolist())
+    for e in pr.episodes:
+        mine = [k for k in test if corpus.speakers[k] == e.speaker]
+        assert e.support.tolist() == mine[:2]
+    emo, _, _ = corpus.labels("Test")
+    pos = {int(k): j for j, k in enumerate(test)}
+    np.testing.assert_allclose(np.concatenate([e.support_y for e in pr.episodes]),
+                               emo[[pos[int(k)] for k in pr.support_rows]])

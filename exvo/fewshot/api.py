@@ -40,7 +40,7 @@ import exvo
 from exvo.corpus import Corpus
 from exvo.fewshot import protocol as P
 from exvo.fewshot.models import FewShotNet, parse_heads, reversal_schedule
-from exvo.fewshot.train import (FT_LOSSES, centre_speakers, episode_enrolment, finetune_episodes, predict_rows,
+from exvo.fewshot.train import (FT_LOSSES, FT_PARAMS, centre_speakers, episode_enrolment, finetune_episodes, predict_rows,
                                 train_sampler)
 from exvo.learn import runs
 from exvo.learn.features import Scaler, load_features, parse_specs, report_missing
@@ -54,6 +54,9 @@ VARIANTS = {
     "znorm": "speaker normalisation by the support clips (features centred, or prediction shift)",
 }
 ZNORM_MODES = ("features", "residual")
+FT_GRID = [("all", 1, 1e-4), ("all", 10, 1e-4), ("all", 10, 1e-3), ("head", 10, 1e-3), ("head", 10, 1e-2),
+           ("bias", 10, 1e-2), ("bias", 10, 5e-2)]
+"""``ft_select``: (weights moved, AdamW steps, lr) tried on the held-out Train speakers; the first is the baseline's."""
 RUN_SUBDIR = P.RUN_SUBDIR
 
 
@@ -79,6 +82,8 @@ class FewShotConfig:
     ft_steps: int = 1
     ft_lr: float = 1e-4
     ft_loss: str = "mse"
+    ft_params: str = "all"
+    ft_select: bool = False
     znorm: str = "features"
     rev_hold: int | None = None
     rev_reach: int | None = None
@@ -96,6 +101,8 @@ class FewShotConfig:
             raise ValueError(f"auxiliary heads {self.heads} apply to --variant none (h) or enrol; got {self.variant}")
         if self.ft_loss not in FT_LOSSES:
             raise ValueError(f"unknown --ft-loss {self.ft_loss!r}; choose one of {FT_LOSSES}")
+        if self.ft_params not in FT_PARAMS:
+            raise ValueError(f"unknown --ft-params {self.ft_params!r}; choose one of {list(FT_PARAMS)}")
         if self.znorm not in ZNORM_MODES:
             raise ValueError(f"unknown --znorm {self.znorm!r}; choose one of {ZNORM_MODES}")
         if not 0.0 < float(self.holdout) < 1.0:
@@ -250,15 +257,29 @@ def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache",
     tcfg = TrainConfig(epochs=cfg.epochs, patience=cfg.patience, batch_size=cfg.batch_size, lr=cfg.lr,
                        weight_decay=cfg.weight_decay, optimizer="adamw", restore="best", vectorise=cfg.vectorise)
     t0 = time.perf_counter()
-    fit = train_seeds(make, sampler, evaluate, cfg.seed_list, tcfg, device=dev)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)        # dropout draws from the global generator: seed it for reproducible runs
+        fit = train_seeds(make, sampler, evaluate, cfg.seed_list, tcfg, device=dev)
     t_train = time.perf_counter() - t0
+
+    ft = {"params": cfg.ft_params, "steps": cfg.ft_steps, "lr": cfg.ft_lr}
+    ft_trials = []
+    if cfg.variant == "finetune" and cfg.ft_select:
+        # choose the fine-tuning settings on the held-out Train speakers (Val never chooses)
+        for tune, steps, lr in FT_GRID:
+            pred = finetune_episodes(fit.stack, Xt, hold_eps, lambda e: (e.support, e.query), steps, lr,
+                                     loss=cfg.ft_loss, vectorise=cfg.vectorise, tune=tune)
+            ft_trials.append({"params": tune, "steps": steps, "lr": lr, "holdout_ccc": P.fewshot_ccc(hy, pred.mean(0))[0]})
+        best = max(ft_trials, key=lambda t: t["holdout_ccc"])
+        ft = {k: best[k] for k in ("params", "steps", "lr")}
+        echo(f"fine-tuning chosen on held-out Train speakers: {ft} (hold-out query CCC {best['holdout_ccc']:.3f})")
 
     def personalise(eps: list[P.Episode]) -> tuple[np.ndarray, np.ndarray]:
         """``(query rows, (S, n, 10) predictions)`` of the episodes."""
         q, enr = episode_enrolment(eps)
         if cfg.variant == "finetune":
-            pred = finetune_episodes(fit.stack, Xt, eps, lambda e: (e.support, e.query), cfg.ft_steps, cfg.ft_lr,
-                                     loss=cfg.ft_loss, vectorise=cfg.vectorise)
+            pred = finetune_episodes(fit.stack, Xt, eps, lambda e: (e.support, e.query), ft["steps"], ft["lr"],
+                                     loss=cfg.ft_loss, vectorise=cfg.vectorise, tune=ft["params"])
         else:
             pred = predict_rows(fit.stack, Xt, q, enr if enrol else None, cfg.vectorise)
         if cfg.variant == "znorm" and cfg.znorm == "residual":
@@ -324,6 +345,8 @@ def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache",
         "features": [b.to_json() for b in fm.blocks], "dim": fm.dim,
         "variant": cfg.variant, "variant_description": VARIANTS[cfg.variant], "heads": cfg.heads,
         "seeds": cfg.seed_list, "fewshot_config": asdict(cfg),
+        "finetune": ({"chosen": ft, "loss": cfg.ft_loss, "trials_on_holdout": ft_trials,
+                      "chosen_by": "held-out Train speakers" if ft_trials else "given"} if cfg.variant == "finetune" else None),
         "reversal_warmup": {"hold_until_epoch": hold, "reach_epoch": reach} if cfg.heads else None,
         "architecture": "MLP encoders over cached utterance embeddings (EIHW: CNN14/CNN10 on log-mels)",
         "protocol": {"val": val_proto.to_json(corpus), "test": test_proto.to_json(corpus) if test_proto else None,

@@ -105,18 +105,32 @@ def episode_enrolment(episodes) -> tuple[np.ndarray, np.ndarray]:
 
 
 FT_LOSSES = ("mse", "ccc")
+FT_PARAMS = {"all": "every weight (the official baseline)", "head": "the classifier f only",
+             "bias": "the output bias of f only (a per-speaker shift of the logits)"}
+
+
+def _tuned(names, which: str) -> list[str]:
+    if which not in FT_PARAMS:
+        raise ValueError(f"unknown --ft-params {which!r}; choose one of {list(FT_PARAMS)}")
+    if which == "all":
+        return list(names)
+    if which == "head":
+        return [k for k in names if k.startswith("f.")]
+    last = max(int(k.split(".")[1]) for k in names if k.startswith("f.") and k.endswith(".bias"))
+    return [f"f.{last}.bias"]
 
 
 def finetune_episodes(stack: SeedStack, X: torch.Tensor, episodes, rows_of, steps: int = 1, lr: float = 1e-4,
                       weight_decay: float = 0.0, loss: str = "mse", enrol: bool = False,
-                      vectorise: bool = True) -> np.ndarray:
+                      vectorise: bool = True, tune: str = "all") -> np.ndarray:
     """The official baseline's personalisation, done right: for each speaker, copy the trained
     weights (every seed), take ``steps`` AdamW steps at ``lr`` on its support clips, predict its
     query clips, and drop the copy, so the next speaker starts from the original weights again.
 
     ``rows_of(episode)`` gives the feature rows of ``(support, query)`` (corpus rows → X rows).
     Dropout is off during the steps (2 clips; a deterministic update). ``loss``: ``mse`` (the
-    baseline's) or ``ccc`` (1 − CCC over the 2 clips). Returns ``(S, n_query, 10)`` in episode order.
+    baseline's) or ``ccc`` (1 − CCC over the 2 clips). ``tune``: which weights move (:data:`FT_PARAMS`).
+    Returns ``(S, n_query, 10)`` in episode order.
     """
     if loss not in FT_LOSSES:
         raise ValueError(f"unknown fine-tuning loss {loss!r}; choose one of {FT_LOSSES}")
@@ -124,11 +138,12 @@ def finetune_episodes(stack: SeedStack, X: torch.Tensor, episodes, rows_of, step
         raise ValueError(f"--ft-steps must be >= 0, got {steps}")
     stack.base.eval()
     original = {k: v.detach() for k, v in stack.params.items()}
+    tuned = _tuned(original, tune)
     preds = []
     for ep in episodes:
         sup, qry = rows_of(ep)
-        params = {k: v.clone().requires_grad_(True) for k, v in original.items()}
-        opt = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=weight_decay)
+        params = {k: v.clone().requires_grad_(k in tuned) for k, v in original.items()}
+        opt = torch.optim.AdamW([params[k] for k in tuned], lr=lr, weight_decay=weight_decay)
         batch = {"x": X[torch.as_tensor(sup)], "y": torch.as_tensor(ep.support_y, dtype=X.dtype)}
         if enrol:
             batch["enr"] = X[torch.as_tensor(np.repeat(sup[None, :], sup.size, 0))]
