@@ -94,6 +94,16 @@ def test_bootstrap_interval_brackets_the_score_and_is_reproducible():
     assert P.bootstrap_ci(t, p, 300) == (lo, hi)
 
 
+def test_paired_gain_is_zero_for_identical_predictions_and_positive_for_a_better_one():
+    rng = np.random.default_rng(1)
+    t = rng.uniform(size=(150, 10))
+    a = np.clip(t + rng.normal(0, 0.3, size=t.shape), 0, 1)
+    b = np.clip(t + rng.normal(0, 0.1, size=t.shape), 0, 1)
+    assert P.paired_gain_ci(t, a, a, 200) == (0.0, 0.0, 0.0)
+    g, lo, hi = P.paired_gain_ci(t, a, b, 200)
+    assert g == pytest.approx(P.fewshot_ccc(t, b)[0] - P.fewshot_ccc(t, a)[0]) and 0 < lo < g < hi
+
+
 # ------------------------------------------------------------------ protocol
 def test_val_support_is_the_first_two_clips_and_disjoint_from_queries(world):
     pr = P.val_protocol(world)

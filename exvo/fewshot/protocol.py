@@ -222,6 +222,23 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, resamples: int = 1000, 
     return float(np.quantile(v, a)), float(np.quantile(v, 1 - a))
 
 
+def paired_gain_ci(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, resamples: int = 1000,
+                   level: float = 0.95, seed: int = 0, chunk: int = 100) -> tuple[float, float, float]:
+    """``(gain, lo, hi)`` of CCC(b) − CCC(a) on the same query clips, the interval from the same
+    bootstrap resamples for both (paired), so speaker/clip difficulty cancels out."""
+    t, a, b = (np.asarray(v, np.float64) for v in (y_true, pred_a, pred_b))
+    if not (t.shape == a.shape == b.shape) or t.ndim != 2:
+        raise ValueError(f"paired_gain_ci needs three (n, k) arrays of equal shape, got {t.shape}, {a.shape}, {b.shape}")
+    rng = np.random.default_rng(seed)
+    vals = []
+    for s in range(0, resamples, chunk):
+        idx = rng.integers(0, t.shape[0], size=(min(chunk, resamples - s), t.shape[0]))
+        vals.append(_ccc_batched(t[idx], b[idx]) - _ccc_batched(t[idx], a[idx]))
+    v = np.concatenate(vals)
+    q = (1.0 - level) / 2
+    return fewshot_ccc(t, b)[0] - fewshot_ccc(t, a)[0], float(np.quantile(v, q)), float(np.quantile(v, 1 - q))
+
+
 # --------------------------------------------------------------------------- submissions
 def write_submission(path: str | Path, ids: list[str], emotions: np.ndarray) -> None:
     """``File_ID,<10 emotions>`` for the query clips (full float precision)."""
