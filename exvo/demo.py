@@ -14,10 +14,12 @@ subtask learnable, and not trivial:
   speaker's own device scatters, a vocal-tract-length and tempo style, and different
   preferences over burst types;
 * labels carry rater noise that the audio does not reflect, so no score is perfect;
-* emotional style (for the few-shot track): each speaker has a gain (how strongly all
-  emotion effects move the acoustics, log-normal, σ 0.5), an own direction (a random
-  3 × 10 response of log-f0, F1 and F2 to the 10 emotions) and resting offsets of F1, F2,
-  loudness and tempo, so that the same acoustics mean different emotions for different
+* emotional style (for the few-shot track): each speaker has a disposition (every burst
+  type's emotion profile shifted by the speaker's own N(0, 0.2) per emotion: one
+  speaker's bursts are more awkward, another's more triumphant), a gain (how strongly all emotion
+  effects move the acoustics, log-normal, σ 0.3), an own direction (a random 3 × 10
+  response of log-f0, F1 and F2 to the 10 emotions, σ 0.6; pitch only ±10 % so that
+  pitch stays an age cue) and resting offsets of F1, F2 and loudness, so that the same acoustics mean different emotions for different
   speakers and a few clips of a speaker help.
 
 Speakers are split speaker-disjointly into Train/Val/Test (50/25/25 %). Test rows in
@@ -75,7 +77,8 @@ class Speaker:
     room: float        # echo gain of the speaker's room
     gain: float = 1.0           # emotional style: how strongly the acoustics follow the emotions
     style: tuple = ()           # emotional style: (3, 10) extra log-f0 / F1 / F2 response per emotion
-    rest: tuple = (0.0, 0.0, 0.0, 0.0)  # resting F1 (Hz), F2 (Hz), loudness (log), tempo (log) offsets
+    rest: tuple = (0.0, 0.0, 0.0)  # resting F1 (Hz), F2 (Hz) and loudness (log) offsets
+    profile: tuple = ()         # emotional style: (10,) shift of the emotions all of the speaker's bursts convey
 
 
 def _speakers(n: int, rng: np.random.Generator) -> list[Speaker]:
@@ -97,19 +100,21 @@ def _speakers(n: int, rng: np.random.Generator) -> list[Speaker]:
             band=(lo * float(np.exp(rng.normal(0, 0.35))), min(7800.0, hi * float(np.exp(rng.normal(0, 0.2))))),
             hum=style["hum"] if rng.random() < 0.75 else 110.0 - style["hum"],
             room=float(max(0.0, style["room"] + rng.normal(0, 0.08))),
-            gain=float(np.clip(np.exp(rng.normal(0, 0.5)), 0.3, 2.5)),
-            style=tuple(rng.normal(0, 0.45, size=3 * len(EMOTIONS)).round(4).tolist()),
-            rest=(float(rng.normal(0, 90)), float(rng.normal(0, 180)), float(rng.normal(0, 0.35)),
-                  float(rng.normal(0, 0.15))),
+            gain=float(np.clip(np.exp(rng.normal(0, 0.3)), 0.5, 2.0)),
+            style=tuple(rng.normal(0, 0.6, size=3 * len(EMOTIONS)).round(4).tolist()),
+            rest=(float(rng.normal(0, 50)), float(rng.normal(0, 100)), float(rng.normal(0, 0.25))),
+            profile=tuple(rng.normal(0, 0.2, size=len(EMOTIONS)).round(4).tolist()),
         ))
     return out
 
 
-def _emotions(kind: str, rng: np.random.Generator) -> np.ndarray:
+def _emotions(kind: str, rng: np.random.Generator, spk: Speaker | None = None) -> np.ndarray:
     profile, _ = _TYPES[kind]
     v = np.zeros(len(EMOTIONS))
     for e, w in profile.items():
         v[_E[e]] = w
+    if spk is not None and spk.profile:     # the speaker's disposition: all its bursts lean this way
+        v = np.maximum(0.0, v + np.asarray(spk.profile))
     strength = rng.uniform(0.45, 1.0)
     v = v * strength * rng.uniform(0.7, 1.15, size=v.size) + rng.gamma(0.6, 0.06, size=v.size)
     return np.clip(v, 0.0, 1.0).round(4)
@@ -132,13 +137,13 @@ def _synth(kind: str, emo: np.ndarray, spk: Speaker, rng: np.random.Generator) -
     emo = emo * spk.gain
     own = np.asarray(spk.style).reshape(3, len(EMOTIONS)) @ emo if spk.style else np.zeros(3)
     arousal = emo[[_E["Excitement"], _E["Fear"], _E["Horror"], _E["Triumph"], _E["Surprise"]]].mean()
-    tempo = style["tempo"] * float(np.exp(spk.rest[3]))
+    tempo = style["tempo"]              # tempo stays a country cue, not a personal one
     dur = {"laugh": 1.8, "gasp": 0.9, "cry": 2.8, "aah": 2.0, "sigh": 1.5}[kind]
     dur = float(np.clip(dur / tempo * np.exp(rng.normal(0, 0.25)), 0.4, 5.0))
     n = int(dur * SR)
     t = np.arange(n) / SR
     # pitch contour: arousal raises it; surprise glides up, sadness down; distress trembles
-    f0 = spk.f0 * (1.0 + 0.6 * arousal + 0.15 * emo[_E["Amusement"]]) * float(np.exp(0.3 * np.tanh(own[0])))
+    f0 = spk.f0 * (1.0 + 0.6 * arousal + 0.15 * emo[_E["Amusement"]]) * float(np.exp(0.1 * np.tanh(own[0])))
     glide = 0.35 * emo[_E["Surprise"]] - 0.3 * emo[_E["Sadness"]]
     contour = f0 * (1.0 + glide * (t / dur - 0.5)) * (1.0 + 0.04 * emo[_E["Distress"]] * np.sin(2 * np.pi * 5.5 * t))
     contour *= 1.0 + spk.jitter * rng.standard_normal(n).cumsum() / np.sqrt(np.arange(1, n + 1))
@@ -216,7 +221,7 @@ def make_demo_corpus(out_dir: str | Path, speakers: int = 60, clips_per_speaker:
         prefs = np.array([_TYPES[kd][1][sp.country] for kd in kinds])
         for _ in range(clips_per_speaker):
             kind = kinds[rng.choice(len(kinds), p=prefs / prefs.sum())]
-            emo = _emotions(kind, rng)
+            emo = _emotions(kind, rng, sp)
             y = _synth(kind, emo, sp, rng)
             # the audio follows the true mix; the labels carry rater disagreement on top
             emo = np.clip(emo + rng.normal(0, 0.1, size=emo.size), 0.0, 1.0).round(4)
