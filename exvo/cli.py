@@ -97,7 +97,7 @@ def score(
     pred: Path = typer.Argument(..., help="Prediction CSV: File_ID,Country,Age,<10 emotions>."),
     data: Optional[Path] = DataOpt,
     split: str = typer.Option("Val", help="Split to score against (Test needs hidden labels)."),
-    convention: str = typer.Option("challenge", help="CCC convention: challenge (official ExVo) or population."),
+    convention: str = typer.Option("challenge", help="CCC convention: challenge (official ExVo) or population (multitask; the fewshot track is always population)."),
     track: str = typer.Option("multitask", help="multitask (File_ID,Country,Age,<emotions>) | fewshot (File_ID,<emotions> of the query clips; population CCC + 95 % bootstrap CI)."),
     support_seed: Optional[int] = typer.Option(None, help="fewshot, Val: random support clips with this seed (default: each speaker's first 2)."),
     support_file: Optional[Path] = typer.Option(None, help="fewshot: labelled support file (data_info.csv columns); Test default <data>/fewshot_support.csv."),
@@ -212,13 +212,16 @@ def learn(
     typer.echo(result.summary_line())
 
 
+from exvo.fewshot.registry import FT_LOSSES, FT_PARAMS, HEADS, VARIANTS, ZNORM_MODES  # noqa: E402  (no torch)
+
+
 @app.command()
 @friendly
 def fewshot(
     features: str = typer.Option(..., "--features", "-f", help="Comma-separated feature sets, early-fused (as `exvo learn`)."),
-    variant: str = typer.Option("none", help="none | finetune | enrol | znorm (see README, ExVo-FewShot)."),
-    heads: str = typer.Option("", help="Auxiliary heads (EIHW Table 1), comma-separated: h (adversarial speaker on z), "
-                              "h~ (speaker on z~, enrol), f~ (adversarial emotion on z~, enrol)."),
+    variant: str = typer.Option("none", help="; ".join(f"{k}: {v}" for k, v in VARIANTS.items())),
+    heads: str = typer.Option("", help="Auxiliary heads (EIHW Table 1), comma-separated: "
+                              + "; ".join(f"{k}: {v}" for k, v in HEADS.items())),
     seeds: int = typer.Option(5, help="Number of seeds; results are mean ± std over seeds and the seed ensemble."),
     epochs: int = typer.Option(30, help="Maximum epochs."),
     patience: int = typer.Option(8, help="Early-stopping patience on held-out Train speakers (best epoch restored)."),
@@ -227,10 +230,10 @@ def fewshot(
     holdout: float = typer.Option(0.2, help="Fraction of Train speakers held out for model selection (Val never chooses)."),
     ft_steps: int = typer.Option(1, help="finetune: AdamW steps per speaker on its support clips (baseline: 1)."),
     ft_lr: float = typer.Option(1e-4, help="finetune: learning rate of those steps (baseline: 1e-4)."),
-    ft_loss: str = typer.Option("mse", help="finetune: mse (the baseline's) | ccc."),
+    ft_loss: str = typer.Option("mse", help="finetune: " + " | ".join(FT_LOSSES) + " (mse: the baseline's)."),
     ft_select: bool = typer.Option(False, "--ft-select", help="finetune: choose weights/steps/lr from a small grid on the held-out Train speakers (overrides the three options)."),
-    ft_params: str = typer.Option("all", help="finetune: which weights move: all (the baseline) | head (classifier f) | bias (f's output bias)."),
-    znorm: str = typer.Option("features", help="znorm: features (centre each speaker on its support clips) | residual (shift predictions by the mean support residual)."),
+    ft_params: str = typer.Option("all", help="finetune: which weights move: " + "; ".join(f"{k}: {v}" for k, v in FT_PARAMS.items())),
+    znorm: str = typer.Option("features", help="znorm: " + " | ".join(ZNORM_MODES) + " (features: centre each speaker on its support clips; residual: shift predictions by the mean support residual)."),
     support_seed: Optional[int] = typer.Option(None, help="Val support: random clips with this seed (default: each speaker's first 2)."),
     support_file: Optional[Path] = typer.Option(None, help="Test support: labelled file in data_info.csv format (default <data>/fewshot_support.csv)."),
     name: Optional[str] = typer.Option(None, help="Run folder name (default derived); written to <runs>/fewshot/NAME."),

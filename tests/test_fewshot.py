@@ -302,3 +302,14 @@ def test_demo_corpus_writes_a_valid_test_support_file(small_demo_corpus_dir):
     pos = {int(k): j for j, k in enumerate(test)}
     np.testing.assert_allclose(np.concatenate([e.support_y for e in pr.episodes]),
                                emo[[pos[int(k)] for k in pr.support_rows]])
+
+
+def test_cli_fewshot_writes_a_run(world, tmp_path):
+    r = CliRunner().invoke(app, ["fewshot", "--features", "lin", "--variant", "enrol", "--heads", "h~", "--seeds", "1",
+                                 "--epochs", "1", "--data", str(world.root), "--cache", str(world.root.parent / "cache"),
+                                 "--runs", str(tmp_path / "runs")])
+    assert r.exit_code == 0, r.output
+    assert "seed ensemble" in r.output and (tmp_path / "runs" / "fewshot" / "lin_fewshot_enrol_ht" / "val.csv").is_file()
+    r = CliRunner().invoke(app, ["fewshot", "--features", "lin", "--variant", "maml", "--data", str(world.root),
+                                 "--cache", str(world.root.parent / "cache"), "--runs", str(tmp_path / "runs")])
+    assert r.exit_code == 2 and "unknown few-shot variant 'maml'" in r.output

@@ -11,6 +11,9 @@ Variants (registry :data:`VARIANTS`):
   speaker's features on the mean of its support clips (Train speakers: their first 2 clips),
   ``znorm="residual"`` shifts the ``none`` model's predictions by the mean support residual.
 
+``finetune`` options: ``ft_params`` all | head | bias (which weights move), ``ft_loss`` mse | ccc,
+and ``ft_select`` (choose weights/steps/lr from :data:`FT_GRID` on the held-out Train speakers).
+
 Model selection never looks at Val: a speaker-disjoint ``holdout`` fraction of the Train
 speakers is held out, with the same protocol (first 2 clips = support, rest = query), and
 each seed keeps its best epoch by the hold-out query CCC. Val numbers are therefore not
@@ -40,20 +43,14 @@ import exvo
 from exvo.corpus import Corpus
 from exvo.fewshot import protocol as P
 from exvo.fewshot.models import FewShotNet, parse_heads, reversal_schedule
-from exvo.fewshot.train import (FT_LOSSES, FT_PARAMS, centre_speakers, episode_enrolment, finetune_episodes, predict_rows,
+from exvo.fewshot.registry import FT_LOSSES, FT_PARAMS, VARIANTS, ZNORM_MODES
+from exvo.fewshot.train import (centre_speakers, episode_enrolment, finetune_episodes, predict_rows,
                                 train_sampler)
 from exvo.learn import runs
 from exvo.learn.features import Scaler, load_features, parse_specs, report_missing
 from exvo.learn.framework import TrainConfig, train_seeds
 from exvo.learn.probe import probe_layers
 
-VARIANTS = {
-    "none": "g∘f: emotion encoder + classifier, no personalisation",
-    "finetune": "g∘f, then per speaker a copy fine-tuned on its support clips (official baseline's idea)",
-    "enrol": "EIHW g∘f∘g̃: enrolment encoder on 2 same-speaker clips, e = z + z·softmax(z̃)",
-    "znorm": "speaker normalisation by the support clips (features centred, or prediction shift)",
-}
-ZNORM_MODES = ("features", "residual")
 FT_GRID = [("all", 1, 1e-4), ("all", 10, 1e-4), ("all", 10, 1e-3), ("head", 10, 1e-3), ("head", 10, 1e-2),
            ("bias", 10, 1e-2), ("bias", 10, 5e-2)]
 """``ft_select``: (weights moved, AdamW steps, lr) tried on the held-out Train speakers; the first is the baseline's."""

@@ -25,14 +25,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from exvo.fewshot.registry import HEADS
 from exvo.learn.framework import LearnerModule
 from exvo.learn.losses import ccc_loss, cross_entropy, grad_reverse
 
-HEADS = {
-    "h": "speaker classifier on z behind gradient reversal",
-    "h~": "speaker classifier on the enrolment embedding z~",
-    "f~": "emotion classifier on z~ behind gradient reversal",
-}
 N_EMO = 10
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
+from exvo.fewshot.registry import FT_LOSSES, FT_PARAMS
 from exvo.learn.framework import SeedStack
 
 Batch = dict[str, torch.Tensor]
@@ -104,9 +105,6 @@ def episode_enrolment(episodes) -> tuple[np.ndarray, np.ndarray]:
             np.concatenate(enr) if enr else np.zeros((0, 2), np.int64))
 
 
-FT_LOSSES = ("mse", "ccc")
-FT_PARAMS = {"all": "every weight (the official baseline)", "head": "the classifier f only",
-             "bias": "the output bias of f only (a per-speaker shift of the logits)"}
 
 
 def _tuned(names, which: str) -> list[str]:
