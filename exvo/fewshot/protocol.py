@@ -295,7 +295,8 @@ def score_submission(ids: list[str], emotions: np.ndarray, corpus: Corpus, proto
     in_sup = [i for i in ids if i in sup]
     if in_sup:
         raise FewShotError(f"the predictions include {len(in_sup)} support clip(s) [{_listing(in_sup)}]; support clips "
-                           "are never scored: predict the query clips only")
+                           "are never scored: predict the query clips only (or the predictions were made with another support "
+                           "set: score with the run's --support-seed / --support-file)")
     missing = [i for i in want if i not in got]
     extra = [i for i in ids if i not in set(want)]
     if missing or extra:
