@@ -133,7 +133,10 @@ def score(
     pred: Path = typer.Argument(..., help="Prediction CSV: File_ID,Country,Age,<10 emotions>."),
     data: Optional[Path] = DataOpt,
     split: str = typer.Option("Val", help="Split to score against (Test needs hidden labels)."),
-    convention: str = typer.Option("challenge", help="CCC convention: challenge (official ExVo) or population."),
+    convention: str = typer.Option("challenge", help="CCC convention: challenge (official ExVo) or population (multitask; the fewshot track is always population)."),
+    track: str = typer.Option("multitask", help="multitask (File_ID,Country,Age,<emotions>) | fewshot (File_ID,<emotions> of the query clips; population CCC + 95 % bootstrap CI)."),
+    support_seed: Optional[int] = typer.Option(None, help="fewshot, Val: random support clips with this seed (default: each speaker's first 2)."),
+    support_file: Optional[Path] = typer.Option(None, help="fewshot: labelled support file (data_info.csv columns); Test default <data>/fewshot_support.csv."),
 ):
     """Score a prediction file; prints JSON (ccc, uar, mae, s_mtl, ccc_per_emotion)."""
     import warnings
@@ -141,6 +144,14 @@ def score(
     from exvo.predictions import Predictions, score as score_fn
 
     corpus = load_corpus(data)
+    if track == "fewshot":
+        from exvo.fewshot.protocol import protocol_for, read_submission, score_submission
+
+        proto = protocol_for(corpus, split, support_seed, support_file)
+        typer.echo(json.dumps(score_submission(*read_submission(pred), corpus, proto), indent=2))
+        return
+    if track != "multitask":
+        _fail(f"unknown --track {track!r}; choose multitask or fewshot")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = score_fn(Predictions.read(pred), corpus, split, convention)  # type: ignore[arg-type]
@@ -254,6 +265,50 @@ def learn(
     cfg = LearnConfig(features=[f.strip() for f in features.split(",") if f.strip()], learner=learner, arch=arch,
                       seeds=seeds, loss=loss, epochs=epochs, patience=patience, batch_size=batch_size, device=device)
     result = run_learn(corpus, cfg, cache_dir=cache, runs_dir=runs, name=name, echo=typer.echo, overwrite=overwrite)
+    typer.echo(result.summary_line())
+
+
+from exvo.fewshot.registry import FT_LOSSES, FT_PARAMS, HEADS, VARIANTS, ZNORM_MODES  # noqa: E402  (no torch)
+
+
+@app.command()
+@friendly
+def fewshot(
+    features: str = typer.Option(..., "--features", "-f", help="Comma-separated feature sets, early-fused (as `exvo learn`)."),
+    variant: str = typer.Option("none", help="; ".join(f"{k}: {v}" for k, v in VARIANTS.items())),
+    heads: str = typer.Option("", help="Auxiliary heads (EIHW Table 1), comma-separated: "
+                              + "; ".join(f"{k}: {v}" for k, v in HEADS.items())),
+    seeds: int = typer.Option(5, help="Number of seeds; results are mean ± std over seeds and the seed ensemble."),
+    epochs: int = typer.Option(30, help="Maximum epochs."),
+    patience: int = typer.Option(8, help="Early-stopping patience on held-out Train speakers (best epoch restored)."),
+    batch_size: int = typer.Option(16, help="Batch size."),
+    lr: float = typer.Option(1e-3, help="AdamW learning rate."),
+    holdout: float = typer.Option(0.2, help="Fraction of Train speakers held out for model selection (Val never chooses)."),
+    ft_steps: int = typer.Option(1, help="finetune: AdamW steps per speaker on its support clips (baseline: 1)."),
+    ft_lr: float = typer.Option(1e-4, help="finetune: learning rate of those steps (baseline: 1e-4)."),
+    ft_loss: str = typer.Option("mse", help="finetune: " + " | ".join(FT_LOSSES) + " (mse: the baseline's)."),
+    ft_select: bool = typer.Option(False, "--ft-select", help="finetune: choose weights/steps/lr from a small grid on the held-out Train speakers (overrides the three options)."),
+    ft_params: str = typer.Option("all", help="finetune: which weights move: " + "; ".join(f"{k}: {v}" for k, v in FT_PARAMS.items())),
+    znorm: str = typer.Option("features", help="znorm: " + " | ".join(ZNORM_MODES) + " (features: centre each speaker on its support clips; residual: shift predictions by the mean support residual)."),
+    support_seed: Optional[int] = typer.Option(None, help="Val support: random clips with this seed (default: each speaker's first 2)."),
+    support_file: Optional[Path] = typer.Option(None, help="Test support: labelled file in data_info.csv format (default <data>/fewshot_support.csv)."),
+    name: Optional[str] = typer.Option(None, help="Run folder name (default derived); written to <runs>/fewshot/NAME."),
+    device: str = typer.Option("cpu", help="cpu | cuda | auto."),
+    data: Optional[Path] = DataOpt,
+    cache: Path = CacheOpt,
+    runs: Path = RunsOpt,
+):
+    """ExVo-FewShot: train on Train, personalise with 2 support clips per Val/Test speaker, score the query clips."""
+    from exvo.fewshot.api import FewShotConfig, fewshot as run_fewshot
+
+    corpus = load_corpus(data)
+    cfg = FewShotConfig(features=[f.strip() for f in features.split(",") if f.strip()], variant=variant,
+                        heads=[h for h in heads.split(",") if h.strip()], seeds=seeds, epochs=epochs, patience=patience,
+                        batch_size=batch_size, lr=lr, holdout=holdout, ft_steps=ft_steps, ft_lr=ft_lr, ft_loss=ft_loss, ft_params=ft_params,
+                        ft_select=ft_select,
+                        znorm=znorm, support_seed=support_seed,
+                        support_file=str(support_file) if support_file else None, device=device)
+    result = run_fewshot(corpus, cfg, cache_dir=cache, runs_dir=runs, name=name, echo=typer.echo)
     typer.echo(result.summary_line())
 
 

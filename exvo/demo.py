@@ -13,11 +13,20 @@ subtask learnable, and not trivial:
 * country: a typical recording channel (band-pass + hum + room) around which each
   speaker's own device scatters, a vocal-tract-length and tempo style, and different
   preferences over burst types;
-* labels carry rater noise that the audio does not reflect, so no score is perfect.
+* labels carry rater noise that the audio does not reflect, so no score is perfect;
+* emotional style (for the few-shot track): each speaker has a disposition (every burst
+  type's emotion profile shifted by the speaker's own N(0, 0.2) per emotion: one
+  speaker's bursts are more awkward, another's more triumphant), a gain (how strongly all emotion
+  effects move the acoustics, log-normal, σ 0.3), an own direction (a random 3 × 10
+  response of log-f0, F1 and F2 to the 10 emotions, σ 0.6; pitch only ±10 % so that
+  pitch stays an age cue) and resting offsets of F1, F2 and loudness, so that the same acoustics mean different emotions for different
+  speakers and a few clips of a speaker help.
 
 Speakers are split speaker-disjointly into Train/Val/Test (50/25/25 %). Test rows in
 ``data_info.csv`` have empty labels; their labels go to ``hidden_test_labels.csv``
-so that ``exvo score --split Test`` works on the demo. A few clips are written
+so that ``exvo score --split Test`` works on the demo, and ``fewshot_support.csv`` (same
+columns, labelled) holds the first 2 clips of every Test speaker: the few-shot track's
+Test support set (``exvo fewshot --support-file``). A few clips are written
 stereo or at 44.1/48 kHz, as in real corpora.
 """
 from __future__ import annotations
@@ -33,6 +42,8 @@ from exvo.metrics import COUNTRIES, EMOTIONS
 
 SR = SAMPLE_RATE
 _E = {e: k for k, e in enumerate(EMOTIONS)}
+SUPPORT_FILE = "fewshot_support.csv"
+SUPPORT_SHOTS = 2
 
 # Burst types: (emotion profile, preference per country)
 _TYPES = {
@@ -64,6 +75,10 @@ class Speaker:
     band: tuple        # (low, high) Hz of the speaker's recording device
     hum: float         # mains hum frequency, Hz
     room: float        # echo gain of the speaker's room
+    gain: float = 1.0           # emotional style: how strongly the acoustics follow the emotions
+    style: tuple = ()           # emotional style: (3, 10) extra log-f0 / F1 / F2 response per emotion
+    rest: tuple = (0.0, 0.0, 0.0)  # resting F1 (Hz), F2 (Hz) and loudness (log) offsets
+    profile: tuple = ()         # emotional style: (10,) shift of the emotions all of the speaker's bursts convey
 
 
 def _speakers(n: int, rng: np.random.Generator) -> list[Speaker]:
@@ -85,15 +100,21 @@ def _speakers(n: int, rng: np.random.Generator) -> list[Speaker]:
             band=(lo * float(np.exp(rng.normal(0, 0.35))), min(7800.0, hi * float(np.exp(rng.normal(0, 0.2))))),
             hum=style["hum"] if rng.random() < 0.75 else 110.0 - style["hum"],
             room=float(max(0.0, style["room"] + rng.normal(0, 0.08))),
+            gain=float(np.clip(np.exp(rng.normal(0, 0.3)), 0.5, 2.0)),
+            style=tuple(rng.normal(0, 0.6, size=3 * len(EMOTIONS)).round(4).tolist()),
+            rest=(float(rng.normal(0, 50)), float(rng.normal(0, 100)), float(rng.normal(0, 0.25))),
+            profile=tuple(rng.normal(0, 0.2, size=len(EMOTIONS)).round(4).tolist()),
         ))
     return out
 
 
-def _emotions(kind: str, rng: np.random.Generator) -> np.ndarray:
+def _emotions(kind: str, rng: np.random.Generator, spk: Speaker | None = None) -> np.ndarray:
     profile, _ = _TYPES[kind]
     v = np.zeros(len(EMOTIONS))
     for e, w in profile.items():
         v[_E[e]] = w
+    if spk is not None and spk.profile:     # the speaker's disposition: all its bursts lean this way
+        v = np.maximum(0.0, v + np.asarray(spk.profile))
     strength = rng.uniform(0.45, 1.0)
     v = v * strength * rng.uniform(0.7, 1.15, size=v.size) + rng.gamma(0.6, 0.06, size=v.size)
     return np.clip(v, 0.0, 1.0).round(4)
@@ -111,13 +132,18 @@ def _synth(kind: str, emo: np.ndarray, spk: Speaker, rng: np.random.Generator) -
     from scipy.signal import butter, sosfilt
 
     style = _COUNTRY[spk.country]
+    # the speaker's emotional style: every emotion effect below is scaled by the speaker's gain,
+    # and the speaker's own direction (a 3 x 10 response) moves pitch and formants on top
+    emo = emo * spk.gain
+    own = np.asarray(spk.style).reshape(3, len(EMOTIONS)) @ emo if spk.style else np.zeros(3)
     arousal = emo[[_E["Excitement"], _E["Fear"], _E["Horror"], _E["Triumph"], _E["Surprise"]]].mean()
+    tempo = style["tempo"]              # tempo stays a country cue, not a personal one
     dur = {"laugh": 1.8, "gasp": 0.9, "cry": 2.8, "aah": 2.0, "sigh": 1.5}[kind]
-    dur = float(np.clip(dur / style["tempo"] * np.exp(rng.normal(0, 0.25)), 0.4, 5.0))
+    dur = float(np.clip(dur / tempo * np.exp(rng.normal(0, 0.25)), 0.4, 5.0))
     n = int(dur * SR)
     t = np.arange(n) / SR
     # pitch contour: arousal raises it; surprise glides up, sadness down; distress trembles
-    f0 = spk.f0 * (1.0 + 0.6 * arousal + 0.15 * emo[_E["Amusement"]])
+    f0 = spk.f0 * (1.0 + 0.6 * arousal + 0.15 * emo[_E["Amusement"]]) * float(np.exp(0.1 * np.tanh(own[0])))
     glide = 0.35 * emo[_E["Surprise"]] - 0.3 * emo[_E["Sadness"]]
     contour = f0 * (1.0 + glide * (t / dur - 0.5)) * (1.0 + 0.04 * emo[_E["Distress"]] * np.sin(2 * np.pi * 5.5 * t))
     contour *= 1.0 + spk.jitter * rng.standard_normal(n).cumsum() / np.sqrt(np.arange(1, n + 1))
@@ -129,13 +155,14 @@ def _synth(kind: str, emo: np.ndarray, spk: Speaker, rng: np.random.Generator) -
     src = (1.0 - noisy) * voiced + (noisy + spk.breath) * noise
     # formants: vowel opens (F1 up) with arousal; speaker/country vocal tract scale
     scale = spk.formant * style["vtl"]
-    f1 = (520 + 250 * arousal + 120 * emo[_E["Awe"]]) * scale
-    f2 = (1500 - 350 * emo[_E["Sadness"]] + 300 * emo[_E["Amusement"]]) * scale
+    f1 = (520 + spk.rest[0] + 250 * arousal + 120 * emo[_E["Awe"]] + 120 * np.tanh(own[1])) * scale
+    f2 = (1500 + spk.rest[1] - 350 * emo[_E["Sadness"]] + 300 * emo[_E["Amusement"]] + 250 * np.tanh(own[2])) * scale
+    f1, f2 = max(f1, 200.0), max(f2, f1 + 300.0)
     f3 = 2600 * scale
     y = _resonator(src, f1, 90) + 0.6 * _resonator(src, f2, 120) + 0.3 * _resonator(src, f3, 180)
     # amplitude envelope by burst type
     if kind == "laugh":
-        rate = (3.5 + 3.0 * emo[_E["Amusement"]] + 1.5 * arousal) * style["tempo"]
+        rate = (3.5 + 3.0 * emo[_E["Amusement"]] + 1.5 * arousal) * tempo
         env = np.clip(np.sin(np.pi * ((t * rate) % 1.0)) ** 2 * (1.0 - 0.5 * t / dur), 0, None)
     elif kind == "gasp":
         env = np.minimum(1.0, t / (0.3 * dur)) * np.exp(-np.maximum(0.0, t - 0.3 * dur) * 6)
@@ -148,7 +175,8 @@ def _synth(kind: str, emo: np.ndarray, spk: Speaker, rng: np.random.Generator) -
         env = np.exp(-t * (1.5 + 2.0 * emo[_E["Sadness"]]))
     env *= np.minimum(1.0, t / 0.01) * np.minimum(1.0, (dur - t) / 0.02)
     y = y * env
-    y = y / (np.abs(y).max() + 1e-9) * (0.25 + 0.55 * arousal) * float(np.exp(rng.normal(0, 0.2)))
+    level = (0.25 + 0.55 * arousal) * float(np.exp(spk.rest[2] + rng.normal(0, 0.2)))
+    y = y / (np.abs(y).max() + 1e-9) * min(level, 0.95)
     # recording channel of the country: band-pass, room, mains hum, noise floor
     sos = butter(2, spk.band, btype="bandpass", fs=SR, output="sos")
     y = sosfilt(sos, y)
@@ -203,7 +231,7 @@ def make_demo_corpus(out_dir: str | Path, speakers: int = 60, clips_per_speaker:
         prefs = np.array([_TYPES[kd][1][sp.country] for kd in kinds])
         for _ in range(clips_per_speaker):
             kind = kinds[rng.choice(len(kinds), p=prefs / prefs.sum())]
-            emo = _emotions(kind, rng)
+            emo = _emotions(kind, rng, sp)
             y = _synth(kind, emo, sp, rng)
             # the audio follows the true mix; the labels carry rater disagreement on top
             emo = np.clip(emo + rng.normal(0, 0.1, size=emo.size), 0.0, 1.0).round(4)
@@ -226,7 +254,13 @@ def make_demo_corpus(out_dir: str | Path, speakers: int = 60, clips_per_speaker:
             k += 1
             bar.update()
     bar.close()
-    for name, body in (("data_info.csv", rows), (HIDDEN_LABELS_FILE, hidden)):
+    # the few-shot track's labelled support set of every Test speaker: its first SUPPORT_SHOTS clips
+    support, seen = [], {}
+    for r in hidden:
+        seen[r[2]] = seen.get(r[2], 0) + 1
+        if seen[r[2]] <= SUPPORT_SHOTS:
+            support.append(r)
+    for name, body in (("data_info.csv", rows), (HIDDEN_LABELS_FILE, hidden), (SUPPORT_FILE, support)):
         with open(out / name, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(header)

@@ -17,6 +17,8 @@ Writes ``report.md``, ``report.csv`` and the PNG figures to ``out_dir``:
 
 and the sections of the other tracks and tools (each skipped when it has nothing to show):
 
+* ExVo-FewShot table of ``<runs>/fewshot/`` runs (Val CCC, bootstrap CI; :mod:`exvo.fewshot.report`)
+
 * ``train_vs_val_*.png``    FID tables of ``exvo fid --table`` found in ``<runs>/fid/`` (:mod:`exvo.generate.table`)
 * ``verify_*.png``          enrol-to-verify: UAR against N_p, and a 2-D projection of prototypes
                             (runs in ``<runs>/verify/``, :mod:`exvo.verify.figures`)
@@ -42,19 +44,21 @@ MAX_CELL = 44
 
 @dataclass
 class Section:
-    """An extra part of the report: markdown text, figures ``[(title, path)]`` and notes."""
+    """An extra part of the report: markdown text, figures ``[(title, path)]``, notes, and the
+    lines it adds to the terminal output (``text``, e.g. a plain-text table)."""
 
     title: str
     markdown: str = ""
     figures: list[tuple[str, Path]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
 
 
 SectionFn = Callable[[list[Row], Path, "Corpus | None", Path], "Section | None"]
 SECTIONS: list[SectionFn] = []
 """Extra report sections, called in order with ``(rows, out_dir, corpus, runs_dir)`` after the main table."""
 
-SECTION_PROVIDERS = ("exvo.generate.table", "exvo.verify.figures")
+SECTION_PROVIDERS = ("exvo.fewshot.report", "exvo.verify.figures", "exvo.generate.table")
 """Modules whose ``report_section(rows, out_dir, corpus, runs_dir)`` adds a section (imported when a report is made)."""
 
 
@@ -243,6 +247,6 @@ def make_report(runs_dir: str | Path, out_dir: str | Path, corpus: Corpus | None
     text = [_text_table(cells), ""] + [f"  {n}" for n in notes]
     text += [f"  figure: {p}" for _, p in made] + [f"  {n}" for n in fig_notes]
     for sec in sections:
-        text += [f"  figure: {p}" for _, p in sec.figures] + [f"  {n}" for n in sec.notes]
+        text += sec.text + [f"  figure: {p}" for _, p in sec.figures] + [f"  {n}" for n in sec.notes]
     text.append(f"  written: {out_dir / 'report.md'}, {out_dir / 'report.csv'}")
     return "\n".join(text)
