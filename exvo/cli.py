@@ -139,6 +139,7 @@ def extract(
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild the cache even if it exists (other settings are otherwise refused)."),
     max_failures: Optional[str] = typer.Option(None, help="Abort once more clips than this fail: a count (10), fraction (0.05) or percentage (5%)."),
     epochs: Optional[int] = typer.Option(None, help="Task CNNs: cap on training epochs (default: until the lr falls below 1e-6)."),
+    rms_db: Optional[float] = typer.Option(None, help="SSL: RMS-normalise every clip to this level in dBFS before the model (Burst2Vec: -3); stored in the cache config."),
     list_models: bool = typer.Option(False, "--list", help="List the registered extractors and exit."),
 ):
     """Stage 1: extract utterance embeddings of every clip into the HDF5 cache (resumable)."""
@@ -154,9 +155,12 @@ def extract(
     if find(model, cache) is None:  # registered, or a CNN trained with `exvo train-cnn`
         _fail(f"unknown extractor {model!r}; choose one of: {', '.join(names())} "
               f"(or a CNN trained with `exvo train-cnn`, looked up in {cache}/models/)")
+    if rms_db is not None and model not in ("wavlm", "hubert", "wav2vec2"):
+        _fail(f"--rms-db applies to the SSL models (wavlm, hubert, wav2vec2), not to {model!r}; drop it")
     corpus = load_corpus(data)
     opts = ExtractOptions(checkpoint=checkpoint, device=device, precision=precision, batch_seconds=batch_seconds,
-                          workers=workers, chunk_seconds=chunk_seconds, dtype=dtype, train_epochs=epochs)
+                          workers=workers, chunk_seconds=chunk_seconds, dtype=dtype, train_epochs=epochs,
+                          rms_db=rms_db)
     try:
         s = run_extract(corpus, model, cache, opts, overwrite=overwrite, max_failures=max_failures,
                         progress=sys.stderr.isatty() or bool(os.environ.get("EXVO_PROGRESS")))
@@ -199,6 +203,59 @@ def learn(
                       seeds=seeds, loss=loss, epochs=epochs, patience=patience, batch_size=batch_size, device=device)
     result = run_learn(corpus, cfg, cache_dir=cache, runs_dir=runs, name=name, echo=typer.echo)
     typer.echo(result.summary_line())
+
+
+@app.command()
+@friendly
+def finetune(
+    model: str = typer.Option(..., "--model", "-m", help="Speech model to fine-tune: hubert | wav2vec2 | wavlm."),
+    checkpoint: Optional[str] = typer.Option(None, help="Hub id or local folder for from_pretrained (default: the extractor's default checkpoint)."),
+    learner: str = typer.Option("burst2vec", help="Head trained with the encoder: burst2vec."),
+    alpha1: float = typer.Option(0.5, help="Burst2Vec: weight of the reversed task-discrimination loss (0 = off)."),
+    alpha2: float = typer.Option(0.25, help="Burst2Vec: weight of the reversed task-specific adversarial losses (0 = off)."),
+    emotion_loss: str = typer.Option("ccc", help="Burst2Vec emotion loss: ccc (1 - CCC, the paper) | mse."),
+    age_loss: str = typer.Option("mae", help="Burst2Vec age loss on [0, 1] ages: mae (the paper) | mse."),
+    oversample: bool = typer.Option(False, "--oversample", help="Oversample Train over joint (country, age range, dominant emotion) cells."),
+    seeds: int = typer.Option(1, help="Number of seeds (models trained one after another)."),
+    epochs: int = typer.Option(100, help="Maximum epochs."),
+    patience: int = typer.Option(10, help="Early-stopping patience in epochs (best epoch restored)."),
+    batch_size: int = typer.Option(32, help="Clips per (single-task) batch."),
+    lr: float = typer.Option(1e-5, help="Adam learning rate for every weight."),
+    precision: str = typer.Option("auto", help="auto (fp16 autocast on CUDA, fp32 on CPU) | fp32 | fp16 | bf16."),
+    freeze_feature_encoder: bool = typer.Option(True, help="Keep the CNN front end frozen."),
+    holdout: float = typer.Option(0.1, help="Fraction of Train speakers held out for early stopping."),
+    rms_db: Optional[float] = typer.Option(None, help="RMS-normalise every clip to this level in dBFS first (the paper: -3)."),
+    export: Optional[Path] = typer.Option(None, help="Also copy the first seed's fine-tuned encoder to this new folder (for `exvo extract --checkpoint`)."),
+    name: Optional[str] = typer.Option(None, help="Run folder name (default <model>-finetuned_burst2vec)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    data: Optional[Path] = DataOpt,
+    runs: Path = RunsOpt,
+):
+    """Fine-tune a speech model end to end with the Burst2Vec head on raw audio (resumable per epoch)."""
+    from exvo.learn.burst2vec import Burst2VecConfig
+    from exvo.learn.finetune import FinetuneConfig, export_encoder, finetune as run_finetune
+
+    if learner != "burst2vec":
+        _fail(f"--learner {learner!r} cannot be fine-tuned end to end; choose burst2vec")
+    if export is not None and export.exists():
+        _fail(f"--export {export} already exists; choose a new folder for the exported encoder")
+    corpus = load_corpus(data)
+    head = Burst2VecConfig(alpha1=alpha1, alpha2=alpha2, emotion_loss=emotion_loss, age_loss=age_loss,
+                           oversample=oversample)
+    cfg = FinetuneConfig(model=model, checkpoint=checkpoint, head=head, seeds=seeds, epochs=epochs, patience=patience,
+                         batch_size=batch_size, lr=lr, precision=precision, freeze_feature_encoder=freeze_feature_encoder,
+                         holdout=holdout, rms_db=rms_db, device=device)
+    try:
+        run_dir, metrics = run_finetune(corpus, cfg, runs_dir=runs, name=name, echo=typer.echo,
+                                        progress=sys.stderr.isatty())
+    except KeyboardInterrupt:
+        _fail("interrupted; finished epochs are saved. Run the same command again to resume", code=130)
+    if metrics is not None:
+        from exvo.learn.runs import summary_line
+
+        typer.echo(summary_line(run_dir, metrics))
+    if export is not None:
+        typer.echo(f"exported the encoder to {export_encoder(run_dir, export)}")
 
 
 @app.command()
