@@ -178,17 +178,41 @@ def extract(
 
 
 # --------------------------------------------------------------------------- stage 2
+def _learner_help() -> str:
+    try:
+        from exvo.learn.registry import describe, names
+
+        names()  # loads $EXVO_LEARNERS
+        return "Learner: " + "; ".join(f"{k} ({v})" for k, v in describe().items()) + "."
+    except Exception:  # help must render even if a learner fails to import
+        return "Learner name (see exvo.learn.registry)."
+
+
+def _preset_help() -> str:
+    from exvo.learn.presets import HELP
+
+    return "Protocol: " + "; ".join(f"{k} = {v}" for k, v in HELP.items()) + ". Explicit options override it."
+
+
 @app.command()
 @friendly
 def learn(
     features: str = typer.Option(..., "--features", "-f", help="Comma-separated feature sets, early-fused: e.g. wavlm@12,raw_exvo_er. SSL sets take @LAYER or @best."),
-    learner: str = typer.Option("mlp", help="mlp | xgb."),
-    arch: str = typer.Option("sys2", help="MLP: sys1 (128/64, the official baseline) | sys2 (256/128)."),
+    learner: str = typer.Option("mlp", help=_learner_help()),
+    preset: str = typer.Option("default", help=_preset_help()),
+    arch: Optional[str] = typer.Option(None, help="MLP: sys1 (128/64, the official baseline) | sys2 (256/128). Default: the preset's (sys2; baseline: sys1)."),
     seeds: int = typer.Option(5, help="Number of seeds; results are mean ± std over seeds."),
-    loss: str = typer.Option("uncertainty", help="MLP task weighting: uncertainty (learned, as the baseline) | mean."),
-    epochs: int = typer.Option(20, help="MLP: maximum epochs."),
-    patience: int = typer.Option(5, help="MLP: early-stopping patience (the best epoch is restored)."),
-    batch_size: int = typer.Option(8, help="MLP: batch size."),
+    stop_on: Optional[str] = typer.Option(None, help="Where early stopping, the epoch and the @best layer are chosen: holdout (a speaker-disjoint part of Train, stratified by country; Val stays clean) | val (the papers' protocol; Val scores marked optimistic †). Default: the preset's."),
+    loss: Optional[str] = typer.Option(None, help="How the task losses are combined: uncertainty (learned weights, as the baseline) | mean | fixed (see --loss-weights)."),
+    emotion_loss: Optional[str] = typer.Option(None, help="mse (the 10 MSEs summed, baseline) | ccc (1 − batch CCC)."),
+    age_loss: Optional[str] = typer.Option(None, help="mse | mae (on standardised age)."),
+    loss_weights: Optional[str] = typer.Option(None, help="With --loss fixed: weights of emotions,country,age, e.g. 1,0.5,0.5."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (preset: 20; fast: 60)."),
+    patience: Optional[int] = typer.Option(None, help="Early-stopping patience in epochs (preset: 5)."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (preset: 8; fast: 256)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (preset: 1e-3; fast: 8e-3 with warm-up and cosine decay)."),
+    threads: int = typer.Option(0, help="CPU threads; 0 = automatic: the idle cores now (cores minus load), or $OMP_NUM_THREADS if set."),
+    opt: Optional[List[str]] = typer.Option(None, "--opt", help="A learner's own setting KEY=VALUE (repeatable), e.g. --opt max_bin=64 for xgb."),
     name: Optional[str] = typer.Option(None, help="Run folder name (default derived from features/learner/arch)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     data: Optional[Path] = DataOpt,
@@ -198,9 +222,23 @@ def learn(
     """Stage 2: train a multitask learner on cached features; report Val scores; write predictions."""
     from exvo.learn.api import LearnConfig, learn as run_learn
 
+    options = {}
+    for item in opt or []:
+        if "=" not in item:
+            _fail(f"--opt expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        options[k.strip()] = v.strip()
+    weights = None
+    if loss_weights is not None:
+        try:
+            weights = tuple(float(x) for x in loss_weights.split(","))
+        except ValueError:
+            _fail(f"--loss-weights expects 3 numbers like 1,0.5,0.5, got {loss_weights!r}")
     corpus = load_corpus(data)
-    cfg = LearnConfig(features=[f.strip() for f in features.split(",") if f.strip()], learner=learner, arch=arch,
-                      seeds=seeds, loss=loss, epochs=epochs, patience=patience, batch_size=batch_size, device=device)
+    cfg = LearnConfig(features=[f.strip() for f in features.split(",") if f.strip()], learner=learner, preset=preset,
+                      arch=arch, seeds=seeds, loss=loss, emotion_loss=emotion_loss, age_loss=age_loss,
+                      loss_weights=weights, epochs=epochs, patience=patience, batch_size=batch_size, lr=lr,
+                      stop_on=stop_on, threads=threads, options=options, device=device)
     result = run_learn(corpus, cfg, cache_dir=cache, runs_dir=runs, name=name, echo=typer.echo)
     typer.echo(result.summary_line())
 

@@ -186,7 +186,8 @@ def load_features(corpus: Corpus, specs: Sequence[FeatureSpec], cache_dir: str |
                 raise FeatureError(f"{spec.text}: @best needs a layer probe")
             layer, info = probe_fn(c, corpus)
             echo(f"{spec.text}: layer {layer} of {c.n_layers} chosen by a closed-form ridge probe "
-                 f"(Train → Val S_MTL; optimistic for Val) — scores: "
+                 f"({info.get('method', 'ridge probe')}"
+                 + ("; optimistic for Val" if info.get("selected_on", "val") == "val" else "") + ") — scores: "
                  + " ".join(f"{k}:{v:.3f}" for k, v in info["layer_scores"].items()))
         blocks.append(FeatureBlock(spec.text, spec.name, int(layer), how, c.n_layers, c.dim, str(c.path),
                                    c.config, c.fingerprint, info))
