@@ -213,6 +213,9 @@ def learn(
     lr: Optional[float] = typer.Option(None, help="Learning rate (preset: 1e-3; fast: 8e-3 with warm-up and cosine decay)."),
     threads: int = typer.Option(0, help="CPU threads; 0 = automatic: the idle cores now (cores minus load), or $OMP_NUM_THREADS if set."),
     opt: Optional[List[str]] = typer.Option(None, "--opt", help="A learner's own setting KEY=VALUE (repeatable), e.g. --opt max_bin=64 for xgb."),
+    alpha1: Optional[float] = typer.Option(None, help="burst2vec: weight of the reversed task-discrimination loss (default 0.5; 0 = off)."),
+    alpha2: Optional[float] = typer.Option(None, help="burst2vec: weight of the reversed task-specific adversarial losses (default 0.25; 0 = off)."),
+    oversample: bool = typer.Option(False, "--oversample", help="burst2vec: oversample Train over joint (country, age range, dominant emotion) cells."),
     name: Optional[str] = typer.Option(None, help="Run folder name (default derived from features/learner/arch)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     data: Optional[Path] = DataOpt,
@@ -228,6 +231,10 @@ def learn(
             _fail(f"--opt expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         options[k.strip()] = v.strip()
+    # learner-specific flags are options of that learner (another learner refuses them by name)
+    for k, v in (("alpha1", alpha1), ("alpha2", alpha2), ("oversample", oversample or None)):
+        if v is not None:
+            options[k] = v
     weights = None
     if loss_weights is not None:
         try:
@@ -262,6 +269,7 @@ def finetune(
     precision: str = typer.Option("auto", help="auto (fp16 autocast on CUDA, fp32 on CPU) | fp32 | fp16 | bf16."),
     freeze_feature_encoder: bool = typer.Option(True, help="Keep the CNN front end frozen."),
     holdout: float = typer.Option(0.1, help="Fraction of Train speakers held out for early stopping."),
+    stop_on: str = typer.Option("holdout", help="Where early stopping chooses: holdout (speaker-disjoint part of Train) | val (the paper's; Val scores optimistic †)."),
     rms_db: Optional[float] = typer.Option(None, help="RMS-normalise every clip to this level in dBFS first (the paper: -3)."),
     export: Optional[Path] = typer.Option(None, help="Also copy the first seed's fine-tuned encoder to this new folder (for `exvo extract --checkpoint`)."),
     name: Optional[str] = typer.Option(None, help="Run folder name (default <model>-finetuned_burst2vec)."),
@@ -282,7 +290,7 @@ def finetune(
                            oversample=oversample)
     cfg = FinetuneConfig(model=model, checkpoint=checkpoint, head=head, seeds=seeds, epochs=epochs, patience=patience,
                          batch_size=batch_size, lr=lr, precision=precision, freeze_feature_encoder=freeze_feature_encoder,
-                         holdout=holdout, rms_db=rms_db, device=device)
+                         holdout=holdout, stop_on=stop_on, rms_db=rms_db, device=device)
     try:
         run_dir, metrics = run_finetune(corpus, cfg, runs_dir=runs, name=name, echo=typer.echo,
                                         progress=sys.stderr.isatty())

@@ -128,6 +128,12 @@ class LearnConfig:
         opts = {}
         shorthands = {"arch": self.resolved()["arch"], "n_estimators": self.xgb_estimators,
                       "max_depth": self.xgb_depth, "n_jobs": self.xgb_jobs}
+        if "train" not in learner.uses:
+            # a learner with its own optimisation settings (burst2vec) still takes the shared
+            # options given explicitly, when its config has a field of that name
+            shorthands |= {k: getattr(self, k) for k in ("epochs", "patience", "batch_size", "lr", "weight_decay")}
+        if "loss" not in learner.uses:
+            shorthands |= {"emotion_loss": self.emotion_loss, "age_loss": self.age_loss}
         for k, val in shorthands.items():
             if k in known and val is not None:
                 opts[k] = val

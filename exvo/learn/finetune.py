@@ -6,7 +6,9 @@ The paper's own setting (Chen et al. 2022, §3-4, App. C): raw 16 kHz audio → 
 :class:`~exvo.learn.burst2vec.Burst2Vec`. Batches are per task (32 clips of one task),
 zero-padded to the longest clip with an attention mask (when the checkpoint's feature
 extractor uses masks); Adam, lr 1e-5 on every weight, up to 100 epochs, early stopping on a
-speaker-disjoint part of Train (``holdout``; never Val), best epoch restored. The CNN front end
+speaker-disjoint, country-stratified part of Train (``holdout``, as ``exvo learn``; ``stop_on="val"``
+chooses on Val instead, the paper's protocol, and marks Val scores optimistic †), best epoch
+restored. The CNN front end
 is frozen by default (``freeze_feature_encoder``, as is usual for these models). On CUDA the
 forward runs under autocast (``precision`` auto = fp16 with a gradient scaler).
 
@@ -43,7 +45,7 @@ from exvo.learn import runs
 from exvo.learn.burst2vec import AgeScale, Burst2Vec, Burst2VecConfig, label_tensors, make_sampler
 from exvo.learn.framework import init_seed, order_seed
 from exvo.learn.targets import make_targets, selection_score
-from exvo.learn.xgb import holdout_split
+from exvo.learn.selection import SelectionConfig, selection_rows
 from exvo.predictions import Predictions, SeedPredictions, save_seed_predictions, save_split
 from exvo.preprocess import rms_normalise
 
@@ -56,7 +58,7 @@ class FinetuneConfig:
     """``model`` hubert | wav2vec2 | wavlm; ``checkpoint`` a hub id or local folder (default: the
     extractor's default checkpoint). ``head``: the Burst2Vec settings (its ``lr``/``epochs``/
     ``batch_size``/``patience`` are ignored here: this config's own apply). ``holdout``: fraction
-    of Train speakers held out for early stopping. ``rms_db``: RMS-normalise every clip to this
+    of Train speakers held out for early stopping (``stop_on`` holdout | val). ``rms_db``: RMS-normalise every clip to this
     level (dBFS) before the feature extractor, None = off."""
 
     model: str = "hubert"
@@ -72,6 +74,7 @@ class FinetuneConfig:
     precision: str = "auto"
     freeze_feature_encoder: bool = True
     holdout: float = 0.1
+    stop_on: str = "holdout"
     rms_db: float | None = None
     device: str = "auto"
 
@@ -292,7 +295,8 @@ def finetune(corpus: Corpus, cfg: FinetuneConfig, runs_dir: str | Path = "runs",
     ids = list(corpus.ids)
     rows = {sp: corpus.indices(sp) for sp in ("Train", "Val", "Test")}
     t = make_targets(corpus, ids, rows)
-    fit_rows, sel_rows = holdout_split(rows["Train"], corpus.speakers[rows["Train"]], cfg.holdout, 0)
+    sel = SelectionConfig(on=cfg.stop_on, holdout_frac=cfg.holdout)
+    fit_rows, sel_rows = selection_rows(corpus, ids, rows, sel)
     audio = AudioBatches(corpus, ids, fe, cfg.rms_db, _receptive_field(encoder.config))
     scale = AgeScale.fit(t.age[fit_rows])
     labels = label_tensors(t.emotions, t.country, t.age, scale)
@@ -331,8 +335,10 @@ def finetune(corpus: Corpus, cfg: FinetuneConfig, runs_dir: str | Path = "runs",
             "features": [f"{cfg.model}-finetuned"], "learner": "burst2vec", "seeds": seeds,
             "finetune": asdict(cfg) | {"checkpoint": ckpt, "checkpoint_info": info},
             "rms_db": cfg.rms_db,
-            "early_stopping": f"selection score (S_MTL with floors) on a speaker-disjoint {cfg.holdout:.0%} of "
-                              f"Train ({sel_rows.size} clips); best epoch restored",
+            "early_stopping": sel.describe() + "; best epoch restored",
+            "selection": asdict(sel) | {"description": sel.describe(), "fit_clips": int(fit_rows.size),
+                                        "selection_clips": int(sel_rows.size)},
+            "val_optimistic": sel.optimistic,
             "age_scale_years": {"min": scale.lo, "max": scale.hi},
             "clips": {"train": int(fit_rows.size), "early_stopping": int(sel_rows.size),
                       "val": int(rows["Val"].size), "test": int(rows["Test"].size)},
@@ -343,6 +349,8 @@ def finetune(corpus: Corpus, cfg: FinetuneConfig, runs_dir: str | Path = "runs",
         runs.write_json(tmp / "config.json", config)
         runs.write_json(tmp / "history.json", {"per_seed": histories})
         if metrics is not None:
+            metrics["selection"] = {"select_on": sel.on, "optimistic": sel.optimistic, "note": sel.describe()}
+            metrics["val_optimistic"] = sel.optimistic
             runs.write_json(tmp / "metrics.json", metrics)
         final = runs.commit(tmp, runs_dir / name)
     finally:

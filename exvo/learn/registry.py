@@ -187,6 +187,11 @@ def _register_builtins() -> None:
                             MLPConfig, lambda dim, c, loss: MultitaskMLP(dim, c.arch, loss)))
     register(Learner("xgb", "XGBoost: one booster per task and seed (emotions multi-output, country softprob, age)",
                      xgb.XGBConfig, xgb.fit, xgb.load, uses=frozenset({"loss.age"})))
+    from exvo.learn import burst2vec_learner as b2v
+    from exvo.learn.burst2vec import Burst2VecConfig
+
+    # its own optimisation settings and losses (the paper's); explicit shared options reach it by name
+    register(Learner("burst2vec", b2v.HELP, Burst2VecConfig, b2v.fit, b2v.load, uses=frozenset()))
 
 
 def save_meta(folder: Path, learner: str, cfg) -> None:
