@@ -208,3 +208,47 @@ def test_age_scale_round_trip():
     np.testing.assert_allclose(s.years(s.to01([31.5])), [31.5])
     lab = label_tensors(np.full((2, 10), np.nan), np.array([-1, 3]), np.array([np.nan, 39.0]), s)
     assert torch.isfinite(lab["emotions"]).all() and lab["country"].tolist() == [0, 3]
+
+
+# ------------------------------------------------------------------------- through the CLI
+def test_learn_burst2vec_through_the_cli_then_predict_and_fuse(tmp_path):
+    """`exvo learn --learner burst2vec` with its flags writes a normal run; `exvo predict` reloads it;
+    `exvo fuse --mean` over two Burst2Vec runs (Table 2's "Ensemble" rows) averages them."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from exvo.cli import app
+    from exvo.predictions import load_seed_predictions
+    from test_learn import make_corpus, write_cache
+
+    corpus, z = make_corpus(tmp_path / "corp")
+    rng = np.random.default_rng(0)
+    write_cache(tmp_path / "cache", corpus, "lin", np.concatenate([z, rng.normal(size=(len(corpus), 3))], 1)[:, None])
+    common = ["--data", str(corpus.root), "--cache", str(tmp_path / "cache"), "--runs", str(tmp_path / "runs")]
+    fast = ["--seeds", "2", "--epochs", "2", "--batch-size", "16", "--device", "cpu", "--threads", "1",
+            "--opt", "proj_dim=8", "--opt", "hidden=8", "--opt", "head_hidden=8"]
+    r = CliRunner().invoke(app, ["learn", "-f", "lin", "--learner", "burst2vec", "--alpha1", "0.3", "--oversample",
+                                 "--emotion-loss", "mse", *fast, *common])
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "runs" / "lin_burst2vec"
+    cfg = json.loads((run / "config.json").read_text())
+    lc = cfg["learner_config"]
+    assert (lc["alpha1"], lc["alpha2"], lc["oversample"], lc["emotion_loss"], lc["age_loss"]) == (0.3, 0.25, True, "mse", "mae")
+    assert (lc["epochs"], lc["batch_size"]) == (2, 16) and cfg["train"] is None     # its own settings, explicit ones on top
+    assert load_seed_predictions(run, "Val").emotions.shape[0] == 2
+    r = CliRunner().invoke(app, ["predict", str(run), "--split", "Val", *common[:4]])
+    assert r.exit_code == 0, r.output
+    from exvo.predictions import Predictions, load_split
+
+    again, saved = Predictions.read(r.output.strip().split()[-1]), load_split(run, "Val")
+    np.testing.assert_allclose(again.take(saved.ids).emotions, saved.emotions, rtol=1e-5, atol=1e-6)
+    r = CliRunner().invoke(app, ["learn", "-f", "lin", "--learner", "burst2vec", "--alpha1", "0", "--alpha2", "0",
+                                 "--name", "noadv", *fast, *common])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["fuse", "--mean", "lin_burst2vec", "noadv", "--name", "ens", *common[:2], *common[4:]])
+    assert r.exit_code == 0, r.output
+    a, b, ens = (load_split(tmp_path / "runs" / n, "Val") for n in ("lin_burst2vec", "noadv", "ens"))
+    np.testing.assert_allclose(ens.take(a.ids).emotions, (a.emotions + b.take(a.ids).emotions) / 2, rtol=1e-6)
+    r = CliRunner().invoke(app, ["learn", "-f", "lin", "--learner", "mlp", "--alpha1", "0.5", *common])
+    assert r.exit_code == 2 and "learner 'mlp' has no option 'alpha1'" in r.output

@@ -181,7 +181,7 @@ def test_a_learner_written_only_as_a_module_trains_through_the_cli(world2, tmp_p
     r = CliRunner().invoke(app, ["learn", "-f", "lin", "--learner", "toy", "--opt", "depth=2", *common])
     assert r.exit_code == 2 and "learner 'toy' has no option 'depth'; its options are: width" in r.output
     r = CliRunner().invoke(app, ["learn", "-f", "lin", "--learner", "svm", *common])
-    assert r.exit_code == 2 and "unknown learner 'svm'; choose one of ('mlp', 'xgb', 'toy')" in r.output
+    assert r.exit_code == 2 and "unknown learner 'svm'; choose one of ('mlp', 'xgb', 'burst2vec', 'toy')" in r.output
 
 
 def test_registry_refuses_a_taken_name_and_bad_outputs(world2, tmp_path, toy_learner):

@@ -329,6 +329,10 @@ def predict_run(run_dir: str | Path, corpus: Corpus, cache_dir: str | Path = "ca
     """
     run_dir = Path(run_dir)
     cfg = runs.read_config(run_dir)
+    if "finetune" in cfg:
+        raise ValueError(f"{run_dir} is an `exvo finetune` run (audio in, no feature cache); `exvo predict` applies "
+                         "runs over cached features. Extract with its encoder (`exvo extract --checkpoint "
+                         f"{run_dir}/models/encoder_seed0`) and train a learner on that cache instead")
     ids = corpus.split_ids(split)
     if not ids:
         raise CorpusError(f"{corpus.root} has no {split} rows to predict")

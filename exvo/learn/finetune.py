@@ -173,7 +173,8 @@ def predict_rows(model: EncoderBurst2Vec, audio: AudioBatches, rows: np.ndarray,
     for k in range(0, len(rows), batch_size):
         wav, lengths, mask = audio.batch(rows[k:k + batch_size], device)
         with amp:
-            o = model.head.outputs({"x": model.pooled(wav, lengths, mask).float()})
+            pooled = model.pooled(wav, lengths, mask)
+        o = model.head.outputs({"x": pooled.float()})
         outs.append((o["emotions"].float().cpu(), torch.softmax(o["country"].float(), -1).cpu(), o["age01"].float().cpu()))
     e, p, a = (torch.cat([o[i] for o in outs]).numpy() for i in range(3))
     return e, p, scale.years(a)
@@ -189,8 +190,10 @@ def _epoch(model, opt, scaler, amp, batches, audio: AudioBatches, device, desc: 
         batch = {k: v.to(device) for k, v in b.items() if k != "row"}
         opt.zero_grad(set_to_none=True)
         with amp:
-            batch["x"] = model.pooled(wav, lengths, mask).float()
-            loss = model.head(batch, train_loss=True)
+            pooled = model.pooled(wav, lengths, mask)
+        # the head and its batch-statistics losses (CCC) in float32, outside autocast
+        batch["x"] = pooled.float()
+        loss = model.head(batch, train_loss=True)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(opt)
