@@ -74,7 +74,7 @@ def _synthetic(n=240, D=12, seed=0, task_markers=False):
 
 def test_alpha_zero_equals_the_plain_multitask_model():
     X, emo, cou, age = _synthetic()
-    cfg = Burst2VecConfig(alpha1=0.0, alpha2=0.0, epochs=3, patience=3, **TINY)
+    cfg = Burst2VecConfig(alpha1=0.0, alpha2=0.0, epochs=2, patience=2, **TINY)
     adv, _ = train_burst2vec(X, np.arange(160), np.arange(160, 240), emo, cou, age, [0, 1], cfg)
     plain, _ = train_burst2vec(X, np.arange(160), np.arange(160, 240), emo, cou, age, [0, 1], cfg, adversarial=False)
     assert set(adv.stack.params) - set(plain.stack.params) == {k for k in adv.stack.params if k.startswith("discriminator.")}
@@ -83,7 +83,7 @@ def test_alpha_zero_equals_the_plain_multitask_model():
     np.testing.assert_allclose(adv.history, plain.history, rtol=1e-6)
     # and the adversarial terms do change the model when switched on
     on, _ = train_burst2vec(X, np.arange(160), np.arange(160, 240), emo, cou, age, [0, 1],
-                            Burst2VecConfig(epochs=3, patience=3, **TINY))
+                            Burst2VecConfig(epochs=2, patience=2, **TINY))
     assert not torch.allclose(on.stack.params["shared.0.weight"], plain.stack.params["shared.0.weight"])
 
 
@@ -148,6 +148,7 @@ def test_oversampling_balances_the_joint_cells():
 
 
 # ------------------------------------------------------------------ adversarial training works
+@pytest.mark.slow          # ~20 s on an idle core: run with -m slow
 def test_discriminator_falls_toward_chance_while_the_heads_learn():
     """Three tasks trained on different clips whose inputs carry a task marker (information that
     only tells the tasks apart) besides the shared content the labels depend on. Without reversal
@@ -226,16 +227,16 @@ def test_learn_burst2vec_through_the_cli_then_predict_and_fuse(tmp_path):
     rng = np.random.default_rng(0)
     write_cache(tmp_path / "cache", corpus, "lin", np.concatenate([z, rng.normal(size=(len(corpus), 3))], 1)[:, None])
     common = ["--data", str(corpus.root), "--cache", str(tmp_path / "cache"), "--runs", str(tmp_path / "runs")]
-    fast = ["--seeds", "2", "--epochs", "2", "--batch-size", "16", "--device", "cpu", "--threads", "1",
+    fast = ["--epochs", "1", "--batch-size", "16", "--device", "cpu", "--threads", "1",
             "--opt", "proj_dim=8", "--opt", "hidden=8", "--opt", "head_hidden=8"]
     r = CliRunner().invoke(app, ["learn", "-f", "lin", "--learner", "burst2vec", "--alpha1", "0.3", "--oversample",
-                                 "--emotion-loss", "mse", *fast, *common])
+                                 "--emotion-loss", "mse", "--seeds", "2", *fast, *common])
     assert r.exit_code == 0, r.output
     run = tmp_path / "runs" / "lin_burst2vec"
     cfg = json.loads((run / "config.json").read_text())
     lc = cfg["learner_config"]
     assert (lc["alpha1"], lc["alpha2"], lc["oversample"], lc["emotion_loss"], lc["age_loss"]) == (0.3, 0.25, True, "mse", "mae")
-    assert (lc["epochs"], lc["batch_size"]) == (2, 16) and cfg["train"] is None     # its own settings, explicit ones on top
+    assert (lc["epochs"], lc["batch_size"]) == (1, 16) and cfg["train"] is None     # its own settings, explicit ones on top
     assert load_seed_predictions(run, "Val").emotions.shape[0] == 2
     r = CliRunner().invoke(app, ["predict", str(run), "--split", "Val", *common[:4]])
     assert r.exit_code == 0, r.output
@@ -244,7 +245,7 @@ def test_learn_burst2vec_through_the_cli_then_predict_and_fuse(tmp_path):
     again, saved = Predictions.read(r.output.strip().split()[-1]), load_split(run, "Val")
     np.testing.assert_allclose(again.take(saved.ids).emotions, saved.emotions, rtol=1e-5, atol=1e-6)
     r = CliRunner().invoke(app, ["learn", "-f", "lin", "--learner", "burst2vec", "--alpha1", "0", "--alpha2", "0",
-                                 "--name", "noadv", *fast, *common])
+                                 "--name", "noadv", "--seeds", "1", *fast, *common])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(app, ["fuse", "--mean", "lin_burst2vec", "noadv", "--name", "ens", *common[:2], *common[4:]])
     assert r.exit_code == 0, r.output
