@@ -254,7 +254,8 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
         ens, w = runs.score_quiet(ens_pred, corpus, "Val")
         for msg in sorted(set(warns + w)):
             note(f"warning: {msg}")
-        best_epochs = fitted.best_epoch if "train" in learner.uses else [None] * len(seeds)
+        # "epochs": a learner with its own epoch loop (burst2vec) reports its best epochs too
+        best_epochs = fitted.best_epoch if {"train", "epochs"} & learner.uses else [None] * len(seeds)
         metrics = runs.metrics_json(per_seed, seeds, best_epochs, ens, "Val", len(val_ids))
         # same shape as a fusion run's "selection", so the report marks both kinds with †
         metrics["selection"] = {"select_on": sel.on, "optimistic": sel.optimistic, "note": sel.describe()}

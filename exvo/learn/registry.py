@@ -81,7 +81,8 @@ class Fitted(Protocol):
 @dataclass(frozen=True)
 class Learner:
     """One registry entry. ``uses``: which shared settings apply (``"train"``: epochs, batch size,
-    learning rate…; ``"loss"``: the task-loss choices); the run records the others as unused."""
+    learning rate…; ``"loss"``: the task-loss choices; ``"epochs"``: its own epoch loop, whose
+    best epochs the run reports); the run records the others as unused."""
 
     name: str
     help: str
@@ -191,7 +192,7 @@ def _register_builtins() -> None:
     from exvo.learn.burst2vec import Burst2VecConfig
 
     # its own optimisation settings and losses (the paper's); explicit shared options reach it by name
-    register(Learner("burst2vec", b2v.HELP, Burst2VecConfig, b2v.fit, b2v.load, uses=frozenset()))
+    register(Learner("burst2vec", b2v.HELP, Burst2VecConfig, b2v.fit, b2v.load, uses=frozenset({"epochs"})))
 
 
 def save_meta(folder: Path, learner: str, cfg) -> None:
