@@ -230,6 +230,17 @@ class SeedFit:
     notes: list[str] = field(default_factory=list)
 
 
+def make_optimizer(cfg: TrainConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """Adam / AdamW with the documented ``fused=True`` implementation where this torch and device
+    have it (one kernel for all tensors: at batch 8 the default ``foreach`` step cost more than
+    forward and backward together on CPU, see ``benchmarks/README.md``), else the default."""
+    opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    try:
+        return opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def train_seeds(make: Callable[[], LearnerModule], sampler: Sampler, evaluate: Callable[[SeedStack], np.ndarray], seeds: list[int],
                 cfg: TrainConfig, device: str | torch.device = "cpu",
                 progress: Callable[[int, np.ndarray], None] | None = None) -> SeedFit:
@@ -242,8 +253,7 @@ def train_seeds(make: Callable[[], LearnerModule], sampler: Sampler, evaluate: C
     """
     stack = SeedStack.build(make, seeds, device)
     S = stack.n
-    opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    opt = opt_cls(list(stack.params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(cfg, list(stack.params.values()))
     gens = [torch.Generator().manual_seed(order_seed(s)) for s in seeds]
     keep = {k: v.detach().clone() for k, v in stack.params.items()}
     best = np.full(S, -np.inf)
