@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     ap.add_argument("--val", type=int, default=1000)
     ap.add_argument("--dim", type=int, default=6373)
     ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--only", default=None, help="comma-separated setting names to run")
+    ap.add_argument("--only", default=None, help="setting names to run, separated by |")
     a = ap.parse_args(argv)
     X, t, tr, va = make_data(a.train, a.val, a.dim)
     fit_rows, stop_rows = tr[a.holdout:], tr[:a.holdout]
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     print("| setting | wall s (all seeds, 3 boosters each) | s per seed | Val S_MTL mean ± std |")
     print("|---|---|---|---|")
     for name, kw in SETTINGS.items():
-        if a.only and name not in a.only.split(","):
+        if a.only and name not in a.only.split("|"):
             continue
         cfg = XGBConfig(**kw)
         t0 = time.perf_counter()
