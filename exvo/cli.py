@@ -207,7 +207,7 @@ def learn(
     emotion_loss: Optional[str] = typer.Option(None, help="mse (the 10 MSEs summed, baseline) | ccc (1 − batch CCC)."),
     age_loss: Optional[str] = typer.Option(None, help="mse | mae (on standardised age)."),
     loss_weights: Optional[str] = typer.Option(None, help="With --loss fixed: weights of emotions,country,age, e.g. 1,0.5,0.5."),
-    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (preset: 20; fast: 60)."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (preset: 20; fast: 30)."),
     patience: Optional[int] = typer.Option(None, help="Early-stopping patience in epochs (preset: 5)."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size (preset: 8; fast: 256)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (preset: 1e-3; fast: 8e-3 with warm-up and cosine decay)."),

@@ -422,3 +422,48 @@ def test_no_test_rows_skips_test_csv_and_says_so(world, tmp_path):
 def test_bad_learn_config_is_explained(world, tmp_path, kw, msg):
     with pytest.raises(ValueError, match=msg):
         learn(world["corpus"], _quick(**kw), world["cache"], tmp_path)
+
+
+@pytest.mark.parametrize("combine", ["uncertainty", "mean"])
+def test_mlp_fast_path_equals_autograd(world, combine):
+    """The optional hand-derived gradient (public ops) equals autograd's on one step, and the
+    trainer follows the same trajectory with it."""
+    from torch.func import functional_call
+
+    from exvo.learn import mlp_fast
+    from exvo.learn.framework import SeedStack
+    from exvo.learn.mlp import MultitaskMLP
+
+    fm, t = _arrays(world)
+    loss = LossConfig(combine=combine)
+    st = SeedStack.build(lambda: MultitaskMLP(fm.dim, "sys1", loss), [0, 1])
+    r = torch.as_tensor(fm.rows["Train"][:16].reshape(2, 8))
+    from exvo.learn.multitask import data_tensors
+
+    d = data_tensors(fm.X, t)
+    batch = {k: v[r] for k, v in d.items()}
+    L = st.run(lambda p, b, x: functional_call(st.base, (p, b), (x,), {"train_loss": True}), batch, True)
+    L.sum().backward()
+    want = {k: v.grad for k, v in st.params.items()}
+    for v in st.params.values():
+        v.grad = None
+    with torch.no_grad():
+        got = mlp_fast.make_grad_fn(loss)(st.params, batch)
+    np.testing.assert_allclose(got.numpy(), L.detach().numpy(), rtol=1e-5)
+    for k, v in st.params.items():
+        if want[k] is None:                        # log_vars with the mean loss: unused, no gradient
+            assert combine == "mean" and k == "log_vars" and v.grad is None
+            continue
+        torch.testing.assert_close(v.grad, want[k], rtol=1e-4, atol=1e-6)
+    from exvo.learn.registry import FitData, get
+
+    runs = []
+    for fast in (False, True):
+        data = FitData(fm.X, t, fm.rows["Train"], fm.rows["Val"], [3, 4], TrainConfig(epochs=2, patience=5), loss,
+                       SelectionConfig(on="val"), echo=lambda m: None)
+        runs.append(get("mlp").fit(data, MLPConfig(arch="sys1", fast_path=fast)))
+    np.testing.assert_allclose(runs[0].history["selection_history"], runs[1].history["selection_history"], atol=1e-4)
+    for a, b in zip(runs[0].predict(fm.X[fm.rows["Val"]]), runs[1].predict(fm.X[fm.rows["Val"]])):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    with pytest.raises(ValueError, match="fast path covers"):
+        mlp_fast.make_grad_fn(LossConfig(emotions="ccc"))

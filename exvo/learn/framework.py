@@ -230,20 +230,36 @@ class SeedFit:
     notes: list[str] = field(default_factory=list)
 
 
+def make_optimizer(cfg: TrainConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """Adam / AdamW with the documented ``fused=True`` implementation where this torch and device
+    have it (one kernel for all tensors: at batch 8 the default ``foreach`` step cost more than
+    forward and backward together on CPU, see ``benchmarks/README.md``), else the default."""
+    opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    try:
+        return opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def train_seeds(make: Callable[[], LearnerModule], sampler: Sampler, evaluate: Callable[[SeedStack], np.ndarray], seeds: list[int],
                 cfg: TrainConfig, device: str | torch.device = "cpu",
-                progress: Callable[[int, np.ndarray], None] | None = None) -> SeedFit:
+                progress: Callable[[int, np.ndarray], None] | None = None,
+                grad_fn: Callable[[dict[str, torch.Tensor], Batch], torch.Tensor] | None = None) -> SeedFit:
     """Train one ``make()`` module per seed; return the restored (best or last) stack.
 
     ``sampler(generator, epoch)`` yields one seed's batches (each seed has its own generator);
     ``evaluate(stack) -> (S,)`` selection scores, higher is better (called in eval mode,
     without gradients). The learning rate follows ``cfg.lr * cfg.lr_factor(t)`` with ``t`` the
     fractional epoch, per step when the sampler has ``steps_per_epoch``, else per epoch.
+
+    ``grad_fn(params, batch) -> (S,)`` is an optional replacement for autograd: it returns the
+    per-seed losses of the stacked batch and sets ``.grad`` of every parameter in ``params``
+    (``None`` for parameters the loss does not use), e.g. an optional hand-derived fast path
+    that must be tested equal to the autograd one (:mod:`exvo.learn.mlp_fast`).
     """
     stack = SeedStack.build(make, seeds, device)
     S = stack.n
-    opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    opt = opt_cls(list(stack.params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(cfg, list(stack.params.values()))
     gens = [torch.Generator().manual_seed(order_seed(s)) for s in seeds]
     keep = {k: v.detach().clone() for k, v in stack.params.items()}
     best = np.full(S, -np.inf)
@@ -270,8 +286,12 @@ def train_seeds(make: Callable[[], LearnerModule], sampler: Sampler, evaluate: C
                 for g in opt.param_groups:
                     g["lr"] = cfg.lr * cfg.lr_factor(t)
             opt.zero_grad(set_to_none=True)
-            per_seed = stack.run(fn, batch, cfg.vectorise)
-            per_seed.sum().backward()
+            if grad_fn is None:
+                per_seed = stack.run(fn, batch, cfg.vectorise)
+                per_seed.sum().backward()
+            else:
+                with torch.no_grad():
+                    per_seed = grad_fn(stack.params, batch)
             opt.step()
             tot += per_seed.detach().cpu()
             nb += 1

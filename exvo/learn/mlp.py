@@ -30,13 +30,20 @@ LN_EPS = 1e-5       # LayerNorm default
 
 @dataclass
 class MLPConfig:
-    """The MLP's own settings (optimisation and losses are shared: ``TrainConfig``, ``LossConfig``)."""
+    """The MLP's own settings (optimisation and losses are shared: ``TrainConfig``, ``LossConfig``).
+
+    ``fast_path``: compute each step's gradient with the hand-derived batched GEMMs of
+    :mod:`exvo.learn.mlp_fast` instead of ``vmap`` + autograd (same trainer, optimiser and
+    results within float rounding; baseline losses only)."""
 
     arch: str = "sys2"
+    fast_path: bool = False
 
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise ValueError(f"unknown MLP arch {self.arch!r}; choose one of {sorted(ARCHS)}")
+        if not isinstance(self.fast_path, bool):
+            raise ValueError(f"fast_path must be true or false, got {self.fast_path!r}")
 
 
 class MultitaskMLP(MultitaskModule):

@@ -163,16 +163,19 @@ def describe() -> dict[str, str]:
 # ------------------------------------------------------------------------ torch learners
 def module_learner(name: str, help: str, config: type,
                    make: Callable[[int, Any, LossConfig], "MultitaskModule"],  # noqa: F821
-                   vectorise: bool = True) -> Learner:
+                   vectorise: bool = True, grad_fn: Callable[[Any, LossConfig], Callable | None] | None = None) -> Learner:
     """A registry entry for a :class:`~exvo.learn.multitask.MultitaskModule`.
 
     ``make(dim, cfg, loss_cfg)`` builds one seed's module for ``dim`` input features. The
     framework trains every seed at once (``vectorise=False`` for modules ``vmap`` cannot run).
+    ``grad_fn(cfg, loss_cfg)`` (optional) returns a hand-derived gradient function to use
+    instead of autograd, or None (see :func:`exvo.learn.framework.train_seeds`).
     """
     from exvo.learn import torch_learner
 
     def fit(data: FitData, cfg) -> Fitted:
-        return torch_learner.fit_module(lambda dim: make(dim, cfg, data.loss), data, cfg, vectorise)
+        g = grad_fn(cfg, data.loss) if grad_fn is not None else None
+        return torch_learner.fit_module(lambda dim: make(dim, cfg, data.loss), data, cfg, vectorise, grad_fn=g)
 
     def load(folder: Path, device: str) -> Fitted:
         return torch_learner.load_module(folder, device, lambda dim, c, loss: make(dim, config(**c), loss), vectorise)
@@ -180,12 +183,20 @@ def module_learner(name: str, help: str, config: type,
     return Learner(name, help, config, fit, load)
 
 
+def _mlp_fast_path(cfg, loss: LossConfig):
+    if not getattr(cfg, "fast_path", False):
+        return None
+    from exvo.learn import mlp_fast
+
+    return mlp_fast.make_grad_fn(loss)
+
+
 def _register_builtins() -> None:
     from exvo.learn.mlp import MLPConfig, MultitaskMLP
     from exvo.learn import xgb
 
     register(module_learner("mlp", "the ExVo baseline multitask MLP (sys1 128/64, sys2 256/128), all seeds at once",
-                            MLPConfig, lambda dim, c, loss: MultitaskMLP(dim, c.arch, loss)))
+                            MLPConfig, lambda dim, c, loss: MultitaskMLP(dim, c.arch, loss), grad_fn=_mlp_fast_path))
     register(Learner("xgb", "XGBoost: one booster per task and seed (emotions multi-output, country softprob, age)",
                      xgb.XGBConfig, xgb.fit, xgb.load, uses=frozenset({"loss.age"})))
     from exvo.learn import burst2vec_learner as b2v

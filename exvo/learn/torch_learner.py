@@ -48,7 +48,8 @@ class TorchFitted:
         (folder / "module.json").write_text(json.dumps(self.meta, indent=1))
 
 
-def fit_module(make: Callable[[int], MultitaskModule], data, cfg, vectorise: bool = True) -> TorchFitted:
+def fit_module(make: Callable[[int], MultitaskModule], data, cfg, vectorise: bool = True,
+               grad_fn=None) -> TorchFitted:
     """Train one ``make(dim)`` per seed on ``data`` (a :class:`exvo.learn.registry.FitData`)."""
     dev = torch.device(data.device)
     t = data.targets
@@ -84,7 +85,7 @@ def fit_module(make: Callable[[int], MultitaskModule], data, cfg, vectorise: boo
         data.echo(f"  epoch {epoch:2d}: {what} " + " ".join(f"{s:.3f}" for s in score))
 
     fit = train_seeds(lambda: make(dim), shuffled_batches(D, fit_rows, data.train.batch_size), evaluate,
-                      data.seeds, data.train, dev, progress)
+                      data.seeds, data.train, dev, progress, grad_fn=grad_fn)
     history = {"selection": data.selection.on, "monitor": data.selection.monitor,
                "selection_history": fit.history, "train_loss": fit.train_loss, "epochs_run": fit.epochs_run,
                "seconds_per_epoch": fit.seconds_per_epoch, "best_epoch": fit.best_epoch}

@@ -18,7 +18,7 @@ the 1 − CCC emotion loss and loss weighting do not apply to separate boosters.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -144,4 +144,6 @@ def fit(data, cfg: XGBConfig) -> XGBFitted:
 
 def load(folder: Path, device: str = "cpu") -> XGBFitted:
     meta = json.loads((Path(folder) / "xgb.json").read_text())
-    return XGBFitted(load_xgb(Path(folder)), meta["seeds"], XGBConfig(**meta["config"]))
+    known = {f.name for f in fields(XGBConfig)}      # runs of older versions saved other keys too
+    return XGBFitted(load_xgb(Path(folder)), meta["seeds"],
+                     XGBConfig(**{k: v for k, v in meta["config"].items() if k in known}))
