@@ -148,7 +148,6 @@ def test_oversampling_balances_the_joint_cells():
 
 
 # ------------------------------------------------------------------ adversarial training works
-@pytest.mark.slow          # ~20 s on an idle core: run with -m slow
 def test_discriminator_falls_toward_chance_while_the_heads_learn():
     """Three tasks trained on different clips whose inputs carry a task marker (information that
     only tells the tasks apart) besides the shared content the labels depend on. Without reversal
