@@ -22,6 +22,25 @@ def _batch(task: int, B: int = 8, D: int = 6, seed: int = 0):
 
 
 # ------------------------------------------------------------------------------ gradient reversal
+def test_eq8_signs_on_a_two_layer_toy():
+    """Extractor w1 (below the GRL), discriminator w2 (above), composed as Burst2Vec composes them:
+    loss = L_O(w1) + L_D(w2 · GRL_α1(w1·x)) with L_O = (w1·x − y)², L_D = ½ (w2·w1·x)².
+    By hand (x 2, y 0.5, w1 0.5, w2 3, α1 0.5): ∂L_O/∂w1 = 2(1 − 0.5)·2 = 2,
+    ∂L_D/∂w1 = (w2 w1 x)·w2 x = 18, ∂L_D/∂w2 = (w2 w1 x)·w1 x = 3, so the extractor gets
+    2 − 0.5·18 = −7 (it ascends L_D, Eq. 8) and the discriminator +3 (it descends L_D)."""
+    from exvo.learn.losses import grad_reverse
+
+    x, y, a1 = torch.tensor(2.0), torch.tensor(0.5), 0.5
+    w1 = torch.tensor(0.5, requires_grad=True)
+    w2 = torch.tensor(3.0, requires_grad=True)
+    r = w1 * x
+    loss = (r - y) ** 2 + 0.5 * (w2 * grad_reverse(r, a1)) ** 2
+    assert loss.item() == pytest.approx(0.25 + 4.5)            # the forward value is untouched
+    loss.backward()
+    assert w1.grad.item() == pytest.approx(-7.0)
+    assert w2.grad.item() == pytest.approx(3.0)
+
+
 @pytest.mark.parametrize("task", [0, 1, 2])
 def test_reversal_flips_exactly_the_adversarial_gradients(task):
     """Gradients of the training loss = the plain terms' gradients with the signs of Eq. 8 below the
