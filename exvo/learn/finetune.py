@@ -10,7 +10,11 @@ speaker-disjoint, country-stratified part of Train (``holdout``, as ``exvo learn
 chooses on Val instead, the paper's protocol, and marks Val scores optimistic †), best epoch
 restored. The CNN front end
 is frozen by default (``freeze_feature_encoder``, as is usual for these models). On CUDA the
-forward runs under autocast (``precision`` auto = fp16 with a gradient scaler).
+encoder runs under autocast (``precision`` auto = fp16 with a gradient scaler); the head and
+its losses stay in float32. Checkpoints whose feature extractor returns no attention mask
+(wav2vec2-base) see the zero padding, as in the paper; pooling always skips padded frames.
+Clips are whole (no chunking: ExVo bursts are short); an unreadable clip stops the run with
+its name, and the same command resumes once it is fixed.
 
 Resume: after every epoch the whole training state (weights, optimiser, scaler, best weights,
 patience, history) is written atomically to ``<runs>/.<name>.finetune/seed<k>.pt``; the same
