@@ -96,3 +96,9 @@ def test_bad_finetune_settings_are_refused():
         FinetuneConfig(model="whisper").validate()
     with pytest.raises(ValueError, match="--holdout must be a fraction"):
         FinetuneConfig(holdout=1.5).validate()
+
+
+def test_rms_db_is_refused_for_extractors_that_would_ignore_it(tiny_corpus, tmp_path):
+    r = CliRunner().invoke(app, ["extract", "--model", "compare", "--rms-db", "-3", "--data", str(tiny_corpus),
+                                 "--cache", str(tmp_path / "cache")])
+    assert r.exit_code == 2 and "--rms-db applies to the SSL models" in r.output
