@@ -4,6 +4,14 @@ from __future__ import annotations
 import numpy as np
 
 
+def check_level(db: float) -> float:
+    """``db`` as a float; raises ``ValueError`` unless it is a finite level in dBFS."""
+    db = float(db)
+    if not np.isfinite(db):
+        raise ValueError(f"--rms-db must be a finite level in dBFS (e.g. -3), got {db}")
+    return db
+
+
 def rms_normalise(wav: np.ndarray, db: float) -> np.ndarray:
     """Scale ``wav`` ``(n,)`` so that its RMS level is ``db`` dBFS (20·log10 RMS; −3 → RMS 0.708).
 
@@ -13,9 +21,7 @@ def rms_normalise(wav: np.ndarray, db: float) -> np.ndarray:
     standardise every clip anyway, which undoes any constant gain: for them the option changes
     nothing but rounding.
     """
-    db = float(db)
-    if not np.isfinite(db):
-        raise ValueError(f"--rms-db must be a finite level in dBFS (e.g. -3), got {db}")
+    db = check_level(db)
     x = np.asarray(wav, dtype=np.float32)
     rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
     if rms == 0.0:

@@ -43,7 +43,7 @@ import numpy as np
 from exvo.corpus import SAMPLE_RATE, AudioError, load_audio
 from exvo.device import resolve_device
 from exvo.extract.base import ClipResult, ExtractOptions, Extractor, hash_files, register
-from exvo.preprocess import rms_normalise
+from exvo.preprocess import check_level, rms_normalise
 
 DEFAULT_CHECKPOINTS = {
     "wavlm": "microsoft/wavlm-large",
@@ -207,7 +207,7 @@ class SSLExtractor(Extractor):
         if opts.workers < 0:
             raise ValueError(f"--workers must be >= 0 (0 = all cores), got {opts.workers}")
         if opts.rms_db is not None:
-            rms_normalise(np.zeros(1, np.float32), opts.rms_db)      # validates the level
+            check_level(opts.rms_db)
         dev = resolve_device(opts.device)
         if dev == "cpu" and opts.precision == "fp16":
             raise ValueError("--precision fp16 needs a CUDA GPU; on CPU use fp32 or bf16")

@@ -49,9 +49,9 @@ from exvo.learn import runs
 from exvo.learn.burst2vec import AgeScale, Burst2Vec, Burst2VecConfig, label_tensors, make_sampler
 from exvo.learn.framework import init_seed, order_seed
 from exvo.learn.targets import make_targets, selection_score
-from exvo.learn.selection import SelectionConfig, selection_rows
+from exvo.learn.selection import SELECT_ON, SelectionConfig, selection_rows
 from exvo.predictions import Predictions, SeedPredictions, save_seed_predictions, save_split
-from exvo.preprocess import rms_normalise
+from exvo.preprocess import check_level, rms_normalise
 
 MODELS = ("hubert", "wav2vec2", "wavlm")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -92,8 +92,10 @@ class FinetuneConfig:
                 raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(self, k)}")
         if not 0.0 < float(self.holdout) < 1.0:
             raise ValueError(f"--holdout must be a fraction in (0, 1) of the Train speakers, got {self.holdout}")
+        if self.stop_on not in SELECT_ON:
+            raise ValueError(f"unknown --stop-on {self.stop_on!r}; choose one of {SELECT_ON}")
         if self.rms_db is not None:
-            rms_normalise(np.zeros(1, np.float32), self.rms_db)       # validates the level
+            check_level(self.rms_db)
 
     @property
     def seed_list(self) -> list[int]:
