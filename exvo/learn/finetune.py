@@ -313,8 +313,9 @@ def finetune(corpus: Corpus, cfg: FinetuneConfig, runs_dir: str | Path = "runs",
     head_cfg.batch_size = cfg.batch_size
     # the encoder makes the features: the sampler only hands out rows, labels and the task
     sampler = make_sampler(torch.zeros(len(ids), 0), labels, fit_rows, t.emotions, t.country, t.age, head_cfg)
-    echo(f"fine-tuning {cfg.model} ({ckpt}) + Burst2Vec on {device}: Train {fit_rows.size} clips "
-         f"(+{sel_rows.size} of held-out speakers for early stopping), Val {rows['Val'].size}, Test {rows['Test'].size}")
+    where = "held-out Train speakers" if sel.on == "holdout" else "Val (its scores are then optimistic, †)"
+    echo(f"fine-tuning {cfg.model} ({ckpt}) + Burst2Vec on {device}: fit on {fit_rows.size} Train clips, early "
+         f"stopping on {sel_rows.size} clips of {where}; Val {rows['Val'].size}, Test {rows['Test'].size}")
     state_dir = runs_dir / f".{name}.finetune"
     state_dir.mkdir(parents=True, exist_ok=True)
     seeds = cfg.seed_list
