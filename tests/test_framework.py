@@ -143,3 +143,31 @@ def test_sampler_with_uneven_shapes_is_refused(toy):
         yield {k: v[:n] for k, v in data.items()}
     with pytest.raises(ValueError, match="same batch shape"):
         train_seeds(TwoHead, sampler, lambda s: np.zeros(s.n), [0, 1, 2, 3, 4], TrainConfig(epochs=1))
+
+
+def test_learning_rate_schedule_known_answers(toy):
+    cfg = TrainConfig(epochs=10, warmup_epochs=2.0, decay="cosine")
+    assert cfg.lr_factor(0.0) == pytest.approx(1e-3)           # floored, never 0
+    assert cfg.lr_factor(1.0) == pytest.approx(0.5)            # half-way through the warm-up
+    assert cfg.lr_factor(2.0) == pytest.approx(1.0)            # cosine starts at 1 ...
+    assert cfg.lr_factor(6.0) == pytest.approx(0.5)            # ... is ½ half-way (epoch 2 + 8/2) ...
+    assert cfg.lr_factor(10.0) == pytest.approx(0.0, abs=1e-12)  # ... and 0 at the last epoch
+    assert TrainConfig().lr_factor(3.7) == 1.0
+    with pytest.raises(ValueError, match="unknown learning-rate decay 'step'"):
+        TrainConfig(decay="step")
+    # the trainer applies it per step: the optimiser ends at the schedule's value for the last step
+    seen = []
+    orig = torch.optim.Adam.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return orig(self, *a, **k)
+    torch.optim.Adam.step = spy
+    try:
+        _fit(toy, [0], epochs=2, patience=5, warmup_epochs=1.0, decay="cosine", lr=0.01)
+    finally:
+        torch.optim.Adam.step = orig
+    steps = len(seen) // 2                                     # 80 rows / batch 8 = 10 steps per epoch
+    assert steps == 10
+    np.testing.assert_allclose(seen[:3], [0.01 * 1e-3, 0.01 * 0.1, 0.01 * 0.2], rtol=1e-6)
+    np.testing.assert_allclose(seen[steps + 5], 0.01 * 0.5 * (1 + np.cos(np.pi * 0.5)), rtol=1e-6)

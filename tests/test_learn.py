@@ -16,11 +16,14 @@ import torch
 
 from exvo.corpus import Corpus
 from exvo.extract.cache import CacheMismatch, CacheWriter, cache_path
-from exvo.learn import mlp, reference
+from exvo.learn import reference
 from exvo.learn.api import LearnConfig, learn, predict_run
+from exvo.learn.framework import TrainConfig
 from exvo.learn.features import (FeatureError, FeatureSpec, Scaler, load_features, parse_spec,
                                  parse_specs, report_missing)
 from exvo.learn.mlp import MLPConfig
+from exvo.learn.multitask import LossConfig
+from exvo.learn.selection import SelectionConfig
 from exvo.learn.probe import probe_layers
 from exvo.metrics import EMOTIONS
 from exvo.predictions import Predictions, load_split
@@ -194,77 +197,69 @@ def _arrays(world):
     return fm, t
 
 
-def test_manual_backward_matches_autograd(world):
+def _fit(fm, t, seeds, train: TrainConfig, sel_rows=None, loss: LossConfig | None = None, monitor="score"):
+    """The registry's MLP trained on Train, selecting on ``sel_rows`` (default: Val)."""
+    from exvo.learn.registry import FitData, get
+
+    sel = SelectionConfig(on="val", monitor=monitor)
+    data = FitData(fm.X, t, fm.rows["Train"], fm.rows["Val"] if sel_rows is None else sel_rows, list(seeds), train,
+                   loss or LossConfig(), sel, echo=lambda m: None)
+    return get("mlp").fit(data, MLPConfig(arch="sys1"))
+
+
+@pytest.mark.parametrize("combine", ["uncertainty", "mean"])
+def test_framework_mlp_equals_the_plain_loop_and_seeds_at_once_equal_one_by_one(world, combine):
+    """Same init (torch.manual_seed(2k)) and batch order (Generator(2k+1)): the framework's
+    vmapped S-seed training follows the plain one-seed autograd loop step for step."""
     fm, t = _arrays(world)
-    for loss in ("uncertainty", "mean"):
-        st = mlp.SeedStack.from_seeds(fm.dim, "sys1", [3, 4])
-        g = torch.zeros_like(st.flat)
-        gv = st._views(g)
-        r = torch.as_tensor(fm.rows["Train"][:16].reshape(2, 8))
-        X = torch.from_numpy(fm.X)
-        E, C, A = torch.from_numpy(t.emotions), torch.from_numpy(t.country), torch.from_numpy(t.age_z)
-        total = mlp.loss_and_grad(st, gv, X[r], E[r], C[r], A[r], loss)
-        for j in range(2):
-            m = reference.MultiTaskMLP(fm.dim, "sys1").load_seed(st.seed(j))
-            e, c, a = m(X[r[j]])
-            L = torch.stack([((e - E[r[j]]) ** 2).mean(0).sum(), torch.nn.functional.cross_entropy(c, C[r[j]]),
-                             ((a - A[r[j]]) ** 2).mean()])
-            ref = (0.5 * torch.exp(-m.s) * L + 0.5 * m.s).sum() if loss == "uncertainty" else L.mean()
-            ref.backward()
-            assert abs(ref.item() - total[j].item()) < 1e-5
-            torch.testing.assert_close(m.trunk[0].weight.grad.T, gv["w1"][j], atol=1e-6, rtol=1e-4)
-            torch.testing.assert_close(m.trunk[1].weight.grad, gv["g1"][j], atol=1e-6, rtol=1e-4)
-            torch.testing.assert_close(m.heads[2][2].weight.grad.T, gv["age_w"][j], atol=1e-6, rtol=1e-4)
-            if loss == "uncertainty":
-                torch.testing.assert_close(m.s.grad, gv["s"][j], atol=1e-6, rtol=1e-4)
-
-
-def _train(fm, t, seeds, cfg):
-    return mlp.train_mlp(fm.X, fm.rows["Train"], fm.rows["Val"], t.emotions, t.country, t.age_z,
-                         t.age_mean, t.age_std, seeds, cfg)
-
-
-def test_vectorised_seeds_equal_one_by_one_and_the_plain_loop(world):
-    fm, t = _arrays(world)
-    cfg = MLPConfig(arch="sys1", epochs=2, patience=5)
-    both = _train(fm, t, [5, 6], cfg)
+    train = TrainConfig(epochs=3, patience=5)
+    loss = LossConfig(combine=combine)
+    both = _fit(fm, t, [5, 6], train, loss=loss)
     va = fm.rows["Val"]
-    X = torch.from_numpy(fm.X)
-    together = mlp.predict(both.stack, X, va)
+    together = both.predict(fm.X[va])
     for j, s in enumerate([5, 6]):
-        alone = _train(fm, t, [s], cfg)
+        alone = _fit(fm, t, [s], train, loss=loss)
         assert alone.best_epoch[0] == both.best_epoch[j]
-        one = mlp.predict(alone.stack, X, va)
-        for a, b in zip(together, one):
+        for a, b in zip(together, alone.predict(fm.X[va])):
             np.testing.assert_allclose(a[j], b[0], atol=2e-5)
-        model, info = reference.train_plain(fm.X, fm.rows["Train"], va, t.emotions, t.country, t.age_z,
-                                            t.age_mean, t.age_std, s, cfg)
+        model, info = reference.train_plain(fm.X, fm.rows["Train"], va, t, s, "sys1", train, loss)
         assert info["best_epoch"] == both.best_epoch[j]
-        np.testing.assert_allclose(info["history"], [h[j] for h in both.history], atol=1e-4)
+        np.testing.assert_allclose(info["history"], [h[j] for h in both.history["selection_history"]], atol=1e-4)
         for a, b in zip(together, reference.predict_plain(model, fm.X, va)):
             np.testing.assert_allclose(a[j], b, atol=1e-4)
+        for k, v in model.state_dict().items():
+            np.testing.assert_allclose(both.stack.params[k][j].numpy(), v.numpy(), atol=1e-4, err_msg=k)
 
 
 def test_restores_the_best_epoch(world):
-    """Val labels that oppose Train's: Val gets worse as training goes on."""
+    """Selection labels that oppose Train's: the selection score gets worse as training goes on."""
     fm, t = _arrays(world)
     va = fm.rows["Val"]
     t.emotions[va] = 1.0 - t.emotions[va]
     t.country[va] = (t.country[va] + 2) % 4
     t.age[va] = 2 * t.age_mean - t.age[va]
-    az = ((t.age - t.age_mean) / t.age_std).astype(np.float32)
-    cfg = MLPConfig(arch="sys1", epochs=10, patience=3)
-    fit = mlp.train_mlp(fm.X, fm.rows["Train"], va, t.emotions, t.country, az, t.age_mean, t.age_std, [0, 1], cfg)
-    hist = np.array(fit.history)                               # (epochs_run, seeds)
-    assert fit.epochs_run == max(fit.best_epoch) + cfg.patience < cfg.epochs   # stopped early ...
+    train = TrainConfig(epochs=10, patience=3)
+    fit = _fit(fm, t, [0, 1], train)
+    hist = np.array(fit.history["selection_history"])           # (epochs_run, seeds)
+    assert fit.history["epochs_run"] == max(fit.best_epoch) + train.patience < train.epochs   # stopped early ...
     for j in range(2):
         k = fit.best_epoch[j]
-        assert k == int(np.argmax(hist[:, j])) + 1 and k < fit.epochs_run
+        assert k == int(np.argmax(hist[:, j])) + 1 and k < fit.history["epochs_run"]
         # ... and the restored weights are exactly those after epoch k
-        again = mlp.train_mlp(fm.X, fm.rows["Train"], va, t.emotions, t.country, az, t.age_mean, t.age_std,
-                              [fit.seeds[j]], MLPConfig(arch="sys1", epochs=k, patience=99))
-        torch.testing.assert_close(again.stack.seed(0)["w1"], fit.stack.seed(j)["w1"], atol=1e-6, rtol=0)
-        torch.testing.assert_close(again.stack.seed(0)["s"], fit.stack.seed(j)["s"], atol=1e-6, rtol=0)
+        again = _fit(fm, t, [fit.seeds[j]], TrainConfig(epochs=k, patience=99))
+        for name in ("trunk.0.weight", "log_vars"):
+            torch.testing.assert_close(again.stack.params[name][0], fit.stack.params[name][j], atol=1e-6, rtol=0)
+
+
+def test_paper_stopping_monitors_the_loss_and_keeps_the_last_epoch(world):
+    fm, t = _arrays(world)
+    # delta 10 on a loss of order 1: only epoch 1 improves (on −inf), so training stops
+    # `patience` epochs later and keeps the weights of that last epoch
+    fit = _fit(fm, t, [0], TrainConfig(epochs=10, patience=2, restore="last", min_delta=10.0),
+               loss=LossConfig(combine="mean"), monitor="loss")
+    assert fit.history["epochs_run"] == 3 and fit.best_epoch == [3] and fit.history["monitor"] == "loss"
+    h = np.array(fit.history["selection_history"])[:, 0]
+    assert (h < 0).all()                                           # −loss
 
 
 def test_mlp_learns_the_synthetic_task_and_writes_the_run(world, tmp_path):
@@ -273,7 +268,9 @@ def test_mlp_learns_the_synthetic_task_and_writes_the_run(world, tmp_path):
     run = tmp_path / "lin_mlp_sys1"
     assert res.run_dir == run
     m = json.loads((run / "metrics.json").read_text())
-    assert set(m) == {"split", "n", "ccc_convention", "summary", "per_seed", "ensemble", "ccc_per_emotion"}
+    assert set(m) == {"split", "n", "ccc_convention", "summary", "per_seed", "ensemble", "ccc_per_emotion",
+                      "selection", "val_optimistic"}
+    assert m["selection"]["select_on"] == "holdout" and m["val_optimistic"] is False
     assert m["split"] == "Val" and m["n"] == len(c.split_ids("Val")) and m["ccc_convention"] == "challenge"
     assert set(m["summary"]) == {"ccc", "uar", "mae", "s_mtl"} and set(m["summary"]["ccc"]) == {"mean", "std"}
     assert [p["seed"] for p in m["per_seed"]] == [0, 1, 2]
@@ -364,14 +361,25 @@ def test_xgb_learns_the_synthetic_task(world, tmp_path):
     np.testing.assert_allclose(Predictions.read(out).emotions, pred.emotions, atol=1e-6)
 
 
-def test_xgb_holdout_is_speaker_disjoint():
-    from exvo.learn.xgb import holdout_split
+def test_holdout_is_speaker_disjoint_and_stratified_by_country():
+    from exvo.learn.selection import holdout_split
 
     rows = np.arange(100)
-    spk = np.repeat(np.arange(20), 5)
-    fit, stop = holdout_split(rows, spk, 0.1, 0)
-    assert len(stop) == 10 and len(fit) == 90
+    spk = np.repeat(np.arange(20), 5).astype(str)
+    cou = np.repeat(np.arange(20) % 4, 5)          # 5 speakers per country: a 20-speaker Train split
+    fit, stop = holdout_split(rows, spk, cou, 0.1, 0)
     assert not set(spk[fit]) & set(spk[stop])
+    # round(0.1 × 5) = 0 per country, raised to 1: every country is in both parts
+    assert len(stop) == 4 * 5 and sorted(set(cou[stop])) == [0, 1, 2, 3] and sorted(set(cou[fit])) == [0, 1, 2, 3]
+    big = np.repeat(np.arange(400), 2).astype(str)
+    _, stop = holdout_split(np.arange(800), big, np.repeat(np.arange(400) % 4, 2), 0.1, 0)
+    assert len(stop) == 2 * 40                      # 10 of each country's 100 speakers
+    # a country with one speaker keeps it for fitting
+    three = np.array(["a", "b", "c"])
+    _, stop = holdout_split(np.arange(3), three, np.array([0, 0, 1]), 0.5, 0)
+    assert len(stop) == 1 and three[stop[0]] in ("a", "b")
+    with pytest.raises(ValueError, match="at least 2 Train speakers"):
+        holdout_split(np.arange(2), np.array(["a", "b"]), np.array([0, 1]), 0.1, 0)
 
 
 # ------------------------------------------------------------------ CLI
@@ -416,33 +424,46 @@ def test_bad_learn_config_is_explained(world, tmp_path, kw, msg):
         learn(world["corpus"], _quick(**kw), world["cache"], tmp_path)
 
 
-def test_adam_shortcut_falls_back_when_the_private_kernel_changes(monkeypatch):
-    """The private fused kernel is an optimisation only: if its signature changes, the
-    shortcut must fall back to ``opt.step`` and give the same weights."""
-    import torch
+@pytest.mark.parametrize("combine", ["uncertainty", "mean"])
+def test_mlp_fast_path_equals_autograd(world, combine):
+    """The optional hand-derived gradient (public ops) equals autograd's on one step, and the
+    trainer follows the same trajectory with it."""
+    from torch.func import functional_call
 
-    from exvo.learn import mlp
+    from exvo.learn import mlp_fast
+    from exvo.learn.framework import SeedStack
+    from exvo.learn.mlp import MultitaskMLP
 
-    def run(kernel_broken: bool):
-        torch.manual_seed(0)
-        p = torch.randn(50)
-        p.grad = torch.zeros(50)
-        opt = torch.optim.Adam([p], lr=1e-2, weight_decay=1e-4, **({"fused": True} if mlp._fused_ok(p.device) else {}))
-        if kernel_broken:
-            def broken(*a, **k):
-                raise TypeError("_fused_adam_() got an unexpected keyword argument 'lr'")
-            # the shortcut looks the kernel up once; torch's own Adam must keep the real one
-            monkeypatch.setattr(torch, "_fused_adam_", broken, raising=False)
-        step = mlp._adam_step(opt, p)
-        monkeypatch.undo()
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for _ in range(5):
-                p.grad.copy_(torch.randn(50, generator=g))
-                step()
-        return p.detach().clone(), opt.state[p]["step"]
+    fm, t = _arrays(world)
+    loss = LossConfig(combine=combine)
+    st = SeedStack.build(lambda: MultitaskMLP(fm.dim, "sys1", loss), [0, 1])
+    r = torch.as_tensor(fm.rows["Train"][:16].reshape(2, 8))
+    from exvo.learn.multitask import data_tensors
 
-    good, n_good = run(False)
-    fallback, n_fallback = run(True)
-    torch.testing.assert_close(fallback, good, rtol=1e-6, atol=1e-7)
-    assert float(n_good) == float(n_fallback) == 5.0
+    d = data_tensors(fm.X, t)
+    batch = {k: v[r] for k, v in d.items()}
+    L = st.run(lambda p, b, x: functional_call(st.base, (p, b), (x,), {"train_loss": True}), batch, True)
+    L.sum().backward()
+    want = {k: v.grad for k, v in st.params.items()}
+    for v in st.params.values():
+        v.grad = None
+    with torch.no_grad():
+        got = mlp_fast.make_grad_fn(loss)(st.params, batch)
+    np.testing.assert_allclose(got.numpy(), L.detach().numpy(), rtol=1e-5)
+    for k, v in st.params.items():
+        if want[k] is None:                        # log_vars with the mean loss: unused, no gradient
+            assert combine == "mean" and k == "log_vars" and v.grad is None
+            continue
+        torch.testing.assert_close(v.grad, want[k], rtol=1e-4, atol=1e-6)
+    from exvo.learn.registry import FitData, get
+
+    runs = []
+    for fast in (False, True):
+        data = FitData(fm.X, t, fm.rows["Train"], fm.rows["Val"], [3, 4], TrainConfig(epochs=2, patience=5), loss,
+                       SelectionConfig(on="val"), echo=lambda m: None)
+        runs.append(get("mlp").fit(data, MLPConfig(arch="sys1", fast_path=fast)))
+    np.testing.assert_allclose(runs[0].history["selection_history"], runs[1].history["selection_history"], atol=1e-4)
+    for a, b in zip(runs[0].predict(fm.X[fm.rows["Val"]]), runs[1].predict(fm.X[fm.rows["Val"]])):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    with pytest.raises(ValueError, match="fast path covers"):
+        mlp_fast.make_grad_fn(LossConfig(emotions="ccc"))

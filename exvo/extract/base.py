@@ -43,6 +43,7 @@ class ExtractOptions:
     dtype: str = "float32"        # cache storage dtype: float32 or float16
     seed: int = 0
     train_epochs: int | None = None   # task CNNs: cap on training epochs (None = until lr < 1e-6)
+    rms_db: float | None = None   # SSL: RMS-normalise each clip to this dBFS level first (None = off)
 
     def __post_init__(self):
         # every family must see a valid value, also those that do not use it (openSMILE runs on

@@ -43,6 +43,7 @@ import numpy as np
 from exvo.corpus import SAMPLE_RATE, AudioError, load_audio
 from exvo.device import resolve_device
 from exvo.extract.base import ClipResult, ExtractOptions, Extractor, hash_files, register
+from exvo.preprocess import check_level, rms_normalise
 
 DEFAULT_CHECKPOINTS = {
     "wavlm": "microsoft/wavlm-large",
@@ -239,6 +240,8 @@ class SSLExtractor(Extractor):
             raise ValueError(f"chunk_seconds must be > 0, got {opts.chunk_seconds}")
         if opts.workers < 0:
             raise ValueError(f"--workers must be >= 0 (0 = all cores), got {opts.workers}")
+        if opts.rms_db is not None:
+            check_level(opts.rms_db)
         dev = resolve_device(opts.device)
         if dev == "cpu" and opts.precision == "fp16":
             raise ValueError("--precision fp16 needs a CUDA GPU; on CPU use fp32 or bf16")
@@ -282,6 +285,8 @@ class SSLExtractor(Extractor):
                                    f"{self.min_samples} samples joins the previous chunk; exact pooled stats"},
             "precision": self.opts.precision,
             "code_version": self.version,
+            # only when set, so that caches made before the option existed keep matching
+            **({"rms_db": float(self.opts.rms_db)} if self.opts.rms_db is not None else {}),
         }
 
     def embed(self, wav: np.ndarray) -> np.ndarray:
@@ -337,6 +342,8 @@ class SSLExtractor(Extractor):
     # ------------------------------------------------------------ decoding side
     def _prepare(self, cid: str, wav: np.ndarray) -> _Clip:
         """Raw 16 kHz samples → model input, following the checkpoint's feature extractor."""
+        if self.opts.rms_db is not None:
+            wav = rms_normalise(wav, self.opts.rms_db)
         x = self.fe(wav, sampling_rate=SAMPLE_RATE, return_tensors="np").input_values[0].astype(np.float32)
         note = None
         if x.size < self.min_samples:

@@ -7,7 +7,7 @@ country and age heads; the trunk's output (``h2`` = 128 dims for ``sys2``, 64 fo
 is the embedding used here.
 
 What a run needs: ``config.json`` of kind ``learn`` with ``learner: mlp`` and its feature
-blocks (name, layer, cache config), ``models/scaler.npz`` and ``models/mlp.pt``. Real clips
+blocks (name, layer, cache config), ``models/scaler.npz`` and the learner's saved models. Real clips
 come from the corpus caches of the run's feature sets (each must have the config the run
 was trained on); generated clips are embedded with the same extractors
 (:class:`~exvo.generate.embed.ExtractorSpace`), early-fused in the run's order and
@@ -16,11 +16,9 @@ standardised with the run's Train scaler.
 Seeds: each seed's network is its own feature space, so each seed gives one FID; results
 are mean ± std over the run's seeds (never one chosen seed).
 
-The only function that knows the saved model format is :func:`load_trunk`. It reads the
-current format of ``models/mlp.pt`` (a :class:`exvo.learn.mlp.SeedStack` state:
-``dim``, ``arch``, ``S``, ``flat``) and uses :func:`exvo.learn.mlp.forward`'s activations;
-when the MLP's saved format changes, this function is the one place to adapt.
-XGBoost runs have no shared layer and are refused.
+The only function that knows the saved model is :func:`load_trunk`: it loads the run through
+the learner registry and runs the module's ``trunk`` (every seed at once, ``vmap``).
+XGBoost and other runs without a shared trunk are refused.
 """
 from __future__ import annotations
 
@@ -45,32 +43,37 @@ class ClassifierError(ValueError):
 
 
 def load_trunk(run_dir: Path) -> tuple[Trunk, int, int]:
-    """``(trunk, n_seeds, out_dim)`` of a learn MLP run (see the module docstring)."""
+    """``(trunk, n_seeds, out_dim)`` of a learn run whose module has a shared ``trunk`` (the MLP)."""
     import torch
+    from torch.func import functional_call, vmap
 
-    from exvo.learn import mlp
+    from exvo.learn import registry
 
-    path = Path(run_dir) / "models" / "mlp.pt"
-    if not path.is_file():
-        raise ClassifierError(f"{run_dir} has no models/mlp.pt; --classifier needs an `exvo learn --learner mlp` run")
-    state = torch.load(path, weights_only=True, map_location="cpu")
-    if not (isinstance(state, dict) and {"dim", "arch", "S", "flat"} <= set(state)):
-        keys = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
-        raise ClassifierError(
-            f"{path} is not in the model format this exvo reads (a SeedStack state with dim/arch/S/flat; found "
-            f"{keys}); exvo.generate.classifier.load_trunk must be taught the new format")
-    st = mlp.SeedStack.from_state(state)
-    S, h2 = st.S, mlp.ARCHS[st.arch][1]
+    cfg = read_config(Path(run_dir))
+    models = Path(run_dir) / "models"
+    try:
+        fitted = registry.get(cfg.get("learner", "?")).load(models, "cpu")
+    except (KeyError, FileNotFoundError, ValueError) as e:
+        raise ClassifierError(f"{run_dir}: its models cannot be loaded ({e}); --classifier needs an "
+                              "`exvo learn --learner mlp` run") from None
+    stack = getattr(fitted, "stack", None)
+    if stack is None or not hasattr(stack.base, "trunk"):
+        raise ClassifierError(f"{run_dir} is a {cfg.get('learner')!r} run without a shared trunk; --classifier "
+                              "needs an `exvo learn --learner mlp` run")
+    params = {k[len("trunk."):]: v for k, v in stack.params.items() if k.startswith("trunk.")}
+    dim = int(params["0.weight"].shape[-1])        # (S, out, in): nn.Linear weights with a seed dimension
+    h2 = int(params["3.weight"].shape[-2])
+    S = stack.n
 
     @torch.no_grad()
     def trunk(X: np.ndarray, chunk: int = 4096) -> np.ndarray:
-        if X.shape[1] != st.dim:
-            raise ClassifierError(f"{run_dir}: the network takes {st.dim} features, got {X.shape[1]}")
+        if X.shape[1] != dim:
+            raise ClassifierError(f"{run_dir}: the network takes {dim} features, got {X.shape[1]}")
         out = np.empty((S, X.shape[0], h2))
         for k in range(0, X.shape[0], chunk):
             x = torch.from_numpy(np.ascontiguousarray(X[k:k + chunk], dtype=np.float32))
-            _, acts = mlp.forward(st.p, x.unsqueeze(0).expand(S, -1, -1).contiguous(), keep=True)
-            out[:, k:k + chunk] = acts["a2"].double().numpy()
+            z = vmap(lambda p, xx: functional_call(stack.base.trunk, p, (xx,)), in_dims=(0, None))(params, x)
+            out[:, k:k + chunk] = z.double().numpy()
         return out
 
     return trunk, S, h2

@@ -8,6 +8,7 @@ Typical use (what ``exvo learn`` calls)::
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,55 +20,125 @@ import numpy as np
 import exvo
 from exvo.corpus import Corpus, CorpusError
 from exvo.extract.cache import CacheMismatch, _config_diff
-from exvo.learn import runs
+from exvo.learn import registry, runs
 from exvo.learn.features import (FeatureError, FeatureSpec, Scaler, load_features, parse_specs,
                                  report_missing)
-from exvo.learn.mlp import ARCHS, LOSSES, MLPConfig, SeedStack, predict as mlp_predict, train_mlp
+from exvo.learn.framework import TrainConfig
+from exvo.learn.mlp import ARCHS
+from exvo.learn.multitask import LossConfig
+from exvo.learn.presets import preset as preset_values
 from exvo.learn.probe import probe_layers
+from exvo.learn.selection import SelectionConfig, selection_rows
 from exvo.learn.targets import make_targets
-from exvo.learn.xgb import XGBConfig, holdout_split, load_xgb, predict_xgb, save_xgb, train_xgb
+from exvo.learn.threads import resolve_threads
 from exvo.predictions import Predictions
 
-LEARNERS = ("mlp", "xgb")
+COMBINES = ("uncertainty", "mean", "fixed")
 
 
 @dataclass
 class LearnConfig:
     """What to learn. ``seeds`` models are trained with seeds ``seed, seed+1, …``.
 
-    MLP: ``arch`` sys1 | sys2, ``loss`` uncertainty | mean, ``epochs``, ``patience``,
-    ``batch_size``, ``lr``, ``weight_decay``. XGBoost: ``xgb_estimators``, ``xgb_depth``, ``xgb_jobs`` (0 = all cores).
+    ``learner``: a registry name (:mod:`exvo.learn.registry`); ``options``: that learner's own
+    settings (``{field: value}`` of its config dataclass; ``arch`` and the ``xgb_*`` fields are
+    shorthands for the MLP's and XGBoost's). ``preset``: default | paper | baseline | fast
+    (:mod:`exvo.learn.presets`); every field left ``None`` takes the preset's value.
+    Losses: ``loss`` = how the task losses are combined (uncertainty | mean | fixed with
+    ``loss_weights``), ``emotion_loss`` mse | ccc, ``age_loss`` mse | mae. Selection:
+    ``stop_on`` holdout (a speaker-disjoint part of Train, honest) | val (the papers', †),
+    ``monitor`` score | loss. ``threads``: CPU threads, 0 = automatic (backs off under load).
     ``device``: auto | cpu | cuda.
     """
 
     features: list[str]
     learner: str = "mlp"
-    arch: str = "sys2"
+    preset: str = "default"
+    arch: str | None = None
     seeds: int = 5
-    loss: str = "uncertainty"
-    epochs: int = 20
-    patience: int = 5
-    batch_size: int = 8
+    loss: str | None = None
+    emotion_loss: str | None = None
+    age_loss: str | None = None
+    loss_weights: tuple[float, float, float] | None = None
+    epochs: int | None = None
+    patience: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    optimizer: str | None = None
+    min_delta: float | None = None
+    restore: str | None = None
+    warmup_epochs: float | None = None
+    decay: str | None = None
+    stop_on: str | None = None
+    monitor: str | None = None
+    holdout_frac: float = 0.1
+    holdout_seed: int = 0
     device: str = "auto"
     seed: int = 0
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    xgb_estimators: int = 100
-    xgb_depth: int = 4
-    xgb_jobs: int = 1
+    threads: int = 0
+    options: dict = field(default_factory=dict)
+    xgb_estimators: int | None = None
+    xgb_depth: int | None = None
+    xgb_jobs: int | None = None
     progress: bool = False
 
+    def resolved(self) -> dict:
+        """The preset's values with every explicitly set field on top."""
+        v = preset_values(self.preset)
+        for k in v:
+            if getattr(self, k, None) is not None:
+                v[k] = getattr(self, k)
+        return v
+
     def validate(self) -> None:
-        if self.learner not in LEARNERS:
-            raise ValueError(f"unknown learner {self.learner!r}; choose one of {LEARNERS}")
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown arch {self.arch!r}; choose one of {sorted(ARCHS)}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; choose one of {LOSSES}")
+        v = self.resolved()
+        learner = registry.get(self.learner)
+        if v["loss"] not in COMBINES:
+            raise ValueError(f"unknown loss {v['loss']!r}; choose one of {COMBINES}")
+        if "arch" in {f.name for f in dataclasses.fields(learner.config)} and v["arch"] not in ARCHS:
+            raise ValueError(f"unknown arch {v['arch']!r}; choose one of {sorted(ARCHS)}")
         if int(self.seeds) < 1:
             raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"unknown device {self.device!r}; choose auto, cpu or cuda")
+        self.train_config(), self.loss_config(), self.selection_config(), self.learner_config()
+        resolve_threads(self.threads)
+
+    def train_config(self) -> TrainConfig:
+        v = self.resolved()
+        return TrainConfig(epochs=int(v["epochs"]), patience=int(v["patience"]), batch_size=int(v["batch_size"]),
+                           lr=float(v["lr"]), weight_decay=float(v["weight_decay"]), optimizer=v["optimizer"],
+                           restore=v["restore"], min_delta=float(v["min_delta"]),
+                           warmup_epochs=float(v["warmup_epochs"]), decay=v["decay"])
+
+    def loss_config(self) -> LossConfig:
+        v = self.resolved()
+        return LossConfig(emotions=v["emotion_loss"], age=v["age_loss"], combine=v["loss"],
+                          weights=tuple(v["loss_weights"]))
+
+    def selection_config(self) -> SelectionConfig:
+        v = self.resolved()
+        return SelectionConfig(on=v["stop_on"], monitor=v["monitor"], holdout_frac=self.holdout_frac,
+                               holdout_seed=self.holdout_seed)
+
+    def learner_config(self):
+        learner = registry.get(self.learner)
+        known = {f.name for f in dataclasses.fields(learner.config)}
+        opts = {}
+        shorthands = {"arch": self.resolved()["arch"], "n_estimators": self.xgb_estimators,
+                      "max_depth": self.xgb_depth, "n_jobs": self.xgb_jobs}
+        if "train" not in learner.uses:
+            # a learner with its own optimisation settings (burst2vec) still takes the shared
+            # options given explicitly, when its config has a field of that name
+            shorthands |= {k: getattr(self, k) for k in ("epochs", "patience", "batch_size", "lr", "weight_decay")}
+        if "loss" not in learner.uses:
+            shorthands |= {"emotion_loss": self.emotion_loss, "age_loss": self.age_loss}
+        for k, val in shorthands.items():
+            if k in known and val is not None:
+                opts[k] = val
+        opts.update(self.options)
+        return learner.make_config(opts)
 
     @property
     def seed_list(self) -> list[int]:
@@ -100,112 +171,114 @@ def _constant_baseline(corpus: Corpus, t, rows) -> dict:
 
 def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", runs_dir: str | Path = "runs",
           name: str | None = None, echo: Callable[[str], None] = print, overwrite: bool = False) -> LearnResult:
-    """Train ``cfg.seeds`` models on Train, early-stop/score on Val, predict Val and Test, write the run.
+    """Train ``cfg.seeds`` models on Train, choose epochs on the selection rows, score on Val,
+    predict Val and Test, write the run folder.
 
     An existing run of the same name is refused before training unless ``overwrite``.
     """
     t_start = time.perf_counter()
     cfg.validate()
+    learner = registry.get(cfg.learner)
+    values = cfg.resolved()
+    train_cfg, loss_cfg, sel = cfg.train_config(), cfg.loss_config(), cfg.selection_config()
+    lcfg = cfg.learner_config()
     specs = parse_specs(cfg.features)
     if not corpus.has_labels("Val"):
-        raise CorpusError(f"{corpus.root} has no labelled Val clips; learning needs Val for early stopping and scores")
-    name = runs.check_name(name or runs.derive_name([s.text for s in specs], cfg.learner, cfg.arch))
+        raise CorpusError(f"{corpus.root} has no labelled Val clips; learning needs Val for its scores")
+    arch = getattr(lcfg, "arch", None)
+    name = runs.check_name(name or runs.derive_name([s.text for s in specs], cfg.learner, arch))
+    runs.check_free(Path(runs_dir), name, overwrite)
     runs_dir, cache_dir = Path(runs_dir), Path(cache_dir)
-    runs.check_free(runs_dir, name, overwrite)
     notes: list[str] = []
 
     def note(msg: str) -> None:
         notes.append(msg)
         echo(msg)
 
-    t0 = time.perf_counter()
-    fm = load_features(corpus, specs, cache_dir, echo=echo, probe_fn=probe_layers)
-    report_missing(fm, corpus, cache_dir, need=["Val"], echo=note)
-    test_ids = corpus.split_ids("Test")
-    do_test = bool(test_ids) and not fm.missing.get("Test")
-    if not test_ids:
-        note("note: the corpus has no Test rows; test.csv is not written")
-    elif not do_test:
-        m = fm.missing["Test"]
-        note(f"note: {len(m)} Test clip(s) are not in the feature cache(s) (failed extraction?), so test.csv "
-             f"is not written: {', '.join(m[:10])}{' …' if len(m) > 10 else ''}. Re-run `exvo extract` after fixing them")
-    t_load = time.perf_counter() - t0
-    rows = fm.rows
-    t = make_targets(corpus, fm.ids, rows)
-    scaler = Scaler.fit(fm.X, rows["Train"])
-    scaler.apply_(fm.X)
-    seeds = cfg.seed_list
-    dims = " + ".join(f"{b.spec}[L{b.layer}]:{b.dim}" for b in fm.blocks)
-    echo(f"features {dims} = {fm.dim} dims; Train {rows['Train'].size}, Val {rows['Val'].size}, "
-         f"Test {rows['Test'].size if do_test else 0} clips; {cfg.learner}"
-         + (f" {cfg.arch}, loss {cfg.loss}" if cfg.learner == "mlp" else "") + f", seeds {seeds}")
+    import torch
 
-    tmp = runs.staging_dir(runs_dir, name)
-    models = tmp / "models"
-    models.mkdir()
-    history = None
-    t0 = time.perf_counter()
-    if cfg.learner == "mlp":
-        mcfg = MLPConfig(arch=cfg.arch, loss=cfg.loss, epochs=cfg.epochs, patience=cfg.patience,
-                         batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        fit = train_mlp(fm.X, rows["Train"], rows["Val"], t.emotions, t.country, t.age_z, t.age_mean, t.age_std,
-                        seeds, mcfg, device=cfg.device, echo=echo, progress=cfg.progress)
-        import torch
+    from exvo.device import resolve_device
 
-        Xt = torch.from_numpy(fm.X).to(fit.stack.flat.device)
+    device = resolve_device(cfg.device)
+    threads = resolve_threads(cfg.threads)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        t0 = time.perf_counter()
+        fm = load_features(corpus, specs, cache_dir, echo=echo, probe_fn=lambda c, co: probe_layers(c, co, sel))
+        report_missing(fm, corpus, cache_dir, need=["Val"], echo=note)
+        test_ids = corpus.split_ids("Test")
+        do_test = bool(test_ids) and not fm.missing.get("Test")
+        if not test_ids:
+            note("note: the corpus has no Test rows; test.csv is not written")
+        elif not do_test:
+            m = fm.missing["Test"]
+            note(f"note: {len(m)} Test clip(s) are not in the feature cache(s) (failed extraction?), so test.csv "
+                 f"is not written: {', '.join(m[:10])}{' …' if len(m) > 10 else ''}. Re-run `exvo extract` after fixing them")
+        t_load = time.perf_counter() - t0
+        rows = fm.rows
+        t = make_targets(corpus, fm.ids, rows)
+        scaler = Scaler.fit(fm.X, rows["Train"])
+        scaler.apply_(fm.X)
+        seeds = cfg.seed_list
+        fit_rows, sel_rows = selection_rows(corpus, fm.ids, rows, sel)
+        dims = " + ".join(f"{b.spec}[L{b.layer}]:{b.dim}" for b in fm.blocks)
+        echo(f"features {dims} = {fm.dim} dims; Train {rows['Train'].size}, Val {rows['Val'].size}, "
+             f"Test {rows['Test'].size if do_test else 0} clips; {cfg.learner}"
+             + (f" {arch}" if arch else "") + f", preset {cfg.preset}, seeds {seeds}, {threads} thread(s)")
+        echo(f"  selection: {sel.describe()}" + ("" if sel.on == "val" else
+             f" — fit {fit_rows.size} clips, hold-out {sel_rows.size} clips"))
+        if sel.optimistic:
+            note("note: --stop-on val: Val chose the epochs/model, so this run's Val scores are optimistic (†)")
 
-        def outputs(r):
-            return mlp_predict(fit.stack, Xt, r, mcfg.eval_batch)
-
-        best_epochs: list[int | None] = list(fit.best_epoch)
-        runs.save_torch(fit.stack.state_dict(), models / "mlp.pt")
-        (models / "model.json").write_text(json.dumps({"learner": "mlp", "mlp": asdict(mcfg), "seeds": seeds}, indent=1))
-        history = {"val_selection_score": fit.history, "train_loss": fit.train_loss, "epochs_run": fit.epochs_run,
-                   "seconds_per_epoch": fit.seconds_per_epoch, "best_epoch": fit.best_epoch}
-        learner_cfg = asdict(mcfg)
-    else:
-        xcfg = XGBConfig(n_estimators=cfg.xgb_estimators, max_depth=cfg.xgb_depth, n_jobs=cfg.xgb_jobs,
-                         device="cuda" if cfg.device == "cuda" else "cpu")
-        pos = {i: k for k, i in enumerate(corpus.ids)}
-        spk = np.array([corpus.speakers[pos[fm.ids[k]]] for k in rows["Train"]])
-        fit_rows, stop_rows = holdout_split(rows["Train"], spk, xcfg.holdout, xcfg.holdout_seed)
-        echo(f"  early stopping on {stop_rows.size} Train clips of held-out speakers; fitting on {fit_rows.size}")
-        boosters = train_xgb(fm.X, fit_rows, stop_rows, t.emotions, t.country, t.age_z, seeds, xcfg, echo=echo)
+        tmp = runs.staging_dir(runs_dir, name)
+        models = tmp / "models"
+        models.mkdir()
+        t0 = time.perf_counter()
+        data = registry.FitData(fm.X, t, fit_rows, sel_rows, seeds, train_cfg, loss_cfg, sel, device=device,
+                                threads=threads, echo=echo, progress=cfg.progress)
+        fitted = learner.fit(data, lcfg)
+        fitted.save(models)
+        registry.save_meta(models, cfg.learner, lcfg)
+        t_train = time.perf_counter() - t0
+        scaler.save(models / "scaler.npz", age_mean=t.age_mean, age_std=t.age_std)
 
         def outputs(r):
-            return predict_xgb(boosters, fm.X[r])
+            return fitted.predict(fm.X[r])
 
-        best_epochs = [None] * len(seeds)
-        save_xgb(boosters, models, seeds, xcfg)
-        learner_cfg = asdict(xcfg) | {"fit_clips": int(fit_rows.size), "early_stopping_clips": int(stop_rows.size)}
-    t_train = time.perf_counter() - t0
-    scaler.save(models / "scaler.npz", age_mean=t.age_mean, age_std=t.age_std)
+        # ---- predictions and scores
+        val_ids = [fm.ids[k] for k in rows["Val"]]
+        emo, pro, agez = outputs(rows["Val"])
+        age = agez.astype(np.float64) * t.age_std + t.age_mean
+        per_seed, warns = [], []
+        for j in range(len(seeds)):
+            s, w = runs.score_quiet(Predictions.from_proba(val_ids, emo[j], pro[j], age[j]), corpus, "Val")
+            per_seed.append(s); warns += w
+        ens_pred = Predictions.from_proba(val_ids, *runs.ensemble(emo, pro, age))
+        ens, w = runs.score_quiet(ens_pred, corpus, "Val")
+        for msg in sorted(set(warns + w)):
+            note(f"warning: {msg}")
+        # "epochs": a learner with its own epoch loop (burst2vec) reports its best epochs too
+        best_epochs = fitted.best_epoch if {"train", "epochs"} & learner.uses else [None] * len(seeds)
+        metrics = runs.metrics_json(per_seed, seeds, best_epochs, ens, "Val", len(val_ids))
+        # same shape as a fusion run's "selection", so the report marks both kinds with †
+        metrics["selection"] = {"select_on": sel.on, "optimistic": sel.optimistic, "note": sel.describe()}
+        metrics["val_optimistic"] = sel.optimistic
+        from exvo.predictions import SeedPredictions, save_seed_predictions, save_split
 
-    # ---- predictions and scores
-    val_ids = [fm.ids[k] for k in rows["Val"]]
-    emo, pro, agez = outputs(rows["Val"])
-    age = agez.astype(np.float64) * t.age_std + t.age_mean
-    per_seed, warns = [], []
-    for j in range(len(seeds)):
-        s, w = runs.score_quiet(Predictions.from_proba(val_ids, emo[j], pro[j], age[j]), corpus, "Val")
-        per_seed.append(s); warns += w
-    ens_pred = Predictions.from_proba(val_ids, *runs.ensemble(emo, pro, age))
-    ens, w = runs.score_quiet(ens_pred, corpus, "Val")
-    for msg in sorted(set(warns + w)):
-        note(f"warning: {msg}")
-    metrics = runs.metrics_json(per_seed, seeds, best_epochs, ens, "Val", len(val_ids))
-    from exvo.predictions import SeedPredictions, save_seed_predictions, save_split
+        save_split(ens_pred, tmp, "Val")
+        save_seed_predictions(SeedPredictions(val_ids, seeds, emo, pro, age), tmp, "Val")
+        if do_test:
+            te_ids = [fm.ids[k] for k in rows["Test"]]
+            e, p, a = outputs(rows["Test"])
+            a = a.astype(np.float64) * t.age_std + t.age_mean
+            save_split(Predictions.from_proba(te_ids, *runs.ensemble(e, p, a)), tmp, "Test")
+            save_seed_predictions(SeedPredictions(te_ids, seeds, e, p, a), tmp, "Test")
+        trivial = _constant_baseline(corpus, t, rows)
+    finally:
+        torch.set_num_threads(old_threads)
 
-    save_split(ens_pred, tmp, "Val")
-    save_seed_predictions(SeedPredictions(val_ids, seeds, emo, pro, age), tmp, "Val")
-    if do_test:
-        te_ids = [fm.ids[k] for k in rows["Test"]]
-        e, p, a = outputs(rows["Test"])
-        a = a.astype(np.float64) * t.age_std + t.age_mean
-        save_split(Predictions.from_proba(te_ids, *runs.ensemble(e, p, a)), tmp, "Test")
-        save_seed_predictions(SeedPredictions(te_ids, seeds, e, p, a), tmp, "Test")
-    trivial = _constant_baseline(corpus, t, rows)
-
+    uses_train, uses_loss = "train" in learner.uses, "loss" in learner.uses
     config = {
         "kind": "learn",
         "exvo_version": exvo.__version__,
@@ -214,15 +287,23 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
         "features": [b.to_json() for b in fm.blocks],
         "dim": fm.dim,
         "learner": cfg.learner,
-        "arch": cfg.arch if cfg.learner == "mlp" else None,
+        "preset": cfg.preset,
+        "arch": arch,
         "seeds": seeds,
-        "loss": cfg.loss if cfg.learner == "mlp" else None,
-        "epochs": cfg.epochs, "patience": cfg.patience, "batch_size": cfg.batch_size,
-        "device": cfg.device,
+        "loss": values["loss"] if uses_loss else None,
+        "losses": asdict(loss_cfg) if uses_loss else ({"age": loss_cfg.age} if "loss.age" in learner.uses else None),
+        "epochs": train_cfg.epochs if uses_train else None,
+        "patience": train_cfg.patience if uses_train else None,
+        "batch_size": train_cfg.batch_size if uses_train else None,
+        "train": asdict(train_cfg) if uses_train else None,
+        "device": device,
+        "threads": threads,
         "learn_config": asdict(cfg),
-        "learner_config": learner_cfg,
-        "early_stopping": ("Val selection score (S_MTL with CCC/UAR floored at 1e-3); best epoch restored"
-                           if cfg.learner == "mlp" else "XGBoost early_stopping_rounds on a speaker-disjoint 10% of Train"),
+        "learner_config": asdict(lcfg),
+        "selection": asdict(sel) | {"description": sel.describe(), "fit_clips": int(fit_rows.size),
+                                    "selection_clips": int(sel_rows.size)},
+        "val_optimistic": sel.optimistic,
+        "early_stopping": sel.describe(),
         "standardisation": "per-feature mean/std of Train rows (models/scaler.npz)",
         "age": {"train_mean_years": t.age_mean, "train_std_years": t.age_std},
         "clips": {"train": int(rows["Train"].size), "val": int(rows["Val"].size),
@@ -236,8 +317,8 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
     }
     runs.write_json(tmp / "config.json", config)
     runs.write_json(tmp / "metrics.json", metrics)
-    if history is not None:
-        runs.write_json(tmp / "history.json", history)
+    if fitted.history is not None:
+        runs.write_json(tmp / "history.json", fitted.history)
     final = runs.commit(tmp, runs_dir / name, overwrite=overwrite)
     echo(f"mean/majority predictor on Val: CCC {trivial['ccc']:.3f} UAR {trivial['uar']:.3f} "
          f"MAE {trivial['mae']:.2f} S_MTL {trivial['s_mtl']:.3f}")
@@ -255,6 +336,10 @@ def predict_run(run_dir: str | Path, corpus: Corpus, cache_dir: str | Path = "ca
     if out is not None and Path(out).is_dir():
         raise ValueError(f"--out {out} is a folder; give the CSV file to write, e.g. --out {Path(out) / (split.lower() + '.csv')}")
     cfg = runs.read_config(run_dir)
+    if "finetune" in cfg:
+        raise ValueError(f"{run_dir} is an `exvo finetune` run (audio in, no feature cache); `exvo predict` applies "
+                         "runs over cached features. Extract with its encoder (`exvo extract --checkpoint "
+                         f"{run_dir}/models/encoder_seed0`) and train a learner on that cache instead")
     ids = corpus.split_ids(split)
     if not ids:
         raise CorpusError(f"{corpus.root} has no {split} rows to predict")
@@ -282,13 +367,8 @@ def predict_run(run_dir: str | Path, corpus: Corpus, cache_dir: str | Path = "ca
     del fm
     scaler.apply_(X)
     age_mean, age_std = float(extra["age_mean"]), float(extra["age_std"])
-    if cfg["learner"] == "mlp":
-        import torch
-
-        st = SeedStack.from_state(torch.load(run_dir / "models" / "mlp.pt", weights_only=True))
-        emo, pro, agez = mlp_predict(st, torch.from_numpy(X), np.arange(len(X)))
-    else:
-        emo, pro, agez = predict_xgb(load_xgb(run_dir / "models"), X)
+    fitted = registry.get(cfg["learner"]).load(run_dir / "models", "cpu")
+    emo, pro, agez = fitted.predict(X)
     pred = Predictions.from_proba(ids, *runs.ensemble(emo, pro, agez.astype(np.float64) * age_std + age_mean))
     out = Path(out) if out is not None else run_dir / f"predict_{corpus.name}_{split.lower()}.csv"
     pred.write(out)

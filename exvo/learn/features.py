@@ -234,7 +234,8 @@ def load_features(corpus: Corpus, specs: Sequence[FeatureSpec], cache_dir: str |
             margin = (f"; margin {sc[layer] - sc[runner_up]:.3f} over layer {runner_up}"
                       if runner_up is not None else "")
             echo(f"{spec.text}: layer {layer} of {c.n_layers} chosen by a closed-form ridge probe "
-                 f"(Train → Val S_MTL; optimistic for Val){margin} — scores: "
+                 f"({info.get('method', 'ridge probe')}"
+                 + ("; optimistic for Val" if info.get("selected_on", "val") == "val" else "") + f"){margin} — scores: "
                  + " ".join(f"{k}:{v:.3f}" for k, v in sc.items()))
         blocks.append(FeatureBlock(spec.text, spec.name, int(layer), how, c.n_layers, c.dim, str(c.path),
                                    c.config, c.fingerprint, info))

@@ -60,6 +60,8 @@ class TrainConfig:
     min_delta: float = 0.0
     vectorise: bool = True
     eval_batch: int = 4096
+    warmup_epochs: float = 0.0
+    decay: str = "none"
 
     def __post_init__(self):
         for k in ("epochs", "patience", "batch_size", "eval_batch"):
@@ -69,6 +71,28 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam or adamw")
         if self.restore not in ("best", "last"):
             raise ValueError(f"unknown restore {self.restore!r}; choose best or last")
+        if self.decay not in DECAYS:
+            raise ValueError(f"unknown learning-rate decay {self.decay!r}; choose one of {DECAYS}")
+        if float(self.warmup_epochs) < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+
+    def lr_factor(self, t: float) -> float:
+        """Learning-rate multiplier at training progress ``t`` (epochs done, fractional).
+
+        Linear warm-up from 0 (floored at 1e-3) to 1 over ``warmup_epochs``, then ``decay``:
+        ``none`` keeps 1; ``cosine`` falls to 0 at ``epochs`` (a large-batch schedule: the
+        scaled learning rate would be unstable in the first steps and too coarse at the end).
+        """
+        w = float(self.warmup_epochs)
+        if w > 0 and t < w:
+            return max(t / w, 1e-3)
+        if self.decay == "cosine":
+            span = max(float(self.epochs) - w, 1e-9)
+            return 0.5 * (1.0 + np.cos(np.pi * min(max(t - w, 0.0) / span, 1.0)))
+        return 1.0
+
+
+DECAYS = ("none", "cosine")
 
 
 def init_seed(seed: int) -> int:
@@ -165,7 +189,10 @@ class SeedStack:
 
 
 def shuffled_batches(data: Batch, rows: np.ndarray, batch_size: int) -> Sampler:
-    """The default sampler: one ``randperm`` of ``rows`` per epoch, consecutive batches of ``batch_size``."""
+    """The default sampler: one ``randperm`` of ``rows`` per epoch, consecutive batches of ``batch_size``.
+
+    The returned sampler has ``steps_per_epoch`` (used by per-step learning-rate schedules).
+    """
     rows_t = torch.as_tensor(rows, dtype=torch.long)
 
     def sample(gen: torch.Generator, epoch: int) -> Iterator[Batch]:
@@ -173,6 +200,7 @@ def shuffled_batches(data: Batch, rows: np.ndarray, batch_size: int) -> Sampler:
         for i in range(0, perm.numel(), batch_size):
             idx = perm[i:i + batch_size]
             yield {k: v[idx] for k, v in data.items()}
+    sample.steps_per_epoch = -(-rows_t.numel() // int(batch_size))
     return sample
 
 
@@ -202,19 +230,36 @@ class SeedFit:
     notes: list[str] = field(default_factory=list)
 
 
+def make_optimizer(cfg: TrainConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """Adam / AdamW with the documented ``fused=True`` implementation where this torch and device
+    have it (one kernel for all tensors: at batch 8 the default ``foreach`` step cost more than
+    forward and backward together on CPU, see ``benchmarks/README.md``), else the default."""
+    opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    try:
+        return opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def train_seeds(make: Callable[[], LearnerModule], sampler: Sampler, evaluate: Callable[[SeedStack], np.ndarray], seeds: list[int],
                 cfg: TrainConfig, device: str | torch.device = "cpu",
-                progress: Callable[[int, np.ndarray], None] | None = None) -> SeedFit:
+                progress: Callable[[int, np.ndarray], None] | None = None,
+                grad_fn: Callable[[dict[str, torch.Tensor], Batch], torch.Tensor] | None = None) -> SeedFit:
     """Train one ``make()`` module per seed; return the restored (best or last) stack.
 
     ``sampler(generator, epoch)`` yields one seed's batches (each seed has its own generator);
     ``evaluate(stack) -> (S,)`` selection scores, higher is better (called in eval mode,
-    without gradients).
+    without gradients). The learning rate follows ``cfg.lr * cfg.lr_factor(t)`` with ``t`` the
+    fractional epoch, per step when the sampler has ``steps_per_epoch``, else per epoch.
+
+    ``grad_fn(params, batch) -> (S,)`` is an optional replacement for autograd: it returns the
+    per-seed losses of the stacked batch and sets ``.grad`` of every parameter in ``params``
+    (``None`` for parameters the loss does not use), e.g. an optional hand-derived fast path
+    that must be tested equal to the autograd one (:mod:`exvo.learn.mlp_fast`).
     """
     stack = SeedStack.build(make, seeds, device)
     S = stack.n
-    opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    opt = opt_cls(list(stack.params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(cfg, list(stack.params.values()))
     gens = [torch.Generator().manual_seed(order_seed(s)) for s in seeds]
     keep = {k: v.detach().clone() for k, v in stack.params.items()}
     best = np.full(S, -np.inf)
@@ -228,15 +273,25 @@ def train_seeds(make: Callable[[], LearnerModule], sampler: Sampler, evaluate: C
 
     t0 = time.perf_counter()
     epoch = 0
+    steps = getattr(sampler, "steps_per_epoch", None)
+    scheduled = float(cfg.warmup_epochs) > 0 or cfg.decay != "none"
     for epoch in range(1, int(cfg.epochs) + 1):
         stack.base.train()
         iters = [sampler(g, epoch) for g in gens]
         tot, nb = torch.zeros(S), 0
         for batches in zip(*iters):
             batch = {k: v.to(device) for k, v in _stack_batches(list(batches)).items()}
+            if scheduled:
+                t = epoch - 1 + (nb / steps if steps else 0.0)
+                for g in opt.param_groups:
+                    g["lr"] = cfg.lr * cfg.lr_factor(t)
             opt.zero_grad(set_to_none=True)
-            per_seed = stack.run(fn, batch, cfg.vectorise)
-            per_seed.sum().backward()
+            if grad_fn is None:
+                per_seed = stack.run(fn, batch, cfg.vectorise)
+                per_seed.sum().backward()
+            else:
+                with torch.no_grad():
+                    per_seed = grad_fn(stack.params, batch)
             opt.step()
             tot += per_seed.detach().cpu()
             nb += 1

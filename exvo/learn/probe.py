@@ -1,11 +1,15 @@
-"""``@best``: choose an SSL layer with a closed-form ridge probe (Train → Val).
+"""``@best``: choose an SSL layer with a closed-form ridge probe (fit rows → selection rows).
 
 For every layer: standardise with Train statistics, fit one multi-output ridge regression
-to ``[10 emotions, one-hot country (4), standardised age]`` and score its Val predictions
-by the selection S_MTL (emotions clipped to [0, 1], country = argmax of its 4 outputs, age in
-years). A grid of 5 ridge strengths costs one eigendecomposition per layer (of XᵀX when
-dim ≤ n_train, else of XXᵀ). The layer with the best Val score wins — an optimistic choice
-for Val numbers, as any selection on Val is.
+to ``[10 emotions, one-hot country (4), standardised age]`` and score its predictions on the
+selection rows by the selection S_MTL (emotions clipped to [0, 1], country = argmax of its 4
+outputs, age in years). A grid of 5 ridge strengths costs one eigendecomposition per layer
+(of XᵀX when dim ≤ n_fit, else of XXᵀ). The layer with the best score wins.
+
+The rows follow :mod:`exvo.learn.selection`, the same rule as the learners: by default the
+probe is fitted on Train minus a speaker-disjoint hold-out and scored on the hold-out, so Val
+labels never choose the layer; with ``on="val"`` it is fitted on Train and scored on Val
+(the choice is then optimistic for Val numbers, †).
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import numpy as np
 from exvo.corpus import Corpus
 from exvo.extract.cache import EmbeddingCache
 from exvo.learn.features import Scaler
+from exvo.learn.selection import SelectionConfig, selection_rows
 from exvo.learn.targets import N_COUNTRIES, make_targets, selection_score
 
 ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -38,21 +43,22 @@ def ridge_val_scores(Xtr: np.ndarray, Ytr: np.ndarray, Xva: np.ndarray, alphas=A
     return [A @ (B / (e + a * n)[:, None]) + ymean for a in alphas]
 
 
-def probe_layers(cache: EmbeddingCache, corpus: Corpus) -> tuple[int, dict]:
-    """``(best layer, {"layer_scores": {layer: score}, "alpha": {layer: alpha}})``."""
+def probe_layers(cache: EmbeddingCache, corpus: Corpus, sel: SelectionConfig | None = None) -> tuple[int, dict]:
+    """``(best layer, {"method", "layer_scores": {layer: score}, "alpha": {layer: alpha}})``."""
+    sel = sel or SelectionConfig()
     ids = [i for i in corpus.ids if i in set(cache.ids)]
     pos = {i: k for k, i in enumerate(ids)}
     rows = {sp: np.array([pos[i] for i in corpus.split_ids(sp) if i in pos], dtype=np.int64)
             for sp in ("Train", "Val", "Test")}
-    if rows["Val"].size < 2:
-        raise ValueError(f"@best needs labelled Val clips in {cache.path.name}; found {rows['Val'].size}")
+    if sel.on == "val" and rows["Val"].size < 2:
+        raise ValueError(f"@best with --stop-on val needs labelled Val clips in {cache.path.name}; found {rows['Val'].size}")
     t = make_targets(corpus, ids, rows)
-    tr, va = rows["Train"], rows["Val"]
+    tr, va = selection_rows(corpus, ids, rows, sel)
     Y = np.concatenate([t.emotions[tr], np.eye(N_COUNTRIES)[t.country[tr]], t.age_z[tr, None]], axis=1)
     scores, alphas = {}, {}
     for layer in range(cache.n_layers):
         X = cache.layer(layer, ids)
-        Scaler.fit(X, tr).apply_(X)
+        Scaler.fit(X, rows["Train"]).apply_(X)
         best = (-1.0, None)
         for a, P in zip(ALPHAS, ridge_val_scores(X[tr], Y, X[va])):
             s = selection_score(t.emotions[va], np.clip(P[:, :10], 0, 1), t.country[va],
@@ -61,4 +67,6 @@ def probe_layers(cache: EmbeddingCache, corpus: Corpus) -> tuple[int, dict]:
                 best = (s, a)
         scores[layer], alphas[layer] = round(best[0], 5), best[1]
     layer = max(scores, key=lambda k: scores[k])
-    return layer, {"method": "ridge probe, Train → Val selection S_MTL", "layer_scores": scores, "alpha": alphas}
+    where = "Train → Val" if sel.on == "val" else "Train minus hold-out → speaker-disjoint Train hold-out"
+    return layer, {"method": f"ridge probe, {where} selection S_MTL", "selected_on": sel.on,
+                   "layer_scores": scores, "alpha": alphas}

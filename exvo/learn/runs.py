@@ -4,11 +4,13 @@
 
     config.json                 everything needed to reproduce the run ("kind": "learn")
     metrics.json                Val scores: mean ± std over seeds, per seed, seed-ensemble (schema below)
-    history.json                per-epoch Val selection scores and train losses (MLP)
+    history.json                per-epoch selection scores and train losses (torch learners)
     val.csv, test.csv           submission format, the seed-averaged ensemble's predictions
     val_country_proba.csv, test_country_proba.csv
     per_seed/val.npz, per_seed/test.npz   every seed's predictions (exvo.predictions.SeedPredictions)
-    models/                     scaler.npz + mlp.pt (all seeds) or xgb_seed<k>_<task>.ubj
+    models/                     scaler.npz, learner.json (registry name + learner config) and the
+                                learner's files: stack.pt + module.json (torch learners, all seeds)
+                                or xgb_seed<k>_<task>.ubj + xgb.json
 
 ``metrics.json``::
 
@@ -17,11 +19,16 @@
                  "s_mtl": {"mean", "std", "n_defined"}},   # S_MTL over the seeds where it is defined
      "per_seed": [{"seed", "ccc", "uar", "mae", "s_mtl", "ccc_per_emotion", "best_epoch"}, ...],
      "ensemble": {"ccc", "uar", "mae", "s_mtl", "ccc_per_emotion"},
-     "ccc_per_emotion": {emotion: mean over seeds}}
+     "ccc_per_emotion": {emotion: mean over seeds},
+     "selection": {"select_on": "holdout" | "val", "optimistic": bool, "note": str},
+     "val_optimistic": bool}
 
 Standard deviations are over seeds with ``ddof = 0`` (as ``np.std``). A seed whose CCC or UAR
 is <= 0 has no defined S_MTL (its ``per_seed`` entry says 0.0): the S_MTL summary is over the
-``n_defined`` other seeds (mean and std None when there are none).
+``n_defined`` other seeds (mean and std None when there are none). ``optimistic`` /
+``val_optimistic`` is true when Val chose the model (``--stop-on val``): its Val scores are
+then shown with †. ``best_epoch`` is the epoch whose weights were kept (``None`` for learners
+without epochs, e.g. XGBoost).
 """
 from __future__ import annotations
 
@@ -110,7 +117,8 @@ def summary_line(run_dir: Path | str, metrics: dict) -> str:
         part = f" ({n_def}/{len(metrics['per_seed'])} seeds defined)" if n_def != len(metrics["per_seed"]) else ""
         return f"{s[k]['mean']:.{d}f}" + ("" if one else f"±{s[k]['std']:.{d}f}") + part
 
-    return (f"{run_dir}: {metrics['split']} CCC {f('ccc')} UAR {f('uar')} MAE {f('mae', 2)} "
+    split = metrics["split"] + ("†" if metrics.get("val_optimistic") else "")
+    return (f"{run_dir}: {split} CCC {f('ccc')} UAR {f('uar')} MAE {f('mae', 2)} "
             f"S_MTL {f('s_mtl')} (ensemble {_ens(metrics['ensemble'])}; "
             + ("one seed, std undefined)" if one else f"mean ± std over {len(metrics['per_seed'])} seeds)"))
 

@@ -6,16 +6,19 @@
 * country: ``multi:softprob`` over the 4 countries;
 * age: squared-error regression on standardised age, reported in years.
 
-Early stopping (``early_stopping_rounds``) watches a speaker-disjoint 10 % of Train that is
-held out from fitting (the same speakers for every seed). Seeds change only the row and
-column subsampling (``subsample``/``colsample_bytree`` 0.8, ``random_state=seed``).
-Defaults are modest (≤ 100 trees of depth 4, learning rate 0.15, 1 thread) so that demo runs
-are quick; on a shared 2-core machine XGBoost's default all-core threading was 4× slower.
+Early stopping (``early_stopping_rounds``) watches the run's selection rows — the
+speaker-disjoint hold-out of Train that every learner uses (:mod:`exvo.learn.selection`), or
+Val with ``--stop-on val`` — fitting on the rest. Seeds change only the row and column
+subsampling (``subsample``/``colsample_bytree`` 0.8, ``random_state=seed``). Defaults are
+modest (≤ 100 trees of depth 4, learning rate 0.15) so that demo runs are quick; threads
+follow the run's ``--threads`` (see ``benchmarks/README.md`` for the measurements).
+Losses: squared error for emotions and age, or absolute error for age (``--age-loss mae``);
+the 1 − CCC emotion loss and loss weighting do not apply to separate boosters.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,43 +31,32 @@ TASKS = ("emo", "cou", "age")
 
 @dataclass
 class XGBConfig:
+    """Booster settings (``exvo learn --learner xgb --opt KEY=VALUE``). ``n_jobs``: threads per
+    booster, 0 = the run's ``--threads``. ``max_bin``: histogram bins per feature (XGBoost's
+    default is 256; fewer bins make each tree cheaper on wide inputs such as ComParE's 6,373
+    dimensions). ``colsample_bytree``: features sampled per tree."""
+
     n_estimators: int = 100
     max_depth: int = 4
     learning_rate: float = 0.15
     subsample: float = 0.8
     colsample_bytree: float = 0.8
+    max_bin: int = 256
     early_stopping_rounds: int = 20
-    holdout: float = 0.1          # fraction of Train speakers held out for early stopping
-    holdout_seed: int = 0
-    device: str = "cpu"           # cpu | cuda
-    n_jobs: int = 1               # 0 = all cores
-
-
-def holdout_split(train_rows: np.ndarray, speakers: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Speaker-disjoint ``(fit rows, early-stopping rows)`` of ``train_rows``.
-
-    ``speakers`` ``(len(train_rows),)``. At least one speaker is held out and one kept.
-    """
-    spk = np.unique(speakers)
-    if spk.size < 2:
-        raise ValueError("XGBoost early stopping needs at least 2 Train speakers for a speaker-disjoint hold-out")
-    rng = np.random.default_rng(seed)
-    k = min(spk.size - 1, max(1, int(round(frac * spk.size))))
-    held = set(rng.choice(spk, size=k, replace=False).tolist())
-    mask = np.array([s in held for s in speakers])
-    return train_rows[~mask], train_rows[mask]
+    device: str = "cpu"           # cpu | cuda (set from the run's --device)
+    n_jobs: int = 0
 
 
 def _params(cfg: XGBConfig, seed: int) -> dict:
     return dict(n_estimators=cfg.n_estimators, max_depth=cfg.max_depth, learning_rate=cfg.learning_rate,
                 subsample=cfg.subsample, colsample_bytree=cfg.colsample_bytree, tree_method="hist",
-                device=cfg.device, random_state=int(seed), early_stopping_rounds=cfg.early_stopping_rounds,
-                n_jobs=cfg.n_jobs or None)
+                max_bin=cfg.max_bin, device=cfg.device, random_state=int(seed),
+                early_stopping_rounds=cfg.early_stopping_rounds, n_jobs=cfg.n_jobs or None)
 
 
 def train_xgb(X: np.ndarray, fit_rows: np.ndarray, stop_rows: np.ndarray, emotions: np.ndarray,
               country: np.ndarray, age_z: np.ndarray, seeds, cfg: XGBConfig,
-              echo: Callable[[str], None] | None = None) -> list[dict]:
+              echo: Callable[[str], None] | None = None, age_loss: str = "mse") -> list[dict]:
     """Fit the three boosters for every seed. Returns ``[{"emo": model, "cou": ..., "age": ...,
     "best_iteration": {...}}]`` per seed. Labels are indexed by the rows of ``X``."""
     import xgboost as xgb
@@ -74,6 +66,8 @@ def train_xgb(X: np.ndarray, fit_rows: np.ndarray, stop_rows: np.ndarray, emotio
         # multi:softprob needs every class in the fitted rows to keep 4 outputs
         raise ValueError(f"the XGBoost fit rows contain countries {present.tolist()}; all of 0-{N_COUNTRIES - 1} "
                          "are needed (too few Train speakers?)")
+    if stop_rows.size == 0:
+        raise ValueError("XGBoost early stopping needs selection rows; none were given")
     Xf, Xs = X[fit_rows], X[stop_rows]
     out = []
     for seed in seeds:
@@ -82,7 +76,7 @@ def train_xgb(X: np.ndarray, fit_rows: np.ndarray, stop_rows: np.ndarray, emotio
         m_emo.fit(Xf, emotions[fit_rows], eval_set=[(Xs, emotions[stop_rows])], verbose=False)
         m_cou = xgb.XGBClassifier(objective="multi:softprob", num_class=N_COUNTRIES, **p)
         m_cou.fit(Xf, country[fit_rows], eval_set=[(Xs, country[stop_rows])], verbose=False)
-        m_age = xgb.XGBRegressor(**p)
+        m_age = xgb.XGBRegressor(objective="reg:absoluteerror" if age_loss == "mae" else "reg:squarederror", **p)
         m_age.fit(Xf, age_z[fit_rows], eval_set=[(Xs, age_z[stop_rows])], verbose=False)
         best = {t: int(getattr(m, "best_iteration", cfg.n_estimators - 1)) for t, m in zip(TASKS, (m_emo, m_cou, m_age))}
         if echo:
@@ -120,3 +114,36 @@ def load_xgb(folder: Path) -> list[dict]:
             m[t].load_model(folder / f"xgb_seed{seed}_{t}.ubj")
         out.append(m)
     return out
+
+
+class XGBFitted:
+    def __init__(self, models: list[dict], seeds, cfg: XGBConfig):
+        self.models, self.seeds, self.cfg = models, list(seeds), cfg
+        self.best_epoch = [None] * len(self.seeds)
+        self.history = None
+        self.info = {"best_iteration": [m.get("best_iteration") for m in models]}
+
+    def predict(self, X: np.ndarray):
+        return predict_xgb(self.models, X)
+
+    def save(self, folder: Path) -> None:
+        save_xgb(self.models, folder, self.seeds, self.cfg)
+
+
+def fit(data, cfg: XGBConfig) -> XGBFitted:
+    """Registry ``fit``: boosters on ``data.fit_rows``, early stopping on ``data.select_rows``."""
+    if data.loss.emotions != "mse":
+        raise ValueError(f"--learner xgb fits emotions with squared error; --emotion-loss {data.loss.emotions} "
+                         "applies to torch learners only")
+    cfg = replace(cfg, device="cuda" if data.device == "cuda" else "cpu", n_jobs=cfg.n_jobs or int(data.threads))
+    t = data.targets
+    models = train_xgb(data.X, data.fit_rows, data.select_rows, t.emotions, t.country, t.age_z, data.seeds, cfg,
+                       echo=data.echo, age_loss=data.loss.age)
+    return XGBFitted(models, data.seeds, cfg)
+
+
+def load(folder: Path, device: str = "cpu") -> XGBFitted:
+    meta = json.loads((Path(folder) / "xgb.json").read_text())
+    known = {f.name for f in fields(XGBConfig)}      # runs of older versions saved other keys too
+    return XGBFitted(load_xgb(Path(folder)), meta["seeds"],
+                     XGBConfig(**{k: v for k, v in meta["config"].items() if k in known}))

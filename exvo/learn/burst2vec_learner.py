@@ -1,0 +1,81 @@
+"""``exvo learn --learner burst2vec``: the registry entry of :mod:`exvo.learn.burst2vec`.
+
+Burst2Vec brings its own optimisation settings and losses (the paper's: batch 32, ≤ 100
+epochs, 1 − CCC and MAE), so it takes no shared preset values; ``exvo learn`` passes the
+shared options a user sets explicitly (``--epochs``, ``--patience``, ``--batch-size``, ``--lr``,
+``--emotion-loss``, ``--age-loss``) and ``--alpha1``/``--alpha2``/``--oversample`` into its
+config, any other field with ``--opt KEY=VALUE``. Epochs are chosen on the run's selection
+rows (the speaker-disjoint Train hold-out by default) by the selection score.
+
+Saved files (``models/``): ``stack.pt`` (every seed's weights) and ``burst2vec.json`` (input
+dim, config, seeds, the Train age range of the [0, 1] scale, the Train age mean/std).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exvo.learn.burst2vec import AgeScale, Burst2Vec, Burst2VecConfig, predict_burst2vec, train_burst2vec
+from exvo.learn.framework import SeedStack
+from exvo.learn import runs  # save_torch: a full disk is an OSError, not a torch RuntimeError
+
+
+class Burst2VecFitted:
+    """Every seed's Burst2Vec; ``predict(X)`` → emotions, country probabilities, standardised age."""
+
+    def __init__(self, stack: SeedStack, meta: dict, best_epoch, history, cfg: Burst2VecConfig):
+        self.stack, self.meta, self.cfg = stack, meta, cfg
+        self.seeds = list(stack.seeds)
+        self.best_epoch, self.history = list(best_epoch), history
+        self.info = {"epochs_run": (history or {}).get("epochs_run")}
+        self.scale = AgeScale(meta["age_range"][0], meta["age_range"][1])
+
+    def predict(self, X: np.ndarray):
+        Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(self.stack.device)
+        e, p, years = predict_burst2vec(self.stack, Xt, np.arange(len(X)), self.scale, self.cfg.eval_batch,
+                                        self.cfg.vectorise)
+        return e, p, ((years - self.meta["age_mean"]) / self.meta["age_std"]).astype(np.float32)
+
+    def save(self, folder: Path) -> None:
+        runs.save_torch(self.stack.state_dict(), Path(folder) / "stack.pt")
+        (Path(folder) / "burst2vec.json").write_text(json.dumps(self.meta, indent=1))
+
+
+def _config(d: dict) -> Burst2VecConfig:
+    return Burst2VecConfig(**(d | {"age_edges": tuple(d.get("age_edges", ()))}))
+
+
+def fit(data, cfg: Burst2VecConfig) -> Burst2VecFitted:
+    """The registry's ``fit(FitData, cfg)``."""
+    if data.selection.monitor != "score":
+        raise ValueError(f"burst2vec chooses its epochs by the selection score, not by {data.selection.monitor!r}; "
+                         "use a preset that monitors the score (default) or pass --stop-on without --preset paper/baseline")
+    t = data.targets
+    fitted, scale = train_burst2vec(data.X, np.asarray(data.fit_rows), np.asarray(data.select_rows), t.emotions,
+                                    t.country, t.age, data.seeds, cfg, data.device, data.echo)
+    history = {"selection": data.selection.on, "monitor": "score", "selection_history": fitted.history,
+               "train_loss": fitted.train_loss, "epochs_run": fitted.epochs_run,
+               "seconds_per_epoch": fitted.seconds_per_epoch, "best_epoch": fitted.best_epoch}
+    meta = {"dim": int(data.X.shape[1]), "config": asdict(cfg), "seeds": list(data.seeds),
+            "age_range": [scale.lo, scale.hi], "age_mean": float(t.age_mean), "age_std": float(t.age_std)}
+    return Burst2VecFitted(fitted.stack, meta, fitted.best_epoch, history, cfg)
+
+
+def load(folder: Path, device: str) -> Burst2VecFitted:
+    """The registry's ``load(folder, device)`` (for ``exvo predict``)."""
+    meta_path = Path(folder) / "burst2vec.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{folder} has no burst2vec.json; is this a burst2vec run's models/ folder?")
+    meta = json.loads(meta_path.read_text())
+    cfg = _config(meta["config"])
+    state = torch.load(Path(folder) / "stack.pt", weights_only=True)
+    stack = SeedStack.from_state(lambda: Burst2Vec(int(meta["dim"]), cfg), state, device)
+    return Burst2VecFitted(stack, meta, [None] * len(stack.seeds), None, cfg)
+
+
+HELP = ("Burst2Vec (Chen et al. 2022): shared + task-specific extractors, 3-pass output loss, reversed task "
+        "discriminator (--alpha1) and task-specific adversaries (--alpha2), per-task batches, --oversample")

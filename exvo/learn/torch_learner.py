@@ -1,0 +1,108 @@
+"""Fit, predict, save and load any :class:`~exvo.learn.multitask.MultitaskModule` learner.
+
+This is what :func:`exvo.learn.registry.module_learner` plugs into the registry: batches are
+drawn from ``data.fit_rows`` (one shuffled order per seed), every epoch each seed is scored
+on ``data.select_rows`` — the selection S_MTL (higher is better) or, with
+``monitor="loss"``, minus the module's own loss on all selection rows at once (as the
+baseline's Val loss) — and :func:`exvo.learn.framework.train_seeds` does early stopping and
+best/last-epoch restore per seed.
+
+Saved files (``models/``): ``stack.pt`` (every seed's parameters, ``SeedStack.state_dict``)
+and ``module.json`` (input dim, the learner's config, the loss config, seeds).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from exvo.learn.framework import SeedStack, predict as stack_predict, shuffled_batches, train_seeds
+from exvo.learn.multitask import LossConfig, MultitaskModule, check_outputs, data_tensors
+from exvo.learn.targets import selection_score
+from exvo.learn import runs  # save_torch: a full disk is an OSError, not a torch RuntimeError
+
+
+class TorchFitted:
+    """Every seed's trained module; ``predict(X)`` → emotions, country probabilities, standardised age."""
+
+    def __init__(self, stack: SeedStack, meta: dict, best_epoch, history, info, vectorise: bool = True,
+                 eval_batch: int = 4096):
+        self.stack, self.meta = stack, meta
+        self.seeds = list(stack.seeds)
+        self.best_epoch, self.history, self.info = list(best_epoch), history, info
+        self.vectorise, self.eval_batch = vectorise, eval_batch
+
+    def outputs(self, data: dict[str, torch.Tensor], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = stack_predict(self.stack, {"x": data["x"]}, rows, self.eval_batch, self.vectorise)
+        c = torch.softmax(torch.from_numpy(out["country"]), -1).numpy()
+        return out["emotions"], c, out["age"]
+
+    def predict(self, X: np.ndarray):
+        return self.outputs({"x": torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))}, np.arange(len(X)))
+
+    def save(self, folder: Path) -> None:
+        runs.save_torch(self.stack.state_dict(), folder / "stack.pt")
+        (folder / "module.json").write_text(json.dumps(self.meta, indent=1))
+
+
+def fit_module(make: Callable[[int], MultitaskModule], data, cfg, vectorise: bool = True,
+               grad_fn=None) -> TorchFitted:
+    """Train one ``make(dim)`` per seed on ``data`` (a :class:`exvo.learn.registry.FitData`)."""
+    dev = torch.device(data.device)
+    t = data.targets
+    D = data.tensors if hasattr(data, "tensors") else data_tensors(data.X, t, dev)
+    dim = data.X.shape[1]
+    sel = np.asarray(data.select_rows)
+    fit_rows = np.asarray(data.fit_rows)
+    if fit_rows.size == 0 or sel.size == 0:
+        raise ValueError(f"nothing to train on: {fit_rows.size} fit rows and {sel.size} selection rows")
+    probe = make(dim)
+    if not isinstance(probe, MultitaskModule):
+        raise TypeError(f"a module learner must build a MultitaskModule, got {type(probe).__name__}")
+    with torch.no_grad():
+        check_outputs(probe.to(dev).outputs({k: v[torch.as_tensor(fit_rows[:2])] for k, v in D.items()}), min(2, fit_rows.size))
+    del probe
+    sel_t = {k: v[torch.as_tensor(sel, device=dev)] for k, v in D.items()}
+    te, tc, ta = t.emotions[sel], t.country[sel], t.age[sel]
+
+    def evaluate(stack: SeedStack) -> np.ndarray:
+        if data.selection.monitor == "loss":
+            from torch.func import functional_call
+
+            def fn(p, b, batch):
+                return functional_call(stack.base, (p, b), (batch,), {"train_loss": True})
+            return -stack.run(fn, sel_t, vectorise, stacked_batch=False).detach().cpu().numpy()
+        emo, pro, agez = TorchFitted(stack, {}, [], None, {}, vectorise, data.train.eval_batch).outputs(D, sel)
+        return np.array([selection_score(te, emo[j], tc, pro[j].argmax(1), ta, agez[j] * t.age_std + t.age_mean)
+                         for j in range(stack.n)])
+
+    what = "−loss" if data.selection.monitor == "loss" else "selection score"
+
+    def progress(epoch: int, score: np.ndarray) -> None:
+        data.echo(f"  epoch {epoch:2d}: {what} " + " ".join(f"{s:.3f}" for s in score))
+
+    fit = train_seeds(lambda: make(dim), shuffled_batches(D, fit_rows, data.train.batch_size), evaluate,
+                      data.seeds, data.train, dev, progress, grad_fn=grad_fn)
+    history = {"selection": data.selection.on, "monitor": data.selection.monitor,
+               "selection_history": fit.history, "train_loss": fit.train_loss, "epochs_run": fit.epochs_run,
+               "seconds_per_epoch": fit.seconds_per_epoch, "best_epoch": fit.best_epoch}
+    meta = {"dim": int(dim), "config": asdict(cfg), "loss": asdict(data.loss), "seeds": list(data.seeds)}
+    return TorchFitted(fit.stack, meta, fit.best_epoch, history, {"epochs_run": fit.epochs_run}, vectorise,
+                       data.train.eval_batch)
+
+
+def load_module(folder: Path, device: str, make: Callable[[int, dict, LossConfig], MultitaskModule],
+                vectorise: bool = True) -> TorchFitted:
+    meta_path = Path(folder) / "module.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{folder} has no module.json; the run was made by an older exvo "
+                                "(before the learner framework). Re-run `exvo learn` to rebuild it")
+    meta = json.loads(meta_path.read_text())
+    loss = LossConfig(**{k: (tuple(v) if k == "weights" else v) for k, v in meta["loss"].items()})
+    state = torch.load(Path(folder) / "stack.pt", weights_only=True)
+    stack = SeedStack.from_state(lambda: make(int(meta["dim"]), meta["config"], loss), state, device)
+    return TorchFitted(stack, meta, [None] * len(stack.seeds), None, {}, vectorise)
