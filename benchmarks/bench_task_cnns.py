@@ -36,7 +36,9 @@ def main() -> None:
     from exvo.corpus import Corpus, load_audio
     from exvo.extract.base import ExtractOptions
     from exvo.extract.run import extract
-    from exvo.extract.waveform_cnn import BUILTIN, clip_embeddings, load_model, torch_threads
+    from exvo.extract.cnn.extractor import BUILTIN
+    from exvo.extract.cnn.model import clip_embeddings
+    from exvo.extract.cnn.train import load_model, torch_threads
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, required=True)

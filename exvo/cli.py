@@ -139,6 +139,9 @@ def extract(
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild the cache even if it exists (other settings are otherwise refused)."),
     max_failures: Optional[str] = typer.Option(None, help="Abort once more clips than this fail: a count (10), fraction (0.05) or percentage (5%)."),
     epochs: Optional[int] = typer.Option(None, help="Task CNNs: cap on training epochs (default: until the lr falls below 1e-6)."),
+    cnn_arch: str = typer.Option("paper", help="Task CNNs: paper (4 conv + FC 10, the Idiap paper) | sinc (SincNet-style front end)."),
+    cnn_seeds: int = typer.Option(1, help="Task CNNs: train N CNNs (seeds); the cache gets one layer per CNN (feature spec NAME@k)."),
+    crossfit: int = typer.Option(0, help="Task CNNs: K >= 2 embeds each Train clip with a CNN trained without its speaker's fold (0: off)."),
     list_models: bool = typer.Option(False, "--list", help="List the registered extractors and exit."),
 ):
     """Stage 1: extract utterance embeddings of every clip into the HDF5 cache (resumable)."""
@@ -156,7 +159,8 @@ def extract(
               f"(or a CNN trained with `exvo train-cnn`, looked up in {cache}/models/)")
     corpus = load_corpus(data)
     opts = ExtractOptions(checkpoint=checkpoint, device=device, precision=precision, batch_seconds=batch_seconds,
-                          workers=workers, chunk_seconds=chunk_seconds, dtype=dtype, train_epochs=epochs)
+                          workers=workers, chunk_seconds=chunk_seconds, dtype=dtype, train_epochs=epochs,
+                          cnn_arch=cnn_arch, cnn_seeds=cnn_seeds, crossfit=crossfit)
     try:
         s = run_extract(corpus, model, cache, opts, overwrite=overwrite, max_failures=max_failures,
                         progress=sys.stderr.isatty() or bool(os.environ.get("EXVO_PROGRESS")))
@@ -263,6 +267,7 @@ def train_cnn(
     name: str = typer.Option(..., help="Name of the new extractor (e.g. raw_ser); extract it later with --model NAME."),
     label_column: str = typer.Option(..., help="Column of data_info.csv with the class labels (hard labels, any strings)."),
     signal: str = typer.Option("raw", "--input", help="raw | zff waveform input."),
+    arch: str = typer.Option("paper", help="paper (4 conv + FC 10, the Idiap paper) | sinc (SincNet-style front end)."),
     data: Optional[Path] = DataOpt,
     cache: Path = CacheOpt,
     epochs: Optional[int] = typer.Option(None, help="Cap on training epochs (default: until the lr falls below 1e-6)."),
@@ -270,10 +275,10 @@ def train_cnn(
     seed: int = typer.Option(0, help="Random seed."),
 ):
     """Train a raw/ZFF waveform CNN on any labelled corpus; it becomes an extractor usable on other corpora."""
-    from exvo.extract.waveform_cnn import train_custom_cnn
+    from exvo.extract.cnn.extractor import train_custom_cnn
 
     corpus = load_corpus(data)
-    path = train_custom_cnn(corpus, name=name, label_column=label_column, signal=signal, cache_dir=cache,
+    path = train_custom_cnn(corpus, name=name, label_column=label_column, signal=signal, cache_dir=cache, arch=arch,
                             epochs=epochs, device=device, seed=seed, echo=typer.echo)
     typer.echo(f"saved {path}; extract it with `exvo extract --model {name} --data DIR`")
 

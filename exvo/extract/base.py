@@ -43,6 +43,9 @@ class ExtractOptions:
     dtype: str = "float32"        # cache storage dtype: float32 or float16
     seed: int = 0
     train_epochs: int | None = None   # task CNNs: cap on training epochs (None = until lr < 1e-6)
+    cnn_arch: str = "paper"           # task CNNs: paper | sinc (exvo.extract.cnn.model)
+    cnn_seeds: int = 1                # task CNNs: CNNs trained (seeds seed..seed+N-1), one cache layer each
+    crossfit: int = 0                 # task CNNs: K >= 2 embeds Train clips by CNNs that never saw their speaker
 
     def to_json(self) -> dict:
         return asdict(self)
