@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from exvo.corpus import Corpus
+from exvo.fusion.cnn_report import cnn_section
 from exvo.fusion.runs import Run, discover, feature_specs, n_seeds, read_json
 from exvo.predictions import PredictionError, score as score_pred
 
@@ -259,9 +260,12 @@ def make_report(runs_dir: str | Path, out_dir: str | Path, corpus: Corpus | None
     md = [f"# exvo report: {runs_dir}", "", _md_table(cells), ""] + [f"- {n}" for n in notes] + ["", "## Figures", ""]
     md += [f"### {title}\n\n![{title}]({p.name})\n" for title, p in made]
     md += [f"- {n}" for n in fig_notes]
+    cnn_md, cnn_text = cnn_section(runs, out_dir)    # task CNNs: Table 1 and Fig. 2 (cnn_report.py)
+    md += cnn_md
     (out_dir / "report.md").write_text("\n".join(md) + "\n")
 
     text = [_text_table(cells), ""] + [f"  {n}" for n in notes]
     text += [f"  figure: {p}" for _, p in made] + [f"  {n}" for n in fig_notes]
+    text += cnn_text
     text.append(f"  written: {out_dir / 'report.md'}, {out_dir / 'report.csv'}")
     return "\n".join(text)

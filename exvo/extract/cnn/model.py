@@ -302,12 +302,13 @@ def cumulative_response(filters: np.ndarray, sample_rate: int = SAMPLE_RATE, nff
     h = np.asarray(filters, dtype=np.float64)
     if h.ndim != 2:
         raise ValueError(f"filters must be (n_filters, taps), got shape {h.shape}")
-    mag = np.abs(np.fft.rfft(h, n=max(nfft, h.shape[1]), axis=1))
+    n = max(nfft, h.shape[1])
+    mag = np.abs(np.fft.rfft(h, n=n, axis=1))
     norm = np.linalg.norm(mag, axis=1, keepdims=True)
     keep = norm[:, 0] > 0
     cum = (mag[keep] / norm[keep]).sum(axis=0)
     peak = cum.max() if cum.size and cum.max() > 0 else 1.0
-    return np.fft.rfftfreq(mag.shape[1], 1.0 / sample_rate), cum / peak
+    return np.fft.rfftfreq(n, 1.0 / sample_rate), cum / peak
 
 
 def shapes(cfg: CNNConfig) -> Sequence[str]:
