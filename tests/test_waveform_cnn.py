@@ -49,9 +49,12 @@ def test_paper_architecture_by_default():
     cfg = CNNConfig(n_classes=10)
     m = build_model(cfg)
     convs = [x for x in m.modules() if isinstance(x, torch.nn.Conv1d)]
-    assert cfg.arch == "paper" and len(convs) == 4
-    assert not any(isinstance(x, torch.nn.BatchNorm1d) for x in m.modules())
+    assert cfg.arch == "paper" and len(convs) == 4 and convs[0].stride == (10,)
+    assert sum(isinstance(x, torch.nn.BatchNorm1d) for x in m.modules()) == 4
     assert m.fc.out_features == 10 and m.out.out_features == 10 and cfg.downsampling == 160
+    plain = build_model(CNNConfig(n_classes=10, batch_norm=False))     # the paper's layers without BN
+    assert not any(isinstance(x, torch.nn.BatchNorm1d) for x in plain.modules())
+    assert [type(x).__name__ for x in plain.convs[0]] == ["Conv1d", "ReLU", "MaxPool1d"]
 
 
 def test_config_validation():
@@ -92,7 +95,7 @@ def test_sinc_filters_are_band_pass(perturb):
     assert all(gain[k, 0] < 0.02 for k in range(16) if low[k] > 500)
 
 
-@pytest.mark.parametrize("cfg", [TINY, TINY_SINC])
+@pytest.mark.parametrize("cfg", [TINY, TINY_SINC, {**TINY, "batch_norm": False}])
 def test_whole_clip_extraction_equals_frame_by_frame(cfg):
     m = tiny(4, seed=3, cfg=cfg)
     with torch.no_grad():   # non-trivial BatchNorm statistics

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -37,7 +38,7 @@ from exvo.corpus import SAMPLE_RATE, AudioError, Corpus, load_audio
 from exvo.device import resolve_device
 from exvo.extract.base import ClipResult, ExtractOptions, Extractor, add_resolver, mean_std, register
 from exvo.extract.cnn.labels import EMOTION_LABEL, speaker_folds
-from exvo.extract.cnn.model import ARCHS, clip_embeddings
+from exvo.extract.cnn.model import ARCHS, arch_defaults, clip_embeddings
 from exvo.extract.cnn.train import (
     VERSION, Echo, LoadedModel, TrainConfig, load_model, prepare_signal, torch_threads, train_cnn,
 )
@@ -93,8 +94,10 @@ class WaveformCNNExtractor(Extractor):
 
     # ------------------------------------------------------------ models
     def _wanted(self, seed: int, n_folds: int | None, fold: int | None) -> dict:
+        # the defaults are part of the recipe: a model trained under other defaults is not reused
         return {"arch": self.arch, "seed": seed, "max_epochs": self.opts.train_epochs,
-                "crossfit_fold": fold, "crossfit_folds": n_folds}
+                "crossfit_fold": fold, "crossfit_folds": n_folds, "code_version": VERSION,
+                "arch_defaults": arch_defaults(self.arch), "train_defaults": asdict(TrainConfig())}
 
     def _get(self, corpus: Corpus, path: Path, seed: int, rows, fold=None, n_folds=None) -> LoadedModel:
         want = self._wanted(seed, n_folds, fold)
