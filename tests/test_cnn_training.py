@@ -173,3 +173,10 @@ def test_reloaded_model_gives_the_same_embeddings(small_demo_corpus_dir, tmp_pat
     eb, _ = clip_embeddings(b.model, x)
     assert a.sha256 == b.sha256 == info["weights_sha256"] and float(a.model.input_scale) != 1.0
     np.testing.assert_array_equal(ea, eb)
+
+
+def test_bad_cnn_options_are_refused_with_a_message():
+    with pytest.raises(ValueError, match="--crossfit must be 0 \\(off\\) or K >= 2 folds, got 1"):
+        get_extractor("raw_exvo_er", ExtractOptions(crossfit=1))
+    with pytest.raises(ValueError, match="--cnn-arch must be one of"):
+        get_extractor("raw_exvo_er", ExtractOptions(cnn_arch="wide"))

@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
-from typing import Sequence
-
 import numpy as np
 
 from exvo.corpus import SAMPLE_RATE
@@ -319,11 +317,3 @@ def cumulative_response(filters: np.ndarray, sample_rate: int = SAMPLE_RATE, nff
     cum = (mag[keep] / norm[keep]).sum(axis=0)
     peak = cum.max() if cum.size and cum.max() > 0 else 1.0
     return np.fft.rfftfreq(n, 1.0 / sample_rate), cum / peak
-
-
-def shapes(cfg: CNNConfig) -> Sequence[str]:
-    """Human-readable layer list of ``cfg`` (for logs and docs)."""
-    kind = "SincConv" if cfg.arch == "sinc" else "Conv"
-    out = [f"{kind} {cfg.channels[0]}x{cfg.kernels[0]}/{cfg.stride} pool {cfg.pools[0]}"]
-    out += [f"Conv {c}x{k} pool {p}" for c, k, p in zip(cfg.channels[1:], cfg.kernels[1:], cfg.pools[1:])]
-    return out + [f"FC {cfg.channels[-1]}x{cfg.span}->{cfg.bottleneck}", f"FC {cfg.bottleneck}->{cfg.n_classes}"]
