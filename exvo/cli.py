@@ -141,7 +141,7 @@ def extract(
     epochs: Optional[int] = typer.Option(None, help="Task CNNs: cap on training epochs (default: until the lr falls below 1e-6)."),
     cnn_arch: str = typer.Option("paper", help="Task CNNs: paper (4 conv + FC 10, the Idiap paper) | sinc (SincNet-style front end)."),
     cnn_seeds: int = typer.Option(1, help="Task CNNs: train N CNNs (seeds); the cache gets one layer per CNN (feature spec NAME@k)."),
-    crossfit: int = typer.Option(0, help="Task CNNs: K >= 2 embeds each Train clip with a CNN trained without its speaker's fold (0: off)."),
+    crossfit: int = typer.Option(0, help="Task CNNs: K >= 2 embeds each Train clip with a CNN trained without its speaker's fold (0: off; it hurt downstream scores on the demo corpus, see benchmarks/README.md)."),
     list_models: bool = typer.Option(False, "--list", help="List the registered extractors and exit."),
 ):
     """Stage 1: extract utterance embeddings of every clip into the HDF5 cache (resumable)."""
