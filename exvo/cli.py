@@ -187,6 +187,9 @@ def extract(
     max_failures: Optional[str] = typer.Option(None, help="Abort once more clips than this fail: a count (10), fraction (0.05) or percentage (5%)."),
     epochs: Optional[int] = typer.Option(None, help="Task CNNs: cap on training epochs (default: until the lr falls below 1e-6)."),
     rms_db: Optional[float] = typer.Option(None, help="SSL: RMS-normalise every clip to this level in dBFS before the model (Burst2Vec: -3); stored in the cache config."),
+    cnn_arch: str = typer.Option("paper", help="Task CNNs: paper (4 conv + FC 10, the Idiap paper) | sinc (SincNet-style front end)."),
+    cnn_seeds: int = typer.Option(1, help="Task CNNs: train N CNNs (seeds); the cache gets one layer per CNN (feature spec NAME@k)."),
+    crossfit: int = typer.Option(0, help="Task CNNs: K >= 2 embeds each Train clip with a CNN trained without its speaker's fold (0: off; it hurt downstream scores on the demo corpus, see benchmarks/README.md)."),
     list_models: bool = typer.Option(False, "--list", help="List the registered extractors and exit."),
     frames: bool = typer.Option(False, "--frames", help="SSL: store one layer's frame sequences (ragged, <model>.frames.h5) instead of utterance vectors."),
     layer: int = typer.Option(-1, help="With --frames: the hidden state to store (0 = input embeddings, -1 = last)."),
@@ -214,7 +217,7 @@ def extract(
     corpus = load_corpus(data)
     opts = ExtractOptions(checkpoint=checkpoint, device=device, precision=precision, batch_seconds=batch_seconds,
                           workers=workers, chunk_seconds=chunk_seconds, dtype=dtype, train_epochs=epochs,
-                          rms_db=rms_db)
+                          rms_db=rms_db, cnn_arch=cnn_arch, cnn_seeds=cnn_seeds, crossfit=crossfit)
     if frames:  # the frame-level cache of issue 15: its own store and writer (exvo.extract.frames)
         from exvo.extract.frames_run import extract_frames
 
@@ -517,6 +520,7 @@ def train_cnn(
     name: str = typer.Option(..., help="Name of the new extractor (e.g. raw_ser); extract it later with --model NAME."),
     label_column: str = typer.Option(..., help="Column of data_info.csv with the class labels (hard labels, any strings)."),
     signal: str = typer.Option("raw", "--input", help="raw | zff waveform input."),
+    arch: str = typer.Option("paper", help="paper (4 conv + FC 10, the Idiap paper) | sinc (SincNet-style front end)."),
     data: Optional[Path] = DataOpt,
     cache: Path = CacheOpt,
     epochs: Optional[int] = typer.Option(None, help="Cap on training epochs (default: until the lr falls below 1e-6)."),
@@ -524,10 +528,10 @@ def train_cnn(
     seed: int = typer.Option(0, help="Random seed."),
 ):
     """Train a raw/ZFF waveform CNN on any labelled corpus; it becomes an extractor usable on other corpora."""
-    from exvo.extract.waveform_cnn import train_custom_cnn
+    from exvo.extract.cnn.extractor import train_custom_cnn
 
     corpus = load_corpus(data)
-    path = train_custom_cnn(corpus, name=name, label_column=label_column, signal=signal, cache_dir=cache,
+    path = train_custom_cnn(corpus, name=name, label_column=label_column, signal=signal, cache_dir=cache, arch=arch,
                             epochs=epochs, device=device, seed=seed, echo=typer.echo)
     typer.echo(f"saved {path}; extract it with `exvo extract --model {name} --data DIR`")
 

@@ -4,7 +4,7 @@ Stages (each says what it does, what it skips and why, and how long it took):
 
 1. corpus   make the demo corpus in ``data_dir`` unless it has a ``data_info.csv``;
 2. extract  ``egemaps``, ``compare``, the task CNNs ``raw_exvo_er`` and ``zff_exvo_er``
-            (trained for at most :data:`DEMO_CNN_EPOCHS` epochs), and ``wavlm`` only when
+            (trained for at most :data:`DEMO_CNN_EPOCHS` all-frames epochs), and ``wavlm`` only when
             its weights are on this machine (the hub is never contacted: ``HF_HUB_OFFLINE``
             is set while the extractor loads). An extractor that is not registered, has no
             weights or fails is skipped with a note; the rest go on;
@@ -29,7 +29,12 @@ from typing import Callable
 
 from exvo.fusion.runs import feature_specs, n_seeds, read_json
 
-DEMO_CNN_EPOCHS = 15
+DEMO_CNN_EPOCHS = 12
+"""Cap on the task CNNs' epochs in the demo. An epoch is one pass over every 250 ms window
+of the demo's Train split (≈ 85 k windows): ≈ 6 s on one idle core, so the two demo CNNs
+take ≈ 2-3 minutes together. Uncapped, the schedule runs until the lr falls below 1e-6
+(≥ 17 more epochs after the last improvement); 12 epochs reach most of its Val UAR
+(see benchmarks/README.md)."""
 DEMO_EXTRACTORS: tuple[str, ...] = ("egemaps", "compare", "raw_exvo_er", "zff_exvo_er")
 DEMO_SSL: tuple[str, ...] = ("wavlm",)
 DEMO_FEATURE_SETS: tuple[tuple[str, ...], ...] = (

@@ -11,13 +11,14 @@ from exvo.corpus import Corpus
 from exvo.extract.base import ExtractOptions, find, get_extractor
 from exvo.extract.cache import CacheMismatch, EmbeddingCache
 from exvo.extract.run import extract
-from exvo.extract.waveform_cnn import (
-    CNNConfig, TrainConfig, _Pool, build_model, clip_embeddings, fit, load_model, prepare_signal,
-    train_custom_cnn, weights_sha256,
-)
+from exvo.extract.cnn.extractor import train_custom_cnn
+from exvo.extract.cnn.model import CNNConfig, build_model, clip_embeddings, weights_sha256
+from exvo.extract.cnn.sampler import FramePool
+from exvo.extract.cnn.train import TrainConfig, fit, load_model, prepare_signal
 
 SR = 16_000
-TINY = dict(n_filters=8, filter_len=33, channels=(8, 8, 8))
+TINY = dict(channels=(8, 8, 8, 8))                                       # paper arch, fewer channels
+TINY_SINC = dict(arch="sinc", channels=(8, 8, 8, 8), kernels=(33, 5, 5, 5))
 
 
 @pytest.fixture(autouse=True)
@@ -28,13 +29,14 @@ def _one_thread():
     torch.set_num_threads(old)
 
 
-def tiny(n_classes=3, seed=0):
+def tiny(n_classes=3, seed=0, cfg=TINY):
     torch.manual_seed(seed)
-    return build_model(CNNConfig(n_classes=n_classes, **TINY)).eval()
+    return build_model(CNNConfig(n_classes=n_classes, **cfg)).eval()
 
 
-def test_shapes_and_embedding_is_pre_activation():
-    m = tiny(5)
+@pytest.mark.parametrize("cfg", [TINY, TINY_SINC])
+def test_shapes_and_embedding_is_pre_activation(cfg):
+    m = tiny(5, cfg=cfg)
     x = torch.randn(3, 4000)
     logits, emb = m(x)
     assert logits.shape == (3, 5) and emb.shape == (3, 10)
@@ -43,11 +45,25 @@ def test_shapes_and_embedding_is_pre_activation():
         np.testing.assert_allclose(m.out(torch.relu(emb)).numpy(), logits.detach().numpy(), rtol=1e-6)
 
 
+def test_paper_architecture_by_default():
+    cfg = CNNConfig(n_classes=10)
+    m = build_model(cfg)
+    convs = [x for x in m.modules() if isinstance(x, torch.nn.Conv1d)]
+    assert cfg.arch == "paper" and len(convs) == 4 and convs[0].stride == (10,)
+    assert sum(isinstance(x, torch.nn.BatchNorm1d) for x in m.modules()) == 4
+    assert m.fc.out_features == 10 and m.out.out_features == 10 and cfg.downsampling == 160
+    plain = build_model(CNNConfig(n_classes=10, batch_norm=False))     # the paper's layers without BN
+    assert not any(isinstance(x, torch.nn.BatchNorm1d) for x in plain.modules())
+    assert [type(x).__name__ for x in plain.convs[0]] == ["Conv1d", "ReLU", "MaxPool1d"]
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="multiple of the total pooling"):
         CNNConfig(n_classes=2, pools=(3, 3, 3, 3))
     with pytest.raises(ValueError, match="must be odd"):
-        CNNConfig(n_classes=2, filter_len=100)
+        CNNConfig(n_classes=2, arch="sinc", kernels=(100, 5, 5, 5))
+    with pytest.raises(ValueError, match="unknown CNN architecture 'wide'"):
+        CNNConfig(n_classes=2, arch="wide")
     with pytest.raises(ValueError, match="at least 2 classes"):
         CNNConfig(n_classes=1)
 
@@ -55,14 +71,14 @@ def test_config_validation():
 @pytest.mark.parametrize("perturb", [False, True])
 def test_sinc_filters_are_band_pass(perturb):
     torch.manual_seed(1)
-    m = build_model(CNNConfig(n_classes=2, n_filters=16, filter_len=129))
+    m = build_model(CNNConfig(n_classes=2, arch="sinc", channels=(16, 32, 32, 32), kernels=(129, 5, 5, 5)))
     if perturb:   # any parameter values must still give band-pass filters
         with torch.no_grad():
-            m.sinc.low_khz.add_(0.3 * torch.randn(16))
-            m.sinc.band_khz.add_(0.3 * torch.randn(16))
+            m.first.low_khz.add_(0.3 * torch.randn(16))
+            m.first.band_khz.add_(0.3 * torch.randn(16))
     with torch.no_grad():
-        h = m.sinc.filters().numpy().astype(np.float64)
-        low, high = (t.numpy() for t in m.sinc.cutoffs())
+        h = m.first.filters().numpy().astype(np.float64)
+        low, high = (t.numpy() for t in m.first.cutoffs())
     nfft = 8192
     gain = np.abs(np.fft.rfft(h, nfft, axis=1))
     freqs = np.fft.rfftfreq(nfft, 1 / SR)
@@ -79,8 +95,9 @@ def test_sinc_filters_are_band_pass(perturb):
     assert all(gain[k, 0] < 0.02 for k in range(16) if low[k] > 500)
 
 
-def test_whole_clip_extraction_equals_frame_by_frame():
-    m = tiny(4, seed=3)
+@pytest.mark.parametrize("cfg", [TINY, TINY_SINC, {**TINY, "batch_norm": False}])
+def test_whole_clip_extraction_equals_frame_by_frame(cfg):
+    m = tiny(4, seed=3, cfg=cfg)
     with torch.no_grad():   # non-trivial BatchNorm statistics
         for mod in m.modules():
             if isinstance(mod, torch.nn.BatchNorm1d):
@@ -118,36 +135,23 @@ def test_tiny_training_overfits_a_few_clips():
     bands = [(100, 400), (500, 1200), (1500, 3000), (3500, 6000), (300, 900), (2000, 5000)]
     sigs = [_band_noise(rng, lo, hi, 6000 + 500 * k) for k, (lo, hi) in enumerate(bands)]
     y = np.array([0, 1, 2, 0, 1, 2])
-    pool = _Pool(sigs, y, 4000)
+    pool = FramePool(sigs, y, 4000, 160)
     m = tiny(3)
-    cfg = TrainConfig(windows_per_clip=8, batch_size=8, max_epochs=15, heldout_windows=4, bn_windows=48)
-    hist = fit(m, pool, pool, cfg, "cpu", echo=lambda s: None)
-    assert len(hist) == 15
-    clips, starts = pool.even_starts(4)
     with torch.no_grad():
-        pred = m(torch.from_numpy(pool.windows(clips, starts)))[0].argmax(1).numpy()
-    assert np.mean(pred == y[clips]) >= 0.95
-    assert min(h["heldout_loss"] for h in hist) < 0.3
-
-
-def test_lr_halves_on_plateau_and_stops_below_min():
-    rng = np.random.default_rng(0)
-    sigs = [(0.1 * rng.standard_normal(4000)).astype(np.float32) for _ in range(4)]
-    pool = _Pool(sigs, np.array([0, 1, 0, 1]), 4000)
-    m = tiny(2)
-    # random labels on noise: nothing to learn, the lr must fall from 0.1 below 0.05 in 2 halvings
-    hist = fit(m, pool, pool, TrainConfig(windows_per_clip=2, batch_size=4, lr_start=0.1, lr_min=0.03),
-               "cpu", echo=lambda s: None)
-    lrs = [h["lr"] for h in hist]
-    assert lrs[0] == 0.1 and min(lrs) >= 0.03 and lrs[-1] == 0.05
-    for a, b, h in zip(lrs, lrs[1:], hist):
-        assert b == (a if h["improved"] else a / 2)
-    assert not hist[-1]["improved"]
+        m.input_scale.fill_(1 / pool.rms())
+    hist = fit(m, pool, pool, TrainConfig(max_epochs=12, frames_per_chunk=4, batch_chunks=4), "cpu",
+               echo=lambda s: None)
+    assert len(hist) == 12 and all(h["windows"] == pool.total_frames for h in hist)
+    with torch.no_grad():
+        pred = [int(m.frame_logits(torch.from_numpy(s[None].astype(np.float32)))[0][0].softmax(1).sum(0).argmax())
+                for s in sigs]
+    assert np.mean(np.array(pred) == y) >= 5 / 6
+    assert min(h["heldout_loss"] for h in hist) < 0.5
 
 
 def _tiny_cfg(monkeypatch):
     """Make built-in extractors train the tiny model (fast tests)."""
-    import exvo.extract.waveform_cnn as wc
+    import exvo.extract.cnn.extractor as wc
 
     orig = wc.train_cnn
 
@@ -161,7 +165,7 @@ def _tiny_cfg(monkeypatch):
 def test_seeded_training_is_reproducible(small_demo_corpus_dir, tmp_path):
     c = Corpus.from_dir(small_demo_corpus_dir)
     kw = dict(epochs=2, device="cpu", model_config=TINY, echo=lambda s: None, evaluate=False)
-    from exvo.extract.waveform_cnn import train_cnn
+    from exvo.extract.cnn.train import train_cnn
 
     shas = []
     for k, seed in enumerate([5, 5, 6]):
@@ -200,12 +204,13 @@ def test_builtin_extractor_trains_once_extracts_and_reloads(small_demo_copy, tmp
     np.testing.assert_allclose(again, emb.all_layers(ids), rtol=1e-5, atol=1e-6)
     # pooled by hand from frame-by-frame recomputation
     lm = load_model(model)
-    wav = load_audio(c.audio_path(c.ids[0]))
+    long_id = next(i for i in c.ids if load_audio(c.audio_path(i)).size >= 8000)   # several 250 ms windows
+    wav = load_audio(c.audio_path(long_id))
     n = 1 + (wav.size - 4000) // 160
     with torch.no_grad():
         fr = lm.model(torch.from_numpy(np.stack([wav[i * 160: i * 160 + 4000] for i in range(n)])))[1].numpy()
     by_hand = np.concatenate([fr.mean(0), fr.std(0)])
-    np.testing.assert_allclose(emb.all_layers([c.ids[0]])[0, 0], by_hand, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(emb.all_layers([long_id])[0, 0], by_hand, rtol=1e-4, atol=1e-5)
     # retraining (other weights) changes the config: the old cache is refused unless --overwrite
     model.unlink()
     with pytest.raises(CacheMismatch, match="weights_sha256"):
@@ -295,16 +300,16 @@ def test_load_model_rejects_other_files(tmp_path):
         load_model(tmp_path / "missing.pt")
 
 
-def test_heldout_split_is_speaker_disjoint_and_covers_every_class():
-    from exvo.extract.waveform_cnn import _heldout_split
+def test_heldout_split_is_random_speakers_ten_percent():
+    from exvo.extract.cnn.labels import heldout_speakers
 
-    # 30 speakers, 4 classes (one per speaker, like country), 5 clips each
     speakers = np.repeat([f"S{i}" for i in range(30)], 5)
-    labels = np.repeat(np.arange(30) % 4, 5)
+    draws = set()
     for seed in range(5):
-        held = _heldout_split(speakers, 0.1, seed, labels)
-        assert set(speakers[held]).isdisjoint(speakers[~held])
-        assert set(labels[held]) == {0, 1, 2, 3}          # a plain 10 % draw (3 speakers) cannot
-        assert len(set(speakers[held])) == 4
-    # without labels: the plain 10 % draw
-    assert len(set(speakers[_heldout_split(speakers, 0.1, 0)])) == 3
+        held = heldout_speakers(speakers, 0.1, seed)
+        assert set(speakers[held]).isdisjoint(speakers[~held]) and len(set(speakers[held])) == 3
+        draws.add(tuple(sorted(set(speakers[held]))))
+        assert np.array_equal(held, heldout_speakers(speakers, 0.1, seed))        # seeded
+    assert len(draws) > 1
+    with pytest.raises(ValueError, match="at least 2 speakers"):
+        heldout_speakers(np.array(["a", "a"]), 0.1, 0)

@@ -45,6 +45,10 @@ class ExtractOptions:
     train_epochs: int | None = None   # task CNNs: cap on training epochs (None = until lr < 1e-6)
     rms_db: float | None = None   # SSL: RMS-normalise each clip to this dBFS level first (None = off)
 
+    cnn_arch: str = "paper"           # task CNNs: paper | sinc (exvo.extract.cnn.model)
+    cnn_seeds: int = 1                # task CNNs: CNNs trained (seeds seed..seed+N-1), one cache layer each
+    crossfit: int = 0                 # task CNNs: K >= 2 embeds Train clips by CNNs that never saw their speaker
+
     def __post_init__(self):
         # every family must see a valid value, also those that do not use it (openSMILE runs on
         # the CPU whatever --device says): a typo must not pass silently

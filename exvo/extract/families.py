@@ -4,7 +4,7 @@ Add a new family here (one line) after writing its module.
 """
 import importlib
 
-for _mod in ("exvo.extract.smile", "exvo.extract.ssl", "exvo.extract.waveform_cnn"):
+for _mod in ("exvo.extract.smile", "exvo.extract.ssl", "exvo.extract.cnn.extractor"):
     try:
         importlib.import_module(_mod)
     except ModuleNotFoundError as e:  # a family still being written must not break the others

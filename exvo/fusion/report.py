@@ -17,6 +17,8 @@ Writes ``report.md``, ``report.csv`` and the PNG figures to ``out_dir``:
 
 and the sections of the other tracks and tools (each skipped when it has nothing to show):
 
+* task CNNs: the paper's Table 1 (clip-level Val UAR/WAR) and Fig. 2 (``cnn_filters.png``, first-layer
+  frequency responses) for the CNNs behind the runs (:mod:`exvo.fusion.cnn_report`)
 * ExVo-FewShot table of ``<runs>/fewshot/`` runs (Val CCC, bootstrap CI; :mod:`exvo.fewshot.report`)
 
 * ``train_vs_val_*.png``    FID tables of ``exvo fid --table`` found in ``<runs>/fid/`` (:mod:`exvo.generate.table`)
@@ -58,7 +60,7 @@ SectionFn = Callable[[list[Row], Path, "Corpus | None", Path], "Section | None"]
 SECTIONS: list[SectionFn] = []
 """Extra report sections, called in order with ``(rows, out_dir, corpus, runs_dir)`` after the main table."""
 
-SECTION_PROVIDERS = ("exvo.fewshot.report", "exvo.verify.figures", "exvo.generate.table")
+SECTION_PROVIDERS = ("exvo.fusion.cnn_report", "exvo.fewshot.report", "exvo.verify.figures", "exvo.generate.table")
 """Modules whose ``report_section(rows, out_dir, corpus, runs_dir)`` adds a section (imported when a report is made)."""
 
 
