@@ -17,9 +17,10 @@ A recipe (``exvo/recipes/<name>.toml``)::
              "learn --features compare --arch sys1 --preset paper --name {run}"]
     checkpoint = "microsoft/wavlm-large"      # optional: hub id of the weights the steps need
     unavailable = "…"                         # optional: why exvo cannot produce this row
+    metrics_from = "all_reference"            # optional: read ours from this part of metrics.json
 
-``{run}`` in a step is the row's run folder name, ``reproduce-<recipe>-<row id>``; the last
-step that writes ``{run}`` is the one whose ``metrics.json`` gives our figures. Steps are
+``{run}`` in a step is the row's run folder name, ``reproduce-<recipe>-<row id>``; the run
+named by the last step's ``--name`` is the one whose ``metrics.json`` gives our figures. Steps are
 ``exvo`` command lines without ``--data``/``--cache``/``--runs``, which ``exvo reproduce``
 adds for every command that takes them.
 """
@@ -49,6 +50,7 @@ class Row:
     checkpoint: str | None = None
     unavailable: str | None = None
     note: str | None = None
+    metrics_from: str | None = None     # read our figures from this part of metrics.json (e.g. all_reference)
 
     def run_name(self, recipe: str) -> str:
         return f"reproduce-{recipe}-{self.id}"
@@ -122,5 +124,6 @@ def load(name_or_path: str | Path) -> Recipe:
             raise RecipeError(f"{where}: a row needs steps, or `unavailable` saying why exvo cannot produce it")
         rows.append(Row(id=r["id"], system=r["system"], source=r["source"], paper=_floats(r["paper"], where),
                         paper_test=_floats(r.get("paper_test", {}), where), steps=steps,
-                        checkpoint=r.get("checkpoint"), unavailable=r.get("unavailable"), note=r.get("note")))
+                        checkpoint=r.get("checkpoint"), unavailable=r.get("unavailable"), note=r.get("note"),
+                        metrics_from=r.get("metrics_from")))
     return Recipe(raw["name"], raw["title"], raw["paper"], metrics, rows, list(raw.get("notes", [])), p)

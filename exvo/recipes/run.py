@@ -21,6 +21,22 @@ from typing import Callable
 from exvo.recipes.load import Recipe, Row
 
 RUN_COMMANDS_WITH_NAME = ("learn", "fuse", "fewshot", "verify", "finetune")
+RUN_SUBDIRS = {"fewshot": "fewshot", "verify": "verify"}
+"""Commands whose ``--name NAME`` run folder is ``<runs>/<subdir>/NAME`` rather than ``<runs>/NAME``."""
+
+
+def run_folder(runs: Path, command: str, name: str) -> Path:
+    sub = RUN_SUBDIRS.get(command)
+    return runs / sub / name if sub else runs / name
+
+
+def row_run_dir(row: Row, recipe: Recipe, runs: Path) -> Path:
+    """The run folder whose metrics are the row's figures: the one named by the last ``--name``."""
+    for step in reversed(row.steps):
+        if "--name" in step[:-1]:
+            name = step[step.index("--name") + 1].replace("{run}", row.run_name(recipe.name))
+            return run_folder(runs, step[0], name)
+    return runs / row.run_name(recipe.name)
 
 
 @dataclass
@@ -111,7 +127,7 @@ def _done(argv: list[str], data: Path, cache: Path, runs: Path) -> bool:
     """Whether the step's output exists: a committed run folder, or a cache covering the corpus."""
     cmd = argv[0]
     if cmd in RUN_COMMANDS_WITH_NAME and "--name" in argv:
-        return (runs / argv[argv.index("--name") + 1] / "config.json").is_file()
+        return (run_folder(runs, cmd, argv[argv.index("--name") + 1]) / "config.json").is_file()
     flags = {a for a in argv if a.startswith("--")}
     # only a plain extract is judged by its cache; with other settings (a checkpoint, --frames …)
     # the step runs, and the cache's own config check resumes it or refuses a mismatch
@@ -137,7 +153,7 @@ def execute(recipe: Recipe, data: Path, cache: Path, runs: Path, checkpoint_dir:
         echo(f"  {o.status:11s} {o.row.id}: {o.detail}")
     ran: dict[tuple[str, ...], int] = {}
     for row in p.ready:
-        out = RowOutcome(row, "done", run_dir=runs / row.run_name(recipe.name))
+        out = RowOutcome(row, "done", run_dir=row_run_dir(row, recipe, runs))
         for step in row.steps:
             argv = _argv(step, row, recipe, commands, data, cache, runs, checkpoint_dir)
             key = tuple(argv)

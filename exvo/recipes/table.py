@@ -40,16 +40,27 @@ def optimistic(metrics: dict, config: dict) -> bool:
     return config.get("stop_on") == "val"
 
 
+ALIASES = {"f1": ("f1", "f1_weighted")}
+
+
 def ours(metrics: dict, key: str) -> tuple[float | None, float | None, float | None]:
-    """(mean over seeds, std over seeds, seed-ensemble) of one metric; None where absent."""
-    s = (metrics.get("summary") or {}).get(key)
-    mean = std = None
-    if isinstance(s, dict):
-        mean, std = s.get("mean"), s.get("std")
-    elif isinstance(s, (int, float)):
-        mean = s
-    ens = (metrics.get("ensemble") or {}).get(key)
-    return mean, std, ens if isinstance(ens, (int, float)) else None
+    """(mean over seeds, std over seeds, seed-ensemble) of one metric; None where absent.
+
+    Multi-task and few-shot runs keep ``summary.<metric>.{mean,std}`` and ``ensemble.<metric>``;
+    enrol-to-verify runs keep ``<metric>.{mean,std}`` at the top level.
+    """
+    mean = std = ens = None
+    for k in ALIASES.get(key, (key,)):
+        s = (metrics.get("summary") or {}).get(k, metrics.get(k))
+        if isinstance(s, dict) and "mean" in s:
+            mean, std = s.get("mean"), s.get("std")
+        elif isinstance(s, (int, float)):
+            mean = s
+        e = (metrics.get("ensemble") or {}).get(k)
+        ens = e if isinstance(e, (int, float)) else ens
+        if mean is not None:
+            break
+    return mean, std, ens
 
 
 def _f(x: float | None, key: str) -> str:
@@ -67,6 +78,8 @@ def rows(recipe: Recipe, outcomes: list[RowOutcome]) -> tuple[list[str], list[li
         paper = [_f(r.paper.get(k), k) + (f" ± {_f(r.paper[k + '_std'], k)}" if k + "_std" in r.paper else "")
                  for k in keys]
         m, cfg = _metrics(o.run_dir) if o.status == "done" else (None, {})
+        if m is not None and r.metrics_from:
+            m = m.get(r.metrics_from)
         mine, ens, delta = [""] * len(keys), "", ""
         if m is not None:
             dag = " †" if optimistic(m, cfg) else ""
