@@ -20,7 +20,7 @@ def test_shipped_recipes_parse_and_name_only_real_commands(name):
     commands = cli_commands()
     for row in r.rows:
         # every row carries the paper's figures, with where they were transcribed from
-        assert row.source.strip() and (row.paper or row.paper_test), row.id
+        assert row.source.strip() and (row.paper or row.paper_test or row.extra), row.id
         if not row.unavailable:
             assert step_problems(row.steps, commands) == [], row.id
 

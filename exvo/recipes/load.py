@@ -18,6 +18,8 @@ A recipe (``exvo/recipes/<name>.toml``)::
     checkpoint = "microsoft/wavlm-large"      # optional: hub id of the weights the steps need
     unavailable = "…"                         # optional: why exvo cannot produce this row
     metrics_from = "all_reference"            # optional: read ours from this part of metrics.json
+    extra = "…"                               # optional: a row exvo adds, not in the paper (no paper figures)
+    needs_gpu = true                          # optional: skipped with the reason where CUDA is unavailable
 
 ``{run}`` in a step is the row's run folder name, ``reproduce-<recipe>-<row id>``; the run
 named by the last step's ``--name`` is the one whose ``metrics.json`` gives our figures. Steps are
@@ -51,6 +53,8 @@ class Row:
     unavailable: str | None = None
     note: str | None = None
     metrics_from: str | None = None     # read our figures from this part of metrics.json (e.g. all_reference)
+    extra: str | None = None            # a row exvo adds (not in the paper): why; it has no paper figures
+    needs_gpu: bool = False             # skipped (with the reason) where CUDA is not available
 
     def run_name(self, recipe: str) -> str:
         return f"reproduce-{recipe}-{self.id}"
@@ -113,17 +117,20 @@ def load(name_or_path: str | Path) -> Recipe:
     rows, seen = [], set()
     for i, r in enumerate(raw["row"]):
         where = f"{p.name} row {i + 1} ({r.get('id', '?')})"
-        for key in ("id", "system", "source", "paper"):
+        for key in ("id", "system", "source") + (() if r.get("extra") else ("paper",)):
             if key not in r:
                 raise RecipeError(f"{where}: missing {key!r}")
+        if r.get("extra") and (r.get("paper") or r.get("paper_test")):
+            raise RecipeError(f"{where}: a row exvo adds (`extra`) carries no paper figures")
         if r["id"] in seen:
             raise RecipeError(f"{where}: duplicate row id {r['id']!r}")
         seen.add(r["id"])
         steps = [shlex.split(s) for s in r.get("steps", [])]
         if not steps and not r.get("unavailable"):
             raise RecipeError(f"{where}: a row needs steps, or `unavailable` saying why exvo cannot produce it")
-        rows.append(Row(id=r["id"], system=r["system"], source=r["source"], paper=_floats(r["paper"], where),
+        rows.append(Row(id=r["id"], system=r["system"], source=r["source"], paper=_floats(r.get("paper", {}), where),
                         paper_test=_floats(r.get("paper_test", {}), where), steps=steps,
                         checkpoint=r.get("checkpoint"), unavailable=r.get("unavailable"), note=r.get("note"),
-                        metrics_from=r.get("metrics_from")))
+                        metrics_from=r.get("metrics_from"), extra=r.get("extra"),
+                        needs_gpu=bool(r.get("needs_gpu", False))))
     return Recipe(raw["name"], raw["title"], raw["paper"], metrics, rows, list(raw.get("notes", [])), p)

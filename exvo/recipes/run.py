@@ -91,6 +91,12 @@ def download_hint(hub_id: str, checkpoint_dir: Path | None) -> str:
             f"snapshot_download('{hub_id}', local_dir='{dest}')\"")
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def plan(recipe: Recipe, checkpoint_dir: Path | None) -> Plan:
     """Sort rows into those that can run and those that cannot (unavailable, no weights, no command)."""
     commands = cli_commands()
@@ -102,6 +108,10 @@ def plan(recipe: Recipe, checkpoint_dir: Path | None) -> Plan:
         problems = step_problems(row.steps, commands)
         if problems:
             p.outcomes[row.id] = RowOutcome(row, "missing", "; ".join(problems))
+            continue
+        if row.needs_gpu and not _cuda():
+            p.outcomes[row.id] = RowOutcome(row, "skipped", "needs a CUDA GPU (fine-tuning a large speech model on a "
+                                            "CPU would take days); run this recipe on a GPU machine")
             continue
         if row.checkpoint and not (checkpoint_dir and (checkpoint_dir / row.checkpoint).is_dir()):
             p.outcomes[row.id] = RowOutcome(row, "skipped", f"no weights for {row.checkpoint}: "
@@ -118,7 +128,7 @@ def _argv(step: list[str], row: Row, recipe: Recipe, commands: dict[str, set[str
     for flag, value in (("--data", data), ("--cache", cache), ("--runs", runs)):
         if flag in flags and flag not in argv:
             argv += [flag, str(value)]
-    if row.checkpoint and argv[0] == "extract" and "--checkpoint" not in argv and checkpoint_dir:
+    if row.checkpoint and argv[0] in ("extract", "finetune") and "--checkpoint" not in argv and checkpoint_dir:
         argv += ["--checkpoint", str(checkpoint_dir / row.checkpoint)]
     return argv
 

@@ -92,7 +92,8 @@ def rows(recipe: Recipe, outcomes: list[RowOutcome]) -> tuple[list[str], list[li
             if mean is not None and last in r.paper:
                 delta = f"{mean - r.paper[last]:+.{DIGITS.get(last, 3)}f}"
         status = o.status + (f": {o.detail}" if o.detail else "")
-        out.append([r.id, r.system, r.source, *paper, *mine, ens, delta, status])
+        system = r.system + (f" [not in the paper: {r.extra}]" if r.extra else "")
+        out.append([r.id, system, r.source, *paper, *mine, ens, delta, status])
     return head, out
 
 
