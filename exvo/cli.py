@@ -289,6 +289,8 @@ def reproduce(
     checkpoint_dir: Optional[Path] = typer.Option(
         None, help="Folder of SSL weights named like their hub ids (DIR/microsoft/wavlm-large); rows whose "
                    "weights are missing are skipped with the download command."),
+    seeds: Optional[int] = typer.Option(None, help="Seeds of every step that takes --seeds (default: each command's own, 5)."),
+    reduced: bool = typer.Option(False, "--reduced", help="Only the rows `exvo demo` runs (minutes on a CPU)."),
     list_: bool = typer.Option(False, "--list", help="List the recipes, their rows and what each needs, and exit."),
 ):
     """Reproduce a paper's table: run the missing steps, then write paper vs ours side by side."""
@@ -308,9 +310,11 @@ def reproduce(
             _fail("name a recipe (see the list above), e.g. `exvo reproduce idiap2022`")
         return
     recipe = recipes.load(name)
+    if reduced:
+        recipe = recipe.reduced()
     corpus = load_corpus(data)
     typer.echo(f"reproduce {recipe.name} on {corpus.root} ({len(recipe.rows)} rows)")
-    outcomes = execute(recipe, Path(corpus.root), cache, runs, checkpoint_dir, echo=typer.echo)
+    outcomes = execute(recipe, Path(corpus.root), cache, runs, checkpoint_dir, echo=typer.echo, seeds=seeds)
     folder = write(recipe, outcomes, runs, corpus.name)
     typer.echo((folder / "table.md").read_text())
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "unavailable", "missing", "failed")}

@@ -20,6 +20,7 @@ A recipe (``exvo/recipes/<name>.toml``)::
     metrics_from = "all_reference"            # optional: read ours from this part of metrics.json
     extra = "…"                               # optional: a row exvo adds, not in the paper (no paper figures)
     needs_gpu = true                          # optional: skipped with the reason where CUDA is unavailable
+    demo = true                               # optional: `exvo demo` runs this row (reduced recipe)
 
 ``{run}`` in a step is the row's run folder name, ``reproduce-<recipe>-<row id>``; the run
 named by the last step's ``--name`` is the one whose ``metrics.json`` gives our figures. Steps are
@@ -55,6 +56,7 @@ class Row:
     metrics_from: str | None = None     # read our figures from this part of metrics.json (e.g. all_reference)
     extra: str | None = None            # a row exvo adds (not in the paper): why; it has no paper figures
     needs_gpu: bool = False             # skipped (with the reason) where CUDA is not available
+    demo: bool = False                  # one of the rows `exvo demo` runs (a reduced recipe, minutes on a CPU)
 
     def run_name(self, recipe: str) -> str:
         return f"reproduce-{recipe}-{self.id}"
@@ -75,6 +77,11 @@ class Recipe:
 
     def checkpoints(self) -> list[str]:
         return sorted({r.checkpoint for r in self.rows if r.checkpoint})
+
+    def reduced(self) -> "Recipe":
+        """The rows ``exvo demo`` runs (``demo = true``): the same recipe, fewer rows."""
+        return Recipe(self.name, self.title, self.paper, self.metrics, [r for r in self.rows if r.demo],
+                      self.notes, self.path)
 
 
 def names() -> list[str]:
@@ -132,5 +139,5 @@ def load(name_or_path: str | Path) -> Recipe:
                         paper_test=_floats(r.get("paper_test", {}), where), steps=steps,
                         checkpoint=r.get("checkpoint"), unavailable=r.get("unavailable"), note=r.get("note"),
                         metrics_from=r.get("metrics_from"), extra=r.get("extra"),
-                        needs_gpu=bool(r.get("needs_gpu", False))))
+                        needs_gpu=bool(r.get("needs_gpu", False)), demo=bool(r.get("demo", False))))
     return Recipe(raw["name"], raw["title"], raw["paper"], metrics, rows, list(raw.get("notes", [])), p)

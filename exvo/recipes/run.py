@@ -122,9 +122,11 @@ def plan(recipe: Recipe, checkpoint_dir: Path | None) -> Plan:
 
 
 def _argv(step: list[str], row: Row, recipe: Recipe, commands: dict[str, set[str]], data: Path, cache: Path,
-          runs: Path, checkpoint_dir: Path | None) -> list[str]:
+          runs: Path, checkpoint_dir: Path | None, seeds: int | None = None) -> list[str]:
     argv = [a.replace("{run}", row.run_name(recipe.name)) for a in step]
     flags = commands[argv[0]]
+    if seeds is not None and "--seeds" in flags and "--seeds" not in argv:
+        argv += ["--seeds", str(seeds)]
     for flag, value in (("--data", data), ("--cache", cache), ("--runs", runs)):
         if flag in flags and flag not in argv:
             argv += [flag, str(value)]
@@ -155,8 +157,12 @@ def _done(argv: list[str], data: Path, cache: Path, runs: Path) -> bool:
 
 
 def execute(recipe: Recipe, data: Path, cache: Path, runs: Path, checkpoint_dir: Path | None = None,
-            echo: Callable[[str], None] = print) -> list[RowOutcome]:
-    """Run every ready row's missing steps; return one outcome per row, in recipe order."""
+            echo: Callable[[str], None] = print, seeds: int | None = None) -> list[RowOutcome]:
+    """Run every ready row's missing steps; return one outcome per row, in recipe order.
+
+    ``seeds``: passed as ``--seeds`` to every step that takes it and names none (``exvo demo``
+    uses 3); the paper rows otherwise run with each command's default (5).
+    """
     p = plan(recipe, checkpoint_dir)
     commands = cli_commands()
     for o in p.outcomes.values():
@@ -165,7 +171,7 @@ def execute(recipe: Recipe, data: Path, cache: Path, runs: Path, checkpoint_dir:
     for row in p.ready:
         out = RowOutcome(row, "done", run_dir=row_run_dir(row, recipe, runs))
         for step in row.steps:
-            argv = _argv(step, row, recipe, commands, data, cache, runs, checkpoint_dir)
+            argv = _argv(step, row, recipe, commands, data, cache, runs, checkpoint_dir, seeds)
             key = tuple(argv)
             if key in ran:
                 rc = ran[key]
