@@ -1,0 +1,194 @@
+"""``exvo reproduce NAME``: run a recipe's missing steps, then write the side-by-side table.
+
+Each step is an ``exvo`` command run as its own process (``python -m exvo.cli …``), exactly
+what a user would type, with ``--data``/``--cache``/``--runs`` added where the command takes
+them. A step is skipped when its output already exists — a run folder ``{run}`` with a
+``config.json`` (runs are committed whole, so an existing folder is a finished run), or a
+cache that holds every clip of the corpus — so a second ``exvo reproduce`` does no work.
+Rows are independent: one failed step costs its own row only.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from exvo.recipes.load import Recipe, Row
+
+RUN_COMMANDS_WITH_NAME = ("learn", "fuse", "fewshot", "verify", "finetune")
+RUN_SUBDIRS = {"fewshot": "fewshot", "verify": "verify"}
+"""Commands whose ``--name NAME`` run folder is ``<runs>/<subdir>/NAME`` rather than ``<runs>/NAME``."""
+
+
+def run_folder(runs: Path, command: str, name: str) -> Path:
+    sub = RUN_SUBDIRS.get(command)
+    return runs / sub / name if sub else runs / name
+
+
+def row_run_dir(row: Row, recipe: Recipe, runs: Path) -> Path:
+    """The run folder whose metrics are the row's figures: the one named by the last ``--name``."""
+    for step in reversed(row.steps):
+        if "--name" in step[:-1]:
+            name = step[step.index("--name") + 1].replace("{run}", row.run_name(recipe.name))
+            return run_folder(runs, step[0], name)
+    return runs / row.run_name(recipe.name)
+
+
+@dataclass
+class RowOutcome:
+    row: Row
+    status: str                      # done | skipped | unavailable | missing | failed
+    detail: str = ""
+    run_dir: Path | None = None
+    steps_run: int = 0
+
+
+@dataclass
+class Plan:
+    ready: list[Row] = field(default_factory=list)
+    outcomes: dict[str, RowOutcome] = field(default_factory=dict)     # rows that will not run, and why
+
+
+def cli_commands() -> dict[str, set[str]]:
+    """``{command: {option flags}}`` of the ``exvo`` CLI, read from the typer app itself."""
+    import typer
+
+    from exvo.cli import app
+
+    group = typer.main.get_command(app)
+    out = {}
+    for name, cmd in group.commands.items():      # type: ignore[attr-defined]
+        flags = set()
+        for p in cmd.params:
+            flags.update(o for o in (*p.opts, *getattr(p, "secondary_opts", [])) if o.startswith("-"))
+        out[name] = flags
+    return out
+
+
+def step_problems(steps: list[list[str]], commands: dict[str, set[str]]) -> list[str]:
+    """What in ``steps`` the CLI does not have (an unknown command or option), as messages."""
+    problems = []
+    for argv in steps:
+        cmd = argv[0]
+        if cmd not in commands:
+            problems.append(f"`exvo {cmd}` does not exist in this version")
+            continue
+        for a in argv[1:]:
+            flag = a.split("=", 1)[0]
+            if flag.startswith("--") and flag not in commands[cmd]:
+                problems.append(f"`exvo {cmd}` has no option {flag}")
+    return problems
+
+
+def download_hint(hub_id: str, checkpoint_dir: Path | None) -> str:
+    dest = (checkpoint_dir or Path("checkpoints")) / hub_id
+    return (f"python -c \"from huggingface_hub import snapshot_download; "
+            f"snapshot_download('{hub_id}', local_dir='{dest}')\"")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def plan(recipe: Recipe, checkpoint_dir: Path | None) -> Plan:
+    """Sort rows into those that can run and those that cannot (unavailable, no weights, no command)."""
+    commands = cli_commands()
+    p = Plan()
+    for row in recipe.rows:
+        if row.unavailable:
+            p.outcomes[row.id] = RowOutcome(row, "unavailable", row.unavailable)
+            continue
+        problems = step_problems(row.steps, commands)
+        if problems:
+            p.outcomes[row.id] = RowOutcome(row, "missing", "; ".join(problems))
+            continue
+        if row.needs_gpu and not _cuda():
+            p.outcomes[row.id] = RowOutcome(row, "skipped", "needs a CUDA GPU (fine-tuning a large speech model on a "
+                                            "CPU would take days); run this recipe on a GPU machine")
+            continue
+        if row.checkpoint and not (checkpoint_dir and (checkpoint_dir / row.checkpoint).is_dir()):
+            p.outcomes[row.id] = RowOutcome(row, "skipped", f"no weights for {row.checkpoint}: "
+                                            f"{download_hint(row.checkpoint, checkpoint_dir)}")
+            continue
+        p.ready.append(row)
+    return p
+
+
+def _argv(step: list[str], row: Row, recipe: Recipe, commands: dict[str, set[str]], data: Path, cache: Path,
+          runs: Path, checkpoint_dir: Path | None, seeds: int | None = None) -> list[str]:
+    argv = [a.replace("{run}", row.run_name(recipe.name)) for a in step]
+    flags = commands[argv[0]]
+    if seeds is not None and "--seeds" in flags and "--seeds" not in argv:
+        argv += ["--seeds", str(seeds)]
+    for flag, value in (("--data", data), ("--cache", cache), ("--runs", runs)):
+        if flag in flags and flag not in argv:
+            argv += [flag, str(value)]
+    if row.checkpoint and argv[0] in ("extract", "finetune") and "--checkpoint" not in argv and checkpoint_dir:
+        argv += ["--checkpoint", str(checkpoint_dir / row.checkpoint)]
+    return argv
+
+
+def _done(argv: list[str], data: Path, cache: Path, runs: Path) -> bool:
+    """Whether the step's output exists: a committed run folder, or a cache covering the corpus."""
+    cmd = argv[0]
+    if cmd in RUN_COMMANDS_WITH_NAME and "--name" in argv:
+        return (run_folder(runs, cmd, argv[argv.index("--name") + 1]) / "config.json").is_file()
+    flags = {a for a in argv if a.startswith("--")}
+    # only a plain extract is judged by its cache; with other settings (a checkpoint, --frames …)
+    # the step runs, and the cache's own config check resumes it or refuses a mismatch
+    if cmd == "extract" and "--model" in flags and flags <= {"--model", "--data", "--cache"}:
+        from exvo.corpus import Corpus
+        from exvo.extract.cache import EmbeddingCache, cache_path
+
+        corpus = Corpus.from_dir(data)
+        path = cache_path(cache, corpus.name, argv[argv.index("--model") + 1])
+        try:
+            return path.is_file() and set(corpus.ids) <= set(EmbeddingCache(path).ids)
+        except Exception:       # a damaged cache is the extract step's business: run it
+            return False
+    return False
+
+
+def execute(recipe: Recipe, data: Path, cache: Path, runs: Path, checkpoint_dir: Path | None = None,
+            echo: Callable[[str], None] = print, seeds: int | None = None) -> list[RowOutcome]:
+    """Run every ready row's missing steps; return one outcome per row, in recipe order.
+
+    ``seeds``: passed as ``--seeds`` to every step that takes it and names none (``exvo demo``
+    uses 3); the paper rows otherwise run with each command's default (5).
+    """
+    p = plan(recipe, checkpoint_dir)
+    commands = cli_commands()
+    for o in p.outcomes.values():
+        echo(f"  {o.status:11s} {o.row.id}: {o.detail}")
+    ran: dict[tuple[str, ...], int] = {}
+    for row in p.ready:
+        out = RowOutcome(row, "done", run_dir=row_run_dir(row, recipe, runs))
+        for step in row.steps:
+            argv = _argv(step, row, recipe, commands, data, cache, runs, checkpoint_dir, seeds)
+            key = tuple(argv)
+            if key in ran:
+                rc = ran[key]
+            elif _done(argv, data, cache, runs):
+                echo(f"  done already: exvo {shlex.join(argv)}")
+                rc = 0
+            else:
+                echo(f"  $ exvo {shlex.join(argv)}")
+                t0 = time.perf_counter()
+                rc = subprocess.run([sys.executable, "-m", "exvo.cli", *argv], env=os.environ.copy()).returncode
+                echo(f"    exit {rc} [{time.perf_counter() - t0:.0f} s]")
+                out.steps_run += 1
+            ran[key] = rc
+            if rc not in (0, 1):      # 1 = some clips failed, the rest is usable (named in the step's output)
+                out.status, out.detail = "failed", f"`exvo {argv[0]}` exited {rc}"
+                break
+        if out.status == "done" and not (out.run_dir / "metrics.json").is_file():
+            out.status, out.detail = "failed", f"no metrics.json in {out.run_dir}"
+        p.outcomes[row.id] = out
+    return [p.outcomes[r.id] for r in recipe.rows]
