@@ -10,13 +10,21 @@ Stages (each says what it does, what it skips and why, and how long it took):
             weights or fails is skipped with a note; the rest go on;
 3. learn    one MLP run per feature set in :data:`DEMO_FEATURE_SETS` (plus one early fusion),
             for the sets whose caches exist; with wavlm, a few single layers and ``@best``;
-4. fuse     hybrid per-subtask selection, chosen on Val (optimistic) and with the cv guard;
-5. report   the table (returned and printed) with figures in ``<runs>/report``.
+4. fuse     hybrid per-subtask selection over the runs of step 3, chosen on Val (optimistic)
+            and with the cv guard;
+5. papers   the reduced recipes of ``exvo reproduce`` (the rows marked ``demo``, the same
+            seeds): the Idiap and baseline Multi-Task rows, Burst2Vec over ComParE, the
+            ExVo-FewShot variants and enrol-to-verify, each ending in its paper-vs-ours table
+            ``<runs>/reproduce-<name>/table.md``;
+6. generate the ExVo-Generate Train-vs-Val FID table over eGeMAPS (``<runs>/fid/``);
+7. report   the table (returned and printed) with figures in ``<runs>/report``, and the
+            sections of the task CNNs, the few-shot track, enrol-to-verify and the FID table.
 
 Idempotent: caches are resumed (a finished cache costs a read), and a learn run whose
 folder already holds ``metrics.json`` for the same features, learner, arch and seeds is
-reused, not retrained (delete the folder to retrain). Fusion runs and the report are
-rebuilt each time (they take seconds).
+reused, not retrained (delete the folder to retrain); a recipe step whose run folder exists
+is skipped. Fusion runs, the FID table and the report are rebuilt each time (they take
+seconds).
 """
 from __future__ import annotations
 
@@ -118,6 +126,44 @@ def _reusable(run_dir: Path, features: tuple[str, ...], learner: str, arch: str,
             and cfg.get("learner") == learner and cfg.get("arch") == arch and n_seeds(cfg) == seeds)
 
 
+def _papers(corpus, data_dir: Path, cache_dir: Path, runs_dir: Path, seeds: int, echo) -> None:
+    """Run every recipe's demo rows (steps whose outputs exist are skipped) and write its table."""
+    from exvo.recipes import load as recipes
+    from exvo.recipes.run import execute
+    from exvo.recipes.table import write
+
+    for name in recipes.names():
+        recipe = recipes.load(name).reduced()
+        if not recipe.rows:
+            continue
+        t0 = time.perf_counter()
+        outcomes = execute(recipe, data_dir, cache_dir, runs_dir, None, echo=lambda m: echo("  " + m.strip()),
+                           seeds=seeds)
+        folder = write(recipe, outcomes, runs_dir, corpus.name)
+        counts = {st: sum(o.status == st for o in outcomes) for st in ("done", "skipped", "missing", "failed")}
+        echo(f"  {name}: {folder / 'table.md'} (" + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+             + f") [{time.perf_counter() - t0:.0f} s]")
+
+
+def _fid_table(corpus, cache_dir: Path, runs_dir: Path, ready: list[str], echo) -> None:
+    if "egemaps" not in ready:
+        echo("  skip: no egemaps cache (see the extract notes)")
+        return
+    from exvo.generate import api
+    from exvo.generate.table import DEFAULT_SUBDIR, write_table
+
+    try:
+        space = api.feature_space(corpus, cache_dir, features="egemaps")
+        # the demo's intensities are not max-normalised per clip, so the paper's "intensity = 1"
+        # bins are nearly empty: bin each clip by its strongest emotion instead
+        t = api.train_val_table(corpus, space, rule="argmax", echo=lambda m: None, progress=False)
+        paths = write_table(t, runs_dir / DEFAULT_SUBDIR, api.table_tag("egemaps", None, "argmax", False))
+    except Exception as e:  # the FID table is one figure: its failure must not cost the report
+        echo(f"  FAILED: {_first_line(e)}")
+        return
+    echo(f"  {t.diagonal_line()}\n  wrote {paths['csv']}")
+
+
 def run_demo(data_dir: Path, cache_dir: Path, runs_dir: Path, seeds: int = 3,
              echo: Callable[[str], None] = print) -> str:
     """Run the demo pipeline (see the module docstring); returns the report table text."""
@@ -130,7 +176,7 @@ def run_demo(data_dir: Path, cache_dir: Path, runs_dir: Path, seeds: int = 3,
     progress = sys.stderr.isatty()
     t_all = time.perf_counter()
 
-    echo("1/5 corpus")
+    echo("1/7 corpus")
     if (data_dir / "data_info.csv").is_file():
         echo(f"  using the corpus in {data_dir}")
     else:
@@ -140,10 +186,10 @@ def run_demo(data_dir: Path, cache_dir: Path, runs_dir: Path, seeds: int = 3,
     corpus = Corpus.from_dir(data_dir)
     echo(f"  {len(corpus)} clips: " + ", ".join(f"{s} {len(corpus.split_ids(s))}" for s in ("Train", "Val", "Test")))
 
-    echo(f"2/5 extract (cache: {cache_dir})")
+    echo(f"2/7 extract (cache: {cache_dir})")
     ready = _extract_all(corpus, cache_dir, echo, True)   # bar on a terminal, plain lines in a log
 
-    echo(f"3/5 learn (runs: {runs_dir}, {seeds} seeds each)")
+    echo(f"3/7 learn (runs: {runs_dir}, {seeds} seeds each)")
     try:
         from exvo.learn.api import LearnConfig, learn
     except ImportError as e:
@@ -158,12 +204,13 @@ def run_demo(data_dir: Path, cache_dir: Path, runs_dir: Path, seeds: int = 3,
     if not sets:
         raise DemoError("no feature cache could be built, so there is nothing to learn; see the notes above")
     learner, arch = "mlp", "sys2"
-    done = 0
+    done, names = 0, []
     for fs in sets:
         run_name = _run_name(fs, learner, arch)
         if _reusable(runs_dir / run_name, fs, learner, arch, seeds):
             echo(f"  reuse {runs_dir / run_name} (delete it to retrain)")
             done += 1
+            names.append(run_name)
             continue
         t0 = time.perf_counter()
         try:
@@ -175,16 +222,23 @@ def run_demo(data_dir: Path, cache_dir: Path, runs_dir: Path, seeds: int = 3,
             continue
         echo(f"  {res.summary_line()} [{time.perf_counter() - t0:.0f} s]")
         done += 1
+        names.append(run_name)
     if not done:
         raise DemoError("every learn run failed; see the messages above")
 
-    echo("4/5 fuse")
+    echo("4/7 fuse")
     for select_on in ("val", "cv"):
-        res = fuse(corpus, runs_dir=runs_dir, mode="hybrid", select_on=select_on, echo=lambda *_: None)
+        res = fuse(corpus, runs_dir=runs_dir, run_names=names, mode="hybrid", select_on=select_on,
+                   echo=lambda *_: None)
         echo(f"  {res.summary_line()}")
         echo("    " + "; ".join(f"{s}: {', '.join(c)}" for s, c in res.chosen.items()))
 
-    echo("5/5 report")
+    echo(f"5/7 papers (the demo rows of each `exvo reproduce` recipe, {seeds} seeds)")
+    _papers(corpus, data_dir, cache_dir, runs_dir, seeds, echo)
+    echo("6/7 generate (ExVo-Generate: Train-vs-Val FID between emotion bins, eGeMAPS)")
+    _fid_table(corpus, cache_dir, runs_dir, ready, echo)
+
+    echo("7/7 report")
     table = make_report(runs_dir, runs_dir / "report", corpus=corpus)
     echo(table)
     echo(f"demo finished in {time.perf_counter() - t_all:.0f} s")

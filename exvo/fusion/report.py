@@ -17,6 +17,7 @@ Writes ``report.md``, ``report.csv`` and the PNG figures to ``out_dir``:
 
 and the sections of the other tracks and tools (each skipped when it has nothing to show):
 
+* the paper-vs-ours tables of ``exvo reproduce`` (``<runs>/reproduce-*/table.md``; :mod:`exvo.recipes.table`)
 * task CNNs: the paper's Table 1 (clip-level Val UAR/WAR) and Fig. 2 (``cnn_filters.png``, first-layer
   frequency responses) for the CNNs behind the runs (:mod:`exvo.fusion.cnn_report`)
 * ExVo-FewShot table of ``<runs>/fewshot/`` runs (Val CCC, bootstrap CI; :mod:`exvo.fewshot.report`)
@@ -60,7 +61,7 @@ SectionFn = Callable[[list[Row], Path, "Corpus | None", Path], "Section | None"]
 SECTIONS: list[SectionFn] = []
 """Extra report sections, called in order with ``(rows, out_dir, corpus, runs_dir)`` after the main table."""
 
-SECTION_PROVIDERS = ("exvo.fusion.cnn_report", "exvo.fewshot.report", "exvo.verify.figures", "exvo.generate.table")
+SECTION_PROVIDERS = ("exvo.recipes.table", "exvo.fusion.cnn_report", "exvo.fewshot.report", "exvo.verify.figures", "exvo.generate.table")
 """Modules whose ``report_section(rows, out_dir, corpus, runs_dir)`` adds a section (imported when a report is made)."""
 
 

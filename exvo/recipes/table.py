@@ -123,3 +123,18 @@ def write(recipe: Recipe, outcomes: list[RowOutcome], runs_dir: Path, corpus_nam
     md += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in body]
     _atomic(folder / "table.md", "\n".join(md) + "\n")
     return folder
+
+
+def report_section(rows, out_dir: Path, corpus, runs_dir: Path):
+    """``exvo report``'s section: every ``<runs>/reproduce-*/table.md`` (None when there is none)."""
+    from exvo.fusion.report import Section
+
+    tables = sorted(Path(runs_dir).glob("reproduce-*/table.md"))
+    if not tables:
+        return None
+    md = []
+    for t in tables:
+        lines = t.read_text().splitlines()
+        md += [f"### {lines[0].lstrip('# ')}", ""] + lines[1:] + [""]
+    return Section("Reproducing the papers (`exvo reproduce`)", "\n".join(md),
+                   text=["", "Reproducing the papers: " + ", ".join(str(t) for t in tables)])
