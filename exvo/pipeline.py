@@ -137,8 +137,8 @@ def _papers(corpus, data_dir: Path, cache_dir: Path, runs_dir: Path, seeds: int,
         if not recipe.rows:
             continue
         t0 = time.perf_counter()
-        outcomes = execute(recipe, data_dir, cache_dir, runs_dir, None, echo=lambda m: echo("  " + m.strip()),
-                           seeds=seeds)
+        outcomes = execute(recipe, data_dir, cache_dir, runs_dir, None, echo=lambda m: echo("  " + m),
+                           seeds=seeds, quiet=True)
         folder = write(recipe, outcomes, runs_dir, corpus.name)
         counts = {st: sum(o.status == st for o in outcomes) for st in ("done", "skipped", "missing", "failed")}
         echo(f"  {name}: {folder / 'table.md'} (" + ", ".join(f"{v} {k}" for k, v in counts.items() if v)

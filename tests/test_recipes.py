@@ -60,6 +60,7 @@ id = "egemaps"
 system = "eGeMAPS MLP"
 source = "Table 0, row 1"
 paper = {ccc = 0.35, uar = 0.42, mae = 4.0, s_mtl = 0.32}
+paper_test = {s_mtl = 0.31}
 steps = ["extract --model egemaps", "learn --features egemaps --seeds 2 --epochs 2 --name {run}"]
 
 [[row]]
@@ -105,9 +106,10 @@ def test_reproduce_runs_missing_steps_once_and_writes_the_table(small_demo_copy,
     rows = list(csv.reader((folder / "table.csv").open()))
     assert rows[0][:4] == ["row", "system", "source", "paper Emo-CCC"] and rows[0][-2:] == ["Δ S_MTL", "status"]
     eg = rows[1]
-    assert eg[0] == "egemaps" and " ± " in eg[7] and eg[-1] == "done"
+    assert rows[0][7] == "paper Test S_MTL" and rows[0][8] == "ours Emo-CCC"
+    assert eg[0] == "egemaps" and eg[7] == "0.310" and " ± " in eg[8] and eg[-1] == "done"
     # Δ is ours (mean over seeds) minus the paper's S_MTL
-    assert float(eg[-2]) == pytest.approx(float(eg[10].split(" ± ")[0]) - 0.32, abs=1.5e-3)
+    assert float(eg[-2]) == pytest.approx(float(eg[11].split(" ± ")[0]) - 0.32, abs=1.5e-3)
     assert rows[3][-1] == "unavailable: not an exvo extractor"
 
     # a second run does no work and writes the same table

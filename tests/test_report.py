@@ -193,8 +193,13 @@ def test_demo_pipeline_skips_what_is_missing_and_reuses_runs(small_demo_copy, tm
         cfg_path.write_text(json.dumps(c))
         return Result()
 
+    import exvo.pipeline as pipeline
+
     monkeypatch.setattr(base, "names", lambda: ["compare", "egemaps", "zff_exvo_er"])
     monkeypatch.setattr(run, "extract", fake_extract)
+    # the recipes and the FID table have their own tests (test_recipes, test_generate): here only their call
+    monkeypatch.setattr(pipeline, "_papers", lambda corpus, d, c, r, seeds, echo: calls.setdefault("papers", []).append(seeds))
+    monkeypatch.setattr(pipeline, "_fid_table", lambda corpus, c, r, ready, echo: calls.setdefault("fid", []).append(ready))
     monkeypatch.setitem(sys.modules, "exvo.learn.api",
                         types.SimpleNamespace(LearnConfig=LearnConfig, learn=fake_learn))
     runs = tmp_path / "runs"
@@ -209,6 +214,8 @@ def test_demo_pipeline_skips_what_is_missing_and_reuses_runs(small_demo_copy, tm
     assert "skip egemaps+raw_exvo_er: its cache is missing" in text
     assert (runs / "hybrid" / "fusion.json").is_file() and (runs / "hybrid_cv" / "fusion.json").is_file()
     assert "egemaps_mlp_sys2" in table and (runs / "zff_exvo_er_mlp_sys2").is_dir() and (runs / "report" / "report.md").is_file()
+    assert calls["papers"] == [2] and calls["fid"] == [["egemaps", "zff_exvo_er"]]
+    assert "5/7 papers" in text and "6/7 generate" in text
 
     lines.clear()
     run_demo(small_demo_copy, tmp_path / "cache", runs, seeds=2, echo=lines.append)

@@ -176,9 +176,12 @@ def _figures(rows: list[Row], out_dir: Path, corpus: Corpus | None) -> tuple[lis
 
 def _notes(rows: list[Row]) -> list[str]:
     notes = [SORT_NOTE]
-    if any(r.optimistic for r in rows):
+    if any(r.optimistic and r.kind == "fusion" for r in rows):
         notes.append("† fusion chosen on Val and scored on Val: optimistic (fuse with --select-on cv for a "
                      "held-out estimate)")
+    if any(r.optimistic and r.kind != "fusion" for r in rows):
+        notes.append("† learn run whose epochs were chosen on Val (--stop-on val, e.g. --preset paper|baseline) "
+                     "and scored on Val: optimistic (the default chooses on held-out Train speakers)")
     if any(r.kind == "fusion" and r.run.config.get("select_on") == "cv" for r in rows):
         notes.append("cv fusion runs: each half of the Val speakers predicted by the runs chosen on the other half "
                      "(out-of-fold), scored on all of Val, per fused seed and for the seed ensemble; features "

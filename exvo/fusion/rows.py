@@ -9,7 +9,7 @@ Every row carries two kinds of score, never mixed in one column:
 * **seed ensemble**: the score of the seed-averaged predictions (``val.csv``); for
   ``--select-on cv`` fusions, the out-of-fold score of the ensemble.
 
-Flags: ``optimistic`` (a fusion chosen and scored on Val, †), ``stale`` (a fusion whose
+Flags: ``optimistic`` (a fusion, or a learn run's epochs, chosen and scored on Val, †), ``stale`` (a fusion whose
 sources changed, vanished or are newer than it, or that missed runs added since, ‡) and
 ``probe`` notes for ``@best`` layers (the ridge probe's margin; ≈ when other layers lie
 within one seed-std of the chosen one, a tie within noise).

@@ -156,12 +156,25 @@ def _done(argv: list[str], data: Path, cache: Path, runs: Path) -> bool:
     return False
 
 
+def _run_step(argv: list[str], quiet: bool, echo: Callable[[str], None]) -> int:
+    """One ``exvo`` command in its own process; ``quiet`` keeps its output unless it fails."""
+    cmd = [sys.executable, "-m", "exvo.cli", *argv]
+    if not quiet:
+        return subprocess.run(cmd, env=os.environ.copy()).returncode
+    p = subprocess.run(cmd, env=os.environ.copy(), capture_output=True, text=True, errors="replace")
+    lines = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()]
+    for ln in (lines[-12:] if p.returncode not in (0, 1) else [ln for ln in p.stdout.splitlines() if ln.strip()][-1:]):
+        echo(f"    {ln}")
+    return p.returncode
+
+
 def execute(recipe: Recipe, data: Path, cache: Path, runs: Path, checkpoint_dir: Path | None = None,
-            echo: Callable[[str], None] = print, seeds: int | None = None) -> list[RowOutcome]:
+            echo: Callable[[str], None] = print, seeds: int | None = None, quiet: bool = False) -> list[RowOutcome]:
     """Run every ready row's missing steps; return one outcome per row, in recipe order.
 
     ``seeds``: passed as ``--seeds`` to every step that takes it and names none (``exvo demo``
-    uses 3); the paper rows otherwise run with each command's default (5).
+    uses 3); the paper rows otherwise run with each command's default (5). ``quiet``: show a
+    step's last output line only (all of its last lines when it fails).
     """
     p = plan(recipe, checkpoint_dir)
     commands = cli_commands()
@@ -181,7 +194,7 @@ def execute(recipe: Recipe, data: Path, cache: Path, runs: Path, checkpoint_dir:
             else:
                 echo(f"  $ exvo {shlex.join(argv)}")
                 t0 = time.perf_counter()
-                rc = subprocess.run([sys.executable, "-m", "exvo.cli", *argv], env=os.environ.copy()).returncode
+                rc = _run_step(argv, quiet, echo)
                 echo(f"    exit {rc} [{time.perf_counter() - t0:.0f} s]")
                 out.steps_run += 1
             ran[key] = rc

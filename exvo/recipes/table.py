@@ -1,6 +1,7 @@
 """The side-by-side table of ``exvo reproduce``: the paper's figures, ours, and the difference.
 
-Ours come from each row's run folder: ``metrics.json``'s ``summary`` (mean ± std over seeds,
+The paper's Test figure of the last metric is shown beside its Val figures where it reported
+one. Ours come from each row's run folder: ``metrics.json``'s ``summary`` (mean ± std over seeds,
 on Val) and its ``ensemble`` (the seed-averaged predictions). A run whose Val figures are
 optimistic (its model or fusion was chosen on Val itself) is marked †. The difference is
 ours (mean over seeds) minus the paper's, for the last metric of the recipe (S_MTL for the
@@ -69,7 +70,8 @@ def _f(x: float | None, key: str) -> str:
 
 def rows(recipe: Recipe, outcomes: list[RowOutcome]) -> tuple[list[str], list[list[str]]]:
     keys = recipe.metrics
-    head = (["row", "system", "source"] + [f"paper {LABELS[k]}" for k in keys]
+    last = keys[-1]
+    head = (["row", "system", "source"] + [f"paper {LABELS[k]}" for k in keys] + [f"paper Test {LABELS[last]}"]
             + [f"ours {LABELS[k]}" for k in keys] + [f"ours ens. {LABELS[keys[-1]]}", f"Δ {LABELS[keys[-1]]}",
                                                        "status"])
     out = []
@@ -93,7 +95,7 @@ def rows(recipe: Recipe, outcomes: list[RowOutcome]) -> tuple[list[str], list[li
                 delta = f"{mean - r.paper[last]:+.{DIGITS.get(last, 3)}f}"
         status = o.status + (f": {o.detail}" if o.detail else "")
         system = r.system + (f" [not in the paper: {r.extra}]" if r.extra else "")
-        out.append([r.id, system, r.source, *paper, *mine, ens, delta, status])
+        out.append([r.id, system, r.source, *paper, _f(r.paper_test.get(last), last), *mine, ens, delta, status])
     return head, out
 
 
