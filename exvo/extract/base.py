@@ -32,6 +32,9 @@ class ExtractOptions:
     ``chunk_seconds``: SSL clips longer than this are processed in chunks with exact
     pooled statistics.
     ``checkpoint``: model id or local path for SSL models (``from_pretrained``).
+    ``normalize``: SSL input scaling: ``on`` (zero mean, unit variance per clip), ``off``,
+    or ``checkpoint`` (its feature extractor's ``do_normalize``); the effective value is in
+    the cache config. ``layers``: keep only these layers in the cache (``--layers``).
     """
 
     checkpoint: str | None = None
@@ -43,6 +46,8 @@ class ExtractOptions:
     dtype: str = "float32"        # cache storage dtype: float32 or float16
     seed: int = 0
     train_epochs: int | None = None   # task CNNs: cap on training epochs (None = until lr < 1e-6)
+    layers: str | None = None     # --layers: kept subset of layers (None = all; see exvo.extract.layers)
+    normalize: str = "checkpoint"  # SSL input: on | off | checkpoint (its feature extractor's do_normalize)
 
     def __post_init__(self):
         # every family must see a valid value, also those that do not use it (openSMILE runs on
@@ -55,6 +60,8 @@ class ExtractOptions:
             raise ValueError(f"--precision must be fp32, fp16 or bf16, got {self.precision!r}")
         if self.dtype not in ("float32", "float16"):
             raise ValueError(f"--dtype must be float32 or float16, got {self.dtype!r}")
+        if self.normalize not in ("on", "off", "checkpoint"):
+            raise ValueError(f"--normalize must be on, off or checkpoint, got {self.normalize!r}")
 
     def to_json(self) -> dict:
         return asdict(self)
