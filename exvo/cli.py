@@ -44,12 +44,50 @@ def friendly(fn):
         from exvo.extract.cache import CacheError
         from exvo.predictions import PredictionError
 
+        for stream in (sys.stdout, sys.stderr):
+            # a path that is not valid UTF-8 (an odd folder name) must print, not crash the command
+            if hasattr(stream, "reconfigure"):
+                try:
+                    stream.reconfigure(errors="backslashreplace")
+                except (ValueError, OSError):
+                    pass
         try:
             return fn(*a, **k)
         except (CorpusError, CacheError, PredictionError, AudioError, KeyError, ValueError, FileNotFoundError) as e:
+            _discard_staging()
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             _fail(str(msg))
+        except OSError as e:       # disk full, read-only folder, a file where a folder belongs …
+            _discard_staging()
+            _fail(os_error_message(e))
+        except KeyboardInterrupt:
+            _discard_staging()
+            _fail("interrupted; nothing half-written is left behind (a run folder appears only when complete)", 130)
     return wrapper
+
+
+def _discard_staging() -> None:
+    """Remove this process's unfinished run folders (``runs/.NAME.tmpPID``) before exiting."""
+    runs = sys.modules.get("exvo.learn.runs")
+    if runs is not None:
+        runs.discard_staging()
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an operating-system error: what failed, on which file, and what to do."""
+    import errno
+
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    what = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"could not write{where}: {what}. Free disk space (or write to another disk) and run the command again"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{what}{where}: this folder or file is not writable/readable by you; fix its permissions or choose another path"
+    if e.errno in (errno.EISDIR,):
+        return f"{where.strip(' ()') or 'the path'} is a folder where a file was expected; give a file name"
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"{what}{where}: a file is in the way where a folder was expected; choose another path"
+    return f"{what}{where}"
 
 
 def resolve_data(data: Optional[Path]) -> Path:

@@ -60,6 +60,32 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _session_members(sid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":      # session id: processes this test started
+                out.append(int(d.name))
+    return out
+
+
+def _end(p: subprocess.Popen) -> tuple[str, str]:
+    """Kill whatever is left of the session the test started (leader, workers) and collect output."""
+    for pid in _session_members(p.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        return p.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        return "", ""
+
+
 def _rows_in_parts(parts: Path) -> int:
     n = 0
     for p in parts.glob("part-*.npz"):
@@ -85,7 +111,7 @@ def _start(corpus: Path, cache: Path) -> subprocess.Popen:
 def _wait_for_a_part(p: subprocess.Popen, parts: Path, timeout: float = 90.0) -> None:
     t = time.monotonic()
     while not list(parts.glob("part-*.npz")):
-        assert p.poll() is None, p.communicate()
+        assert p.poll() is None, f"the run ended early (exit {p.returncode})"
         assert time.monotonic() - t < timeout, "no part written in time"
         time.sleep(0.05)
 
@@ -100,12 +126,13 @@ def test_case8_two_ctrl_c_presses_exit_130_and_keep_the_parts(smile_corpus, tmp_
         time.sleep(0.3)
         os.killpg(p.pid, signal.SIGINT)
         t = time.monotonic()
-        out, err = p.communicate(timeout=30)
+        try:
+            out, err = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("still running 30 s after two Ctrl-C presses (hang)")
         took = time.monotonic() - t
     finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.communicate()
+        _end(p)
     assert p.returncode == 130, (p.returncode, err[-2000:])
     assert took < 10, took
     assert "interrupted; the clips finished so far are saved" in err
@@ -121,24 +148,19 @@ def test_case9_workers_exit_when_the_parent_is_killed(smile_corpus, tmp_path):
     try:
         t = time.monotonic()
         while len(workers) < 2:          # the pool is up (no need to wait for results)
-            assert p.poll() is None and time.monotonic() - t < 90, p.communicate() if p.poll() is not None else ""
+            assert p.poll() is None and time.monotonic() - t < 90, f"no workers (exit {p.returncode})"
             time.sleep(0.05)
             workers = [w for w in _children(p.pid) if "spawn_main" in _cmdline(w)]
         time.sleep(1.0)                   # their initializer has run
         os.kill(p.pid, signal.SIGKILL)
-        p.communicate()
+        p.wait()
         t = time.monotonic()
         while [w for w in workers if _alive(w)] and time.monotonic() - t < 5:
             time.sleep(0.1)
         left = [w for w in workers if _alive(w)]
         assert not left, f"workers {left} outlived their parent"
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.communicate()
-        for w in workers:          # only the processes this test started
-            if _alive(w):
-                os.kill(w, signal.SIGKILL)
+        _end(p)                    # only the processes this test started
 
 
 def test_case10_final_write_failing_exits_2_with_the_message_and_keeps_the_parts(tmp_path):

@@ -259,4 +259,11 @@ class EmbeddingCache:
 
 
 
-from exvo.extract.cache_writer import CacheWriter  # noqa: E402,F401  (the writer lives in its own module)
+def __getattr__(name: str):
+    # the writer lives in its own module (which imports this one); `from exvo.extract.cache
+    # import CacheWriter` keeps working without a circular import
+    if name == "CacheWriter":
+        from exvo.extract.cache_writer import CacheWriter
+
+        return CacheWriter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -256,7 +256,8 @@ class CacheWriter:
         if not np.isfinite(e).all():
             raise C.CacheError(f"embedding of {cid} contains NaN/inf; not stored")
         self._check_shape(e.shape)
-        stored = e.astype(self.dtype)
+        with np.errstate(over="ignore"):      # overflow is checked just below, with a message
+            stored = e.astype(self.dtype)
         if not np.isfinite(stored).all():
             big = float(np.abs(e.astype(np.float64)).max())
             raise C.CacheDtypeError(

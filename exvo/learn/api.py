@@ -252,6 +252,8 @@ def predict_run(run_dir: str | Path, corpus: Corpus, cache_dir: str | Path = "ca
     cache built with other settings than the run's is refused.
     """
     run_dir = Path(run_dir)
+    if out is not None and Path(out).is_dir():
+        raise ValueError(f"--out {out} is a folder; give the CSV file to write, e.g. --out {Path(out) / (split.lower() + '.csv')}")
     cfg = runs.read_config(run_dir)
     ids = corpus.split_ids(split)
     if not ids:
