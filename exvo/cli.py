@@ -250,7 +250,9 @@ def _extract_shard(corpus, model, cache, opts, shard, overwrite, max_failures):
     import shlex
 
     args, skip = [], False
-    for a in sys.argv[1:]:      # the same command for another shard: this one's --shard left out
+    argv = sys.argv[1:] if sys.argv[1:2] == ["extract"] else [   # not run from a shell (e.g. a test runner)
+        "extract", "--model", model, "--data", str(corpus.root), "--cache", str(cache)]
+    for a in argv:      # the same command for another shard: this one's --shard left out
         if skip or a == "--shard" or a.startswith("--shard="):
             skip = a == "--shard"
             continue
