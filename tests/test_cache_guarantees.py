@@ -272,3 +272,18 @@ def test_case5_format1_cache_adopts_identities_when_the_files_are_unchanged(corp
     c = EmbeddingCache(path)
     assert c.format == "exvo-embeddings/2" and all(c.identity(i).known for i in c.ids)
     load_features(corpus, [FeatureSpec(fault_extractor.NAME)], tmp_path / "cache", echo=lambda m: None)
+
+
+def test_case2_a_rebuild_is_accepted_without_lost_clips_once_the_old_file_is_deleted(corpus, tmp_path):
+    extract(corpus, RmsExtractor(), tmp_path / "cache", progress=False)
+    path = _cache(tmp_path, corpus)
+    gone = corpus.audio_path(corpus.ids[5])
+    gone.unlink()                                               # this clip's audio is lost for good
+    s = extract(corpus, _V2(), tmp_path / "cache", overwrite=True, progress=False)
+    assert any(f"delete {path.name} and run again" in m for m in s.messages), s.messages
+    assert EmbeddingCache(path).config["version"] == "1"
+    path.unlink()
+    s = extract(corpus, _V2(), tmp_path / "cache", progress=False)      # resumes the rebuild, nothing to redo
+    assert s.n_extracted == 0 and [f[0] for f in s.failures] == [corpus.ids[5]]
+    c = EmbeddingCache(path)
+    assert c.config["version"] == "2" and len(c) == N - 1 and not path.with_suffix(".parts").exists()

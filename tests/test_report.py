@@ -178,7 +178,7 @@ def test_demo_pipeline_skips_what_is_missing_and_reuses_runs(small_demo_copy, tm
         def summary_line(self):
             return "learned"
 
-    def fake_learn(corpus, cfg, cache_dir, runs_dir, name=None, echo=print):
+    def fake_learn(corpus, cfg, cache_dir, runs_dir, name=None, echo=print, overwrite=False):
         calls["learn"].append((tuple(cfg.features), cfg.seeds))
         shutil.rmtree(runs_dir / name, ignore_errors=True)      # a real learn run replaces its folder
         write_learn_run(runs_dir, name, corpus, (0.3 + 0.01 * len(calls["learn"]), 0.01), cfg.features,

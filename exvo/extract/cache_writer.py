@@ -338,7 +338,8 @@ class CacheWriter:
                 self.kept_old = (
                     f"the rebuild lacks {len(lacking)} clip(s) that {self.path} holds ({_listing(lacking, 5)}), so "
                     f"that file is kept unchanged and the rebuild waits in {self.parts_dir}. Fix those clips and run "
-                    "the same command again: the rebuild resumes and replaces the file once it is complete"
+                    "the same command again: the rebuild resumes and replaces the file once it is complete (to accept "
+                    f"the rebuild without them, delete {self.path.name} and run again)"
                 )
                 return self.path
         seen: set[str] = set()

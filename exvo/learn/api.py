@@ -158,7 +158,7 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
             return mlp_predict(fit.stack, Xt, r, mcfg.eval_batch)
 
         best_epochs: list[int | None] = list(fit.best_epoch)
-        torch.save(fit.stack.state_dict(), models / "mlp.pt")
+        runs.save_torch(fit.stack.state_dict(), models / "mlp.pt")
         (models / "model.json").write_text(json.dumps({"learner": "mlp", "mlp": asdict(mcfg), "seeds": seeds}, indent=1))
         history = {"val_selection_score": fit.history, "train_loss": fit.train_loss, "epochs_run": fit.epochs_run,
                    "seconds_per_epoch": fit.seconds_per_epoch, "best_epoch": fit.best_epoch}

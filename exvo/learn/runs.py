@@ -96,7 +96,29 @@ def summary_line(run_dir: Path | str, metrics: dict) -> str:
 
 
 def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=1, default=_jsonable))
+    _write(Path(path), json.dumps(obj, indent=1, default=_jsonable).encode())
+
+
+def save_torch(obj, path: Path) -> None:
+    """``torch.save`` through memory, then one Python write: a full disk raises ``OSError``
+    (ENOSPC), which the CLI reports, instead of torch's ``RuntimeError`` from its zip writer."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    _write(Path(path), buf.getvalue())
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write a file; an OSError names it (a failed ``write`` alone carries no file name)."""
+    try:
+        path.write_bytes(data)
+    except OSError as e:
+        if e.filename:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
 
 
 def _jsonable(o):
