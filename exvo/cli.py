@@ -298,10 +298,12 @@ def _extract_shard(corpus, model, cache, opts, shard, overwrite, max_failures):
         if left is not None and not left[1]:   # the last task to finish merges (the others find a shard unfinished)
             try:
                 _print_merge(S.merge(path, model, corpus.ids))
-            except S.C.CacheBusy:
-                pass          # another task is merging right now
             except typer.Exit as e:
                 code = max(code, e.exit_code)
+            except S.C.CacheError:
+                if S.pending(path) is not None and not isinstance(sys.exc_info()[1], S.C.CacheBusy):
+                    raise
+                # another task is merging right now, or has just merged: nothing left to do here
     if code:
         raise typer.Exit(code)
 

@@ -292,3 +292,37 @@ def test_cli_shards_and_merge(world, tmp_path):
     r = run(app, base + ["--merge"])
     assert r.exit_code == 0 and f"merged 2 shards: {N} clips cached" in r.output, r.output
     assert_same_cache(_path(cache, corpus), ref)
+
+
+def test_slurm_array_tasks_shard_themselves_and_the_last_one_merges(world, tmp_path):
+    corpus, ref = world
+    from typer.testing import CliRunner
+
+    import fault_cli  # noqa: F401
+    from exvo.cli import app
+
+    cache = tmp_path / "c"
+    base = ["extract", "--model", fault_extractor.NAME, "--data", str(corpus.root), "--cache", str(cache)]
+    outs = []
+    for task in (7, 5, 6):       # --array=5-7, finishing out of order
+        env = {"SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "5"}
+        r = CliRunner().invoke(app, base, env=env)
+        assert r.exit_code == 0, r.output
+        outs.append(r.output)
+    assert f"shard {7 - 5}/3 (slurm-array)" in outs[0] and "merged" not in outs[0] + outs[1]
+    assert f"merged 3 shards: {N} clips cached" in outs[2]
+    assert_same_cache(_path(cache, corpus), ref)
+
+
+def test_overwrite_shards_rebuild_the_cache_on_merge(world, tmp_path):
+    corpus, ref = world
+    cache = tmp_path / "c"
+    shutil_copy = __import__("shutil").copytree
+    shutil_copy(ref.parent, _path(cache, corpus).parent)     # an existing cache of version 1
+    for i in range(2):
+        extract(corpus, _V2(), cache, shard=S.Shard(i, 2), overwrite=True, progress=False)
+    assert EmbeddingCache(_path(cache, corpus)).config["version"] == "1"     # untouched until the merge
+    S.merge(_path(cache, corpus), fault_extractor.NAME, corpus.ids)
+    c = EmbeddingCache(_path(cache, corpus))
+    assert c.config["version"] == "2" and c.ids == EmbeddingCache(ref).ids
+    np.testing.assert_array_equal(c.all_layers(), EmbeddingCache(ref).all_layers())

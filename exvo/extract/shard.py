@@ -358,7 +358,6 @@ def merge(path: str | Path, extractor: str, order: Sequence[str]) -> MergeResult
         raise C.CacheError(
             f"cannot merge {path}: {len(missing)} of {n} shards are missing or unfinished "
             f"({', '.join(f'{i}/{n}' for i in missing)}). Run (or resume) them, then merge again: {cmds}")
-    states = {i: json.loads((dirs[(i, n)] / DONE).read_text()) for i in range(n)}
     cfgs = {i: (dirs[(i, n)] / "config.json").read_text() for i in range(n)}
     ref = cfgs[0]
     foreign = [i for i in range(n) if cfgs[i] != ref]
@@ -369,19 +368,48 @@ def merge(path: str | Path, extractor: str, order: Sequence[str]) -> MergeResult
             f"than shard 0/{n} ({C._config_diff(json.loads(ref), json.loads(cfgs[i]))}, cache=shard 0, "
             f"requested=shard {i}). Delete {dirs[(i, n)]} and run `{_shard_command(root, extractor, i, n)}` with "
             "the same options as the other shards")
-    digests = {s["assignment"] for s in states.values()}
-    if len(digests) > 1:
-        raise C.CacheError(
-            f"cannot merge {path}: the shards split different clip lists (the table or its audio changed between "
-            f"shards). Run every shard again ({_shard_command(root, extractor, 0, n)} ... for I = 0..{n - 1}): each "
-            "resumes and keeps what it already extracted")
-    cfg = json.loads(ref)
-    dtype = cfg.pop("storage_dtype", "float32")
     rebuild = [(dirs[(i, n)] / REBUILD_MARKER).exists() for i in range(n)]
     if any(rebuild) and not all(rebuild):
         raise C.CacheError(f"cannot merge {path}: some shards were run with --overwrite and others not; run the "
                            "others with --overwrite too (or none)")
-    # every clip of every shard exactly once: in its own shard's parts (or the .h5), or failed there
+    cfg = json.loads(ref)
+    dtype = cfg.pop("storage_dtype", "float32")
+    names = json.loads((dirs[(0, n)] / DONE).read_text()).get("feature_names")
+    w = _MergeWriter(path, extractor, cfg, [dirs[(i, n)] for i in range(n)], dtype=dtype,
+                     feature_names=names, overwrite=all(rebuild))
+    try:
+        w.__enter__()
+    except C.CacheBusy:
+        raise C.CacheBusy(f"cannot merge {path} now: a shard or another extraction is still writing it "
+                          f"(lock {path.with_suffix('.lock')}); merge once they have finished") from None
+    try:
+        # under the exclusive lock no shard runs or starts: what is checked now is what is merged
+        failures = _check_complete(path, root, extractor, dirs, n, all(rebuild))
+        w.finalize(order=list(order))
+        if not w.kept_old:      # still under the lock: no shard can start in a folder being deleted
+            shutil.rmtree(root, ignore_errors=True)
+    finally:
+        w.__exit__(None, None, None)
+    messages = list(w.messages)
+    if w.kept_old:
+        messages.append(w.kept_old)   # a rebuild that is not complete: the shards' parts stay for the next merge
+    rows = len(C.EmbeddingCache(path).ids) if path.exists() else 0
+    return MergeResult(path, n, rows, failures, messages)
+
+
+def _check_complete(path: Path, root: Path, extractor: str, dirs: dict, n: int,
+                    rebuild: bool) -> list[tuple[str, str]]:
+    """Every shard done, one assignment, every clip exactly once (parts, the .h5, or failed)."""
+    missing = [i for i in range(n) if not (dirs[(i, n)] / DONE).is_file()]
+    if missing:
+        raise C.CacheError(f"cannot merge {path}: shard(s) {', '.join(f'{i}/{n}' for i in missing)} started again "
+                           "while merging; merge once they have finished")
+    states = {i: json.loads((dirs[(i, n)] / DONE).read_text()) for i in range(n)}
+    if len({s["assignment"] for s in states.values()}) > 1:
+        raise C.CacheError(
+            f"cannot merge {path}: the shards split different clip lists (the table or its audio changed between "
+            f"shards). Run every shard again ({_shard_command(root, extractor, 0, n)} ... for I = 0..{n - 1}): each "
+            "resumes and keeps what it already extracted")
     owner: dict[str, int] = {}
     for i in range(n):
         for p in sorted(dirs[(i, n)].glob("part-*.npz")):
@@ -396,36 +424,20 @@ def merge(path: str | Path, extractor: str, order: Sequence[str]) -> MergeResult
         for cid in s["ids"]:
             if assigned.setdefault(cid, i) != i:
                 raise C.CacheError(f"cannot merge {path}: clip {cid} is assigned to shards {assigned[cid]} and {i}")
-    in_h5: set[str] = set()
-    if path.exists() and not all(rebuild):
-        in_h5 = set(C.EmbeddingCache(path).ids)
+    elsewhere: set[str] = set()          # rows the merge keeps from the .h5 or a single-process run's parts
+    if path.exists() and not rebuild:
+        elsewhere |= set(C.EmbeddingCache(path).ids)
+    for p in path.with_suffix(".parts").glob("part-*.npz"):
+        elsewhere |= set(CacheWriter._part_ids(p))
     failures = [tuple(f) for s in states.values() for f in s["failures"]]
     failed = {f[0] for f in failures}
     for i, s in states.items():
-        lack = [c for c in s["ids"] if owner.get(c) != i and c not in in_h5 and c not in failed]
+        lack = [c for c in s["ids"] if owner.get(c) != i and c not in elsewhere and c not in failed]
         if lack:
             raise C.CacheError(
                 f"cannot merge {path}: shard {i}/{n} lacks {len(lack)} of its clips ({_listing(lack, 5)}); "
                 f"run it again: `{_shard_command(root, extractor, i, n)}`")
-    names = states[0].get("feature_names")
-    w = _MergeWriter(path, extractor, cfg, [dirs[(i, n)] for i in range(n)], dtype=dtype,
-                     feature_names=names, overwrite=all(rebuild))
-    try:
-        w.__enter__()
-    except C.CacheBusy:
-        raise C.CacheBusy(f"cannot merge {path} now: a shard or another extraction is still writing it "
-                          f"(lock {path.with_suffix('.lock')}); merge once they have finished") from None
-    try:
-        w.finalize(order=list(order))
-    finally:
-        w.__exit__(None, None, None)
-    messages = list(w.messages)
-    if w.kept_old:
-        messages.append(w.kept_old)   # a rebuild that is not complete: the shards' parts stay for the next merge
-    else:
-        shutil.rmtree(root, ignore_errors=True)
-    rows = len(C.EmbeddingCache(path).ids) if path.exists() else 0
-    return MergeResult(path, n, rows, failures, messages)
+    return failures
 
 
 # ---------------------------------------------------------------- torchrun
