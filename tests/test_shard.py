@@ -326,3 +326,12 @@ def test_overwrite_shards_rebuild_the_cache_on_merge(world, tmp_path):
     c = EmbeddingCache(_path(cache, corpus))
     assert c.config["version"] == "2" and c.ids == EmbeddingCache(ref).ids
     np.testing.assert_array_equal(c.all_layers(), EmbeddingCache(ref).all_layers())
+
+
+def test_torchrun_ranks_split_the_node_cores_and_keep_an_explicit_device():
+    env = {"RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "h", "MASTER_PORT": "1", "LOCAL_RANK": "1",
+           "LOCAL_WORLD_SIZE": "2"}
+    dev, workers = S.rank_options("cpu", 0, env)
+    assert dev == "cpu" and workers == max(1, (os.cpu_count() or 1) // 2)
+    assert S.rank_options("cpu", 3, env) == ("cpu", 3)           # an explicit --workers is kept
+    assert S.rank_options("auto", 0, {}) == ("auto", 0)          # no launcher: nothing changes
