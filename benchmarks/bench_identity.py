@@ -84,14 +84,14 @@ def main() -> None:
     t_statall = best(lambda: stat_all(paths), a.repeat)
 
     # reading one layer of an eGeMAPS-sized cache (what learn reads anyway)
-    from exvo.extract import cache_writer as W
+    from exvo.extract import h5io as W
     from exvo.extract.cache import CacheWriter, EmbeddingCache
 
     ids = [f"[{k:05d}]" for k in range(a.n)]
     h5 = base / "c" / "egemaps.h5"
     shutil.rmtree(h5.parent, ignore_errors=True)
     x = rng.standard_normal((a.n, 1, 88)).astype(np.float32)
-    real_reserved = W._Reserved
+    real_reserved = W.Reserved
     with CacheWriter(h5, "egemaps", {"x": 1}, part_size=4096) as w:
         for i, e, s in zip(ids, x, stored):
             w.add(i, e, s)
@@ -112,7 +112,7 @@ def main() -> None:
             pass
 
     t_fin = {}
-    for label, opener in (("reserved", W._Reserved), ("hdf5 driver", _Path)):
+    for label, opener in (("reserved", W.Reserved), ("hdf5 driver", _Path)):
         times = []
         for r in range(a.repeat):
             d = base / f"fin{r}"
@@ -121,13 +121,13 @@ def main() -> None:
                 for i, e in zip(fids, xf):
                     w.add(i, e)
                 w.flush()
-                W._Reserved = opener
+                W.Reserved = opener
                 try:
                     t = time.perf_counter()
                     w.finalize(order=fids)
                     times.append(time.perf_counter() - t)
                 finally:
-                    W._Reserved = real_reserved
+                    W.Reserved = real_reserved
             np.testing.assert_array_equal(EmbeddingCache(d / "m.h5").all_layers(), xf)
             shutil.rmtree(d, ignore_errors=True)
         t_fin[label] = min(times)

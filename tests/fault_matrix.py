@@ -29,7 +29,6 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 
 from fault_corpus import HEADER, good_corpus, row, tone, write_table, write_wav  # noqa: E402
 

@@ -38,13 +38,10 @@ Format ``exvo-embeddings/1`` files (no identities) are still read; their rows co
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import json
 import os
 import re
-import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Sequence
