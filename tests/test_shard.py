@@ -335,3 +335,17 @@ def test_torchrun_ranks_split_the_node_cores_and_keep_an_explicit_device():
     assert dev == "cpu" and workers == max(1, (os.cpu_count() or 1) // 2)
     assert S.rank_options("cpu", 3, env) == ("cpu", 3)           # an explicit --workers is kept
     assert S.rank_options("auto", 0, {}) == ("auto", 0)          # no launcher: nothing changes
+
+
+def test_ssl_shards_with_kept_layers_equal_one_process(ssl_models, tiny_corpus, tmp_path):
+    from exvo.extract.base import ExtractOptions
+
+    corpus = Corpus.from_dir(tiny_corpus)
+    opts = ExtractOptions(checkpoint=str(ssl_models["wavlm"]), device="cpu", layers="0,2", normalize="on")
+    one = extract(corpus, "wavlm", tmp_path / "one", opts, progress=False)
+    for i in range(2):
+        extract(corpus, "wavlm", tmp_path / "sh", opts, shard=S.Shard(i, 2), progress=False)
+    r = S.merge(cache_path(tmp_path / "sh", corpus.name, "wavlm"), "wavlm", corpus.ids)
+    assert r.n_rows == len(corpus) == len(EmbeddingCache(one.cache).ids)
+    assert_same_cache(r.path, Path(one.cache))
+    assert EmbeddingCache(r.path).layer_ids == [0, 2]

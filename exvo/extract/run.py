@@ -206,6 +206,11 @@ def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = 
             w = _io(stack.enter_context, writer)   # opening may write too (lock, parts folder)
             if shard is not None:
                 _io(S.write_command, path, shard, command)
+            elif path.with_suffix(".shards").is_dir():
+                summary.messages.append(
+                    f"{path.with_suffix('.shards')} holds shards of an earlier sharded run that were never merged; "
+                    f"this run does not use them: merge them (`exvo extract --model {ex.name} --merge`) or delete "
+                    "that folder")
             paths = {i: corpus.audio_path(i) for i in want}
             _adopt_legacy(w, corpus)
             summary.messages += w.messages
