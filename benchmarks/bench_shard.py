@@ -109,16 +109,13 @@ def main() -> None:
         print(f"  2 ranks vs 1 process with the same 2 threads: {best['1p x 2t'] / best['2r x 1t']:.2f}x")
 
         # merge throughput: a finalize of synthetic parts (what a merge does after the checks)
-        from exvo.extract.cache_writer import CacheWriter
-        from exvo.extract.shard import Shard, ShardWriter, merge
+        from exvo.extract.shard import Shard, ShardWriter, assign, assignment_digest, merge
 
         n, L, F = 400, 25, 2048       # wavlm-large rows: 200 KiB each in float32
         path = root / "m" / "c" / "big.h5"
         ids = [f"c{k:05d}" for k in range(n)]
         rng = np.random.default_rng(0)
         row = rng.standard_normal((L, F)).astype(np.float32)
-        from exvo.extract.shard import assign, assignment_digest
-
         shares = assign(ids, np.ones(n), 2)
         for s in range(2):
             with ShardWriter(path, Shard(s, 2), "big", {"v": 1}, part_size=64) as w:
@@ -131,7 +128,6 @@ def main() -> None:
         mb = n * L * F * 4 / 1e6
         print(f"\nmerge of {n} wavlm-large-sized rows ({mb:.0f} MB float32): {dt:.2f} s = {mb / dt:.0f} MB/s; "
               f"59,201 clips (12,120 MB) ≈ {12120 / (mb / dt) / 60:.1f} min (the same finalize a single process does)")
-        del CacheWriter
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -3,7 +3,6 @@ cache one process writes; shards resume after kill -9; a merge refuses a missing
 foreign shard with the fix; shards are balanced by audio seconds."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

@@ -32,6 +32,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import heapq
 import json
 import os
 import re
@@ -165,16 +166,12 @@ def assign(ids: Sequence[str], seconds: Sequence[float], n: int) -> list[list[st
     if sec.shape != (len(ids),):
         raise ValueError(f"{len(ids)} ids but {sec.shape} durations")
     order = sorted(range(len(ids)), key=lambda k: (-sec[k], k))
-    load = [0.0] * n
     which = np.empty(len(ids), dtype=np.int64)
-    import heapq
-
-    heap = [(0.0, s) for s in range(n)]
+    heap = [(0.0, s) for s in range(n)]        # (seconds so far, shard): the emptier, then the lower shard
     for k in order:
         tot, s = heapq.heappop(heap)
         which[k] = s
-        load[s] = tot + float(sec[k])
-        heapq.heappush(heap, (load[s], s))
+        heapq.heappush(heap, (tot + float(sec[k]), s))
     return [[ids[k] for k in range(len(ids)) if which[k] == s] for s in range(n)]
 
 
