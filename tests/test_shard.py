@@ -149,7 +149,7 @@ def test_shards_run_at_once_but_not_beside_a_single_process_run(world, tmp_path)
     with a, b:    # two shards hold the cache lock shared at once
         with pytest.raises(CacheError, match="already being extracted"):
             S.ShardWriter(path, S.Shard(1, 2), fault_extractor.NAME, RmsExtractor().config()).__enter__()
-        with pytest.raises(CacheError, match="another extraction"):
+        with pytest.raises(CacheError, match=r"another extraction \(pid \d+, shard 1/2 of a sharded run\)"):
             extract(corpus, RmsExtractor(), cache, progress=False)
 
 

@@ -233,7 +233,10 @@ class ShardWriter(CacheWriter):
         self._main_fd = _lock(main, shared=True)
         if self._main_fd is None:
             raise C.CacheBusy(f"a single-process extraction or a merge is writing {self.path} (it holds {main}); "
-                              f"shard {self.shard.text} waits for nothing: run it again once that has finished")
+                              f"run shard {self.shard.text} again once that has finished")
+        # who holds it, for the message a single-process run gets meanwhile (content only; flock decides)
+        os.ftruncate(self._main_fd, 0)
+        os.write(self._main_fd, f"{os.getpid()}, shard {self.shard.text} of a sharded run".encode())
         fd = _lock(self.lock_path, shared=False)
         if fd is None:
             _unlock(self._main_fd)
