@@ -194,6 +194,10 @@ def extract(
     frames: bool = typer.Option(False, "--frames", help="SSL: store one layer's frame sequences (ragged, <model>.frames.h5) instead of utterance vectors."),
     layer: int = typer.Option(-1, help="With --frames: the hidden state to store (0 = input embeddings, -1 = last)."),
     pool_frames: int = typer.Option(1, help="With --frames: average every K consecutive frames (K = 1 keeps 50 frames/s)."),
+    normalize: str = typer.Option("checkpoint", help="SSL input: on (zero mean, unit variance per clip) | off | checkpoint (its feature extractor's do_normalize)."),
+    layers: Optional[str] = typer.Option(None, help="Keep only these layers in the cache: e.g. 0,6,12,18,24 or last (default: all)."),
+    shard: Optional[str] = typer.Option(None, help="Extract shard I/N (0-based) into its own parts; default under torchrun: RANK/WORLD_SIZE, under a SLURM array: its task. Merge with --merge."),
+    merge: bool = typer.Option(False, "--merge", help="Combine the finished shards of --model into the cache file."),
 ):
     """Stage 1: extract utterance embeddings of every clip into the HDF5 cache (resumable).
 
@@ -215,9 +219,17 @@ def extract(
     if rms_db is not None and model not in ("wavlm", "hubert", "wav2vec2"):
         _fail(f"--rms-db applies to the SSL models (wavlm, hubert, wav2vec2), not to {model!r}; drop it")
     corpus = load_corpus(data)
+    from exvo.extract import shard as S
+
+    if merge:
+        return _print_merge(S.merge(cache_path_of(cache, corpus, model), model, corpus.ids))
+    the_shard = S.resolve_shard(shard)
+    if the_shard is not None and the_shard.source == "torchrun":
+        device, workers = S.rank_options(device, workers)
     opts = ExtractOptions(checkpoint=checkpoint, device=device, precision=precision, batch_seconds=batch_seconds,
                           workers=workers, chunk_seconds=chunk_seconds, dtype=dtype, train_epochs=epochs,
-                          rms_db=rms_db, cnn_arch=cnn_arch, cnn_seeds=cnn_seeds, crossfit=crossfit)
+                          rms_db=rms_db, cnn_arch=cnn_arch, cnn_seeds=cnn_seeds, crossfit=crossfit,
+                          normalize=normalize, layers=layers)
     if frames:  # the frame-level cache of issue 15: its own store and writer (exvo.extract.frames)
         from exvo.extract.frames_run import extract_frames
 
@@ -227,6 +239,8 @@ def extract(
             typer.echo(f"FAILED {cid}: {why}")
         typer.echo(s.line())
         raise typer.Exit(1 if s.failures else 0)
+    if the_shard is not None:
+        return _extract_shard(corpus, model, cache, opts, the_shard, overwrite, max_failures)
     try:
         with interrupt_guard():
             s = run_extract(corpus, model, cache, opts, overwrite=overwrite, max_failures=max_failures,
@@ -244,6 +258,88 @@ def extract(
     typer.echo(s.line())
     if s.failures:
         raise typer.Exit(1)
+
+
+def cache_path_of(cache: Path, corpus, model: str) -> Path:
+    from exvo.extract.cache import cache_path
+
+    return cache_path(cache, corpus.name, model)
+
+
+def _print_merge(r) -> None:
+    for msg in r.messages:
+        typer.secho(f"note: {msg}", fg=typer.colors.YELLOW, err=True)
+    for cid, why in r.failures:
+        typer.echo(f"FAILED {cid}: {why}")
+    typer.echo(f"merged {r.n_shards} shards: {r.n_rows} clips cached → {r.path}")
+    if r.failures:
+        raise typer.Exit(1)
+
+
+def _extract_shard(corpus, model, cache, opts, shard, overwrite, max_failures):
+    """One shard (exvo.extract.shard); under torchrun all ranks wait, then the last one merges."""
+    from exvo.extract import shard as S
+    from exvo.extract.run import ExtractionAborted, extract as run_extract, interrupt_guard
+
+    import shlex
+
+    args, skip = [], False
+    argv = sys.argv[1:] if sys.argv[1:2] == ["extract"] else [   # not run from a shell (e.g. a test runner)
+        "extract", "--model", model, "--data", str(corpus.root), "--cache", str(cache)]
+    for a in argv:      # the same command for another shard: this one's --shard left out
+        if skip or a == "--shard" or a.startswith("--shard="):
+            skip = a == "--shard"
+            continue
+        args.append(a)
+    command = "exvo " + shlex.join(args) + " --shard {shard}"
+    dist = S.Distributed() if shard.source == "torchrun" else None
+    code, s = 0, None
+    try:
+        with interrupt_guard():
+            s = run_extract(corpus, model, cache, opts, overwrite=overwrite, max_failures=max_failures,
+                            progress=sys.stderr.isatty() or bool(os.environ.get("EXVO_PROGRESS")),
+                            shard=shard, command=command)
+    except ExtractionAborted as e:
+        typer.secho(f"error: shard {shard.text}: {e}", fg=typer.colors.RED, err=True)
+        code = 3
+    except KeyboardInterrupt:
+        typer.secho(f"error: shard {shard.text} interrupted; its finished clips are saved. Run the same command "
+                    "again to resume", fg=typer.colors.RED, err=True)
+        code = 130
+    if s is not None:
+        for msg in s.messages:
+            typer.secho(f"note: {msg}", fg=typer.colors.YELLOW, err=True)
+        for cid, why in s.failures:
+            typer.echo(f"FAILED {cid}: {why}")
+        typer.echo(f"shard {shard.text} ({shard.source}): " + s.line())
+        code = 1 if s.failures else 0
+    path = cache_path_of(cache, corpus, model)
+    if dist is not None:
+        # a rank that stopped early makes the barrier fail for all: no merge of an incomplete set
+        ok = dist.all_ok(code in (0, 1))
+        if ok and dist.rank == dist.world - 1:
+            try:
+                _print_merge(S.merge(path, model, corpus.ids))
+            except typer.Exit as e:
+                code = max(code, e.exit_code)
+            except Exception as e:
+                typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+                code = 2
+        dist.barrier()     # other ranks exit only after the merge: the launcher stops all ranks at the first exit
+        dist.close()
+    elif shard.source == "slurm-array" and code in (0, 1):
+        left = S.pending(path)
+        if left is not None and not left[1]:   # the last task to finish merges (the others find a shard unfinished)
+            try:
+                _print_merge(S.merge(path, model, corpus.ids))
+            except typer.Exit as e:
+                code = max(code, e.exit_code)
+            except S.C.CacheError:
+                if S.pending(path) is not None and not isinstance(sys.exc_info()[1], S.C.CacheBusy):
+                    raise
+                # another task is merging right now, or has just merged: nothing left to do here
+    if code:
+        raise typer.Exit(code)
 
 
 # --------------------------------------------------------------------------- stage 2

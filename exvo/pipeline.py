@@ -107,8 +107,8 @@ def _extract_all(corpus, cache_dir: Path, echo, progress: bool | str) -> list[st
 def _ssl_sets(name: str, corpus, cache_dir: Path) -> list[tuple[str, ...]]:
     from exvo.extract.cache import EmbeddingCache, cache_path
 
-    n = EmbeddingCache(cache_path(cache_dir, corpus.name, name)).n_layers
-    layers = sorted({0, n // 2, n - 1})
+    ids = EmbeddingCache(cache_path(cache_dir, corpus.name, name)).layer_ids   # the model's indices (--layers)
+    layers = sorted({ids[0], ids[len(ids) // 2], ids[-1]})
     return [(f"{name}@{k}",) for k in layers] + [(f"{name}@best",)]
 
 

@@ -30,6 +30,6 @@ def test_best_on_a_single_layer_cache_is_refused():
 
     with pytest.raises(FeatureError, match=r"'egemaps@best': the egemaps cache has a single layer, so @best has "
                                            r"nothing to choose; write 'egemaps'"):
-        resolve_layer(parse_spec("egemaps@best"), SimpleNamespace(n_layers=1))
-    assert resolve_layer(parse_spec("egemaps"), SimpleNamespace(n_layers=1)) == (0, "only")
-    assert resolve_layer(parse_spec("wavlm@best"), SimpleNamespace(n_layers=25)) == (None, "best (ridge probe)")
+        resolve_layer(parse_spec("egemaps@best"), SimpleNamespace(n_layers=1, layer_ids=[0], config={}))
+    assert resolve_layer(parse_spec("egemaps"), SimpleNamespace(n_layers=1, layer_ids=[0], config={})) == (0, "only")
+    assert resolve_layer(parse_spec("wavlm@best"), SimpleNamespace(n_layers=25, layer_ids=list(range(25)), config={})) == (None, "best (ridge probe)")

@@ -83,8 +83,21 @@ def test_frames_resume_after_kill9_equals_an_uninterrupted_run(tiny_corpus, ssl_
 
     from exvo.extract.base import ExtractOptions
 
+    import torch
+
     corpus = Corpus.from_dir(tiny_corpus)
     opts = ExtractOptions(checkpoint=str(ssl_models["wavlm"]), device="cpu", dtype="float32")
+    # the killed runs use one thread (OMP_NUM_THREADS=1): so must the reference and the resume, since
+    # another thread count sums in another order (differences of ~1e-7, not what this test is about)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _kill9_and_resume(corpus, tiny_corpus, ssl_models, tmp_path, opts, FRAME_ARGS)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _kill9_and_resume(corpus, tiny_corpus, ssl_models, tmp_path, opts, FRAME_ARGS):
     ref = extract_frames(corpus, "wavlm", tmp_path / "ref", opts, **FRAME_ARGS)
     assert ref.n_extracted == len(corpus.ids) and not ref.failures
     want = FrameCache(frames_path(tmp_path / "ref", corpus.name, "wavlm"))

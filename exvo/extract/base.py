@@ -32,6 +32,9 @@ class ExtractOptions:
     ``chunk_seconds``: SSL clips longer than this are processed in chunks with exact
     pooled statistics.
     ``checkpoint``: model id or local path for SSL models (``from_pretrained``).
+    ``normalize``: SSL input scaling: ``on`` (zero mean, unit variance per clip), ``off``,
+    or ``checkpoint`` (its feature extractor's ``do_normalize``); the effective value is in
+    the cache config. ``layers``: keep only these layers in the cache (``--layers``).
     """
 
     checkpoint: str | None = None
@@ -48,6 +51,8 @@ class ExtractOptions:
     cnn_arch: str = "paper"           # task CNNs: paper | sinc (exvo.extract.cnn.model)
     cnn_seeds: int = 1                # task CNNs: CNNs trained (seeds seed..seed+N-1), one cache layer each
     crossfit: int = 0                 # task CNNs: K >= 2 embeds Train clips by CNNs that never saw their speaker
+    layers: str | None = None     # --layers: kept subset of layers (None = all; see exvo.extract.layers)
+    normalize: str = "checkpoint"  # SSL input: on | off | checkpoint (its feature extractor's do_normalize)
 
     def __post_init__(self):
         # every family must see a valid value, also those that do not use it (openSMILE runs on
@@ -60,6 +65,8 @@ class ExtractOptions:
             raise ValueError(f"--precision must be fp32, fp16 or bf16, got {self.precision!r}")
         if self.dtype not in ("float32", "float16"):
             raise ValueError(f"--dtype must be float32 or float16, got {self.dtype!r}")
+        if self.normalize not in ("on", "off", "checkpoint"):
+            raise ValueError(f"--normalize must be on, off or checkpoint, got {self.normalize!r}")
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -16,7 +16,8 @@ On-disk layout of ``<cache>/<corpus>/<extractor>.h5`` (format ``exvo-embeddings/
 * ``identity``  ``(N, 2)`` int64 ``[size bytes, mtime ns]`` of each clip's audio file when
   it was extracted (``-1``: unknown); ``digest`` ``(N,)`` ASCII, BLAKE2b-128 hex of
   the file's bytes (``""``: unknown). Both fletcher32-checked
-* attrs ``format``, ``extractor``, ``config`` (JSON), ``fingerprint`` (sha256 of config,
+* attrs ``format``, ``extractor``, ``config`` (JSON; ``layers_kept``: original indices of
+  the stored layers when ``--layers`` kept a subset, see :attr:`EmbeddingCache.layer_ids`), ``fingerprint`` (sha256 of config,
   ids and identities), ``ids_sha256`` (checked on opening), ``feature_names``
 
 Beside it, while a run is unfinished: ``<extractor>.parts/`` with ``config.json`` (the
@@ -190,6 +191,12 @@ class EmbeddingCache:
                              "the file is damaged: rebuild it with `exvo extract ... --overwrite`")
         self.n_layers, self.dim = int(shape[1]), int(shape[2])
         self._pos = {i: k for k, i in enumerate(self.ids)}
+        # original index of each stored layer (``--layers`` keeps a subset; exvo.extract.layers)
+        kept = self.config.get("layers_kept") if isinstance(self.config, dict) else None
+        self.layer_ids: list[int] = [int(k) for k in kept] if kept else list(range(self.n_layers))
+        if len(self.layer_ids) != self.n_layers:
+            raise CacheError(f"{self.path}: config lists {len(self.layer_ids)} kept layers but the file stores "
+                             f"{self.n_layers}; the file is damaged: rebuild it with `exvo extract ... --overwrite`")
 
     def __len__(self) -> int:
         return len(self.ids)

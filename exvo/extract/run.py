@@ -16,6 +16,7 @@ from exvo.corpus import Corpus, _listing
 from exvo.extract.base import ExtractOptions, Extractor, get_extractor
 from exvo.extract.cache import CacheDtypeError, CacheError, CacheWriter, cache_path, files_fingerprint
 from exvo.extract.identity import ClipIdentity, compare, identify, stat_all
+from exvo.extract.layers import kept as _kept, with_layers
 
 
 class ExtractionAborted(RuntimeError):
@@ -159,7 +160,8 @@ def _adopt_legacy(w: CacheWriter, corpus: Corpus) -> None:
 def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = "cache",
             opts: ExtractOptions | None = None, *, overwrite: bool = False,
             max_failures: str | float | int | None = None, ids: Sequence[str] | None = None,
-            progress: bool | str = True, part_size: int = 64, flush_seconds: float = 60.0) -> ExtractionSummary:
+            progress: bool | str = True, part_size: int = 64, flush_seconds: float = 60.0,
+            shard: "Shard | None" = None, command: str | None = None) -> ExtractionSummary:
     """Extract ``ids`` (default: every clip) of ``corpus`` into ``<cache>/<corpus>/<name>.h5``.
 
     Already cached clips are skipped (resume). Per-clip failures are collected, not raised;
@@ -173,6 +175,10 @@ def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = 
 
     ``progress``: True = a bar on a terminal, plain lines otherwise (``EXVO_PROGRESS``
     overrides, see :mod:`exvo.progress`); False = silent; or ``"bar"``/``"lines"``/``"off"``.
+    ``shard`` (:mod:`exvo.extract.shard`): extract only that shard's length-balanced share
+    of ``ids`` into its own parts; the ``.h5`` is written by :func:`exvo.extract.shard.merge`.
+    ``command``: the command line with ``{shard}`` in place of I/N, for the merge's hints.
+    ``opts.layers`` keeps a subset of the layers (recorded in the config as ``layers_kept``).
     """
     from exvo.progress import progress_bar
 
@@ -182,13 +188,31 @@ def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = 
     ex.prepare(corpus, Path(cache_dir))
     want = list(ids) if ids is not None else list(corpus.ids)
     path = cache_path(cache_dir, corpus.name, ex.name)
+    config, keep = with_layers(ex.config(), opts.layers)
+    summary_path = path.with_suffix(".summary.json")
+    wkw = dict(overwrite=overwrite, dtype=opts.dtype, feature_names=ex.feature_names(), part_size=part_size,
+               flush_seconds=flush_seconds)
+    if shard is not None:
+        from exvo.extract import shard as S
+
+        shares = S.assign(want, S.clip_seconds([corpus.audio_path(i) for i in want]), shard.count)
+        digest, want = S.assignment_digest(shares), shares[shard.index]
+        summary_path = path.with_name(f"{path.stem}.shard-{shard.tag}.summary.json")
+        writer = S.ShardWriter(path, shard, ex.name, config, **wkw)
+    else:
+        writer = CacheWriter(path, ex.name, config, **wkw)
     limit = parse_max_failures(max_failures, len(want))
     summary = ExtractionSummary(ex.name, str(path), len(want), 0, 0)
-    writer = CacheWriter(path, ex.name, ex.config(), overwrite=overwrite, dtype=opts.dtype,
-                         feature_names=ex.feature_names(), part_size=part_size, flush_seconds=flush_seconds)
     try:
         with ExitStack() as stack:
             w = _io(stack.enter_context, writer)   # opening may write too (lock, parts folder)
+            if shard is not None:
+                _io(S.write_command, path, shard, command)
+            elif path.with_suffix(".shards").is_dir():
+                summary.messages.append(
+                    f"{path.with_suffix('.shards')} holds shards of an earlier sharded run that were never merged; "
+                    f"this run does not use them: merge them (`exvo extract --model {ex.name} --merge`) or delete "
+                    "that folder")
             paths = {i: corpus.audio_path(i) for i in want}
             _adopt_legacy(w, corpus)
             summary.messages += w.messages
@@ -233,6 +257,8 @@ def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = 
                             )
                     else:
                         try:
+                            if keep is not None:
+                                r.embedding = _kept(r.embedding, keep, ex.name)
                             _io(w.add, r.id, r.embedding, ident)
                         except CacheDtypeError:
                             raise     # the extractor does not fit the dtype: every clip would fail
@@ -251,7 +277,10 @@ def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = 
                 if hasattr(results, "close"):
                     results.close()   # stop the extractor's workers now, not when the traceback is freed
                 ex.close()
-            _io(w.finalize, order=corpus.ids)
+            if shard is not None:
+                _io(w.mark_done, want, digest, summary.failures, ex.feature_names(), command)
+            else:
+                _io(w.finalize, order=corpus.ids)
             if w.kept_old:
                 summary.messages.append(w.kept_old)
     except _WriteFailed as wf:
@@ -261,10 +290,10 @@ def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = 
     finally:
         summary.wall_seconds = time.perf_counter() - t0
         if path.parent.is_dir():
-            tmp = path.with_suffix(f".summary.json.tmp{os.getpid()}")
+            tmp = summary_path.with_name(summary_path.name + f".tmp{os.getpid()}")
             try:
                 tmp.write_text(json.dumps(asdict(summary), indent=1))
-                os.replace(tmp, path.with_suffix(".summary.json"))
+                os.replace(tmp, summary_path)
             except OSError:  # the summary is also returned/printed; a full disk must not hide the real error
                 tmp.unlink(missing_ok=True)
     return summary

@@ -6,7 +6,8 @@ clip's *unpadded* frames into mean ‖ population std (ddof = 0): the embedding 
 ``(L, 2 * hidden_size)`` float32.
 
 Input follows the checkpoint's own feature extractor (``preprocessor_config.json``: e.g.
-``do_normalize`` = per-utterance zero mean, unit variance over the whole clip).
+``do_normalize`` = per-utterance zero mean, unit variance over the whole clip), unless
+``--normalize on|off`` overrides ``do_normalize``; the effective value is in the config.
 
 Policies, all stored in the cache ``config``:
 
@@ -251,6 +252,8 @@ class SSLExtractor(Extractor):
             raise ValueError(f"--batch-seconds must be > 0 for batched extraction, got {opts.batch_seconds}")
 
         model, fe, self.info = load_checkpoint(name, self.checkpoint)
+        if opts.normalize != "checkpoint":   # --normalize on|off overrides the checkpoint's own setting
+            fe.do_normalize = opts.normalize == "on"
         self.fe = fe
         self.mconf = model.config
         self.model = model.to(self.device).eval()

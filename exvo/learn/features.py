@@ -4,7 +4,8 @@ A feature spec names a cache (one extractor) and, for multi-layer (SSL) caches, 
 
     egemaps          the only layer of an openSMILE cache
     wavlm            the last layer
-    wavlm@12         layer 12 (0 = the input embeddings, as the model returns them)
+    wavlm@12         layer 12 (0 = the input embeddings, as the model returns them; also
+                     in a cache made with ``--layers``, which must have kept it)
     wavlm@-2         the second-to-last layer
     wavlm@best       the layer chosen by a closed-form ridge probe on Train → Val (see ``probe``)
 
@@ -136,10 +137,16 @@ def open_cache(spec: FeatureSpec | str, corpus: Corpus, cache_dir: str | Path) -
 
 
 def resolve_layer(spec: FeatureSpec, cache: EmbeddingCache) -> tuple[int | None, str]:
-    """``(layer index or None for @best, how it was chosen)``; out-of-range layers are refused."""
+    """``(layer or None for @best, how it was chosen)``; out-of-range or not kept layers are refused.
+
+    Layers are the model's own indices (``wavlm@12`` = hidden state 12), also in a cache that
+    keeps a subset (``exvo extract --layers``): read it at ``cache.layer_ids.index(layer)``.
+    """
+    ids = cache.layer_ids
     L = cache.n_layers
+    full = int(cache.config.get("n_layers", ids[-1] + 1)) if ids != list(range(L)) else L
     if spec.layer is None:
-        return L - 1, ("only" if L == 1 else "last")
+        return ids[-1], ("only" if L == 1 else "last" if ids[-1] == full - 1 else "last kept")
     if spec.layer == "best":
         if L == 1:   # accepting it would make a second, differently named run of the very same features
             raise FeatureError(
@@ -147,12 +154,18 @@ def resolve_layer(spec: FeatureSpec, cache: EmbeddingCache) -> tuple[int | None,
                 f"choose; write {spec.name!r} (@LAYER and @best are for multi-layer SSL caches)")
         return None, "best (ridge probe)"
     k = int(spec.layer)
-    if not -L <= k < L:
+    if not -full <= k < full:
         raise FeatureError(
-            f"feature spec {spec.text!r}: layer {k} does not exist; the {spec.name} cache has {L} layer(s) "
-            f"(valid: 0..{L - 1}, or -1..-{L} from the end)"
+            f"feature spec {spec.text!r}: layer {k} does not exist; the {spec.name} cache has {full} layer(s) "
+            f"(valid: 0..{full - 1}, or -1..-{full} from the end)"
         )
-    return k % L, "given"
+    if k % full not in ids:
+        raise FeatureError(
+            f"feature spec {spec.text!r}: layer {k % full} was not kept in the {spec.name} cache ({cache.path} "
+            f"stores layers {','.join(map(str, ids))}, made with `--layers`); use one of those, or extract again "
+            f"with --layers including {k % full} (or without --layers for all layers) and --overwrite"
+        )
+    return k % full, "given"
 
 
 def split_rows(corpus: Corpus, present: set[str], splits=("Train", "Val", "Test")):
@@ -243,7 +256,7 @@ def load_features(corpus: Corpus, specs: Sequence[FeatureSpec], cache_dir: str |
     X: np.ndarray | None = None
     off = 0
     for b, c in zip(blocks, caches):
-        A = c.layer(b.layer)                       # (n_cache, F), cache order: one read
+        A = c.layer(c.layer_ids.index(b.layer))    # (n_cache, F), cache order: one read
         if c.ids == ids and len(blocks) == 1:
             X = A if A.dtype == np.float32 and A.flags.c_contiguous else np.ascontiguousarray(A, np.float32)
             break

@@ -56,8 +56,8 @@ def probe_layers(cache: EmbeddingCache, corpus: Corpus, sel: SelectionConfig | N
     tr, va = selection_rows(corpus, ids, rows, sel)
     Y = np.concatenate([t.emotions[tr], np.eye(N_COUNTRIES)[t.country[tr]], t.age_z[tr, None]], axis=1)
     scores, alphas = {}, {}
-    for layer in range(cache.n_layers):
-        X = cache.layer(layer, ids)
+    for pos_, layer in enumerate(cache.layer_ids):    # the model's layer indices (a --layers cache keeps some)
+        X = cache.layer(pos_, ids)
         Scaler.fit(X, rows["Train"]).apply_(X)
         best = (-1.0, None)
         for a, P in zip(ALPHAS, ridge_val_scores(X[tr], Y, X[va])):
