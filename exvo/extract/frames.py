@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import io
 import json
 import os
@@ -41,7 +40,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from exvo.extract.cache import CacheBusy, CacheError, CacheMismatch
+from exvo.extract.cache import CacheBusy, CacheError, CacheMismatch, _config_diff, _fsync_dir
+from exvo.extract.cache import files_fingerprint as _fingerprint, ids_digest as _digest
 
 FORMAT = "exvo-frames/1"
 POOLING = "mean over K consecutive frames; a last group shorter than K is the mean of its frames"
@@ -69,41 +69,6 @@ def pool_frames(frames: np.ndarray, k: int) -> np.ndarray:
     if T % k:
         out.append(f[full * k:].mean(axis=0, keepdims=True))
     return np.concatenate(out).astype(np.float32)
-
-
-def _digest(ids: Sequence[str]) -> str:
-    h = hashlib.sha256()
-    for i in ids:
-        h.update(i.encode("utf-8", "surrogatepass") + b"\0")
-    return h.hexdigest()
-
-
-def _fingerprint(config_str: str, files: Sequence[Path]) -> str:
-    h = hashlib.sha256(config_str.encode())
-    for p in files:
-        try:
-            st = os.stat(p)
-            h.update(f"{Path(p).name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{Path(p).name}\0-1\0-1\n".encode())
-    return h.hexdigest()
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _config_diff(a: dict, b: dict) -> str:
-    keys = sorted(set(a) | set(b))
-    return "; ".join(f"{k}: cache={a.get(k, '<absent>')!r} requested={b.get(k, '<absent>')!r}"
-                     for k in keys if a.get(k, "<absent>") != b.get(k, "<absent>")) or "(key order only)"
 
 
 class FrameCache:
