@@ -744,9 +744,9 @@ def reproduce(
     outcomes = execute(recipe, Path(corpus.root), cache, runs, checkpoint_dir, echo=typer.echo, seeds=seeds)
     folder = write(recipe, outcomes, runs, corpus.name)
     typer.echo((folder / "table.md").read_text())
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "unavailable", "missing", "failed")}
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "unavailable", "missing", "stale", "failed")}
     typer.echo(f"wrote {folder}/table.md and table.csv; rows: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
-    if counts["failed"]:
+    if counts["failed"] or counts["stale"]:
         raise typer.Exit(1)
 
 

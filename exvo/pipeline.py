@@ -140,7 +140,7 @@ def _papers(corpus, data_dir: Path, cache_dir: Path, runs_dir: Path, seeds: int,
         outcomes = execute(recipe, data_dir, cache_dir, runs_dir, None, echo=lambda m: echo("  " + m),
                            seeds=seeds, quiet=True)
         folder = write(recipe, outcomes, runs_dir, corpus.name)
-        counts = {st: sum(o.status == st for o in outcomes) for st in ("done", "skipped", "missing", "failed")}
+        counts = {st: sum(o.status == st for o in outcomes) for st in ("done", "skipped", "missing", "stale", "failed")}
         echo(f"  {name}: {folder / 'table.md'} (" + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
              + f") [{time.perf_counter() - t0:.0f} s]")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import textwrap
 
 import pytest
@@ -118,6 +119,13 @@ def test_reproduce_runs_missing_steps_once_and_writes_the_table(small_demo_copy,
     assert [o.steps_run for o in again] == [0, 0, 0, 0]
     write(r, again, runs, "small")
     assert (folder / "table.md").read_text() == before
+
+    # the same run name asked with other settings: the old run is neither reused nor replaced
+    rp.write_text(textwrap.dedent(TINY).replace("--seeds 2 --epochs 2", "--seeds 2 --epochs 3"))
+    third = execute(recipes.load(rp), small_demo_copy, cache, runs, echo=logs.append)
+    assert third[0].status == "stale" and "reproduce-tiny-egemaps exists but was made by `exvo learn" in third[0].detail
+    assert third[0].steps_run == 0 and "--epochs 2" in third[0].detail
+    assert json.loads((runs / "reproduce-tiny-egemaps" / "config.json").read_text())["train"]["epochs"] == 2
 
 
 def test_cli_list_names_every_recipe():

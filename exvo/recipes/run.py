@@ -5,7 +5,10 @@ what a user would type, with ``--data``/``--cache``/``--runs`` added where the c
 them. A step is skipped when its output already exists — a run folder ``{run}`` with a
 ``config.json`` (runs are committed whole, so an existing folder is a finished run), or a
 cache that holds every clip of the corpus — so a second ``exvo reproduce`` does no work.
-Rows are independent: one failed step costs its own row only.
+Rows are independent: one failed step costs its own row only. Each run folder a step made is
+recorded with its command line in ``<runs>/reproduce-<name>/steps.json``; a run folder of the
+same name made by another command line (other ``--seeds``, say, or by hand) is never reused
+nor replaced: its row is reported ``stale`` with the fix.
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ def row_run_dir(row: Row, recipe: Recipe, runs: Path) -> Path:
 @dataclass
 class RowOutcome:
     row: Row
-    status: str                      # done | skipped | unavailable | missing | failed
+    status: str                      # done | skipped | unavailable | missing | failed | stale
     detail: str = ""
     run_dir: Path | None = None
     steps_run: int = 0
@@ -135,11 +138,59 @@ def _argv(step: list[str], row: Row, recipe: Recipe, commands: dict[str, set[str
     return argv
 
 
-def _done(argv: list[str], data: Path, cache: Path, runs: Path) -> bool:
-    """Whether the step's output exists: a committed run folder, or a cache covering the corpus."""
+class StaleRun(Exception):
+    """A run folder a step would write exists but was not made by that exact command line."""
+
+
+LEDGER = "steps.json"
+"""``<runs>/reproduce-<recipe>/steps.json``: the command line that made each run folder."""
+
+
+def _ledger(runs: Path, recipe: Recipe) -> Path:
+    return runs / f"reproduce-{recipe.name}" / LEDGER
+
+
+def _read_ledger(path: Path) -> dict[str, list[str]]:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _record(path: Path, folder: Path, argv: list[str]) -> None:
+    import json
+
+    led = _read_ledger(path)
+    led[str(folder)] = argv
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(led, indent=1))
+    os.replace(tmp, path)
+
+
+def _step_run_folder(argv: list[str], runs: Path) -> Path | None:
+    if argv[0] in RUN_COMMANDS_WITH_NAME and "--name" in argv[:-1]:
+        return run_folder(runs, argv[0], argv[argv.index("--name") + 1])
+    return None
+
+
+def _done(argv: list[str], data: Path, cache: Path, runs: Path, ledger: dict[str, list[str]] | None = None) -> bool:
+    """Whether the step's output exists: a run folder made by this very command line, or a cache
+    covering the corpus. A run folder made otherwise (other seeds or options, or by hand) raises
+    :class:`StaleRun`: it is neither reused nor replaced."""
     cmd = argv[0]
-    if cmd in RUN_COMMANDS_WITH_NAME and "--name" in argv:
-        return (run_folder(runs, cmd, argv[argv.index("--name") + 1]) / "config.json").is_file()
+    folder = _step_run_folder(argv, runs)
+    if folder is not None:
+        if not (folder / "config.json").is_file():
+            return False
+        made_by = (ledger or {}).get(str(folder))
+        if made_by != argv:
+            raise StaleRun(f"{folder} exists but was made by "
+                           + (f"`exvo {shlex.join(made_by)}`" if made_by else "another command")
+                           + f", not `exvo {shlex.join(argv)}`; delete it (or use another --runs) to run this row")
+        return True
     flags = {a for a in argv if a.startswith("--")}
     # only a plain extract is judged by its cache; with other settings (a checkpoint, --frames …)
     # the step runs, and the cache's own config check resumes it or refuses a mismatch
@@ -181,14 +232,20 @@ def execute(recipe: Recipe, data: Path, cache: Path, runs: Path, checkpoint_dir:
     for o in p.outcomes.values():
         echo(f"  {o.status:11s} {o.row.id}: {o.detail}")
     ran: dict[tuple[str, ...], int] = {}
+    ledger_path = _ledger(runs, recipe)
     for row in p.ready:
         out = RowOutcome(row, "done", run_dir=row_run_dir(row, recipe, runs))
         for step in row.steps:
             argv = _argv(step, row, recipe, commands, data, cache, runs, checkpoint_dir, seeds)
             key = tuple(argv)
+            try:
+                done = key not in ran and _done(argv, data, cache, runs, _read_ledger(ledger_path))
+            except StaleRun as e:
+                out.status, out.detail = "stale", str(e)
+                break
             if key in ran:
                 rc = ran[key]
-            elif _done(argv, data, cache, runs):
+            elif done:
                 echo(f"  done already: exvo {shlex.join(argv)}")
                 rc = 0
             else:
@@ -197,6 +254,9 @@ def execute(recipe: Recipe, data: Path, cache: Path, runs: Path, checkpoint_dir:
                 rc = _run_step(argv, quiet, echo)
                 echo(f"    exit {rc} [{time.perf_counter() - t0:.0f} s]")
                 out.steps_run += 1
+                folder = _step_run_folder(argv, runs)
+                if rc == 0 and folder is not None:
+                    _record(ledger_path, folder, argv)
             ran[key] = rc
             if rc not in (0, 1):      # 1 = some clips failed, the rest is usable (named in the step's output)
                 out.status, out.detail = "failed", f"`exvo {argv[0]}` exited {rc}"
