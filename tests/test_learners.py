@@ -103,7 +103,8 @@ def test_presets_are_recorded_and_stop_on_val_is_marked_optimistic(world2, tmp_p
     assert "Val† CCC" in res.summary_line() and any("optimistic (†)" in m for m in msgs)
     base = learn(world2["corpus"], _cfg(preset="baseline", arch=None, epochs=2), world2["cache"], tmp_path,
                  echo=lambda m: None)
-    assert base.run_dir.name == "lin_mlp_sys1" and base.config["losses"]["combine"] == "uncertainty"
+    assert base.run_dir.name == "lin_mlp_sys1_baseline" and base.config["losses"]["combine"] == "uncertainty"
+    assert res.run_dir.name == "lin_mlp_sys2_paper"
     with pytest.raises(ValueError, match="unknown preset 'idiap'"):
         learn(world2["corpus"], _cfg(preset="idiap"), world2["cache"], tmp_path)
 

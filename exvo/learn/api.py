@@ -186,7 +186,9 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
     if not corpus.has_labels("Val"):
         raise CorpusError(f"{corpus.root} has no labelled Val clips; learning needs Val for its scores")
     arch = getattr(lcfg, "arch", None)
-    name = runs.check_name(name or runs.derive_name([s.text for s in specs], cfg.learner, arch))
+    # a preset's run must not replace the default run of the same features
+    derived = runs.derive_name([s.text for s in specs], cfg.learner, arch)
+    name = runs.check_name(name or (derived + ("" if cfg.preset == "default" else f"_{cfg.preset}")))
     runs.check_free(Path(runs_dir), name, overwrite)
     runs_dir, cache_dir = Path(runs_dir), Path(cache_dir)
     notes: list[str] = []

@@ -1,6 +1,6 @@
 """Burst2Vec: adversarial multitask learning with shared and task-specific representations.
 
-Chen et al., "Burst2Vec" (ExVo 2022, best Multi-Task system), §3 and App. C. Over a pooled
+Anuchitanukul & Specia, "Burst2Vec" (ExVo 2022, best Multi-Task system), §3 and App. C. Over a pooled
 utterance representation ``x`` ``(B, D)`` (cached embeddings here; the encoder's average-pooled
 last layer in :mod:`exvo.learn.finetune`)::
 

@@ -77,5 +77,5 @@ def load(folder: Path, device: str) -> Burst2VecFitted:
     return Burst2VecFitted(stack, meta, [None] * len(stack.seeds), None, cfg)
 
 
-HELP = ("Burst2Vec (Chen et al. 2022): shared + task-specific extractors, 3-pass output loss, reversed task "
+HELP = ("Burst2Vec (Anuchitanukul & Specia 2022): shared + task-specific extractors, 3-pass output loss, reversed task "
         "discriminator (--alpha1) and task-specific adversaries (--alpha2), per-task batches, --oversample")

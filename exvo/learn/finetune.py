@@ -1,6 +1,6 @@
 """End-to-end Burst2Vec: a transformers speech model fine-tuned together with the Burst2Vec head.
 
-The paper's own setting (Chen et al. 2022, §3-4, App. C): raw 16 kHz audio → the speech model
+The paper's own setting (Anuchitanukul & Specia 2022, §3-4, App. C): raw 16 kHz audio → the speech model
 (``hubert`` | ``wav2vec2`` | ``wavlm``, loaded with ``from_pretrained`` as in
 :mod:`exvo.extract.ssl`) → its last hidden state average-pooled over each clip's own frames →
 :class:`~exvo.learn.burst2vec.Burst2Vec`. Batches are per task (32 clips of one task),

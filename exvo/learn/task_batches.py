@@ -1,6 +1,6 @@
 """Per-task batches (Burst2Vec's training schedule) and oversampling over joint label cells.
 
-Burst2Vec (Chen et al., ExVo 2022, App. C) trains with batches that each belong to ONE task:
+Burst2Vec (Anuchitanukul & Specia, ExVo 2022, App. C) trains with batches that each belong to ONE task:
 a batch for task ``j`` (0 emotion, 1 age, 2 country) carries the clips and labels, and only
 task ``j``'s losses (and the adversarial terms of a task-``j`` batch) count for it.
 
