@@ -116,6 +116,7 @@ def _kill9_and_resume(corpus, tiny_corpus, ssl_models, tmp_path, opts, FRAME_ARG
     for a, b in zip(got.iter_sequences(got.ids), want.iter_sequences(want.ids)):
         np.testing.assert_array_equal(a, b)
     assert not list(cache.rglob("*.tmp*"))
+    assert not list(cache.rglob("*.lock"))       # the last writer removed its lock file (a killed one's too)
 
 
 def test_verify_reads_a_frame_cache_with_the_gru_transformer(tmp_path):

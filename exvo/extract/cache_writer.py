@@ -57,6 +57,51 @@ def _fingerprint(config_str: str, ids: Sequence[str], idents: Sequence[ClipIdent
     return h.hexdigest()
 
 
+def acquire_writer_lock(lock_path: Path, target: Path) -> int:
+    """An exclusive ``flock`` on ``lock_path`` (created, our pid written in it); the open fd.
+
+    One writer per cache file (the utterance cache and the frame cache alike): a second one
+    is refused with :class:`CacheBusy` naming the holder's pid. The lock file is removed by
+    :func:`release_writer_lock`; a file locked just as its holder removed it is not the one at
+    ``lock_path`` any more, so the lock is taken again on the current file.
+    """
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                try:
+                    holder = lock_path.read_text().strip()
+                except OSError:
+                    holder = "?"
+                raise C.CacheBusy(
+                    f"another extraction (pid {holder or '?'}) is writing {target}; wait for it to finish "
+                    f"(the lock is {lock_path}, released automatically when that process ends)"
+                ) from None
+            raise
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)      # a writer that just finished removed this lock file: lock the current one
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def release_writer_lock(fd: int, lock_path: Path) -> None:
+    # removed while still held, so no other writer can own it; acquire_writer_lock checks that
+    # the file it locked is still the one at lock_path
+    lock_path.unlink(missing_ok=True)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
 class CacheWriter:
     """Incremental, crash-safe, exclusive writer for one cache file.
 
@@ -105,32 +150,7 @@ class CacheWriter:
 
     # ------------------------------------------------------------- lifecycle
     def __enter__(self) -> "CacheWriter":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                try:
-                    holder = self.lock_path.read_text().strip()
-                except OSError:
-                    holder = "?"
-                raise C.CacheBusy(
-                    f"another extraction (pid {holder or '?'}) is writing {self.path}; wait for it to finish "
-                    f"(the lock is {self.lock_path}, released automatically when that process ends)"
-                ) from None
-            raise
-        try:
-            same = os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino
-        except FileNotFoundError:
-            same = False
-        if not same:   # a writer that just finished removed this lock file: lock the current one
-            os.close(fd)
-            return self.__enter__()
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._lock_fd = fd
+        self._lock_fd = acquire_writer_lock(self.lock_path, self.path)
         try:
             self._open_state()
         except BaseException:
@@ -154,11 +174,7 @@ class CacheWriter:
 
     def _release(self) -> None:
         if self._lock_fd is not None:
-            # removed while still held, so no other writer can own it; __enter__ checks that the
-            # file it locked is still the one at lock_path
-            self.lock_path.unlink(missing_ok=True)
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
+            release_writer_lock(self._lock_fd, self.lock_path)
             self._lock_fd = None
 
     def _open_state(self) -> None:

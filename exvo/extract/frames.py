@@ -26,8 +26,6 @@ Size for the real corpus (59,201 clips × 2.2 s ≈ 6.5 M frames at 50 frames/s)
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import io
 import json
 import os
@@ -42,6 +40,7 @@ import numpy as np
 
 from exvo.extract.cache import CacheBusy, CacheError, CacheMismatch, _config_diff, _fsync_dir
 from exvo.extract.cache import files_fingerprint as _fingerprint, ids_digest as _digest
+from exvo.extract.cache_writer import acquire_writer_lock, release_writer_lock
 
 FORMAT = "exvo-frames/1"
 POOLING = "mean over K consecutive frames; a last group shorter than K is the mean of its frames"
@@ -152,19 +151,7 @@ class FrameWriter:
         self.dim: int | None = None
 
     def __enter__(self) -> "FrameWriter":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise CacheBusy(f"another extraction is writing {self.path}; wait for it to finish (lock "
-                                f"{self.lock_path}, released when that process ends)") from None
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
+        self._fd = acquire_writer_lock(self.lock_path, self.path)
         try:
             self._open_state()
         except BaseException:
@@ -186,8 +173,7 @@ class FrameWriter:
 
     def _release(self) -> None:
         if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
+            release_writer_lock(self._fd, self.lock_path)
             self._fd = None
 
     def _open_state(self) -> None:
