@@ -94,6 +94,16 @@ def acquire_writer_lock(lock_path: Path, target: Path) -> int:
     return fd
 
 
+def remove_stale_temporaries(path: Path, parts_dir: Path) -> None:
+    """Delete ``<path>.tmp*`` and ``<parts_dir>/*.tmp*``: called with the writer lock held, so every
+    temporary file is the leftover of a killed write."""
+    stale = list(path.parent.glob(f"{path.name}.tmp*"))
+    if parts_dir.is_dir():
+        stale += list(parts_dir.glob("*.tmp*"))
+    for t in stale:
+        t.unlink(missing_ok=True)
+
+
 def release_writer_lock(fd: int, lock_path: Path) -> None:
     # removed while still held, so no other writer can own it; acquire_writer_lock checks that
     # the file it locked is still the one at lock_path
@@ -178,12 +188,7 @@ class CacheWriter:
             self._lock_fd = None
 
     def _open_state(self) -> None:
-        # we hold the lock, so any temporary file is a leftover of a killed write
-        stale = list(self.path.parent.glob(f"{self.path.name}.tmp*"))
-        if self.parts_dir.is_dir():
-            stale += list(self.parts_dir.glob("*.tmp*"))
-        for t in stale:
-            t.unlink(missing_ok=True)
+        remove_stale_temporaries(self.path, self.parts_dir)
         cfg_file = self.parts_dir / "config.json"
         marker = self.parts_dir / REBUILD_MARKER
         if cfg_file.exists():

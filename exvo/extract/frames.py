@@ -40,7 +40,7 @@ import numpy as np
 
 from exvo.extract.cache import CacheBusy, CacheError, CacheMismatch, _config_diff, _fsync_dir
 from exvo.extract.cache import files_fingerprint as _fingerprint, ids_digest as _digest
-from exvo.extract.cache_writer import acquire_writer_lock, release_writer_lock
+from exvo.extract.cache_writer import acquire_writer_lock, release_writer_lock, remove_stale_temporaries
 
 FORMAT = "exvo-frames/1"
 POOLING = "mean over K consecutive frames; a last group shorter than K is the mean of its frames"
@@ -177,12 +177,7 @@ class FrameWriter:
             self._fd = None
 
     def _open_state(self) -> None:
-        # we hold the lock: any temporary file is the leftover of a killed write
-        stale = list(self.path.parent.glob(f"{self.path.name}.tmp*"))
-        if self.parts_dir.is_dir():
-            stale += list(self.parts_dir.glob("*.tmp*"))
-        for t in stale:
-            t.unlink(missing_ok=True)
+        remove_stale_temporaries(self.path, self.parts_dir)
         if self.overwrite:   # the old file stays readable until a complete new one replaces it
             shutil.rmtree(self.parts_dir, ignore_errors=True)
         if self.path.exists() and not self.overwrite:
