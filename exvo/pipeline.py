@@ -133,14 +133,15 @@ def _papers(corpus, data_dir: Path, cache_dir: Path, runs_dir: Path, seeds: int,
     from exvo.recipes.table import write
 
     for name in recipes.names():
-        recipe = recipes.load(name).reduced()
-        if not recipe.rows:
+        recipe = recipes.load(name)
+        if not recipe.demo_rows():
             continue
         t0 = time.perf_counter()
         outcomes = execute(recipe, data_dir, cache_dir, runs_dir, None, echo=lambda m: echo("  " + m),
-                           seeds=seeds, quiet=True)
+                           seeds=seeds, quiet=True, only=recipe.demo_rows())
         folder = write(recipe, outcomes, runs_dir, corpus.name)
-        counts = {st: sum(o.status == st for o in outcomes) for st in ("done", "skipped", "missing", "stale", "failed")}
+        counts = {st: sum(o.status == st for o in outcomes)
+                  for st in ("done", "skipped", "missing", "not run", "stale", "failed")}
         echo(f"  {name}: {folder / 'table.md'} (" + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
              + f") [{time.perf_counter() - t0:.0f} s]")
 

@@ -120,6 +120,15 @@ def test_reproduce_runs_missing_steps_once_and_writes_the_table(small_demo_copy,
     write(r, again, runs, "small")
     assert (folder / "table.md").read_text() == before
 
+    # a reduced run (here no row selected) keeps the earlier run's figures, never empties the table
+    reduced = execute(r, small_demo_copy, cache, runs, echo=logs.append, only=set())
+    assert (reduced[0].status, reduced[0].detail, reduced[0].steps_run) == ("done", "from an earlier run", 0)
+    kept = list(csv.reader((write(r, reduced, runs, "small") / "table.csv").open()))[1]
+    assert kept[8:12] == eg[8:12] and kept[-1] == "done: from an earlier run"
+    fresh = execute(r, small_demo_copy, cache, tmp_path / "runs2", echo=logs.append, only=set())
+    assert fresh[0].status == "not run" and "`exvo reproduce tiny` runs it" in fresh[0].detail
+    assert not (tmp_path / "runs2" / "reproduce-tiny-egemaps").exists()
+
     # the same run name asked with other settings: the old run is neither reused nor replaced
     rp.write_text(textwrap.dedent(TINY).replace("--seeds 2 --epochs 2", "--seeds 2 --epochs 3"))
     third = execute(recipes.load(rp), small_demo_copy, cache, runs, echo=logs.append)

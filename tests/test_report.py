@@ -139,8 +139,25 @@ def test_fusion_rows_are_flagged_and_scored_from_their_metrics(report_runs, tmp_
 
 def test_empty_runs_folder_is_refused(tmp_path):
     (tmp_path / "runs").mkdir()
-    with pytest.raises(FileNotFoundError, match="no run folders under"):
+    with pytest.raises(FileNotFoundError, match="nothing to report under .*no multitask runs"):
         make_report(tmp_path / "runs", tmp_path / "rep")
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        make_report(tmp_path / "missing", tmp_path / "rep")
+
+
+def test_fewshot_runs_alone_make_a_report(tmp_path):
+    """A user who ran only `exvo fewshot` gets its table, not 'no run folders'."""
+    run = tmp_path / "runs" / "fewshot" / "fs_egemaps"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"kind": "fewshot", "variant": "none",
+                                                 "features": [{"spec": "egemaps"}]}))
+    (run / "metrics.json").write_text(json.dumps({
+        "summary": {"ccc": {"mean": 0.5, "std": 0.01}}, "per_seed": [{}, {}],
+        "ensemble": {"ccc": 0.512, "ci95": [0.48, 0.54]}}))
+    text = make_report(tmp_path / "runs", tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "no multitask runs under" in text
+    assert "| 1 | fs_egemaps | egemaps | none | 2 | 0.500 ± 0.010 | 0.512 [0.480–0.540] | - |" in md
 
 
 # ----------------------------------------------------------------------- the demo pipeline

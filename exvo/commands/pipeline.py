@@ -41,14 +41,16 @@ def reproduce(
             _fail("name a recipe (see the list above), e.g. `exvo reproduce idiap2022`")
         return
     recipe = recipes.load(name)
-    if reduced:
-        recipe = recipe.reduced()
+    only = recipe.demo_rows() if reduced else None
     corpus = load_corpus(data)
-    typer.echo(f"reproduce {recipe.name} on {corpus.root} ({len(recipe.rows)} rows)")
-    outcomes = execute(recipe, Path(corpus.root), cache, runs, checkpoint_dir, echo=typer.echo, seeds=seeds)
+    typer.echo(f"reproduce {recipe.name} on {corpus.root} ({len(only) if reduced else len(recipe.rows)} of "
+               f"{len(recipe.rows)} rows)")
+    outcomes = execute(recipe, Path(corpus.root), cache, runs, checkpoint_dir, echo=typer.echo, seeds=seeds,
+                       only=only)
     folder = write(recipe, outcomes, runs, corpus.name)
     typer.echo((folder / "table.md").read_text())
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "unavailable", "missing", "stale", "failed")}
+    counts = {s: sum(o.status == s for o in outcomes)
+              for s in ("done", "skipped", "unavailable", "missing", "not run", "stale", "failed")}
     typer.echo(f"wrote {folder}/table.md and table.csv; rows: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
     if counts["failed"] or counts["stale"]:
         raise typer.Exit(1)

@@ -229,19 +229,26 @@ def make_report(runs_dir: str | Path, out_dir: str | Path, corpus: Corpus | None
     scores runs without ``metrics.json``); without it those figures are skipped.
     """
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
+    if not runs_dir.is_dir():
+        raise FileNotFoundError(f"{runs_dir} is not a folder; give the --runs folder that `exvo learn` wrote to")
     runs = [r for r in discover(runs_dir) if r.path.resolve() != out_dir.resolve()]
-    if not runs:
-        raise FileNotFoundError(f"no run folders under {runs_dir}; train some with `exvo learn --runs {runs_dir}`")
-    rows = make_rows(runs, corpus)
+    rows = make_rows(runs, corpus) if runs else []
     out_dir.mkdir(parents=True, exist_ok=True)
-    cells = [_cells(k + 1, r) for k, r in enumerate(rows)]
-    made, fig_notes = _figures(rows, out_dir, corpus)
-    notes = _notes(rows)
+    # the other tracks (few-shot, verify, FID, recipes) report without any multitask run
     sections = [s for s in (fn(rows, out_dir, corpus, runs_dir) for fn in (*_builtin_sections(), *SECTIONS))
                 if s is not None]
+    if not runs and not sections:
+        raise FileNotFoundError(f"nothing to report under {runs_dir}: no multitask runs (`exvo learn --runs "
+                                f"{runs_dir}`) and no few-shot, verify, FID or reproduce results")
+    cells = [_cells(k + 1, r) for k, r in enumerate(rows)]
+    made, fig_notes = _figures(rows, out_dir, corpus) if rows else ([], [])
+    notes = _notes(rows) if rows else [f"no multitask runs under {runs_dir} (train some with `exvo learn`)"]
 
     _write_csv(rows, out_dir / "report.csv")
-    md = [f"# exvo report: {runs_dir}", "", _md_table(cells), ""] + [f"- {n}" for n in notes] + ["", "## Figures", ""]
+    md = [f"# exvo report: {runs_dir}", ""] + ([_md_table(cells), ""] if cells else [])
+    md += [f"- {n}" for n in notes]
+    if made or fig_notes:
+        md += ["", "## Figures", ""]
     md += [f"### {title}\n\n![{title}]({p.name})\n" for title, p in made]
     md += [f"- {n}" for n in fig_notes]
     for sec in sections:
@@ -250,7 +257,7 @@ def make_report(runs_dir: str | Path, out_dir: str | Path, corpus: Corpus | None
         md += [f"- {n}" for n in sec.notes]
     (out_dir / "report.md").write_text("\n".join(md) + "\n")
 
-    text = [_text_table(cells), ""] + [f"  {n}" for n in notes]
+    text = ([_text_table(cells), ""] if cells else []) + [f"  {n}" for n in notes]
     text += [f"  figure: {p}" for _, p in made] + [f"  {n}" for n in fig_notes]
     for sec in sections:
         text += sec.text + [f"  figure: {p}" for _, p in sec.figures] + [f"  {n}" for n in sec.notes]

@@ -78,10 +78,9 @@ class Recipe:
     def checkpoints(self) -> list[str]:
         return sorted({r.checkpoint for r in self.rows if r.checkpoint})
 
-    def reduced(self) -> "Recipe":
-        """The rows ``exvo demo`` runs (``demo = true``): the same recipe, fewer rows."""
-        return Recipe(self.name, self.title, self.paper, self.metrics, [r for r in self.rows if r.demo],
-                      self.notes, self.path)
+    def demo_rows(self) -> set[str]:
+        """Ids of the rows ``exvo demo`` and ``--reduced`` run (``demo = true``)."""
+        return {r.id for r in self.rows if r.demo}
 
 
 def names() -> list[str]:

@@ -45,7 +45,7 @@ def row_run_dir(row: Row, recipe: Recipe, runs: Path) -> Path:
 @dataclass
 class RowOutcome:
     row: Row
-    status: str                      # done | skipped | unavailable | missing | failed | stale
+    status: str                      # done | skipped | unavailable | missing | failed | stale | not run
     detail: str = ""
     run_dir: Path | None = None
     steps_run: int = 0
@@ -219,20 +219,45 @@ def _run_step(argv: list[str], quiet: bool, echo: Callable[[str], None]) -> int:
     return p.returncode
 
 
+def _earlier(row: Row, recipe: Recipe, argvs: list[list[str]], data: Path, cache: Path, runs: Path,
+             ledger: dict[str, list[str]]) -> RowOutcome:
+    """Outcome of a row left out of this call (``--reduced``): its earlier run's figures, or 'not run'."""
+    run_dir = row_run_dir(row, recipe, runs)
+    try:
+        ok = all(_done(a, data, cache, runs, ledger) for a in argvs) and (run_dir / "metrics.json").is_file()
+    except StaleRun:
+        ok = False
+    if ok:
+        return RowOutcome(row, "done", "from an earlier run", run_dir=run_dir)
+    return RowOutcome(row, "not run", f"not in the reduced recipe; `exvo reproduce {recipe.name}` runs it")
+
+
 def execute(recipe: Recipe, data: Path, cache: Path, runs: Path, checkpoint_dir: Path | None = None,
-            echo: Callable[[str], None] = print, seeds: int | None = None, quiet: bool = False) -> list[RowOutcome]:
+            echo: Callable[[str], None] = print, seeds: int | None = None, quiet: bool = False,
+            only: set[str] | None = None) -> list[RowOutcome]:
     """Run every ready row's missing steps; return one outcome per row, in recipe order.
 
     ``seeds``: passed as ``--seeds`` to every step that takes it and names none (``exvo demo``
     uses 3); the paper rows otherwise run with each command's default (5). ``quiet``: show a
-    step's last output line only (all of its last lines when it fails).
+    step's last output line only (all of its last lines when it fails). ``only``: ids of the
+    rows to run (``--reduced``: the demo rows); the others keep the figures of an earlier run
+    of the same command line, or are marked 'not run', so a reduced run never empties the
+    table a full run wrote.
     """
     p = plan(recipe, checkpoint_dir)
     commands = cli_commands()
-    for o in p.outcomes.values():
-        echo(f"  {o.status:11s} {o.row.id}: {o.detail}")
-    ran: dict[tuple[str, ...], int] = {}
     ledger_path = _ledger(runs, recipe)
+    if only is not None:
+        for row in [r for r in p.ready if r.id not in only]:
+            argvs = [_argv(s, row, recipe, commands, data, cache, runs, checkpoint_dir, seeds) for s in row.steps]
+            p.outcomes[row.id] = _earlier(row, recipe, argvs, data, cache, runs, _read_ledger(ledger_path))
+        p.ready = [r for r in p.ready if r.id in only]
+    for o in p.outcomes.values():
+        if o.status != "not run":
+            echo(f"  {o.status:11s} {o.row.id}: {o.detail}")
+    if left := sum(o.status == "not run" for o in p.outcomes.values()):
+        echo(f"  not run     {left} row(s) outside the reduced recipe (`exvo reproduce {recipe.name}` runs them)")
+    ran: dict[tuple[str, ...], int] = {}
     for row in p.ready:
         out = RowOutcome(row, "done", run_dir=row_run_dir(row, recipe, runs))
         for step in row.steps:
