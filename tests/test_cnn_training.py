@@ -87,6 +87,27 @@ def test_lr_halves_exactly_on_plateaus_and_stops_below_1e6():
     assert not PlateauHalving(0.1, 1e-6, best=1.0, improvement=0.01).step(0.995)   # < 1 % is no gain
 
 
+def test_training_never_selects_the_untrained_weights():
+    """Held-out labels are the opposite of the training labels, so every epoch makes the
+    cross-validation loss worse than the random start; the first epoch is kept regardless."""
+    from exvo.extract.cnn.model import CNNConfig, build_model
+    from exvo.extract.cnn.train import TrainConfig, fit
+
+    rng = np.random.default_rng(0)
+    t = np.arange(8000) / 16000
+    tone = {0: np.sin(2 * np.pi * 300 * t), 1: np.sign(np.sin(2 * np.pi * 2500 * t))}
+    sigs = [(tone[k % 2] + 0.05 * rng.standard_normal(t.size)).astype(np.float16) for k in range(8)]
+    y = np.arange(8) % 2
+    torch.manual_seed(0)
+    model = build_model(CNNConfig(n_classes=2, **TINY))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    hist = fit(model, FramePool(sigs, y, 4000, 160), FramePool(sigs[:4], 1 - y[:4], 4000, 160),
+               TrainConfig(max_epochs=3, lr_start=0.05), "cpu", echo=lambda m: None)
+    assert hist[0]["improved"]
+    assert hist[0]["heldout_loss"] > np.log(2)                # worse than chance: training did move
+    assert any(not torch.equal(start[k], v) for k, v in model.state_dict().items())
+
+
 def test_er_ties_are_broken_by_file_id_not_order():
     e = np.zeros((4, 10))
     e[0, [0, 3, 7]] = 1.0                    # tie of Awe, Awkwardness, Triumph

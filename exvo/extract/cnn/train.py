@@ -8,7 +8,8 @@ Recipe (:class:`TrainConfig`; Idiap paper §2.2 (4)):
   the 10 % only give the cross-validation loss (every frame of every held-out clip);
 * optimiser: cross-entropy, plain SGD (Keras' default: no momentum), lr 0.1;
 * schedule (:class:`PlateauHalving`): after each epoch, if the cross-validation loss did
-  not fall, the weights go back to the best epoch and the lr is halved; training stops
+  not fall, the weights go back to the best epoch (never to the untrained weights: the
+  first epoch is always kept) and the lr is halved; training stops
   when the lr would fall below 1e-6 (17 halvings), or at ``max_epochs``;
 * an epoch is one pass over all windows, or ``windows_per_epoch`` windows (whole passes
   are then split into equal steps of the schedule; every window still comes once per pass).
@@ -214,12 +215,16 @@ def fit(model, train: FramePool, held: FramePool, cfg: TrainConfig, device: str,
     k = cfg.frames_per_chunk
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr_start, momentum=cfg.momentum)
     sampler = AllFramesSampler(train.n_frames, k, cfg.batch_chunks, seed=cfg.seed)
-    sched = PlateauHalving(cfg.lr_start, cfg.lr_min, heldout_loss(model, held, device), cfg.improvement)
+    # The untrained weights are no candidate (as with Keras' ModelCheckpoint, the first epoch
+    # is always kept): on a few held-out speakers a trained CNN can have a higher loss than
+    # the random one, and selecting the random one returned an extractor at chance.
+    sched = PlateauHalving(cfg.lr_start, cfg.lr_min, float("inf"), cfg.improvement)
     best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
     epoch, history = 0, []
     per_epoch = cfg.windows_per_epoch or train.total_frames
     echo(f"  {train.total_frames} training windows ({per_epoch} per epoch), {held.total_frames} cross-validation "
-         f"windows; loss before training {sched.best:.4f} (chance {np.log(model.cfg.n_classes):.4f})")
+         f"windows; loss before training {heldout_loss(model, held, device):.4f} "
+         f"(chance {np.log(model.cfg.n_classes):.4f})")
     while not sched.done and (cfg.max_epochs is None or epoch < cfg.max_epochs):
         epoch += 1
         t0 = time.perf_counter()
