@@ -11,7 +11,7 @@ a terminal we print instead a plain line every ``interval`` seconds::
 ==============  ===========================================================
 unset / auto    bar on a terminal, plain lines every 30 s otherwise
 ``bar``         the tqdm bar even without a terminal
-``lines``       plain lines every 30 s even on a terminal
+``lines``       plain lines every 30 s even on a terminal (``plain`` too)
 a number ``N``  plain lines every ``N`` seconds
 ``off`` / 0     nothing (the summary line at the end is still printed)
 ==============  ===========================================================
@@ -35,8 +35,8 @@ def progress_mode(env: dict | None = None, stream: TextIO | None = None) -> tupl
     tty = bool(getattr(stream, "isatty", lambda: False)())
     if raw in ("", "auto", "1", "true", "yes", "on"):
         return ("bar" if tty else "lines"), DEFAULT_INTERVAL
-    if raw in ("bar", "lines"):
-        return raw, DEFAULT_INTERVAL
+    if raw in ("bar", "lines", "plain"):
+        return ("bar" if raw == "bar" else "lines"), DEFAULT_INTERVAL
     if raw in ("off", "0", "false", "no", "none"):
         return "off", DEFAULT_INTERVAL
     try:

@@ -22,8 +22,20 @@ def test_mode_follows_the_terminal_and_exvo_progress():
     assert progress_mode({"EXVO_PROGRESS": "off"}, Tty())[0] == "off"
     assert progress_mode({"EXVO_PROGRESS": "0"}, Tty())[0] == "off"
     assert progress_mode({"EXVO_PROGRESS": "5"}, Tty()) == ("lines", 5.0)
+    assert progress_mode({"EXVO_PROGRESS": "plain"}, Tty())[0] == "lines"
     with pytest.raises(ValueError, match=r"EXVO_PROGRESS='sometimes' is not understood; use auto, bar, lines, off"):
         progress_mode({"EXVO_PROGRESS": "sometimes"}, Tty())
+
+
+def test_a_bad_exvo_progress_stops_a_command_before_any_work(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from exvo.cli import app
+
+    monkeypatch.setenv("EXVO_PROGRESS", "sometimes")
+    res = CliRunner().invoke(app, ["demo-corpus", str(tmp_path / "d")])
+    assert res.exit_code == 2 and "EXVO_PROGRESS='sometimes' is not understood" in res.output
+    assert not (tmp_path / "d").exists()
 
 
 def test_lines_at_a_steady_interval_with_rate_and_eta():

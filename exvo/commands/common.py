@@ -47,6 +47,9 @@ def friendly(fn):
                 except (ValueError, OSError):
                     pass
         try:
+            from exvo.progress import progress_mode
+
+            progress_mode()       # a bad EXVO_PROGRESS fails now, not after an hour of work
             return fn(*a, **k)
         except (CorpusError, CacheError, PredictionError, AudioError, KeyError, ValueError, FileNotFoundError) as e:
             _discard_staging()
