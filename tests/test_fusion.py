@@ -460,3 +460,41 @@ def test_cv_fusion_is_out_of_fold_for_every_seed(tmp_path):
     assert met["summary"]["mae"] == pytest.approx({"mean": 13.5, "std": 1.0, "n": 2})
     assert met["ensemble"]["mae"] == pytest.approx(13.5)              # ensemble, out of fold
     assert met["full_val_ensemble"]["mae"] == pytest.approx(6)        # optimistic, kept apart
+
+
+def test_pool_takes_every_seed_of_runs_that_differ_only_in_the_cnn_seed(tmp_path):
+    """CNN 0's learner seeds have age errors 1, 3; CNN 1's 5, 7 → pooled MAE 4 ± √5 over 4 seeds."""
+    from exvo.fusion.pool import pool
+    from exvo.predictions import load_seed_predictions
+
+    corpus = write_corpus(tmp_path / "data")
+    runs = tmp_path / "runs"
+    v, t = val_preds(), make_test_preds()
+    for k, offs in ((0, [-4, -2]), (1, [0, 2])):          # B's ages are truth + 5
+        d = write_seed_run(runs, f"cr@{k}", seeded(v["B"], offs), seeded(t["B"], offs))
+        cfg = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({**cfg, "features": [f"raw_exvo_cr@{k}"], "preset": "default"}))
+    lines: list[str] = []
+    out = pool(corpus, runs, ["cr@0", "cr@1"], "cr_pooled", echo=lines.append)
+    met = json.loads((out / "metrics.json").read_text())
+    assert [r["mae"] for r in met["per_seed"]] == pytest.approx([1, 3, 5, 7])
+    assert met["summary"]["mae"] == pytest.approx({"mean": 4.0, "std": 5 ** 0.5, "n": 4})
+    assert met["ensemble"]["mae"] == pytest.approx(4.0) and not met["val_optimistic"]
+    assert [r["sources"] for r in met["per_seed"]] == [{"cr@0": 0}, {"cr@0": 1}, {"cr@1": 0}, {"cr@1": 1}]
+    sp = load_seed_predictions(out, "Test")
+    assert sp.seeds == [0, 1, 2, 3]
+    np.testing.assert_allclose(sp.age[3], t["B"].age + 2, atol=1e-9)
+    np.testing.assert_allclose(load_split(out, "Test").age, t["B"].age - 1, atol=1e-9)
+    assert "4 seeds" in lines[0] and "MAE 4.00±2.24" in lines[0]
+
+    # like with like: another learner, or a fusion, is refused with the reason
+    d = write_seed_run(runs, "xgb@2", seeded(v["B"], [0]), seeded(t["B"], [0]))
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "features": ["raw_exvo_cr@2"], "preset": "default",
+                                               "learner": "xgb"}))
+    with pytest.raises(ValueError, match=r"differ in more than the layer of their features \(learner: 'mlp' vs 'xgb'\)"):
+        pool(corpus, runs, ["cr@0", "xgb@2"], "bad", echo=quiet)
+    with pytest.raises(ValueError, match="pooling takes learn runs only"):
+        pool(corpus, runs, ["cr@0", "cr_pooled"], "bad", echo=quiet)
+    with pytest.raises(ValueError, match="at least 2 runs"):
+        pool(corpus, runs, ["cr@0"], "bad", echo=quiet)

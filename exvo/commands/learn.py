@@ -163,6 +163,8 @@ def fuse(
     run_names: Optional[List[str]] = typer.Argument(None, help="Run folders or names under --runs (default: all learn runs)."),
     hybrid: bool = typer.Option(False, "--hybrid", help="Per subtask, take the run with the best Val score."),
     mean: bool = typer.Option(False, "--mean", help="Average the runs (country: averaged probabilities)."),
+    pool: bool = typer.Option(False, "--pool", help="One run with every seed of the named runs, which differ only in a "
+                                                   "CNN seed (NAME@k of an --cnn-seeds cache): mean ± std includes the CNN's variance."),
     top: int = typer.Option(1, help="With --hybrid: average the K best runs per subtask."),
     weighted: bool = typer.Option(False, help="With --mean (or --hybrid --top K): weight runs per subtask by their Val score (CCC, UAR, 1/MAE)."),
     select_on: str = typer.Option("val", help="val (choose on all of Val; optimistic) | cv (choose on half the Val speakers, score on the other half)."),
@@ -173,9 +175,17 @@ def fuse(
     """Late fusion of learn runs: hybrid per-subtask selection or averaging ensembles."""
     from exvo.fusion.api import fuse as run_fuse
 
-    if hybrid == mean:
-        _fail("choose exactly one of --hybrid or --mean")
+    if hybrid + mean + pool != 1:
+        _fail("choose exactly one of --hybrid, --mean or --pool")
     corpus = load_corpus(data)
+    if pool:
+        from exvo.fusion.pool import pool as run_pool
+
+        if not run_names or not name:
+            _fail("--pool needs the runs to pool and a --name, e.g. "
+                  "`exvo fuse --pool raw_exvo_cr@0 raw_exvo_cr@1 --name raw_exvo_cr_pooled`")
+        run_pool(corpus, runs, list(run_names), name, echo=typer.echo)
+        return
     result = run_fuse(corpus, runs_dir=runs, run_names=run_names or None, mode="hybrid" if hybrid else "mean",
                       top=top, weighted=weighted, select_on=select_on, name=name, echo=typer.echo)
     typer.echo(result.summary_line())

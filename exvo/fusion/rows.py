@@ -86,6 +86,8 @@ def _fusion_features(run: Run) -> str:
     subs = rec.get("subtasks") or {}
     if rec.get("mode") == "mean":
         return f"mean of {len(run.config.get('sources') or [])} runs"
+    if rec.get("mode") == "pool":
+        return "pool of " + ", ".join(run.config.get("sources") or ["?"])
     if not subs:
         return "fusion of " + ", ".join(run.config.get("sources", []) or ["?"])
     short = {"emotion": "emo", "country": "cou", "age": "age"}
