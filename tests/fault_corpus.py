@@ -66,3 +66,22 @@ def good_corpus(root: Path, n: int, seconds: float = 0.2, split_cycle: Sequence[
         write_wav(root, f"g{k:03d}", tone(seconds, freq=200 + 10 * k, seed=k))
     write_table(root, rows, header=HEADER)
     return ids
+
+
+def toy_learn_world(tmp_path: Path, n: int) -> tuple[Path, Path]:
+    """A corpus of ``n`` clips (Train, Train, Val, …) and a 4-dim random ``toy`` cache of it:
+    ``(corpus root, cache folder)``, enough for `exvo learn --features toy`."""
+    import numpy as np
+
+    from exvo.corpus import Corpus
+    from exvo.extract.cache import CacheWriter, cache_path
+
+    root = tmp_path / "lw"
+    good_corpus(root, n, split_cycle=("Train", "Train", "Val"))
+    corpus = Corpus.from_dir(root)
+    rng = np.random.default_rng(0)
+    with CacheWriter(cache_path(tmp_path / "cache", corpus.name, "toy"), "toy", {"toy": 1}) as w:
+        for i in corpus.ids:
+            w.add(i, rng.standard_normal((1, 4)).astype(np.float32))
+        w.finalize(order=corpus.ids, files=[])
+    return root, tmp_path / "cache"

@@ -77,3 +77,17 @@ def _factory(name: str, opts: ExtractOptions) -> Extractor:
 
 if NAME not in _REGISTRY:  # importing twice (e.g. by path and by package) must not register twice
     register(NAME, help="test-only RMS/ZCR features")(_factory)
+
+
+class InterruptAfter(RmsExtractor):
+    """Raises KeyboardInterrupt (as Ctrl-C would) after ``after`` clips; ``version`` as given."""
+
+    def __init__(self, after: int, version: str = "1"):
+        super().__init__()
+        self.after, self.version = after, version
+
+    def run(self, items):
+        for k, r in enumerate(super().run(items)):
+            if k == self.after:
+                raise KeyboardInterrupt
+            yield r

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import fault_extractor
-from fault_corpus import good_corpus, tone, write_wav
-from fault_extractor import RmsExtractor, reference_features
+from fault_corpus import good_corpus, tone, toy_learn_world, write_wav
+from fault_extractor import InterruptAfter, RmsExtractor, reference_features
 from exvo.corpus import Corpus, load_audio
 from exvo.extract.cache import EmbeddingCache, cache_path
 from exvo.extract.run import extract
@@ -27,16 +27,8 @@ class _V2(RmsExtractor):
     version = "2"
 
 
-class _Interrupting(_V2):
-    def __init__(self, after: int):
-        super().__init__()
-        self.after = after
-
-    def run(self, items):
-        for k, r in enumerate(super().run(items)):
-            if k == self.after:
-                raise KeyboardInterrupt
-            yield r
+def _Interrupting(after: int) -> InterruptAfter:
+    return InterruptAfter(after, version=_V2.version)
 
 
 @pytest.fixture
@@ -144,17 +136,8 @@ def test_case3_demo_corpus_refuses_a_non_empty_folder(tmp_path):
 # ----------------------------------------------------------------------------- 4. learn runs
 @pytest.fixture
 def learn_world(tmp_path):
-    from exvo.extract.cache import CacheWriter
-
-    root = tmp_path / "lw"
-    good_corpus(root, 40, split_cycle=("Train", "Train", "Val"))
-    corpus = Corpus.from_dir(root)
-    rng = np.random.default_rng(0)
-    with CacheWriter(cache_path(tmp_path / "cache", corpus.name, "toy"), "toy", {"toy": 1}) as w:
-        for i in corpus.ids:
-            w.add(i, rng.standard_normal((1, 4)).astype(np.float32))
-        w.finalize(order=corpus.ids, files=[])
-    return corpus, tmp_path / "cache", tmp_path / "runs"
+    root, cache = toy_learn_world(tmp_path, 40)
+    return Corpus.from_dir(root), cache, tmp_path / "runs"
 
 
 def test_case4_learn_refuses_to_replace_a_run_unless_overwrite(learn_world):

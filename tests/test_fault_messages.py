@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 import fault_extractor
-from fault_corpus import HEADER, good_corpus, row, tone, write_table, write_wav
+from fault_corpus import HEADER, good_corpus, row, tone, toy_learn_world, write_table, write_wav
 from exvo.cli import app
 from exvo.corpus import Corpus, CorpusError
 from exvo.extract.cache import CacheDtypeError, CacheError, CacheWriter, EmbeddingCache, cache_path
@@ -213,16 +213,9 @@ def test_case11_unknown_device_is_refused_for_every_extractor(tmp_path):
 # ----------------------------------------------------------------------------- 12. no tracebacks
 @pytest.fixture
 def learn_world(tmp_path):
-    root = tmp_path / "lw"
-    good_corpus(root, 30, split_cycle=("Train", "Train", "Val"))
-    corpus = Corpus.from_dir(root)
-    rng = np.random.default_rng(0)
-    with CacheWriter(cache_path(tmp_path / "cache", corpus.name, "toy"), "toy", {"toy": 1}) as w:
-        for i in corpus.ids:
-            w.add(i, rng.standard_normal((1, 4)).astype(np.float32))
-        w.finalize(order=corpus.ids, files=[])
+    root, cache = toy_learn_world(tmp_path, 30)
     args = ["learn", "--features", "toy", "--arch", "sys1", "--seeds", "1", "--epochs", "1", "--device", "cpu",
-            "--data", str(root), "--cache", str(tmp_path / "cache")]
+            "--data", str(root), "--cache", str(cache)]
     return tmp_path, args
 
 

@@ -18,7 +18,7 @@ import pytest
 
 import fault_extractor
 from fault_corpus import good_corpus
-from fault_extractor import RmsExtractor
+from fault_extractor import InterruptAfter, RmsExtractor
 from exvo.corpus import Corpus
 from exvo.extract.cache import CacheBusy, CacheError, CacheMismatch, CacheWriter, EmbeddingCache, cache_path
 from exvo.extract.run import extract
@@ -149,16 +149,7 @@ def test_sigint_keeps_parts_and_resumes(corpus_and_reference, tmp_path):
     assert_same_cache(cache_path(cache, corpus.name, fault_extractor.NAME), ref)
 
 
-class _Interrupting(RmsExtractor):
-    def __init__(self, after: int):
-        super().__init__()
-        self.after = after
-
-    def run(self, items):
-        for k, r in enumerate(super().run(items)):
-            if k == self.after:
-                raise KeyboardInterrupt
-            yield r
+_Interrupting = InterruptAfter
 
 
 def test_keyboard_interrupt_in_process_keeps_parts(corpus_and_reference, tmp_path):
