@@ -92,3 +92,14 @@ def test_no_lock_file_is_left_after_a_successful_run(small_demo_corpus_dir, tmp_
     extract(corpus, RmsExtractor(), tmp_path, progress=False)
     extract(corpus, RmsExtractor(), tmp_path, progress=False)        # resume: locks again, removes again
     assert not list(tmp_path.rglob("*.lock"))
+
+
+def test_extraction_rates_leave_out_the_extractor_preparation():
+    """A task CNN trains for 100 s, then 200 clips (50 s of audio) take 10 s: 20 clips/s, not 1.8."""
+    from exvo.extract.run import ExtractionSummary
+
+    s = ExtractionSummary("raw_exvo_er", "c.h5", 200, 0, 200, audio_seconds=50.0, wall_seconds=110.0,
+                          prepare_seconds=100.0)
+    assert "in 110.0 s, of which 100.0 s preparing the extractor [20.0 clips/s, 5.0 audio-s/s]" in s.line()
+    quick = ExtractionSummary("egemaps", "c.h5", 10, 0, 10, audio_seconds=5.0, wall_seconds=2.0, prepare_seconds=0.1)
+    assert "in 2.0 s [5.3 clips/s, 2.6 audio-s/s]" in quick.line()

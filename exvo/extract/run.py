@@ -47,18 +47,22 @@ class ExtractionSummary:
     messages: list[str] = field(default_factory=list)               # run-level remarks for the user
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
+    prepare_seconds: float = 0.0     # of wall_seconds: the extractor's preparation (task CNNs: training)
 
     @property
     def ok(self) -> bool:
         return not self.failures
 
     def line(self) -> str:
-        rate = self.n_extracted / self.wall_seconds if self.wall_seconds > 0 else 0.0
+        # rates over the extraction itself: a task CNN's training is not clips/s
+        run_s = self.wall_seconds - self.prepare_seconds
+        rate = self.n_extracted / run_s if run_s > 0 else 0.0
+        prep = f", of which {self.prepare_seconds:.1f} s preparing the extractor" if self.prepare_seconds >= 1 else ""
         return (f"{self.extractor}: {self.n_cached_before + self.n_extracted}/{self.n_clips} clips cached "
                 f"({self.n_extracted} new{f', {self.n_changed} changed audio redone' if self.n_changed else ''}, "
                 f"{len(self.failures)} failed, {len(self.notes)} notes) "
-                f"in {self.wall_seconds:.1f} s [{rate:.1f} clips/s, "
-                f"{self.audio_seconds / max(self.wall_seconds, 1e-9):.1f} audio-s/s] → {self.cache}")
+                f"in {self.wall_seconds:.1f} s{prep} [{rate:.1f} clips/s, "
+                f"{self.audio_seconds / max(run_s, 1e-9):.1f} audio-s/s] → {self.cache}")
 
 
 def parse_max_failures(value: str | float | int | None, n: int) -> int | None:
@@ -184,8 +188,10 @@ def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = 
 
     opts = opts or ExtractOptions()
     ex = get_extractor(extractor, opts, cache_dir=cache_dir) if isinstance(extractor, str) else extractor
-    t0 = time.perf_counter()
+    t_start = time.perf_counter()
     ex.prepare(corpus, Path(cache_dir))
+    t0 = time.perf_counter()
+    prepare_seconds = t0 - t_start
     want = list(ids) if ids is not None else list(corpus.ids)
     path = cache_path(cache_dir, corpus.name, ex.name)
     config, keep = with_layers(ex.config(), opts.layers)
@@ -202,7 +208,7 @@ def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = 
     else:
         writer = CacheWriter(path, ex.name, config, **wkw)
     limit = parse_max_failures(max_failures, len(want))
-    summary = ExtractionSummary(ex.name, str(path), len(want), 0, 0)
+    summary = ExtractionSummary(ex.name, str(path), len(want), 0, 0, prepare_seconds=prepare_seconds)
     try:
         with ExitStack() as stack:
             w = _io(stack.enter_context, writer)   # opening may write too (lock, parts folder)
@@ -288,7 +294,7 @@ def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = 
         e = wf.__cause__
         raise CacheError(write_failure_message(path, e, summary)) from e
     finally:
-        summary.wall_seconds = time.perf_counter() - t0
+        summary.wall_seconds = time.perf_counter() - t_start
         if path.parent.is_dir():
             tmp = summary_path.with_name(summary_path.name + f".tmp{os.getpid()}")
             try:
