@@ -486,6 +486,12 @@ def test_pool_takes_every_seed_of_runs_that_differ_only_in_the_cnn_seed(tmp_path
     np.testing.assert_allclose(sp.age[3], t["B"].age + 2, atol=1e-9)
     np.testing.assert_allclose(load_split(out, "Test").age, t["B"].age - 1, atol=1e-9)
     assert "4 seeds" in lines[0] and "MAE 4.00±2.24" in lines[0]
+    from exvo.fusion.report import make_report
+
+    text = make_report(runs, tmp_path / "rep", corpus=corpus)
+    row = {r["system"]: r for r in csv.DictReader((tmp_path / "rep" / "report.csv").open())}["cr_pooled"]
+    assert (row["seeds"], row["learner"], row["features"]) == ("4", "pool", "pool of cr@0, cr@1")
+    assert float(row["mae_std"]) == pytest.approx(5 ** 0.5) and "includes the task CNN's own seed variance" in text
 
     # like with like: another learner, or a fusion, is refused with the reason
     d = write_seed_run(runs, "xgb@2", seeded(v["B"], [0]), seeded(t["B"], [0]))

@@ -186,9 +186,15 @@ def _notes(rows: list[Row]) -> list[str]:
         notes.append("cv fusion runs: each half of the Val speakers predicted by the runs chosen on the other half "
                      "(out-of-fold), scored on all of Val, per fused seed and for the seed ensemble; features "
                      "name the choice per half as A|B (the same run on both halves: one name)")
-    if any(r.kind == "fusion" and r.n_seeds for r in rows):
+    def pooled(r: Row) -> bool:
+        return r.run.config.get("mode") == "pool"
+
+    if any(r.kind == "fusion" and r.n_seeds and not pooled(r) for r in rows):
         notes.append("fusion runs are fused seed by seed (seed k of every source, paired by index up to the "
                      "smallest seed count); their ± is over the fused seeds")
+    if any(r.kind == "fusion" and pooled(r) for r in rows):
+        notes.append("pool runs (`exvo fuse --pool`): every seed of every source run (CNN seeds × learner seeds), "
+                     "nothing chosen on Val; their ± includes the task CNN's own seed variance")
     if any(r.s_mtl_defined is not None and r.n_seeds and r.s_mtl_defined < r.n_seeds for r in rows):
         notes.append("S_MTL (k/n): defined for k of n seeds only (CCC or UAR <= 0 on the others); the mean is over "
                      "the k seeds, not counting the others as 0, and the row is ranked by it: read it with its k/n")

@@ -257,6 +257,8 @@ def layer_groups(rows: list[Row]) -> dict[str, list[dict]]:
         layered = []
         for k, f in enumerate(raw):
             if isinstance(f, dict):
+                if (f.get("cache_config") or {}).get("family") == "waveform_cnn":
+                    continue      # a task CNN's layers are CNN seeds, not depths (see `exvo fuse --pool`)
                 if isinstance(f.get("n_layers"), int) and f["n_layers"] > 1 and f.get("layer") is not None:
                     spec = str(f.get("spec") or "")
                     how = ("best" if spec.endswith("@best") else "last" if "@" not in spec
