@@ -249,10 +249,17 @@ def test_cli_verify_prints_json(world, tmp_path):
     from exvo.cli import app
 
     corpus, cache, _ = world
-    r = CliRunner().invoke(app, ["verify", "--features", "feat", "--seen", ",".join(SEEN), "--task", ",".join(TASK),
-                                 "--enrol", "3", "--seeds", "1", "--epochs", "2", "--n-per-class", "3",
+    r = CliRunner().invoke(app, ["verify", "--json", "--features", "feat", "--seen", ",".join(SEEN), "--task",
+                                 ",".join(TASK), "--enrol", "3", "--seeds", "1", "--epochs", "2", "--n-per-class", "3",
                                  "--no-reference", "--device", "cpu", "--data", str(corpus.root),
                                  "--cache", str(cache), "--runs", str(tmp_path / "runs")])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout[r.stdout.index("{"):])
     assert out["loss"] == "namp" and out["margin"]["mean"] < 0 and out["all_reference"] is None
+    plain = CliRunner().invoke(app, ["verify", "--features", "feat", "--seen", ",".join(SEEN), "--task", ",".join(TASK),
+                                     "--enrol", "3", "--seeds", "1", "--epochs", "2", "--n-per-class", "3",
+                                     "--no-reference", "--device", "cpu", "--data", str(corpus.root),
+                                     "--cache", str(cache), "--runs", str(tmp_path / "runs2")])
+    last = plain.stdout.strip().splitlines()[-1]
+    assert plain.exit_code == 0 and f"namp on {'/'.join(TASK)}" in last
+    assert f"UAR {out['uar']['mean']:.3f}" in last and "mean ± std over 1 seeds; chance UAR" in last

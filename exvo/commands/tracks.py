@@ -79,11 +79,12 @@ def verify(
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Also train the paper's \"All\" classifier on all Train clips of the task classes."),
     name: Optional[str] = typer.Option(None, help="Run folder name under <runs>/verify/ (default derived)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (for scripts) instead of one line."),
     data: Optional[Path] = DataOpt,
     cache: Path = CacheOpt,
     runs: Path = RunsOpt,
 ):
-    """Enrol-to-verify: pretrain on seen classes, enrol N clips per class of a new task, verify queries (prints JSON)."""
+    """Enrol-to-verify: pretrain on seen classes, enrol N clips per class of a new task, verify queries."""
     from exvo.verify.api import VerifyConfig, verify as run_verify
     from exvo.verify.losses import LossConfig
 
@@ -93,7 +94,7 @@ def verify(
                        device=device, loss_cfg=LossConfig(margin_init=margin, learn_margin=not fixed_margin))
     result = run_verify(corpus, cfg, cache_dir=cache, runs_dir=runs, name=name,
                         echo=lambda m: typer.echo(m, err=True))
-    typer.echo(json.dumps(result.summary(), indent=1))
+    typer.echo(json.dumps(result.summary(), indent=1) if as_json else result.line())
 
 
 

@@ -252,9 +252,12 @@ def execute(recipe: Recipe, data: Path, cache: Path, runs: Path, checkpoint_dir:
             argvs = [_argv(s, row, recipe, commands, data, cache, runs, checkpoint_dir, seeds) for s in row.steps]
             p.outcomes[row.id] = _earlier(row, recipe, argvs, data, cache, runs, _read_ledger(ledger_path))
         p.ready = [r for r in p.ready if r.id in only]
+    same: dict[tuple[str, str], list[str]] = {}     # rows skipped for the same reason: one line
     for o in p.outcomes.values():
         if o.status != "not run":
-            echo(f"  {o.status:11s} {o.row.id}: {o.detail}")
+            same.setdefault((o.status, o.detail), []).append(o.row.id)
+    for (status, detail), ids in same.items():
+        echo(f"  {status:11s} {', '.join(ids)}: {detail}")
     if left := sum(o.status == "not run" for o in p.outcomes.values()):
         echo(f"  not run     {left} row(s) outside the reduced recipe (`exvo reproduce {recipe.name}` runs them)")
     ran: dict[tuple[str, ...], int] = {}

@@ -110,8 +110,25 @@ class VerifyResult:
     metrics: dict
     config: dict
 
+    def line(self) -> str:
+        """One human-readable result line (what ``exvo verify`` prints without ``--json``)."""
+        m = self.metrics
+
+        def ms(d) -> str:
+            return f"{d['mean']:.3f} ± {d['std']:.3f}" if isinstance(d, dict) and d.get("std") is not None else (
+                f"{d['mean']:.3f}" if isinstance(d, dict) else "?")
+
+        q = m.get("queries") or {}
+        ref = m.get("all_reference")
+        return (f"{self.run_dir}: {m.get('loss')} on {'/'.join(m.get('task', []))} (unseen: "
+                f"{', '.join(m.get('unseen', [])) or 'none'}), {m.get('enrol')} enrolled per class, "
+                f"{q.get('n', '?')} {q.get('split', '')} queries: UAR {ms(m.get('uar'))}, weighted F1 "
+                f"{ms(m.get('f1_weighted'))} (mean ± std over {m.get('seeds')} seeds; chance UAR "
+                f"{m.get('chance_uar', float('nan')):.3f})"
+                + (f"; All reference UAR {ms(ref.get('uar'))}" if isinstance(ref, dict) else ""))
+
     def summary(self) -> dict:
-        """The JSON that ``exvo verify`` prints."""
+        """The JSON that ``exvo verify --json`` prints."""
         m = self.metrics
         keys = ("task", "unseen", "loss", "encoder", "enrol", "queries", "uar", "f1_weighted", "margin", "scale",
                 "pretrain_uar", "chance_uar", "seeds", "selection")
