@@ -48,7 +48,7 @@ class AudioError(ValueError):
         super().__init__(f"{path}: {reason}")
 
 
-def _listing(items, limit: int = MAX_LISTED) -> str:
+def listing(items, limit: int = MAX_LISTED) -> str:
     items = list(items)
     shown = ", ".join(str(i) for i in items[:limit])
     return shown + (f" … (+{len(items) - limit} more)" if len(items) > limit else "")
@@ -116,7 +116,7 @@ class Corpus:
                 lacking = [self.ids[i] for i in idx[~have]]
                 raise CorpusError(
                     f"the {split} rows of {self.root / 'data_info.csv'} are only partly labelled: {int(have.sum())} "
-                    f"of {idx.size} have labels, {len(lacking)} do not ({_listing(lacking)}). Scoring needs every "
+                    f"of {idx.size} have labels, {len(lacking)} do not ({listing(lacking)}). Scoring needs every "
                     f"{split} clip labelled: fill in the missing labels (or remove the labels so that "
                     f"{HIDDEN_LABELS_FILE} is used)")
             hidden = self.root / HIDDEN_LABELS_FILE
@@ -129,7 +129,7 @@ class Corpus:
             pos = {i: k for k, i in enumerate(h.ids)}
             missing = [self.ids[i] for i in idx if self.ids[i] not in pos]
             if missing:
-                raise CorpusError(f"{hidden} lacks labels for {len(missing)} ids: {_listing(missing)}")
+                raise CorpusError(f"{hidden} lacks labels for {len(missing)} ids: {listing(missing)}")
             hidx = np.array([pos[self.ids[i]] for i in idx], dtype=np.int64)
             return h.emotions[hidx], h.country[hidx], h.age[hidx]
         return self.emotions[idx], self.country[idx], self.age[idx]
@@ -199,7 +199,7 @@ class Corpus:
 
         def bad(kind: str, where: list[int], detail: str = ""):
             if where:
-                problems.append(f"{kind} on line(s) {_listing(where)}{detail}")
+                problems.append(f"{kind} on line(s) {listing(where)}{detail}")
 
         bad(f"wrong number of cells (the header has {len(header)})", ragged)
 
@@ -212,7 +212,7 @@ class Corpus:
                 dups.append(f"{i} (lines {seen[i]} and {lines[n]})")
             seen.setdefault(i, lines[n])
         if dups:
-            problems.append(f"duplicate File_ID: {_listing(dups)}")
+            problems.append(f"duplicate File_ID: {listing(dups)}")
         # "[00005]" and "00005" are different ids but the same audio file wav/00005.wav
         by_file: dict[str, int] = {}
         same_file = []
@@ -226,7 +226,7 @@ class Corpus:
             by_file.setdefault(stem, n)
         if same_file:
             problems.append(f"File_IDs that name the same audio file (brackets are not part of the file name): "
-                            f"{_listing(same_file)}; keep one row per clip")
+                            f"{listing(same_file)}; keep one row per clip")
         bad_chars = [lines[n] for n, i in enumerate(ids) if i and ("/" in i or "\\" in i or "\x00" in i)]
         bad("File_ID with a path separator or NUL", bad_chars)
 
@@ -383,6 +383,6 @@ def warn_orphans(corpus: Corpus) -> None:
     if orphans:
         warnings.warn(
             f"{len(orphans)} audio file(s) in {corpus.wav_dir} have no row in data_info.csv and are ignored: "
-            f"{_listing(p.name for p in orphans)}",
+            f"{listing(p.name for p in orphans)}",
             stacklevel=2,
         )

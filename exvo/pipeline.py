@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from exvo.fusion.runs import feature_specs, n_seeds, read_json
+from exvo.runs.reader import feature_specs, n_seeds, read_json
 
 DEMO_CNN_EPOCHS = 12
 """Cap on the task CNNs' epochs in the demo. An epoch is one pass over every 250 ms window

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from exvo.corpus import Corpus, CorpusError, _listing
+from exvo.corpus import Corpus, CorpusError, listing
 from exvo.metrics import COUNTRIES, EMOTIONS, CCCConvention, score_all
 
 SUBMISSION_COLUMNS: tuple[str, ...] = ("File_ID", "Country", "Age", *EMOTIONS)
@@ -63,7 +63,7 @@ class Predictions:
         pos = {i: k for k, i in enumerate(self.ids)}
         missing = [i for i in ids if i not in pos]
         if missing:
-            raise PredictionError(f"predictions lack {len(missing)} id(s): {_listing(missing)}")
+            raise PredictionError(f"predictions lack {len(missing)} id(s): {listing(missing)}")
         idx = np.array([pos[i] for i in ids], dtype=np.int64)
         return Predictions(
             list(ids), self.emotions[idx], self.country[idx], self.age[idx],
@@ -113,11 +113,11 @@ class Predictions:
         body = rows[1:]
         short = [n + 2 for n, r in enumerate(body) if len(r) != len(header)]
         if short:
-            raise PredictionError(f"{path}: wrong number of cells on line(s) {_listing(short)}")
+            raise PredictionError(f"{path}: wrong number of cells on line(s) {listing(short)}")
         ids = [r[col["File_ID"]].strip() for r in body]
         dups = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
         if dups:
-            raise PredictionError(f"{path} has duplicate File_ID(s): {_listing(dups)}")
+            raise PredictionError(f"{path} has duplicate File_ID(s): {listing(dups)}")
         try:
             num = np.array([[float(r[col[c]]) for c in SUBMISSION_COLUMNS[1:]] for r in body], dtype=np.float64)
         except ValueError as e:
@@ -125,11 +125,11 @@ class Predictions:
         num = num.reshape(len(body), len(SUBMISSION_COLUMNS) - 1)
         if not np.isfinite(num).all():
             lines = [n + 2 for n in np.flatnonzero(~np.isfinite(num).all(axis=1))]
-            raise PredictionError(f"{path}: NaN/inf predictions on line(s) {_listing(lines)}")
+            raise PredictionError(f"{path}: NaN/inf predictions on line(s) {listing(lines)}")
         cou = num[:, 0]
         if not np.isin(cou, np.arange(len(COUNTRIES))).all():
             lines = [n + 2 for n in np.flatnonzero(~np.isin(cou, np.arange(len(COUNTRIES))))]
-            raise PredictionError(f"{path}: Country must be an integer code 0-3 (line(s) {_listing(lines)})")
+            raise PredictionError(f"{path}: Country must be an integer code 0-3 (line(s) {listing(lines)})")
         proba = None
         if proba_path is not None and Path(proba_path).is_file():
             proba = read_proba(proba_path, ids, path)
@@ -154,18 +154,18 @@ def check_proba(proba: np.ndarray, where: str, rows: Sequence[str] | None = None
     label = (lambda k: rows[k % len(rows)]) if rows else (lambda k: f"row {k % max(1, p.shape[-2]) + 1}")
     bad = np.flatnonzero(~np.isfinite(flat).all(axis=1))
     if bad.size:
-        raise PredictionError(f"{where}: NaN/inf country probabilities at {_listing(label(k) for k in bad)}")
+        raise PredictionError(f"{where}: NaN/inf country probabilities at {listing(label(k) for k in bad)}")
     bad = np.flatnonzero(((flat < 0) | (flat > 1)).any(axis=1))
     if bad.size:
         raise PredictionError(
-            f"{where}: country probabilities outside [0, 1] at {_listing(label(k) for k in bad)} (largest "
+            f"{where}: country probabilities outside [0, 1] at {listing(label(k) for k in bad)} (largest "
             f"{flat.max():.6g}, smallest {flat.min():.6g}); expected probabilities, not percentages or logits")
     sums = flat.sum(axis=1)
     bad = np.flatnonzero(np.abs(sums - 1.0) > PROBA_SUM_TOL)
     if bad.size:
         raise PredictionError(
             f"{where}: country probability rows must sum to 1; {bad.size} row(s) do not, at "
-            f"{_listing(label(k) for k in bad)} (e.g. sum {sums[bad[0]]:.6g})")
+            f"{listing(label(k) for k in bad)} (e.g. sum {sums[bad[0]]:.6g})")
     return p
 
 
@@ -183,16 +183,16 @@ def read_proba(proba_path: str | Path, ids: Sequence[str], sub_path: str | Path)
     body = prow[1:]
     short = [n + 2 for n, r in enumerate(body) if len(r) != len(expected)]
     if short:
-        raise PredictionError(f"{proba_path}: wrong number of cells on line(s) {_listing(short)} "
+        raise PredictionError(f"{proba_path}: wrong number of cells on line(s) {listing(short)} "
                               f"(expected {len(expected)})")
     pids = [r[0].strip() for r in body]
     if len(set(pids)) != len(pids):
-        raise PredictionError(f"{proba_path} has duplicate File_ID(s): {_listing(sorted({i for i in pids if pids.count(i) > 1}))}")
+        raise PredictionError(f"{proba_path} has duplicate File_ID(s): {listing(sorted({i for i in pids if pids.count(i) > 1}))}")
     if set(pids) != set(ids):
         miss = [i for i in ids if i not in set(pids)]
         extra = [i for i in pids if i not in set(ids)]
-        raise PredictionError(f"{proba_path} ids differ from {sub_path}: {len(miss)} missing [{_listing(miss)}], "
-                              f"{len(extra)} extra [{_listing(extra)}]")
+        raise PredictionError(f"{proba_path} ids differ from {sub_path}: {len(miss)} missing [{listing(miss)}], "
+                              f"{len(extra)} extra [{listing(extra)}]")
     try:
         vals = np.array([[float(v) for v in r[1:]] for r in body], dtype=np.float64).reshape(len(body), len(COUNTRIES))
     except ValueError as e:
@@ -250,7 +250,7 @@ def score(pred: Predictions, corpus: Corpus, split: str = "Val",
     if missing or extra:
         raise PredictionError(
             f"predictions do not match the {split} split of {corpus.root}: "
-            f"{len(missing)} missing id(s) [{_listing(missing)}], {len(extra)} extra id(s) [{_listing(extra)}]"
+            f"{len(missing)} missing id(s) [{listing(missing)}], {len(extra)} extra id(s) [{listing(extra)}]"
             + _split_hint(got, corpus, split)
         )
     try:

@@ -142,7 +142,7 @@ def learn_world(tmp_path):
 
 def test_case4_learn_refuses_to_replace_a_run_unless_overwrite(learn_world):
     from exvo.learn.api import LearnConfig, learn
-    from exvo.learn.runs import RunExists
+    from exvo.runs.store import RunExists
 
     corpus, cache, runs_dir = learn_world
     cfg = LearnConfig(features=["toy"], learner="mlp", arch="sys1", seeds=1, epochs=1, device="cpu")
@@ -159,7 +159,7 @@ def test_case4_learn_refuses_to_replace_a_run_unless_overwrite(learn_world):
 
 
 def test_case4_commit_refuses_and_cleans_the_staging_folder(tmp_path):
-    from exvo.learn.runs import RunExists, commit, staging_dir
+    from exvo.runs.store import RunExists, commit, staging_dir
 
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "keep.txt").write_text("old")

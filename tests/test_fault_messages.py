@@ -227,7 +227,7 @@ def test_case12_runs_is_a_file(learn_world):
 
 
 def test_case12_disk_full_or_read_only_during_learn_is_a_message_and_leaves_no_staging(learn_world, monkeypatch):
-    from exvo.learn import runs as runs_mod
+    from exvo.runs import store as runs_mod
 
     tmp, args = learn_world
     real = runs_mod.write_json
@@ -253,7 +253,7 @@ def test_case12_disk_full_or_read_only_during_learn_is_a_message_and_leaves_no_s
 
 
 def test_case12_staging_folder_of_a_killed_process_is_swept(tmp_path):
-    from exvo.learn.runs import staging_dir
+    from exvo.runs.store import staging_dir
 
     dead = tmp_path / ".r.tmp999999"          # no such pid
     dead.mkdir(parents=True)

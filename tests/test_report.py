@@ -399,7 +399,7 @@ def test_best_layer_probe_margin_and_ties_within_noise(small_demo_corpus_dir, tm
 
 def test_layer_plot_has_every_layer_reached_including_best_and_last(report_runs, tmp_path):
     from exvo.fusion.rows import layer_groups, make_rows
-    from exvo.fusion.runs import discover
+    from exvo.runs.reader import discover
 
     corpus, runs = report_runs
     write_learn_run(runs, "wavlm_last", corpus, (0.33, 0.01), [], dim=2048, seed=7,

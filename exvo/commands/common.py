@@ -26,7 +26,7 @@ CacheOpt = typer.Option(Path("cache"), "--cache", help="Embedding cache folder; 
 RunsOpt = typer.Option(Path("runs"), "--runs", help="Folder of learn/fuse run folders.")
 
 
-def _fail(msg: str, code: int = 2):
+def fail_cli(msg: str, code: int = 2):
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
@@ -54,19 +54,19 @@ def friendly(fn):
         except (CorpusError, CacheError, PredictionError, AudioError, KeyError, ValueError, FileNotFoundError) as e:
             _discard_staging()
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            _fail(str(msg))
+            fail_cli(str(msg))
         except OSError as e:       # disk full, read-only folder, a file where a folder belongs …
             _discard_staging()
-            _fail(os_error_message(e))
+            fail_cli(os_error_message(e))
         except KeyboardInterrupt:
             _discard_staging()
-            _fail("interrupted; nothing half-written is left behind (a run folder appears only when complete)", 130)
+            fail_cli("interrupted; nothing half-written is left behind (a run folder appears only when complete)", 130)
     return wrapper
 
 
 def _discard_staging() -> None:
     """Remove this process's unfinished run folders (``runs/.NAME.tmpPID``) before exiting."""
-    runs = sys.modules.get("exvo.learn.runs")
+    runs = sys.modules.get("exvo.runs.store")
     if runs is not None:
         runs.discard_staging()
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from exvo.commands.common import app, friendly, _fail, DataOpt, load_corpus
+from exvo.commands.common import app, friendly, fail_cli, DataOpt, load_corpus
 
 
 # --------------------------------------------------------------------------- corpus
@@ -52,7 +52,7 @@ def score(
         typer.echo(json.dumps(score_submission(*read_submission(pred), corpus, proto), indent=2))
         return
     if track != "multitask":
-        _fail(f"unknown --track {track!r}; choose multitask or fewshot")
+        fail_cli(f"unknown --track {track!r}; choose multitask or fewshot")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = score_fn(Predictions.read(pred), corpus, split, convention)  # type: ignore[arg-type]

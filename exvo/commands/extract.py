@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from exvo.commands.common import app, friendly, _fail, DataOpt, CacheOpt, load_corpus
+from exvo.commands.common import app, friendly, fail_cli, DataOpt, CacheOpt, load_corpus
 
 
 # --------------------------------------------------------------------------- stage 1
@@ -63,12 +63,12 @@ def extract(
             typer.echo(f"{k:14s} {v}")
         return
     if model is None:
-        _fail(f"--model is required; choose one of: {', '.join(names())}")
+        fail_cli(f"--model is required; choose one of: {', '.join(names())}")
     if find(model, cache) is None:  # registered, or a CNN trained with `exvo train-cnn`
-        _fail(f"unknown extractor {model!r}; choose one of: {', '.join(names())} "
+        fail_cli(f"unknown extractor {model!r}; choose one of: {', '.join(names())} "
               f"(or a CNN trained with `exvo train-cnn`, looked up in {cache}/models/)")
     if rms_db is not None and model not in ("wavlm", "hubert", "wav2vec2"):
-        _fail(f"--rms-db applies to the SSL models (wavlm, hubert, wav2vec2), not to {model!r}; drop it")
+        fail_cli(f"--rms-db applies to the SSL models (wavlm, hubert, wav2vec2), not to {model!r}; drop it")
     corpus = load_corpus(data)
     from exvo.extract import shard as S
 
@@ -97,9 +97,9 @@ def extract(
             s = run_extract(corpus, model, cache, opts, overwrite=overwrite, max_failures=max_failures,
                             progress=True)   # bar on a terminal, plain lines in a log (EXVO_PROGRESS overrides)
     except ExtractionAborted as e:
-        _fail(str(e), code=3)
+        fail_cli(str(e), code=3)
     except KeyboardInterrupt:
-        _fail("interrupted; the clips finished so far are saved. Run the same command again to resume", code=130)
+        fail_cli("interrupted; the clips finished so far are saved. Run the same command again to resume", code=130)
     for msg in s.messages:
         typer.secho(f"note: {msg}", fg=typer.colors.YELLOW, err=True)
     for cid, note in s.notes:

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from exvo.commands.common import app, friendly, _fail, DataOpt, CacheOpt, RunsOpt, load_corpus
+from exvo.commands.common import app, friendly, fail_cli, DataOpt, CacheOpt, RunsOpt, load_corpus
 
 
 # --------------------------------------------------------------------------- stage 2
@@ -62,7 +62,7 @@ def learn(
     options = {}
     for item in opt or []:
         if "=" not in item:
-            _fail(f"--opt expects KEY=VALUE, got {item!r}")
+            fail_cli(f"--opt expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         options[k.strip()] = v.strip()
     # learner-specific flags are options of that learner (another learner refuses them by name)
@@ -74,7 +74,7 @@ def learn(
         try:
             weights = tuple(float(x) for x in loss_weights.split(","))
         except ValueError:
-            _fail(f"--loss-weights expects 3 numbers like 1,0.5,0.5, got {loss_weights!r}")
+            fail_cli(f"--loss-weights expects 3 numbers like 1,0.5,0.5, got {loss_weights!r}")
     corpus = load_corpus(data)
     cfg = LearnConfig(features=[f.strip() for f in features.split(",") if f.strip()], learner=learner, preset=preset,
                       arch=arch, seeds=seeds, loss=loss, emotion_loss=emotion_loss, age_loss=age_loss,
@@ -117,9 +117,9 @@ def finetune(
     from exvo.learn.finetune import FinetuneConfig, export_encoder, finetune as run_finetune
 
     if learner != "burst2vec":
-        _fail(f"--learner {learner!r} cannot be fine-tuned end to end; choose burst2vec")
+        fail_cli(f"--learner {learner!r} cannot be fine-tuned end to end; choose burst2vec")
     if export is not None and export.exists():
-        _fail(f"--export {export} already exists; choose a new folder for the exported encoder")
+        fail_cli(f"--export {export} already exists; choose a new folder for the exported encoder")
     corpus = load_corpus(data)
     head = Burst2VecConfig(alpha1=alpha1, alpha2=alpha2, emotion_loss=emotion_loss, age_loss=age_loss,
                            oversample=oversample)
@@ -130,7 +130,7 @@ def finetune(
         run_dir, metrics = run_finetune(corpus, cfg, runs_dir=runs, name=name, echo=typer.echo,
                                         progress=sys.stderr.isatty())
     except KeyboardInterrupt:
-        _fail("interrupted; finished epochs are saved. Run the same command again to resume", code=130)
+        fail_cli("interrupted; finished epochs are saved. Run the same command again to resume", code=130)
     if metrics is not None:
         from exvo.learn.runs import summary_line
 
@@ -176,13 +176,13 @@ def fuse(
     from exvo.fusion.api import fuse as run_fuse
 
     if hybrid + mean + pool != 1:
-        _fail("choose exactly one of --hybrid, --mean or --pool")
+        fail_cli("choose exactly one of --hybrid, --mean or --pool")
     corpus = load_corpus(data)
     if pool:
         from exvo.fusion.pool import pool as run_pool
 
         if not run_names or not name:
-            _fail("--pool needs the runs to pool and a --name, e.g. "
+            fail_cli("--pool needs the runs to pool and a --name, e.g. "
                   "`exvo fuse --pool raw_exvo_cr@0 raw_exvo_cr@1 --name raw_exvo_cr_pooled`")
         run_pool(corpus, runs, list(run_names), name, echo=typer.echo)
         return

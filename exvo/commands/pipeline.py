@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from exvo.commands.common import app, friendly, _fail, DataOpt, CacheOpt, RunsOpt, load_corpus, DEMO_DIR
+from exvo.commands.common import app, friendly, fail_cli, DataOpt, CacheOpt, RunsOpt, load_corpus, DEMO_DIR
 
 
 # --------------------------------------------------------------------------- recipes
@@ -38,7 +38,7 @@ def reproduce(
             for o in p.outcomes.values():
                 typer.echo(f"    {o.status} {o.row.id}: {o.detail}")
         if name is None and not list_:
-            _fail("name a recipe (see the list above), e.g. `exvo reproduce idiap2022`")
+            fail_cli("name a recipe (see the list above), e.g. `exvo reproduce idiap2022`")
         return
     recipe = recipes.load(name)
     only = recipe.demo_rows() if reduced else None

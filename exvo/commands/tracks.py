@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from exvo.commands.common import app, friendly, _fail, DataOpt, CacheOpt, RunsOpt, load_corpus
+from exvo.commands.common import app, friendly, fail_cli, DataOpt, CacheOpt, RunsOpt, load_corpus
 
 
 from exvo.fewshot.registry import FT_LOSSES, FT_PARAMS, HEADS, VARIANTS, ZNORM_MODES  # noqa: E402  (no torch)
@@ -131,9 +131,9 @@ def fid_cmd(
     from exvo.generate import api
 
     if table and (gen_dir is not None or emotion is not None):
-        _fail("--table compares the corpus's own Train and Val bins; leave out GEN_DIR and --emotion")
+        fail_cli("--table compares the corpus's own Train and Val bins; leave out GEN_DIR and --emotion")
     if not table and (gen_dir is None or emotion is None):
-        _fail("give GEN_DIR and --emotion E (or --table for the Train-vs-Val table)")
+        fail_cli("give GEN_DIR and --emotion E (or --table for the Train-vs-Val table)")
     corpus = load_corpus(data)
     space = api.feature_space(corpus, cache, features=features, classifier=classifier, standardise=not raw,
                               opts=ExtractOptions(checkpoint=checkpoint, device=device, workers=workers))

@@ -49,7 +49,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from exvo.corpus import _listing
+from exvo.corpus import listing
 from exvo.extract.identity import UNKNOWN, ClipIdentity, compare, from_arrays
 
 FORMAT = "exvo-embeddings/2"
@@ -93,7 +93,7 @@ def files_fingerprint(config_str: str, files: Iterable[Path]) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(d: Path) -> None:
+def fsync_dir(d: Path) -> None:
     try:
         fd = os.open(d, os.O_RDONLY)
     except OSError:
@@ -136,7 +136,7 @@ def _lru_misses(seq: Sequence[int], capacity: int) -> int:
     return misses
 
 
-def _config_diff(a: dict, b: dict) -> str:
+def config_diff(a: dict, b: dict) -> str:
     keys = sorted(set(a) | set(b))
     diffs = [f"{k}: cache={a.get(k, '<absent>')!r} requested={b.get(k, '<absent>')!r}"
              for k in keys if a.get(k, "<absent>") != b.get(k, "<absent>")]
@@ -220,7 +220,7 @@ class EmbeddingCache:
         missing = [i for i in ids if i not in self._pos]
         if missing:
             raise CacheError(
-                f"{self.path} lacks {len(missing)} of the {len(ids)} requested clips ({_listing(missing, 5)}); "
+                f"{self.path} lacks {len(missing)} of the {len(ids)} requested clips ({listing(missing, 5)}); "
                 f"run `exvo extract --model {self.extractor}` to complete it (failed clips are listed in its summary)"
             )
         return np.fromiter((self._pos[i] for i in ids), dtype=np.int64, count=len(ids))

@@ -41,7 +41,7 @@ from typing import Sequence
 
 import numpy as np
 
-from exvo.corpus import _listing
+from exvo.corpus import listing
 from exvo.extract import cache as C
 from exvo.extract import h5io
 from exvo.extract.identity import UNKNOWN, ClipIdentity, from_arrays, to_arrays
@@ -203,7 +203,7 @@ class CacheWriter:
                 if parts_cfg != self.config_str:
                     raise C.CacheMismatch(
                         f"unfinished parts in {self.parts_dir} were made with other settings "
-                        f"({C._config_diff(json.loads(parts_cfg), self.config)}); "
+                        f"({C.config_diff(json.loads(parts_cfg), self.config)}); "
                         "pass --overwrite to discard them"
                     )
                 if marker.exists():
@@ -214,7 +214,7 @@ class CacheWriter:
             old = C.EmbeddingCache(self.path)
             if old.config_str != self.config_str:
                 raise C.CacheMismatch(
-                    f"{self.path} was built with other settings ({C._config_diff(old.config, self.config)}). "
+                    f"{self.path} was built with other settings ({C.config_diff(old.config, self.config)}). "
                     "Refusing to mix them: pass --overwrite to rebuild it, or --cache DIR to keep both"
                 )
             self.done.update(old.ids)
@@ -263,7 +263,7 @@ class CacheWriter:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, dest)
-            C._fsync_dir(dest.parent)
+            C.fsync_dir(dest.parent)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -368,7 +368,7 @@ class CacheWriter:
             lacking = [i for i in order if i in set(prev) and i not in loc]
             if lacking:
                 self.kept_old = (
-                    f"the rebuild lacks {len(lacking)} clip(s) that {self.path} holds ({_listing(lacking, 5)}), so "
+                    f"the rebuild lacks {len(lacking)} clip(s) that {self.path} holds ({listing(lacking, 5)}), so "
                     f"that file is kept unchanged and the rebuild waits in {self.parts_dir}. Fix those clips and run "
                     "the same command again: the rebuild resumes and replaces the file once it is complete (to accept "
                     f"the rebuild without them, delete {self.path.name} and run again)"
@@ -464,7 +464,7 @@ class CacheWriter:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
-            C._fsync_dir(self.path.parent)
+            C.fsync_dir(self.path.parent)
         except BaseException:
             if f is not None:
                 try:

@@ -38,8 +38,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from exvo.extract.cache import CacheBusy, CacheError, CacheMismatch, _config_diff, _fsync_dir
-from exvo.extract.cache import files_fingerprint as _fingerprint, ids_digest as _digest
+from exvo.extract.cache import CacheBusy, CacheError, CacheMismatch, config_diff, fsync_dir
+from exvo.extract.cache import files_fingerprint, ids_digest
 from exvo.extract.cache_writer import acquire_writer_lock, release_writer_lock, remove_stale_temporaries
 
 FORMAT = "exvo-frames/1"
@@ -98,7 +98,7 @@ class FrameCache:
         self.config = json.loads(self.config_str)
         ok = (len(self.offsets) == len(self.ids) + 1 and self.offsets[0] == 0 and self.offsets[-1] == self.n_frames
               and bool(np.all(np.diff(self.offsets) >= 1)))
-        if not ok or digest != _digest(self.ids):
+        if not ok or digest != ids_digest(self.ids):
             raise CacheError(f"{self.path}: ids/offsets are inconsistent with the frames (damaged file); rebuild it "
                              "with `exvo extract --frames --overwrite`")
         self._pos = {i: k for k, i in enumerate(self.ids)}
@@ -183,7 +183,7 @@ class FrameWriter:
         if self.path.exists() and not self.overwrite:
             old = FrameCache(self.path)
             if old.config_str != self.config_str:
-                raise CacheMismatch(f"{self.path} was built with other settings ({_config_diff(old.config, self.config)}). "
+                raise CacheMismatch(f"{self.path} was built with other settings ({config_diff(old.config, self.config)}). "
                                     "Refusing to mix them: pass --overwrite to rebuild it, or --cache DIR to keep both")
             self.done.update(old.ids)
             self.dim = old.dim
@@ -192,7 +192,7 @@ class FrameWriter:
         if cfg_file.exists():
             if cfg_file.read_text() != self.config_str:
                 raise CacheMismatch(f"unfinished parts in {self.parts_dir} were made with other settings "
-                                    f"({_config_diff(json.loads(cfg_file.read_text()), self.config)}); "
+                                    f"({config_diff(json.loads(cfg_file.read_text()), self.config)}); "
                                     "pass --overwrite to discard them")
         else:
             self._atomic_write(cfg_file, self.config_str.encode())
@@ -227,7 +227,7 @@ class FrameWriter:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -318,11 +318,11 @@ class FrameWriter:
                     if oldf is not None:
                         oldf.close()
                 f.attrs.update(format=FORMAT, extractor=self.extractor, config=self.config_str,
-                               fingerprint=_fingerprint(self.config_str, files), ids_sha256=_digest(ids))
+                               fingerprint=files_fingerprint(self.config_str, files), ids_sha256=ids_digest(ids))
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

@@ -12,11 +12,11 @@ from typing import Sequence
 
 import numpy as np
 
-from exvo.corpus import Corpus, _listing
+from exvo.corpus import Corpus, listing
 from exvo.extract.base import ExtractOptions, Extractor, get_extractor
 from exvo.extract.cache import CacheDtypeError, CacheError, CacheWriter, cache_path, files_fingerprint
 from exvo.extract.identity import ClipIdentity, compare, identify, stat_all
-from exvo.extract.layers import kept as _kept, with_layers
+from exvo.extract.layers import kept as kept_layers, with_layers
 
 
 class ExtractionAborted(RuntimeError):
@@ -236,7 +236,7 @@ def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = 
                 summary.n_changed = len(stale)
                 summary.messages.append(
                     f"{len(stale)} cached clip(s) were made from audio that has changed since (size, mtime or "
-                    f"content differ); extracting them again: {_listing(sorted(stale), 10)}")
+                    f"content differ); extracting them again: {listing(sorted(stale), 10)}")
             todo = [(i, paths[i]) for i in want if i not in w.done or i in stale]
             summary.n_cached_before = len(want) - len(todo)
             bar = progress_bar(len(todo), f"extract {ex.name}", progress)
@@ -264,7 +264,7 @@ def extract(corpus: Corpus, extractor: str | Extractor, cache_dir: str | Path = 
                     else:
                         try:
                             if keep is not None:
-                                r.embedding = _kept(r.embedding, keep, ex.name)
+                                r.embedding = kept_layers(r.embedding, keep, ex.name)
                             _io(w.add, r.id, r.embedding, ident)
                         except CacheDtypeError:
                             raise     # the extractor does not fit the dtype: every clip would fail

@@ -43,7 +43,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from exvo.corpus import _listing
+from exvo.corpus import listing
 from exvo.extract import cache as C
 from exvo.extract.cache_writer import REBUILD_MARKER, CacheWriter
 
@@ -365,7 +365,7 @@ def merge(path: str | Path, extractor: str, order: Sequence[str]) -> MergeResult
         i = foreign[0]
         raise C.CacheError(
             f"cannot merge {path}: shard(s) {', '.join(f'{k}/{n}' for k in foreign)} were made with other settings "
-            f"than shard 0/{n} ({C._config_diff(json.loads(ref), json.loads(cfgs[i]))}, cache=shard 0, "
+            f"than shard 0/{n} ({C.config_diff(json.loads(ref), json.loads(cfgs[i]))}, cache=shard 0, "
             f"requested=shard {i}). Delete {dirs[(i, n)]} and run `{_shard_command(root, extractor, i, n)}` with "
             "the same options as the other shards")
     rebuild = [(dirs[(i, n)] / REBUILD_MARKER).exists() for i in range(n)]
@@ -435,7 +435,7 @@ def _check_complete(path: Path, root: Path, extractor: str, dirs: dict, n: int,
         lack = [c for c in s["ids"] if owner.get(c) != i and c not in elsewhere and c not in failed]
         if lack:
             raise C.CacheError(
-                f"cannot merge {path}: shard {i}/{n} lacks {len(lack)} of its clips ({_listing(lack, 5)}); "
+                f"cannot merge {path}: shard {i}/{n} lacks {len(lack)} of its clips ({listing(lack, 5)}); "
                 f"run it again: `{_shard_command(root, extractor, i, n)}`")
     return failures
 

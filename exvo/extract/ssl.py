@@ -181,7 +181,7 @@ def _hub_revision(repo: str) -> str | None:
         return None
 
 
-def _conv_frames(config, n_samples):
+def conv_frames(config, n_samples):
     """Frames the conv feature encoder makes from ``n_samples`` (int or integer array)."""
     n = n_samples
     for k, s in zip(config.conv_kernel, config.conv_stride):
@@ -189,7 +189,7 @@ def _conv_frames(config, n_samples):
     return n
 
 
-def _receptive_field(config) -> int:
+def receptive_field(config) -> int:
     """Samples seen by one output frame of the conv feature encoder (400 for the released models)."""
     r = 1
     for k, s in reversed(list(zip(config.conv_kernel, config.conv_stride))):
@@ -259,7 +259,7 @@ class SSLExtractor(Extractor):
         self.model = model.to(self.device).eval()
         self.n_layers = int(self.mconf.num_hidden_layers) + 1
         self.hidden = int(self.mconf.hidden_size)
-        self.min_samples = _receptive_field(self.mconf)
+        self.min_samples = receptive_field(self.mconf)
         self.hop = _hop(self.mconf)
         # chunk length: a multiple of the hop so chunk frames lie on the unchunked frame grid
         self.chunk_samples = max(self.min_samples, int(opts.chunk_seconds * SAMPLE_RATE) // self.hop * self.hop)
@@ -509,7 +509,7 @@ class SSLExtractor(Extractor):
         n_in = torch.tensor(lengths, dtype=torch.long)
         # the model's own formula when it has one (it knows about adapters), else the conv stack's
         frames_of = getattr(self.model, "_get_feat_extract_output_lengths", None)
-        frames = (frames_of(n_in) if frames_of is not None else _conv_frames(self.mconf, n_in)).to(self.device)
+        frames = (frames_of(n_in) if frames_of is not None else conv_frames(self.mconf, n_in)).to(self.device)
         if int(frames.max()) > hs.shape[2]:
             raise RuntimeError(f"frame count {int(frames.max())} exceeds model output {hs.shape[2]}")
         fmask = (torch.arange(hs.shape[2], device=self.device)[None, :] < frames[:, None]).to(hs.dtype)  # (B, F)

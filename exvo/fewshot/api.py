@@ -47,6 +47,9 @@ from exvo.fewshot.registry import FT_LOSSES, FT_PARAMS, VARIANTS, ZNORM_MODES
 from exvo.fewshot.train import (centre_speakers, episode_enrolment, finetune_episodes, predict_rows,
                                 train_sampler)
 from exvo.learn import runs
+from exvo.learn.api import input_caches
+from exvo.runs import provenance
+from exvo.runs.store import RunWriter
 from exvo.learn.features import Scaler, load_features, parse_specs, report_missing
 from exvo.learn.framework import TrainConfig, train_seeds
 from exvo.learn.probe import probe_layers
@@ -309,7 +312,8 @@ def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache",
         "ci": f"95 % percentile bootstrap over the Val query clips ({cfg.resamples} resamples, seed 0)",
         "selection": "best epoch per seed by the query CCC of held-out Train speakers; Val never chooses",
     }
-    tmp = runs.staging_dir(out_root, name)
+    writer = RunWriter(out_root, name)
+    tmp = writer.path
     (tmp / "per_seed").mkdir()
     (tmp / "models").mkdir()
     ids = [fm.ids[k] for k in vq]
@@ -334,7 +338,7 @@ def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache",
         except P.FewShotError:
             pass
     t_pred = time.perf_counter() - t0
-    torch.save(fit.stack.state_dict(), tmp / "models" / "fewshot.pt")
+    writer.torch("models/fewshot.pt", fit.stack.state_dict())
     scaler.save(tmp / "models" / "scaler.npz")
     config = {
         "kind": "fewshot", "exvo_version": exvo.__version__, "name": name,
@@ -356,11 +360,10 @@ def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache",
                     "total": round(time.perf_counter() - t_start, 2)},
         "notes": notes,
     }
-    runs.write_json(tmp / "config.json", config)
-    runs.write_json(tmp / "metrics.json", metrics)
-    runs.write_json(tmp / "history.json", {"holdout_ccc": fit.history, "train_loss": fit.train_loss,
-                                           "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run})
-    final = runs.commit(tmp, out_root / name)
+    writer.json("metrics.json", metrics)
+    writer.json("history.json", {"holdout_ccc": fit.history, "train_loss": fit.train_loss,
+                                 "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run})
+    final = writer.commit(config, provenance.inputs(corpus, caches=input_caches(fm.blocks, cache_dir)))
     return FewShotResult(final, metrics, config)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exvo.corpus import Corpus, CorpusError, _listing
+from exvo.corpus import Corpus, CorpusError, listing
 from exvo.metrics import EMOTIONS, mean_ccc
 
 SHOTS = 2
@@ -116,7 +116,7 @@ def val_protocol(corpus: Corpus, shots: int = SHOTS, seed: int | None = None, sp
     small = [s for s, r in by_spk.items() if len(r) <= shots]
     if small:
         raise FewShotError(f"{len(small)} {split} speaker(s) have {shots} clip(s) or fewer, so nothing would be left "
-                           f"to score: {_listing(small)}; use a corpus with more clips per speaker")
+                           f"to score: {listing(small)}; use a corpus with more clips per speaker")
     support = first_clips(by_spk, shots, seed)
     labels = {int(r): corpus.emotions[r] for r in rows}
     how = f"first {shots} clips per speaker (data_info.csv order)" if seed is None else f"{shots} random clips per speaker (seed {seed})"
@@ -178,13 +178,13 @@ def read_support_file(path: str | Path, corpus: Corpus, split: str = "Test", sho
     wrong = [f"{s} ({len(support.get(s, []))})" for s in by_spk if len(support.get(s, [])) != shots]
     if wrong:
         problems.append(f"every {split} speaker needs exactly {shots} support clips; these have another number: "
-                        f"{_listing(wrong)}")
+                        f"{listing(wrong)}")
     if problems:
         raise FewShotError(f"support file {path} has problems:\n  - " + "\n  - ".join(problems))
     support = {s: sorted(v) for s, v in support.items()}
     empty = [s for s, r in by_spk.items() if len(r) <= shots]
     if empty:
-        raise FewShotError(f"{split} speaker(s) {_listing(empty)} have no clip left after their support clips")
+        raise FewShotError(f"{split} speaker(s) {listing(empty)} have no clip left after their support clips")
     return Protocol(split, _episodes(corpus, by_spk, support, labels), f"support file {path}")
 
 
@@ -263,16 +263,16 @@ def read_submission(path: str | Path) -> tuple[list[str], np.ndarray]:
     body = [r for r in rows[1:] if r]
     bad = [n + 2 for n, r in enumerate(body) if len(r) != len(header)]
     if bad:
-        raise FewShotError(f"{path}: wrong number of cells on line(s) {_listing(bad)}")
+        raise FewShotError(f"{path}: wrong number of cells on line(s) {listing(bad)}")
     ids = [r[col[0]].strip() for r in body]
     if len(set(ids)) != len(ids):
-        raise FewShotError(f"{path} has duplicate File_ID(s): {_listing(sorted({i for i in ids if ids.count(i) > 1}))}")
+        raise FewShotError(f"{path} has duplicate File_ID(s): {listing(sorted({i for i in ids if ids.count(i) > 1}))}")
     try:
         y = np.array([[float(r[c]) for c in col[1:]] for r in body], np.float64).reshape(len(body), len(EMOTIONS))
     except ValueError as e:
         raise FewShotError(f"{path}: a non-numeric prediction ({e})") from None
     if not np.isfinite(y).all():
-        raise FewShotError(f"{path}: NaN/inf predictions on line(s) {_listing([n + 2 for n in np.flatnonzero(~np.isfinite(y).all(1))])}")
+        raise FewShotError(f"{path}: NaN/inf predictions on line(s) {listing([n + 2 for n in np.flatnonzero(~np.isfinite(y).all(1))])}")
     return ids, y
 
 
@@ -294,14 +294,14 @@ def score_submission(ids: list[str], emotions: np.ndarray, corpus: Corpus, proto
     got = set(ids)
     in_sup = [i for i in ids if i in sup]
     if in_sup:
-        raise FewShotError(f"the predictions include {len(in_sup)} support clip(s) [{_listing(in_sup)}]; support clips "
+        raise FewShotError(f"the predictions include {len(in_sup)} support clip(s) [{listing(in_sup)}]; support clips "
                            "are never scored: predict the query clips only (or the predictions were made with another support "
                            "set: score with the run's --support-seed / --support-file)")
     missing = [i for i in want if i not in got]
     extra = [i for i in ids if i not in set(want)]
     if missing or extra:
         raise FewShotError(f"predictions do not match the {proto.split} query clips: {len(missing)} missing "
-                           f"[{_listing(missing)}], {len(extra)} extra [{_listing(extra)}]")
+                           f"[{listing(missing)}], {len(extra)} extra [{listing(extra)}]")
     pos = {i: k for k, i in enumerate(ids)}
     p = np.asarray(emotions)[[pos[i] for i in want]]
     t = query_labels(corpus, proto)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from exvo.fewshot.protocol import RUN_SUBDIR
-from exvo.fusion.runs import read_json
+from exvo.runs.reader import read_json
 
 COLUMNS = ("#", "system", "features", "variant", "seeds", "Val CCC (mean ± std)", "Val ens. CCC [95 % CI]", "Test ens. CCC")
 

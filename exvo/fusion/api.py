@@ -55,7 +55,6 @@ a fusion is idempotent) and refused otherwise.
 """
 from __future__ import annotations
 
-import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -67,9 +66,10 @@ import numpy as np
 from exvo.corpus import Corpus
 from exvo.fusion.cv import speaker_halves
 from exvo.fusion.ensemble import compose
-from exvo.fusion.runs import Run, check_same_ids, feature_specs, read_json, resolve, source_state
+from exvo.runs import provenance
+from exvo.runs.reader import Run, check_same_ids, feature_specs, resolve
 from exvo.fusion.select import METRIC_LABEL, SUBTASKS, Choice, choose, subtask_score
-from exvo.learn.runs import commit, staging_dir, write_json
+from exvo.runs.store import RunWriter, check_name, check_replaceable
 from exvo.metrics import EMOTIONS, score_all
 from exvo.fusion import seeds
 from exvo.predictions import PredictionError, Predictions, load_seed_predictions, save_seed_predictions, save_split
@@ -158,15 +158,6 @@ def default_name(mode: str, n_runs: int, top: int, weighted: bool, select_on: st
     return base + ("_weighted" if weighted else "") + ("_cv" if select_on == "cv" else "")
 
 
-def _check_dest(dest: Path, explicit: bool) -> None:
-    if not dest.exists():
-        return
-    kind = (read_json(dest / "config.json") or {}).get("kind")
-    if kind != "fusion":
-        raise ValueError(f"{dest} exists and is not a fusion run (kind={kind!r}); "
-                         f"{'choose another --name' if explicit else 'pass --name'} to keep it")
-
-
 def fuse(corpus: Corpus, runs_dir: str | Path = "runs", run_names: list[str] | None = None,
          mode: str = "hybrid", top: int = 1, weighted: bool = False, select_on: str = "val",
          name: str | None = None, echo: Callable[[str], None] = print, cv_seed: int = 0) -> FusionResult:
@@ -179,8 +170,8 @@ def fuse(corpus: Corpus, runs_dir: str | Path = "runs", run_names: list[str] | N
         raise ValueError(f"top must be an integer >= 1, got {top!r}")
     if mode == "mean" and top != 1:
         raise ValueError(f"top={top} applies to mode='hybrid' only; mode='mean' averages every run")
-    if name is not None and (not name or not re.fullmatch(r"[A-Za-z0-9_.@+=-]+", name) or name.startswith(".")):
-        raise ValueError(f"run name {name!r} must be a plain folder name (letters, digits, _ . @ + = -)")
+    if name is not None:
+        check_name(name)
     runs_dir = Path(runs_dir)
     runs, notes = resolve(runs_dir, run_names)
     by_name: dict[str, Run] = {r.name: r for r in runs}
@@ -190,7 +181,7 @@ def fuse(corpus: Corpus, runs_dir: str | Path = "runs", run_names: list[str] | N
     dest = runs_dir / out_name
     if dest.resolve() in {r.path.resolve() for r in runs}:
         raise ValueError(f"the output {dest} is one of the runs being fused; pass another --name")
-    _check_dest(dest, name is not None)
+    check_replaceable(dest, "fusion")
 
     # ---- Val: same ids in every run and in the corpus, aligned to the corpus order
     raw_val = {n: r.load("Val") for n, r in by_name.items()}
@@ -323,8 +314,8 @@ def fuse(corpus: Corpus, runs_dir: str | Path = "runs", run_names: list[str] | N
         test_note = "test.csv composed like val.csv, from the sources' seed-averaged test.csv"
 
     # ---- write the run folder (to a hidden temp folder, then swap in)
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    tmp = staging_dir(runs_dir, out_name)
+    writer = RunWriter(runs_dir, out_name, replace_kind="fusion")   # a fusion is derived: re-making it replaces it
+    tmp = writer.path
     save_split(val_pred, tmp, "Val")
     if val_seed_pred is not None:
         save_seed_predictions(val_seed_pred, tmp, "Val")
@@ -336,12 +327,11 @@ def fuse(corpus: Corpus, runs_dir: str | Path = "runs", run_names: list[str] | N
     selection = {"select_on": select_on, "optimistic": optimistic, "note": selection_note}
     config = {
         "kind": "fusion", "mode": mode, "top": top, "weighted": weighted, "select_on": select_on,
-        "cv_seed": cv_seed, "sources": sorted(by_name), "source_paths": {n: str(r.path) for n, r in by_name.items()},
-        "features": sorted({f for r in runs for f in feature_specs(r.config)}),
+        "cv_seed": cv_seed, "sources": sorted(by_name),
+        "features": sorted({f for r in runs for f in feature_specs(r.record)}),
         "feature_dim": None, "learner": "fusion", "arch": mode if top == 1 else f"{mode}-top{top}",
         "seeds": list(range(n_seeds)) or None, "seed_sources": seed_sources, "ccc_convention": "challenge",
         "sources_from": "all learn runs" if run_names is None else "named",
-        "source_state": {n: source_state(r) for n, r in by_name.items()},
         "created_unix": time.time(),
     }
     metrics = {
@@ -364,10 +354,10 @@ def fuse(corpus: Corpus, runs_dir: str | Path = "runs", run_names: list[str] | N
                          "seed_sources": seed_sources},
         "notes": notes + [n for s in SUBTASKS for n in choices[s].notes],
     }
-    for fname, obj in (("config.json", config), ("metrics.json", metrics), ("fusion.json", record)):
-        write_json(tmp / fname, obj)
-    replaced = dest.exists()
-    commit(tmp, dest, overwrite=True)   # a fusion is derived from its sources: re-running it replaces it
+    writer.json("metrics.json", metrics)
+    writer.json("fusion.json", record)
+    replaced = writer.replaced
+    writer.commit(config, provenance.inputs(corpus, sources=[r.path for r in runs], runs_dir=runs_dir))
 
     # ---- tell the user
     echo(f"fusion {out_name} ({mode}{f', top {top}' if mode == 'hybrid' else ''}"

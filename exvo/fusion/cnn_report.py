@@ -30,7 +30,7 @@ def model_dirs_of_runs(runs: Iterable) -> list[Path]:
     """``models`` folders beside the waveform-CNN caches used by learn runs (``Run`` objects)."""
     out: list[Path] = []
     for r in runs:
-        for b in (r.config.get("features") or []):
+        for b in (r.record.get("features") or []):
             if not isinstance(b, dict) or (b.get("cache_config") or {}).get("family") != "waveform_cnn":
                 continue
             d = Path(str(b.get("cache", ""))).parent / "models"
@@ -88,7 +88,7 @@ def filters_figure(models: dict[str, list[tuple[Path, dict]]], path: Path) -> Pa
     """Fig. 2: cumulative frequency response of the first conv layer, raw and ZFF panels (seed 0 of each)."""
     from exvo.extract.cnn.model import cumulative_response, first_layer_filters
     from exvo.extract.cnn.train import load_model
-    from exvo.fusion.plots import _figure
+    from exvo.fusion.plots import new_figure
 
     curves: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {"raw": [], "zff": []}
     for name, items in models.items():
@@ -103,7 +103,7 @@ def filters_figure(models: dict[str, list[tuple[Path, dict]]], path: Path) -> Pa
     panels = [(k, v) for k, v in curves.items() if v]
     if not panels:
         return None
-    fig = _figure(5.5 * len(panels), 3.8)
+    fig = new_figure(5.5 * len(panels), 3.8)
     for k, (signal, cs) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), k + 1)
         for label, f, r in cs:

@@ -13,7 +13,7 @@ from exvo.metrics import COUNTRIES, EMOTIONS
 DPI = 120
 
 
-def _figure(w: float, h: float):
+def new_figure(w: float, h: float):
     from matplotlib.figure import Figure
 
     # Figure() without pyplot renders through the Agg canvas on savefig: safe headless
@@ -26,7 +26,7 @@ def per_emotion_ccc(runs: list[tuple[str, dict[str, float], dict[str, float | No
     ``runs``: ``(run name, {emotion: mean CCC}, {emotion: std or None})``; a run without a
     std (one seed, or no per-seed scores) is drawn without error bars and says so in its label.
     """
-    fig = _figure(11, 4.8)
+    fig = new_figure(11, 4.8)
     ax = fig.add_subplot()
     n = len(runs)
     width = 0.8 / n
@@ -58,7 +58,7 @@ def country_confusion(true: np.ndarray, pred: np.ndarray, path: Path, title: str
     np.add.at(cm, (np.asarray(true, int), np.asarray(pred, int)), 1)
     rows = cm.sum(axis=1, keepdims=True)
     frac = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
-    fig = _figure(5.6, 4.8)
+    fig = new_figure(5.6, 4.8)
     ax = fig.add_subplot()
     im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
@@ -82,7 +82,7 @@ def age_scatter(true: np.ndarray, pred: np.ndarray, path: Path, title: str) -> P
     pred = np.asarray(pred, float)
     lo = float(min(true.min(), pred.min())) - 2
     hi = float(max(true.max(), pred.max())) + 2
-    fig = _figure(5.2, 5.0)
+    fig = new_figure(5.2, 5.0)
     ax = fig.add_subplot()
     ax.plot([lo, hi], [lo, hi], color="gray", lw=1, ls="--", label="perfect")
     ax.scatter(true, pred, s=10, alpha=0.5, edgecolors="none", label="Val clips")
@@ -111,7 +111,7 @@ def layer_curves(groups: dict[str, list[dict]], path: Path) -> Path:
     points inside it are within one seed-std of the best. The y-range spans at least
     :data:`MIN_LAYER_SPAN` and always covers the error bars.
     """
-    fig = _figure(8, 4.6)
+    fig = new_figure(8, 4.6)
     ax = fig.add_subplot()
     import matplotlib
 

@@ -28,8 +28,9 @@ import numpy as np
 
 from exvo.corpus import Corpus
 from exvo.fusion import seeds
-from exvo.fusion.runs import Run, feature_specs, resolve, source_state
-from exvo.learn.runs import commit, staging_dir, write_json
+from exvo.runs import provenance
+from exvo.runs.reader import Run, feature_specs, resolve
+from exvo.runs.store import RunWriter
 from exvo.predictions import (PredictionError, SeedPredictions, load_seed_predictions, save_seed_predictions,
                               save_split)
 
@@ -40,7 +41,7 @@ _LAYER = re.compile(r"@-?\d+$")
 
 def _system(run: Run) -> dict:
     """What must agree between pooled runs: everything but the layers of the features."""
-    cfg = run.config
+    cfg = run.record
     return {"learner": cfg.get("learner"), "arch": cfg.get("arch"), "preset": cfg.get("preset"),
             "features": [_LAYER.sub("", f) for f in feature_specs(cfg, resolved=True)]}
 
@@ -105,7 +106,8 @@ def pool(corpus: Corpus, runs_dir: str | Path, run_names: list[str], name: str,
                      for r in runs)
     test, _ = _pooled(runs, "Test", None) if all(r.has("Test") for r in runs) else (None, [])
 
-    tmp = staging_dir(runs_dir, name)
+    writer = RunWriter(runs_dir, name, replace_kind="fusion")   # derived from its sources: re-pooling replaces it
+    tmp = writer.path
     save_split(ens_pred, tmp, "Val")
     save_seed_predictions(val, tmp, "Val")
     if test is not None:
@@ -115,11 +117,11 @@ def pool(corpus: Corpus, runs_dir: str | Path, run_names: list[str], name: str,
             + ("; a source chose its epochs on Val, so these Val scores are optimistic" if optimistic else ""))
     config = {
         "kind": "fusion", "mode": "pool", "top": 1, "weighted": False, "select_on": "val",
-        "sources": [r.name for r in runs], "source_paths": {r.name: str(r.path) for r in runs},
-        "features": sorted({f for r in runs for f in feature_specs(r.config)}), "feature_dim": None,
+        "sources": [r.name for r in runs],
+        "features": sorted({f for r in runs for f in feature_specs(r.record)}), "feature_dim": None,
         "learner": "fusion", "arch": "pool", "seeds": list(range(len(sources))), "seed_sources": sources,
         "ccc_convention": "challenge", "sources_from": "named",
-        "source_state": {r.name: source_state(r) for r in runs}, "created_unix": time.time(),
+        "created_unix": time.time(),
     }
     metrics = {
         "split": "Val", "n": len(val_ids), "ccc_convention": "challenge",
@@ -135,9 +137,9 @@ def pool(corpus: Corpus, runs_dir: str | Path, run_names: list[str], name: str,
               "selection_note": note, "subtasks": {}, "val": {k: ens[k] for k in SCORE_KEYS},
               "test": {"written": test is not None}, "seed_by_seed": {"n_seeds": len(sources), "seed_sources": sources},
               "notes": notes}
-    for fname, obj in (("config.json", config), ("metrics.json", metrics), ("fusion.json", record)):
-        write_json(tmp / fname, obj)
-    final = commit(tmp, dest, overwrite=True)      # derived from its sources: re-pooling replaces it
+    writer.json("metrics.json", metrics)
+    writer.json("fusion.json", record)
+    final = writer.commit(config, provenance.inputs(corpus, sources=[r.path for r in runs], runs_dir=runs_dir))
     summ = metrics["summary"]
 
     def cell(m: str, d: int) -> str:

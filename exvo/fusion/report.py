@@ -38,7 +38,7 @@ from typing import Callable
 
 from exvo.corpus import Corpus
 from exvo.fusion.rows import METRICS, Row, layer_groups, make_rows
-from exvo.fusion.runs import discover
+from exvo.runs.reader import discover
 from exvo.predictions import PredictionError
 
 TOP_EMOTION_RUNS = 5
@@ -182,12 +182,12 @@ def _notes(rows: list[Row]) -> list[str]:
     if any(r.optimistic and r.kind != "fusion" for r in rows):
         notes.append("† learn run whose epochs were chosen on Val (--stop-on val, e.g. --preset paper|baseline) "
                      "and scored on Val: optimistic (the default chooses on held-out Train speakers)")
-    if any(r.kind == "fusion" and r.run.config.get("select_on") == "cv" for r in rows):
+    if any(r.kind == "fusion" and r.run.record.get("select_on") == "cv" for r in rows):
         notes.append("cv fusion runs: each half of the Val speakers predicted by the runs chosen on the other half "
                      "(out-of-fold), scored on all of Val, per fused seed and for the seed ensemble; features "
                      "name the choice per half as A|B (the same run on both halves: one name)")
     def pooled(r: Row) -> bool:
-        return r.run.config.get("mode") == "pool"
+        return r.run.record.get("mode") == "pool"
 
     if any(r.kind == "fusion" and r.n_seeds and not pooled(r) for r in rows):
         notes.append("fusion runs are fused seed by seed (seed k of every source, paired by index up to the "
@@ -202,7 +202,7 @@ def _notes(rows: list[Row]) -> list[str]:
         notes.append("ens. S_MTL undefined: the seed-averaged predictions have CCC or UAR <= 0")
     for r in rows:
         for why in r.stale:
-            notes.append(f"‡ {r.system} is stale: {why}; fuse again to update it")
+            notes.append(f"‡ {r.system} is stale: {why}" + ("; fuse again to update it" if r.kind == "fusion" and "fuse" not in why else ""))
     for r in rows:
         for p in r.probe:
             notes.append(("≈ " if r.probe_tie else "") + f"{r.system}: {p}")

@@ -9,8 +9,9 @@ Every row carries two kinds of score, never mixed in one column:
 * **seed ensemble**: the score of the seed-averaged predictions (``val.csv``); for
   ``--select-on cv`` fusions, the out-of-fold score of the ensemble.
 
-Flags: ``optimistic`` (a fusion, or a learn run's epochs, chosen and scored on Val, †), ``stale`` (a fusion whose
-sources changed, vanished or are newer than it, or that missed runs added since, ‡) and
+Flags: ``optimistic`` (a fusion, or a learn run's epochs, chosen and scored on Val, †), ``stale`` (‡: any run
+whose labels, input caches or own files changed since it was made, or a fusion whose sources
+did, vanished, or that missed runs added since; :mod:`exvo.runs.provenance`) and
 ``probe`` notes for ``@best`` layers (the ridge probe's margin; ≈ when other layers lie
 within one seed-std of the chosen one, a tie within noise).
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from exvo.corpus import Corpus
 from exvo.fusion import seeds
-from exvo.fusion.runs import Run, feature_specs, fingerprint, n_seeds, read_json
+from exvo.runs.reader import Run, feature_specs, n_seeds, read_json
 from exvo.predictions import PredictionError, score as score_pred
 
 METRICS = seeds.METRICS
@@ -85,11 +86,11 @@ def _fusion_features(run: Run) -> str:
     rec = read_json(run.path / "fusion.json") or {}
     subs = rec.get("subtasks") or {}
     if rec.get("mode") == "mean":
-        return f"mean of {len(run.config.get('sources') or [])} runs"
+        return f"mean of {len(run.record.get('sources') or [])} runs"
     if rec.get("mode") == "pool":
-        return "pool of " + ", ".join(run.config.get("sources") or ["?"])
+        return "pool of " + ", ".join(run.record.get("sources") or ["?"])
     if not subs:
-        return "fusion of " + ", ".join(run.config.get("sources", []) or ["?"])
+        return "fusion of " + ", ".join(run.record.get("sources", []) or ["?"])
     short = {"emotion": "emo", "country": "cou", "age": "age"}
     dirs = (rec.get("cv") or {}).get("directions") or []
     if rec.get("select_on") == "cv" and len(dirs) == 2:
@@ -106,24 +107,21 @@ def _fusion_features(run: Run) -> str:
 
 
 def _stale(run: Run, learn_runs: list[Run]) -> list[str]:
-    """Why a fusion run no longer reflects its sources (empty: up to date)."""
-    cfg = run.config
-    out = []
-    state = cfg.get("source_state") if isinstance(cfg.get("source_state"), dict) else {}
-    paths = cfg.get("source_paths") if isinstance(cfg.get("source_paths"), dict) else {}
-    made = _num(cfg.get("created_unix"))
-    if made is None and (run.path / "val.csv").is_file():
-        made = (run.path / "val.csv").stat().st_mtime
-    for name in cfg.get("sources") or []:
-        st = state.get(name) or {}
-        p = Path(st.get("path") or paths.get(name) or run.path.parent / name)
-        if not (p / "val.csv").is_file():
-            out.append(f"source {name} is gone ({p})")
-        elif st.get("fingerprint"):
-            if fingerprint(p) != st["fingerprint"]:
-                out.append(f"source {name} changed since the fusion")
-        elif made is not None and (p / "val.csv").stat().st_mtime > made:    # older fusions: no fingerprint
-            out.append(f"source {name} is newer than the fusion")
+    """Why a run no longer reflects its inputs (empty: up to date): its provenance
+    (:attr:`exvo.runs.reader.Run.stale`), and for a fusion of "all learn runs" the runs made since.
+    Runs made before provenance was recorded: a fusion whose sources are gone or newer than it."""
+    cfg = run.record
+    if run.provenance is not None:
+        out = list(run.stale)
+    else:
+        out = []
+        made = _num(cfg.get("created_unix"))
+        for name in cfg.get("sources") or [] if run.kind == "fusion" else []:
+            p = run.path.parent / name
+            if not (p / "val.csv").is_file():
+                out.append(f"source {name} is gone ({p})")
+            elif made is not None and (p / "val.csv").stat().st_mtime > made:
+                out.append(f"source {name} is newer than the fusion")
     if cfg.get("sources_from") == "all learn runs":
         have = set(cfg.get("sources") or [])
         new = sorted(r.name for r in learn_runs if r.name not in have and r.has("Val"))
@@ -171,7 +169,7 @@ def _from_per_seed(per: list[dict]) -> tuple[dict, dict, int, int, dict, dict]:
 
 
 def make_row(run: Run, corpus: Corpus | None, learn_runs: list[Run]) -> Row:
-    cfg, met = run.config, run.metrics
+    cfg, met = run.record, run.metrics
     kind = run.kind
     summ = met.get("summary") if isinstance(met.get("summary"), dict) else {}
     per = [r for r in (met.get("per_seed") or []) if isinstance(r, dict)] if isinstance(met.get("per_seed"), list) else []
@@ -224,7 +222,7 @@ def make_row(run: Run, corpus: Corpus | None, learn_runs: list[Run]) -> Row:
         dims = str(dim) if dim is not None else "?"
     seeds_cell = str(count) if count else ("-" if kind == "fusion" else "?")
     sel = met.get("selection") if isinstance(met.get("selection"), dict) else {}
-    stale = _stale(run, learn_runs) if kind == "fusion" else []
+    stale = _stale(run, learn_runs)
     probe, tie = _probe_notes(cfg, std["s_mtl"]) if kind != "fusion" else ([], False)
     return Row(run, run.name, kind, features, dims, learner_label(cfg), seeds_cell, mean, std, ensemble, count,
                n_def, bool(sel.get("optimistic")), pe_mean, pe_std, stale, probe, tie, note, ens_undefined)
@@ -251,7 +249,7 @@ def layer_groups(rows: list[Row]) -> dict[str, list[dict]]:
     for r in rows:
         if r.kind == "fusion" or r.mean["s_mtl"] is None:
             continue
-        raw = r.run.config.get("features")
+        raw = r.run.record.get("features")
         if not isinstance(raw, list) or not raw:
             continue
         layered = []
@@ -271,9 +269,9 @@ def layer_groups(rows: list[Row]) -> dict[str, list[dict]]:
         if len(layered) != 1:
             continue
         k, name, layer, how = layered[0]
-        specs = feature_specs(r.run.config)
+        specs = feature_specs(r.run.record)
         key_feats = [s if j != k else f"{name}@*" for j, s in enumerate(specs)]
-        key = ("+".join(key_feats), learner_label(r.run.config))
+        key = ("+".join(key_feats), learner_label(r.run.record))
         point = {"layer": layer, "mean": r.mean["s_mtl"], "std": r.std["s_mtl"], "how": how, "system": r.system}
         by = groups.setdefault(key, {})
         old = by.get(layer)

@@ -29,10 +29,10 @@ import numpy as np
 
 from exvo.corpus import Corpus
 from exvo.extract.base import ExtractOptions
-from exvo.extract.cache import CacheMismatch, _config_diff
-from exvo.generate.embed import Embedded, ExtractorSpace, FeatureSpace, _plain
+from exvo.extract.cache import CacheMismatch, config_diff
+from exvo.generate.embed import Embedded, ExtractorSpace, FeatureSpace, plain_of
 from exvo.learn.features import FeatureError, FeatureSpec, Scaler
-from exvo.learn.runs import read_config
+from exvo.runs.reader import read_learn_record as read_config
 
 Trunk = Callable[[np.ndarray], np.ndarray]
 """``X`` ``(n, D)`` standardised features → ``(S, n, h)`` last-shared-layer activations."""
@@ -95,10 +95,10 @@ class ClassifierSpace(FeatureSpace):
         self.parts = []
         for b in self.blocks:
             sp = ExtractorSpace(FeatureSpec(b["name"], int(b["layer"])), corpus, cache_dir, opts, standardise=False)
-            if "cache_config" in b and _plain(sp.cache.config) != _plain(b["cache_config"]):
+            if "cache_config" in b and plain_of(sp.cache.config) != plain_of(b["cache_config"]):
                 raise CacheMismatch(
                     f"the {b['name']} cache of {corpus.name} ({sp.cache.path}) was built with other settings than "
-                    f"the one {self.run_dir.name} was trained on ({_config_diff(sp.cache.config, b['cache_config'])})")
+                    f"the one {self.run_dir.name} was trained on ({config_diff(sp.cache.config, b['cache_config'])})")
             self.parts.append(sp)
         self.scaler, _ = Scaler.load(self.run_dir / "models" / "scaler.npz")
         self.trunk, self.views, self.dim = load_trunk(self.run_dir)

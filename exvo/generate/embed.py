@@ -32,9 +32,9 @@ from typing import Sequence
 
 import numpy as np
 
-from exvo.corpus import Corpus, _listing
+from exvo.corpus import Corpus, listing
 from exvo.extract.base import ExtractOptions, get_extractor
-from exvo.extract.cache import CacheMismatch, EmbeddingCache, _config_diff
+from exvo.extract.cache import CacheMismatch, EmbeddingCache, config_diff
 from exvo.learn.features import FeatureError, FeatureSpec, Scaler, open_cache, parse_spec, resolve_layer
 
 GEN_EXT = (".wav", ".flac")
@@ -51,7 +51,7 @@ def list_generated(gen_dir: str | Path) -> list[tuple[str, Path]]:
     stems = [s for s, _ in items]
     dups = sorted({s for s in stems if stems.count(s) > 1})
     if dups:
-        raise ValueError(f"{d} has several files per name ({_listing(dups)}: e.g. x.wav and x.flac); "
+        raise ValueError(f"{d} has several files per name ({listing(dups)}: e.g. x.wav and x.flac); "
                          "keep one file per clip")
     return items
 
@@ -80,7 +80,7 @@ class FeatureSpace(ABC):
         """Embeddings of audio files ``(id, path)``; unreadable clips are failures."""
 
 
-def _plain(cfg: dict) -> dict:
+def plain_of(cfg: dict) -> dict:
     # the cache stores its config through JSON and adds its storage dtype
     d = json.loads(json.dumps(cfg, sort_keys=True, default=str))
     d.pop("storage_dtype", None)
@@ -132,11 +132,11 @@ class ExtractorSpace(FeatureSpace):
         ex = get_extractor(self.spec.name, self.opts, cache_dir=self.cache_dir)
         try:
             ex.prepare(self.corpus, self.cache_dir)   # task CNNs: the model of the real corpus
-            want, got = _plain(self.cache.config), _plain(ex.config())
+            want, got = plain_of(self.cache.config), plain_of(ex.config())
             if want != got:
                 raise CacheMismatch(
                     f"the {self.spec.name} extractor is not configured as the cache of the real clips "
-                    f"({self.cache.path}): {_config_diff(want, got)} ('cache' = real clips, 'requested' = now). "
+                    f"({self.cache.path}): {config_diff(want, got)} ('cache' = real clips, 'requested' = now). "
                     "Pass the options the cache was built with (e.g. --checkpoint), or rebuild the cache")
             out: dict[str, np.ndarray] = {}
             fails: list[tuple[str, str]] = []
@@ -161,4 +161,4 @@ class ExtractorSpace(FeatureSpace):
 
 
 def describe_failures(what: str, fails: Sequence[tuple[str, str]]) -> str:
-    return f"{len(fails)} {what} clip(s) left out: " + _listing(f"{i} ({why})" for i, why in fails)
+    return f"{len(fails)} {what} clip(s) left out: " + listing(f"{i} ({why})" for i, why in fails)

@@ -44,7 +44,7 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
-from exvo.corpus import _listing
+from exvo.corpus import listing
 from exvo.metrics import EMOTIONS
 
 AUDIO_EXT = (".wav", ".flac", ".mp3", ".ogg")
@@ -117,7 +117,7 @@ def read_ratings(path: str | Path) -> tuple[list[str], np.ndarray]:
     problems = []
     empty = [ln for k, ln in zip(keys, lines) if not k]
     if empty:
-        problems.append(f"empty File_ID on line(s) {_listing(empty)}")
+        problems.append(f"empty File_ID on line(s) {listing(empty)}")
     seen: dict[str, int] = {}
     dups = []
     for k, ln in zip(keys, lines):
@@ -125,7 +125,7 @@ def read_ratings(path: str | Path) -> tuple[list[str], np.ndarray]:
             dups.append(f"{k} (lines {seen[k]} and {ln})")
         seen.setdefault(k, ln)
     if dups:
-        problems.append(f"clip rated twice: {_listing(dups)} (give one row of average ratings per clip)")
+        problems.append(f"clip rated twice: {listing(dups)} (give one row of average ratings per clip)")
     H = np.full((len(rows), len(EMOTIONS)), math.nan)
     bad = []
     for n, r in enumerate(rows):
@@ -137,7 +137,7 @@ def read_ratings(path: str | Path) -> tuple[list[str], np.ndarray]:
         if not np.isfinite(H[n]).all():
             bad.append(lines[n])
     if bad:
-        problems.append(f"missing, non-numeric or non-finite rating on line(s) {_listing(bad)}")
+        problems.append(f"missing, non-numeric or non-finite rating on line(s) {listing(bad)}")
     if problems:
         raise RatingsError(f"ratings file {path} has problems:\n  - " + "\n  - ".join(problems))
     return keys, H
@@ -156,7 +156,7 @@ def read_manifest(path: str | Path) -> dict[str, list[str]]:
             continue
         out[clip_key(r["File_ID"] or "")] = sorted(set(emos), key=EMOTIONS.index)
     if bad:
-        raise RatingsError(f"manifest {path}: unknown or empty Target ({_listing(bad)}); "
+        raise RatingsError(f"manifest {path}: unknown or empty Target ({listing(bad)}); "
                            f"use emotion names from {', '.join(EMOTIONS)}, several separated by ';'")
     return out
 
@@ -167,7 +167,7 @@ def target_matrix(keys: list[str], manifest: dict[str, list[str]] | None = None)
     if manifest is not None:
         missing = [k for k in keys if k not in manifest]
         if missing:
-            raise RatingsError(f"the manifest has no Target for {len(missing)} rated clip(s): {_listing(missing)}")
+            raise RatingsError(f"the manifest has no Target for {len(missing)} rated clip(s): {listing(missing)}")
     for n, k in enumerate(keys):
         for e in (manifest[k] if manifest is not None else [target_from_name(k)]):
             T[n, EMOTIONS.index(e)] = 1.0

@@ -11,3 +11,7 @@ Sys-1/Sys-2 MLP module) · ``torch_learner`` (fit/predict/save/load any Multitas
 ``reference`` (the plain one-seed loop the framework must agree with) · ``runs`` (run
 folders) · ``api`` (``learn``, ``predict_run``).
 """
+
+from exvo.callable_module import make_callable
+
+make_callable(__name__)   # exvo.learn(...) is the API function (exvo.api.learn)

@@ -19,8 +19,10 @@ import numpy as np
 
 import exvo
 from exvo.corpus import Corpus, CorpusError
-from exvo.extract.cache import CacheMismatch, _config_diff
+from exvo.extract.cache import CacheMismatch, config_diff
 from exvo.learn import registry, runs
+from exvo.runs import provenance
+from exvo.runs.store import RunWriter, check_free
 from exvo.learn.features import (FeatureError, FeatureSpec, Scaler, load_features, parse_specs,
                                  report_missing)
 from exvo.learn.framework import TrainConfig
@@ -32,6 +34,7 @@ from exvo.learn.selection import SelectionConfig, selection_rows
 from exvo.learn.targets import make_targets
 from exvo.learn.threads import resolve_threads
 from exvo.predictions import Predictions
+from exvo.runs.reader import read_learn_record
 
 COMBINES = ("uncertainty", "mean", "fixed")
 
@@ -156,7 +159,7 @@ class LearnResult:
         return runs.summary_line(self.run_dir, self.metrics)
 
 
-def _constant_baseline(corpus: Corpus, t, rows) -> dict:
+def constant_baseline(corpus: Corpus, t, rows) -> dict:
     """Scores of predicting the Train mean emotions/age and the majority country on Val."""
     from exvo.learn.runs import score_quiet
 
@@ -189,7 +192,7 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
     # a preset's run must not replace the default run of the same features
     derived = runs.derive_name([s.text for s in specs], cfg.learner, arch)
     name = runs.check_name(name or (derived + ("" if cfg.preset == "default" else f"_{cfg.preset}")))
-    runs.check_free(Path(runs_dir), name, overwrite)
+    check_free(Path(runs_dir), name, overwrite)
     runs_dir, cache_dir = Path(runs_dir), Path(cache_dir)
     notes: list[str] = []
 
@@ -233,9 +236,9 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
         if sel.optimistic:
             note("note: --stop-on val: Val chose the epochs/model, so this run's Val scores are optimistic (†)")
 
-        tmp = runs.staging_dir(runs_dir, name)
-        models = tmp / "models"
-        models.mkdir()
+        writer = RunWriter(runs_dir, name, overwrite=overwrite)
+        tmp = writer.path
+        models = writer.file("models/learner.json").parent
         t0 = time.perf_counter()
         data = registry.FitData(fm.X, t, fit_rows, sel_rows, seeds, train_cfg, loss_cfg, sel, device=device,
                                 threads=threads, echo=echo, progress=cfg.progress)
@@ -276,7 +279,7 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
             a = a.astype(np.float64) * t.age_std + t.age_mean
             save_split(Predictions.from_proba(te_ids, *runs.ensemble(e, p, a)), tmp, "Test")
             save_seed_predictions(SeedPredictions(te_ids, seeds, e, p, a), tmp, "Test")
-        trivial = _constant_baseline(corpus, t, rows)
+        trivial = constant_baseline(corpus, t, rows)
     finally:
         torch.set_num_threads(old_threads)
 
@@ -317,14 +320,18 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
                     "total": round(time.perf_counter() - t_start, 2)},
         "notes": notes,
     }
-    runs.write_json(tmp / "config.json", config)
-    runs.write_json(tmp / "metrics.json", metrics)
+    writer.json("metrics.json", metrics)
     if fitted.history is not None:
-        runs.write_json(tmp / "history.json", fitted.history)
-    final = runs.commit(tmp, runs_dir / name, overwrite=overwrite)
+        writer.json("history.json", fitted.history)
+    final = writer.commit(config, provenance.inputs(corpus, caches=input_caches(fm.blocks, cache_dir)))
     echo(f"mean/majority predictor on Val: CCC {trivial['ccc']:.3f} UAR {trivial['uar']:.3f} "
          f"MAE {trivial['mae']:.2f} S_MTL {trivial['s_mtl']:.3f}")
     return LearnResult(final, metrics, config, notes)
+
+
+def input_caches(blocks, cache_dir: Path) -> list[dict]:
+    """Provenance records of the caches a run's feature blocks were read from."""
+    return [provenance.cache_record(b.name, b.cache, b.cache_fingerprint, cache_dir) for b in blocks]
 
 
 def predict_run(run_dir: str | Path, corpus: Corpus, cache_dir: str | Path = "cache", split: str = "Test",
@@ -337,7 +344,7 @@ def predict_run(run_dir: str | Path, corpus: Corpus, cache_dir: str | Path = "ca
     run_dir = Path(run_dir)
     if out is not None and Path(out).is_dir():
         raise ValueError(f"--out {out} is a folder; give the CSV file to write, e.g. --out {Path(out) / (split.lower() + '.csv')}")
-    cfg = runs.read_config(run_dir)
+    cfg = read_learn_record(run_dir)
     if "finetune" in cfg:
         raise ValueError(f"{run_dir} is an `exvo finetune` run (audio in, no feature cache); `exvo predict` applies "
                          "runs over cached features. Extract with its encoder (`exvo extract --checkpoint "
@@ -353,7 +360,7 @@ def predict_run(run_dir: str | Path, corpus: Corpus, cache_dir: str | Path = "ca
         if c.config != b["cache_config"]:
             raise CacheMismatch(
                 f"the {b['name']} cache of {corpus.name} ({c.path}) was built with other settings than the one "
-                f"{run_dir.name} was trained on ({_config_diff(c.config, b['cache_config'])}; 'cache' is this "
+                f"{run_dir.name} was trained on ({config_diff(c.config, b['cache_config'])}; 'cache' is this "
                 f"corpus, 'requested' the run's). Re-extract with the run's settings "
                 f"(`exvo extract --model {b['name']} --data {corpus.root} --overwrite` with the same options)"
             )

@@ -21,7 +21,7 @@ import torch
 
 from exvo.learn.burst2vec import AgeScale, Burst2Vec, Burst2VecConfig, predict_burst2vec, train_burst2vec
 from exvo.learn.framework import SeedStack
-from exvo.learn import runs  # save_torch: a full disk is an OSError, not a torch RuntimeError
+from exvo.runs.store import load_torch, save_torch  # a full disk is an OSError, not a torch RuntimeError
 
 
 class Burst2VecFitted:
@@ -41,7 +41,7 @@ class Burst2VecFitted:
         return e, p, ((years - self.meta["age_mean"]) / self.meta["age_std"]).astype(np.float32)
 
     def save(self, folder: Path) -> None:
-        runs.save_torch(self.stack.state_dict(), Path(folder) / "stack.pt")
+        save_torch(self.stack.state_dict(), Path(folder) / "stack.pt")
         (Path(folder) / "burst2vec.json").write_text(json.dumps(self.meta, indent=1))
 
 
@@ -72,7 +72,7 @@ def load(folder: Path, device: str) -> Burst2VecFitted:
         raise FileNotFoundError(f"{folder} has no burst2vec.json; is this a burst2vec run's models/ folder?")
     meta = json.loads(meta_path.read_text())
     cfg = _config(meta["config"])
-    state = torch.load(Path(folder) / "stack.pt", weights_only=True)
+    state = load_torch(Path(folder) / "stack.pt")
     stack = SeedStack.from_state(lambda: Burst2Vec(int(meta["dim"]), cfg), state, device)
     return Burst2VecFitted(stack, meta, [None] * len(stack.seeds), None, cfg)
 

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from exvo.corpus import Corpus, _listing
+from exvo.corpus import Corpus, listing
 from exvo.extract.cache import FORMAT, CacheError, EmbeddingCache, cache_path
 
 _SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)(?:@(?P<layer>-?\d+|best))?$")
@@ -206,7 +206,7 @@ def check_identity(corpus: Corpus, caches: Sequence[EmbeddingCache], ids: Sequen
             bad = [ids[k] for k in changed]
             raise StaleCacheError(
                 f"{len(bad)} clip(s) of {corpus.name} are not the audio the {c.extractor} cache ({c.path}) was "
-                f"made from (size, mtime or content differ): {_listing(bad)}. Their embeddings would be stale, "
+                f"made from (size, mtime or content differ): {listing(bad)}. Their embeddings would be stale, "
                 f"so nothing is done. Run {extract_hint(c.extractor, corpus, cache_dir)} (it re-extracts just "
                 "these clips), then run this command again"
             )
@@ -272,7 +272,7 @@ def load_features(corpus: Corpus, specs: Sequence[FeatureSpec], cache_dir: str |
         X = np.empty((0, dim), dtype=np.float32)
     if not np.isfinite(X).all():
         bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
-        raise FeatureError(f"non-finite features for {len(bad)} clip(s): {_listing(ids[k] for k in bad)}; "
+        raise FeatureError(f"non-finite features for {len(bad)} clip(s): {listing(ids[k] for k in bad)}; "
                            "rebuild the cache with --overwrite")
     return FeatureMatrix(X, ids, rows, blocks, missing)
 
@@ -285,13 +285,13 @@ def report_missing(fm: FeatureMatrix, corpus: Corpus, cache_dir: str | Path, nee
     if fm.missing.get("Train"):
         m = fm.missing["Train"]
         echo(f"note: {len(m)} Train clip(s) are not in the cache(s) [{names}] (failed extraction?) and are "
-             f"left out of training: {_listing(m)}")
+             f"left out of training: {listing(m)}")
     for sp in need:
         m = fm.missing.get(sp) or []
         if m:
             raise FeatureError(
                 f"{len(m)} {sp} clip(s) are not in the cache(s) [{names}], so they cannot be predicted: "
-                f"{_listing(m)}. These clips failed extraction; see the extract summary "
+                f"{listing(m)}. These clips failed extraction; see the extract summary "
                 f"(<cache>/<corpus>/<extractor>.summary.json), fix or replace their audio and run {hint} again "
                 "(it resumes and only extracts the missing clips)"
             )

@@ -46,6 +46,8 @@ import exvo
 from exvo.corpus import SAMPLE_RATE, Corpus, CorpusError, load_audio
 from exvo.device import resolve_device
 from exvo.learn import runs
+from exvo.runs import provenance
+from exvo.runs.store import RunWriter, load_torch
 from exvo.learn.burst2vec import AgeScale, Burst2Vec, Burst2VecConfig, label_tensors, make_sampler
 from exvo.learn.framework import init_seed, order_seed
 from exvo.learn.targets import make_targets, selection_score
@@ -111,10 +113,10 @@ class EncoderBurst2Vec(nn.Module):
 
     def pooled(self, wav: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """``wav`` ``(B, T)``, ``lengths`` ``(B,)`` samples → ``(B, H)`` mean of the last hidden state."""
-        from exvo.extract.ssl import _conv_frames
+        from exvo.extract.ssl import conv_frames
 
         hs = self.encoder(input_values=wav, attention_mask=mask).last_hidden_state          # (B, F, H)
-        frames = _conv_frames(self.encoder.config, lengths).clamp(1, hs.shape[1]).to(hs.device)
+        frames = conv_frames(self.encoder.config, lengths).clamp(1, hs.shape[1]).to(hs.device)
         w = (torch.arange(hs.shape[1], device=hs.device)[None, :] < frames[:, None]).to(hs.dtype)
         return (hs * w[..., None]).sum(1) / frames[:, None].to(hs.dtype)
 
@@ -166,8 +168,19 @@ def _autocast(device: torch.device, precision: str):
 
 def _save_atomic(obj, path: Path) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
+    torch.save(_builtin(obj), tmp)
     os.replace(tmp, path)
+
+
+def _builtin(o):
+    """numpy scalars as Python numbers, so the resume state loads with ``weights_only=True``."""
+    if isinstance(o, dict):
+        return {k: _builtin(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return type(o)(_builtin(v) for v in o)
+    if isinstance(o, np.generic):
+        return o.item()
+    return o
 
 
 @torch.no_grad()
@@ -234,7 +247,7 @@ def _train_seed(seed: int, cfg: FinetuneConfig, encoder0: nn.Module, audio: Audi
     st = {"epoch": 0, "best": -np.inf, "best_epoch": 0, "waited": 0, "history": [], "train_loss": [],
           "best_state": None, "seconds": []}
     if state_path.is_file():
-        saved = torch.load(state_path, map_location=device, weights_only=False)
+        saved = load_torch(state_path, map_location=device)   # tensors and plain containers only: no code runs
         if saved.get("config") != _state_key(cfg):
             raise ValueError(f"{state_path} holds an interrupted fine-tuning with other settings "
                              f"({saved.get('config')}); run with the same settings to resume it, or delete "
@@ -288,7 +301,7 @@ def finetune(corpus: Corpus, cfg: FinetuneConfig, runs_dir: str | Path = "runs",
     Interrupted (Ctrl-C, a crash, a killed job), the same call resumes after the last finished
     epoch; a resume state written with other settings is refused.
     """
-    from exvo.extract.ssl import DEFAULT_CHECKPOINTS, _receptive_field, load_checkpoint
+    from exvo.extract.ssl import DEFAULT_CHECKPOINTS, receptive_field, load_checkpoint
 
     cfg.validate()
     t_start = time.perf_counter()
@@ -306,7 +319,7 @@ def finetune(corpus: Corpus, cfg: FinetuneConfig, runs_dir: str | Path = "runs",
     t = make_targets(corpus, ids, rows)
     sel = SelectionConfig(on=cfg.stop_on, holdout_frac=cfg.holdout)
     fit_rows, sel_rows = selection_rows(corpus, ids, rows, sel)
-    audio = AudioBatches(corpus, ids, fe, cfg.rms_db, _receptive_field(encoder.config))
+    audio = AudioBatches(corpus, ids, fe, cfg.rms_db, receptive_field(encoder.config))
     scale = AgeScale.fit(t.age[fit_rows])
     labels = label_tensors(t.emotions, t.country, t.age, scale)
     head_cfg = copy.copy(cfg.head)
@@ -320,8 +333,8 @@ def finetune(corpus: Corpus, cfg: FinetuneConfig, runs_dir: str | Path = "runs",
     state_dir.mkdir(parents=True, exist_ok=True)
     seeds = cfg.seed_list
     amp, _ = _autocast(device, "fp16" if cfg.precision == "auto" else cfg.precision)
-    tmp = runs.staging_dir(runs_dir, name)
-    try:
+    with RunWriter(runs_dir, name) as writer:
+        tmp = writer.path
         outs: dict[str, list] = {"Val": [], "Test": []}
         histories = []
         for seed in seeds:
@@ -334,10 +347,10 @@ def finetune(corpus: Corpus, cfg: FinetuneConfig, runs_dir: str | Path = "runs",
             enc_dir = tmp / "models" / f"encoder_seed{seed}"
             model.encoder.save_pretrained(enc_dir)
             fe.save_pretrained(enc_dir)
-            torch.save({k: v.cpu() for k, v in model.head.state_dict().items()}, tmp / "models" / f"head_seed{seed}.pt")
+            writer.torch(f"models/head_seed{seed}.pt", {k: v.cpu() for k, v in model.head.state_dict().items()})
             del model
         metrics = _write_predictions(tmp, corpus, ids, rows, seeds, outs, [h["best_epoch"] for h in histories])
-        from exvo.learn.api import _constant_baseline
+        from exvo.learn.api import constant_baseline
 
         config = {
             "kind": "learn", "exvo_version": exvo.__version__, "name": name,
@@ -353,18 +366,15 @@ def finetune(corpus: Corpus, cfg: FinetuneConfig, runs_dir: str | Path = "runs",
             "clips": {"train": int(fit_rows.size), "early_stopping": int(sel_rows.size),
                       "val": int(rows["Val"].size), "test": int(rows["Test"].size)},
             "std_over_seeds": "population (ddof=0)",
-            "constant_predictor_val": _constant_baseline(corpus, t, rows) if corpus.has_labels("Val") else None,
+            "constant_predictor_val": constant_baseline(corpus, t, rows) if corpus.has_labels("Val") else None,
             "seconds": {"total": round(time.perf_counter() - t_start, 2)},
         }
-        runs.write_json(tmp / "config.json", config)
-        runs.write_json(tmp / "history.json", {"per_seed": histories})
+        writer.json("history.json", {"per_seed": histories})
         if metrics is not None:
             metrics["selection"] = {"select_on": sel.on, "optimistic": sel.optimistic, "note": sel.describe()}
             metrics["val_optimistic"] = sel.optimistic
-            runs.write_json(tmp / "metrics.json", metrics)
-        final = runs.commit(tmp, runs_dir / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)       # already renamed after a commit; a failure leaves no half run
+            writer.json("metrics.json", metrics)
+        final = writer.commit(config, provenance.inputs(corpus))   # audio in: the labels are its inputs
     shutil.rmtree(state_dir, ignore_errors=True)
     return final, metrics
 

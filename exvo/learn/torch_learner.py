@@ -23,7 +23,7 @@ import torch
 from exvo.learn.framework import SeedStack, predict as stack_predict, shuffled_batches, train_seeds
 from exvo.learn.multitask import LossConfig, MultitaskModule, check_outputs, data_tensors
 from exvo.learn.targets import selection_score
-from exvo.learn import runs  # save_torch: a full disk is an OSError, not a torch RuntimeError
+from exvo.runs.store import load_torch, save_torch  # a full disk is an OSError, not a torch RuntimeError
 
 
 class TorchFitted:
@@ -45,7 +45,7 @@ class TorchFitted:
         return self.outputs({"x": torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))}, np.arange(len(X)))
 
     def save(self, folder: Path) -> None:
-        runs.save_torch(self.stack.state_dict(), folder / "stack.pt")
+        save_torch(self.stack.state_dict(), folder / "stack.pt")
         (folder / "module.json").write_text(json.dumps(self.meta, indent=1))
 
 
@@ -103,6 +103,6 @@ def load_module(folder: Path, device: str, make: Callable[[int, dict, LossConfig
                                 "(before the learner framework). Re-run `exvo learn` to rebuild it")
     meta = json.loads(meta_path.read_text())
     loss = LossConfig(**{k: (tuple(v) if k == "weights" else v) for k, v in meta["loss"].items()})
-    state = torch.load(Path(folder) / "stack.pt", weights_only=True)
+    state = load_torch(Path(folder) / "stack.pt")
     stack = SeedStack.from_state(lambda: make(int(meta["dim"]), meta["config"], loss), state, device)
     return TorchFitted(stack, meta, [None] * len(stack.seeds), None, {}, vectorise)

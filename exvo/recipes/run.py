@@ -201,10 +201,34 @@ def _done(argv: list[str], data: Path, cache: Path, runs: Path, ledger: dict[str
         corpus = Corpus.from_dir(data)
         path = cache_path(cache, corpus.name, argv[argv.index("--model") + 1])
         try:
-            return path.is_file() and set(corpus.ids) <= set(EmbeddingCache(path).ids)
+            return path.is_file() and audio_unchanged(corpus, EmbeddingCache(path))
         except Exception:       # a damaged cache is the extract step's business: run it
             return False
     return False
+
+
+def audio_unchanged(corpus, cache) -> bool:
+    """Whether the cache holds every clip of ``corpus`` with the audio (size, mtime) it was made
+    from: a changed wav makes the extract step run (it re-extracts just the changed clips)."""
+    ident = dict(zip(cache.ids, cache.identities))
+    for cid, path in corpus.audio_files():
+        d = ident.get(cid)
+        if d is None:
+            return False
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        if d.size >= 0 and (st.st_size != d.size or st.st_mtime_ns != d.mtime_ns):
+            return False
+    return True
+
+
+def stale_reasons(folder: Path, cache: Path) -> list[str]:
+    """Why a finished run folder no longer reflects its inputs (:attr:`exvo.runs.reader.Run.stale`)."""
+    from exvo.runs.reader import load_run
+
+    return load_run(folder, cache).stale
 
 
 def _run_step(argv: list[str], quiet: bool, echo: Callable[[str], None]) -> int:
@@ -227,6 +251,9 @@ def _earlier(row: Row, recipe: Recipe, argvs: list[list[str]], data: Path, cache
         ok = all(_done(a, data, cache, runs, ledger) for a in argvs) and (run_dir / "metrics.json").is_file()
     except StaleRun:
         ok = False
+    if ok and (why := stale_reasons(run_dir, cache)):
+        return RowOutcome(row, "stale", f"{run_dir.name}: {'; '.join(why)}; `exvo reproduce {recipe.name}` "
+                                        "makes it again", run_dir=run_dir)
     if ok:
         return RowOutcome(row, "done", "from an earlier run", run_dir=run_dir)
     return RowOutcome(row, "not run", f"not in the reduced recipe; `exvo reproduce {recipe.name}` runs it")
@@ -271,18 +298,26 @@ def execute(recipe: Recipe, data: Path, cache: Path, runs: Path, checkpoint_dir:
             except StaleRun as e:
                 out.status, out.detail = "stale", str(e)
                 break
+            folder = _step_run_folder(argv, runs)
+            stale = stale_reasons(folder, cache) if done and folder is not None else []
+            run_argv = argv
+            if stale:
+                # a stale run is not done: make it again; the new run replaces it only once complete
+                echo(f"  stale: {folder.name}: {'; '.join(stale)}")
+                done = False
+                if "--overwrite" in commands.get(argv[0], set()):
+                    run_argv = [*argv, "--overwrite"]
             if key in ran:
                 rc = ran[key]
             elif done:
                 echo(f"  done already: exvo {shlex.join(argv)}")
                 rc = 0
             else:
-                echo(f"  $ exvo {shlex.join(argv)}")
+                echo(f"  $ exvo {shlex.join(run_argv)}")
                 t0 = time.perf_counter()
-                rc = _run_step(argv, quiet, echo)
+                rc = _run_step(run_argv, quiet, echo)
                 echo(f"    exit {rc} [{time.perf_counter() - t0:.0f} s]")
                 out.steps_run += 1
-                folder = _step_run_folder(argv, runs)
                 if rc == 0 and folder is not None:
                     _record(ledger_path, folder, argv)
             ran[key] = rc

@@ -36,6 +36,8 @@ import exvo
 from exvo.corpus import Corpus, CorpusError
 from exvo.device import resolve_device
 from exvo.learn import runs
+from exvo.runs import provenance
+from exvo.runs.store import RunWriter
 from exvo.learn.framework import TrainConfig, predict, train_seeds
 from exvo.metrics import EMOTIONS, uar
 from exvo.verify.encoder import ENCODERS, EncoderConfig, VerifyModule
@@ -271,8 +273,9 @@ def verify(corpus: Corpus, cfg: VerifyConfig, cache_dir: str | Path = "cache", r
     echo(f"task {' vs '.join(cfg.task)} (unseen: {', '.join(EMOTIONS[c] for c in unseen)}); enrol {cfg.enrol} per class "
          f"from Val; {queries.size} queries from {qsplit} {qcount}")
 
-    tmp = runs.staging_dir(Path(runs_dir) / "verify", name := runs.check_name(name or _derive_name(cfg)))
-    try:
+    writer = RunWriter(Path(runs_dir) / "verify", name or _derive_name(cfg))
+    name, tmp = writer.name, writer.path
+    with writer:
         fitres, make = _train(inp, labels, fit, held, seen, cfg.loss, cfg, device, echo)
         stack = fitres.stack
         vec = inp.kind == "mlp"
@@ -356,7 +359,7 @@ def verify(corpus: Corpus, cfg: VerifyConfig, cache_dir: str | Path = "cache", r
                  seen_train_class=labels[fit[:: max(1, fit.size // 400)]])
         models = tmp / "models"
         models.mkdir()
-        torch.save(stack.state_dict(), models / "encoder.pt")
+        writer.torch("models/encoder.pt", stack.state_dict())
         inp.save_scaler(models / "scaler.npz")
         config = {
             "kind": "verify", "exvo_version": exvo.__version__, "name": name,
@@ -367,16 +370,10 @@ def verify(corpus: Corpus, cfg: VerifyConfig, cache_dir: str | Path = "cache", r
             "standardisation": "per-feature mean/std of the pretraining (seen-class, fit) Train clips",
             "seconds": round(time.perf_counter() - t_start, 2),
         }
-        runs.write_json(tmp / "config.json", config)
-        runs.write_json(tmp / "metrics.json", metrics)
-        runs.write_json(tmp / "history.json", {"heldout_seen_uar": fitres.history, "train_loss": fitres.train_loss,
-                                               "best_epoch": fitres.best_epoch, "epochs_run": fitres.epochs_run})
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    final = runs.commit(tmp, Path(runs_dir) / "verify" / name)
+        writer.json("metrics.json", metrics)
+        writer.json("history.json", {"heldout_seen_uar": fitres.history, "train_loss": fitres.train_loss,
+                                     "best_epoch": fitres.best_epoch, "epochs_run": fitres.epochs_run})
+        final = writer.commit(config, provenance.inputs(corpus, caches=inp.cache_records(cache_dir)))
     return VerifyResult(final, metrics, config)
 
 

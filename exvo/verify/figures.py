@@ -19,7 +19,7 @@ import numpy as np
 from exvo.metrics import EMOTIONS
 
 
-def _figure(w: float, h: float):
+def new_figure(w: float, h: float):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(w, h), dpi=120, layout="constrained")
@@ -50,7 +50,7 @@ def np_curve(items: list[tuple[str, dict, dict | None]], path: Path, chance: flo
     """``items``: ``(label, {N_p: {"mean", "std"}}, all-reference UAR {"mean", "std"} or None)``."""
     import matplotlib
 
-    fig = _figure(8, 5.6)
+    fig = new_figure(8, 5.6)
     ax = fig.add_subplot()
     cmap = matplotlib.colormaps["tab10"]
     for k, (name, curve, ref) in enumerate(items):
@@ -100,7 +100,7 @@ def projection(npz: Path, path: Path, title: str) -> Path:
     def proj(a):
         return (a - mu) @ W
 
-    fig = _figure(10, 6)
+    fig = new_figure(10, 6)
     ax = fig.add_subplot()
     cmap = matplotlib.colormaps["tab10"]
     colour = {c: cmap(k % 10) for k, c in enumerate(seen + [c for c in task if c not in seen])}

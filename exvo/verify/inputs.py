@@ -41,6 +41,13 @@ class Inputs:
         what = f"{x.shape[1]} frames max" if self.kind == "gru" else "utterance vectors"
         return f"features {', '.join(b['spec'] for b in self.info)} ({self.dim} dims, {what}, {x.shape[0]} clips)"
 
+    def cache_records(self, cache_dir) -> list[dict]:
+        """Provenance records of the caches these inputs came from (:mod:`exvo.runs.provenance`)."""
+        from exvo.runs.provenance import cache_record
+
+        return [cache_record(b["name"], b["cache"], b["cache_fingerprint"], cache_dir) for b in self.info
+                if b.get("cache") and b.get("cache_fingerprint")]
+
     def standardise(self, rows: np.ndarray) -> None:
         """Fit mean/std on ``rows`` (valid frames only for sequences) and apply to every clip, in place."""
         x = self.data["x"]

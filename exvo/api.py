@@ -1,0 +1,124 @@
+"""The Python API: what ``import exvo`` offers, and what the ``exvo`` commands call.
+
+Every function is quiet unless ``progress=True`` (then it prints what the command would).
+Runs come back as :class:`exvo.runs.reader.Run` (``scores`` DataFrame, ``predictions``,
+``config`` dataclass, ``stale``). See ``docs/api.md``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from exvo.corpus import Corpus, file_stem
+from exvo.runs.reader import Run, load_run
+
+
+def _echo(progress: bool):
+    return print if progress else (lambda m: None)
+
+
+def _corpus(corpus: Corpus | str | Path) -> Corpus:
+    return corpus if isinstance(corpus, Corpus) else Corpus.from_dir(corpus)
+
+
+def extract(corpus: Corpus | str | Path, model: str, cache_dir: str | Path = "cache", *, overwrite: bool = False,
+            progress: bool = False, **options):
+    """Extract utterance embeddings of every clip into ``<cache_dir>/<corpus>/<model>.h5`` (resumes
+    a partial cache) and return the finished :class:`~exvo.extract.cache.EmbeddingCache`
+    (``ids`` ``(N,)``, ``n_layers`` L, ``dim`` F). ``options``: fields of
+    :class:`~exvo.extract.base.ExtractOptions` (``checkpoint=``, ``workers=``, …)."""
+    from exvo.config import from_dict
+    from exvo.extract.base import ExtractOptions
+    from exvo.extract.cache import EmbeddingCache
+    from exvo.extract.run import extract as run_extract
+
+    corpus = _corpus(corpus)
+    unknown = sorted(set(options) - set(ExtractOptions.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"unknown extract option(s) {unknown}; known: {sorted(ExtractOptions.__dataclass_fields__)}")
+    summary = run_extract(corpus, model, cache_dir, from_dict(ExtractOptions, options), overwrite=overwrite,
+                          progress=progress)
+    return EmbeddingCache(summary.cache)
+
+
+def load_features(corpus: Corpus | str | Path, features: str | Sequence[str], split: str = "Train",
+                  cache_dir: str | Path = "cache", *, frame: bool = False, brackets: bool = True):
+    """Cached features of one split: ``(ids, X)`` with ``X`` ``(n_clips, dim)`` float32 (raw, not
+    standardised; several feature specs are concatenated, ``wavlm@12`` picks a layer), or with
+    ``frame=True`` a ``pandas.DataFrame`` indexed by ``File_ID``. ``brackets=False`` gives the ids
+    without the ExVo brackets (``"[00001]"`` → ``"00001"``)."""
+    from exvo.learn.features import load_features as load, parse_specs
+
+    corpus = _corpus(corpus)
+    split = split.capitalize()
+    fm = load(corpus, parse_specs(features), cache_dir, echo=lambda m: None, need_train=False)
+    rows = fm.rows[split]
+    ids = [fm.ids[k] if brackets else file_stem(fm.ids[k]) for k in rows]
+    X = fm.X[rows]
+    if not frame:
+        return ids, X
+    import pandas as pd
+
+    cols = [f"{b.spec}:{k}" for b in fm.blocks for k in range(b.dim)]
+    return pd.DataFrame(X, index=pd.Index(ids, name="File_ID"), columns=cols)
+
+
+def learn(corpus: Corpus | str | Path, features: str | Sequence[str], learner: str = "mlp", seeds: int = 5, *,
+          cache_dir: str | Path = "cache", runs_dir: str | Path = "runs", name: str | None = None,
+          overwrite: bool = False, progress: bool = False, **settings) -> Run:
+    """Train ``seeds`` models of ``learner`` on the cached ``features`` (Train), choose epochs on a
+    speaker-disjoint Train hold-out, score Val, predict Val and Test; write and return the run.
+    ``settings``: fields of :class:`~exvo.learn.api.LearnConfig` (``preset=``, ``arch=``, ``lr=``, …)."""
+    from exvo.learn.api import LearnConfig, learn as run_learn
+
+    feats = [features] if isinstance(features, str) else list(features)
+    cfg = LearnConfig(features=feats, learner=learner, seeds=seeds, progress=progress, **settings)
+    res = run_learn(_corpus(corpus), cfg, cache_dir, runs_dir, name=name, echo=_echo(progress), overwrite=overwrite)
+    return load_run(res.run_dir, cache_dir)
+
+
+def fuse(corpus: Corpus | str | Path, runs: Sequence[str] | None = None, *, runs_dir: str | Path = "runs",
+         mode: str = "hybrid", top: int = 1, weighted: bool = False, select_on: str = "val",
+         name: str | None = None, progress: bool = False) -> Run:
+    """Late fusion of finished runs (names under ``runs_dir``, default all learn runs): ``hybrid``
+    picks the best run per subtask, ``mean`` averages; ``select_on="cv"`` scores out of fold."""
+    from exvo.fusion.api import fuse as run_fuse
+
+    res = run_fuse(_corpus(corpus), runs_dir, list(runs) if runs is not None else None, mode=mode, top=top,
+                   weighted=weighted, select_on=select_on, name=name, echo=_echo(progress))
+    return load_run(res.path)
+
+
+def fewshot(corpus: Corpus | str | Path, features: str | Sequence[str], variant: str = "none", seeds: int = 5, *,
+            cache_dir: str | Path = "cache", runs_dir: str | Path = "runs", name: str | None = None,
+            progress: bool = False, **settings) -> Run:
+    """The few-shot personalisation track (:mod:`exvo.fewshot.api`); run in ``<runs_dir>/fewshot/``."""
+    from exvo.fewshot.api import FewShotConfig, fewshot as run_fewshot
+
+    feats = [features] if isinstance(features, str) else list(features)
+    cfg = FewShotConfig(features=feats, variant=variant, seeds=seeds, **settings)
+    res = run_fewshot(_corpus(corpus), cfg, cache_dir, runs_dir, name=name, echo=_echo(progress))
+    return load_run(res.run_dir, cache_dir)
+
+
+def verify(corpus: Corpus | str | Path, features: str, *, cache_dir: str | Path = "cache",
+           runs_dir: str | Path = "runs", name: str | None = None, progress: bool = False, **settings) -> Run:
+    """Enrol-to-verify (:mod:`exvo.verify.api`); ``settings``: fields of
+    :class:`~exvo.verify.api.VerifyConfig`. Run in ``<runs_dir>/verify/``."""
+    from exvo.verify.api import VerifyConfig, verify as run_verify
+
+    res = run_verify(_corpus(corpus), VerifyConfig(features=features, **settings), cache_dir, runs_dir, name=name,
+                     echo=_echo(progress))
+    return load_run(res.run_dir, cache_dir)
+
+
+def report(runs_dir: str | Path = "runs", out_dir: str | Path | None = None,
+           corpus: Corpus | str | Path | None = None) -> str:
+    """Write ``report.md``/``report.csv`` and figures (default ``<runs_dir>/report``); return the table."""
+    from exvo.fusion.report import make_report
+
+    out = Path(out_dir) if out_dir is not None else Path(runs_dir) / "report"
+    return make_report(runs_dir, out, _corpus(corpus) if corpus is not None else None)
+
+
+__all__ = ["Corpus", "Run", "extract", "fewshot", "fuse", "learn", "load_features", "load_run", "report", "verify"]
