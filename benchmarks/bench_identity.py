@@ -85,7 +85,8 @@ def main() -> None:
 
     # reading one layer of an eGeMAPS-sized cache (what learn reads anyway)
     from exvo.extract import h5io as W
-    from exvo.extract.cache import CacheWriter, EmbeddingCache
+    from exvo.extract.cache import EmbeddingCache
+    from exvo.extract.cache_writer import CacheWriter
 
     ids = [f"[{k:05d}]" for k in range(a.n)]
     h5 = base / "c" / "egemaps.h5"

@@ -78,6 +78,23 @@ def ccc(y_true, y_pred, convention: CCCConvention = "challenge") -> float:
     return 2.0 * cov / denom
 
 
+def ccc_along(t: np.ndarray, p: np.ndarray, axis: int = -2, convention: CCCConvention = "population") -> np.ndarray:
+    """CCC of many pairs at once: reduces ``axis`` of two equal-shape arrays (e.g. ``(R, n, k)``
+    bootstrap resamples → ``(R, k)``); 0 where undefined (both constant and equal), no warning.
+    The same formula as :func:`ccc`, vectorised."""
+    if convention not in CCC_CONVENTIONS:
+        raise ValueError(f"unknown CCC convention {convention!r}; expected one of {CCC_CONVENTIONS}")
+    t, p = np.asarray(t, np.float64), np.asarray(p, np.float64)
+    n = t.shape[axis]
+    mt, mp = t.mean(axis, keepdims=True), p.mean(axis, keepdims=True)
+    dt, dp = t - mt, p - mp
+    cov = (dt * dp).mean(axis)
+    ddof = 1 if convention == "challenge" else 0
+    den = (dt * dt).sum(axis) / (n - ddof) + (dp * dp).sum(axis) / (n - ddof) \
+        + (np.squeeze(mt, axis) - np.squeeze(mp, axis)) ** 2
+    return np.divide(2 * cov, den, out=np.zeros_like(cov), where=den > 0)
+
+
 def mean_ccc(y_true, y_pred, convention: CCCConvention = "challenge") -> tuple[float, list[float]]:
     """Mean CCC over columns of two ``(n_clips, n_emotions)`` arrays.
 

@@ -74,7 +74,8 @@ def toy_learn_world(tmp_path: Path, n: int) -> tuple[Path, Path]:
     import numpy as np
 
     from exvo.corpus import Corpus
-    from exvo.extract.cache import CacheWriter, cache_path
+    from exvo.extract.cache import cache_path
+    from exvo.extract.cache_writer import CacheWriter
 
     root = tmp_path / "lw"
     good_corpus(root, n, split_cycle=("Train", "Train", "Val"))

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from exvo.extract import cache as cache_mod
-from exvo.extract.cache import FORMAT, CacheError, CacheWriter, EmbeddingCache, cache_path
+from exvo.extract.cache import FORMAT, CacheError, EmbeddingCache, cache_path
+from exvo.extract.cache_writer import CacheWriter
 
 
 def _ids(n):

@@ -19,7 +19,8 @@ import fault_extractor
 from fault_corpus import HEADER, good_corpus, row, tone, toy_learn_world, write_table, write_wav
 from exvo.cli import app
 from exvo.corpus import Corpus, CorpusError
-from exvo.extract.cache import CacheDtypeError, CacheError, CacheWriter, EmbeddingCache, cache_path
+from exvo.extract.cache import CacheDtypeError, CacheError, EmbeddingCache, cache_path
+from exvo.extract.cache_writer import CacheWriter
 from exvo.extract.run import extract
 from exvo.predictions import PredictionError, Predictions, score
 

@@ -20,7 +20,8 @@ import fault_extractor
 from fault_corpus import good_corpus
 from fault_extractor import InterruptAfter, RmsExtractor
 from exvo.corpus import Corpus
-from exvo.extract.cache import CacheBusy, CacheError, CacheMismatch, CacheWriter, EmbeddingCache, cache_path
+from exvo.extract.cache import CacheBusy, CacheError, CacheMismatch, EmbeddingCache, cache_path
+from exvo.extract.cache_writer import CacheWriter
 from exvo.extract.run import extract
 
 HERE = Path(__file__).resolve().parent

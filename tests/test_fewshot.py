@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from exvo.cli import app
 from exvo.corpus import Corpus
-from exvo.extract.cache import CacheWriter, cache_path
+from exvo.extract.cache import cache_path
+from exvo.extract.cache_writer import CacheWriter
 from exvo.fewshot import protocol as P
 from exvo.fewshot.api import FewShotConfig, fewshot, holdout_protocol
 from exvo.fewshot.report import fewshot_section
@@ -81,7 +82,10 @@ def test_population_ccc_matches_a_hand_computed_value():
     m, per = P.fewshot_ccc(T, Pm)
     assert m == pytest.approx(hand) and per == pytest.approx([hand] * 10)
     assert ccc(t, p, "challenge") < hand          # the track uses the population form, not the challenge one
-    assert P._ccc_batched(T[None], Pm[None])[0] == pytest.approx(hand)
+    from exvo.metrics import ccc_along
+
+    assert ccc_along(T[None], Pm[None], 1).mean(1)[0] == pytest.approx(hand)      # the one CCC, vectorised
+    assert ccc_along(t, p, 0, "challenge") == pytest.approx(ccc(t, p, "challenge"))
 
 
 def test_bootstrap_interval_brackets_the_score_and_is_reproducible():

@@ -7,7 +7,8 @@ import pytest
 
 from exvo.corpus import Corpus, load_audio
 from exvo.extract.base import ExtractOptions
-from exvo.extract.cache import CacheMismatch, CacheWriter, EmbeddingCache, cache_path
+from exvo.extract.cache import CacheMismatch, EmbeddingCache, cache_path
+from exvo.extract.cache_writer import CacheWriter
 from exvo.extract.layers import parse_layers
 from exvo.extract.run import extract
 from exvo.extract.ssl import SSLExtractor

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from exvo.corpus import Corpus
-from exvo.extract.cache import CacheMismatch, CacheWriter, cache_path
+from exvo.extract.cache import CacheMismatch, cache_path
+from exvo.extract.cache_writer import CacheWriter
 from exvo.learn import reference
 from exvo.learn.api import LearnConfig, learn, predict_run
 from exvo.learn.framework import TrainConfig

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from exvo.corpus import Corpus
-from exvo.extract.cache import CacheWriter, cache_path
+from exvo.extract.cache import cache_path
+from exvo.extract.cache_writer import CacheWriter
 from exvo.metrics import EMOTIONS
 from exvo.verify import api as vapi
 from exvo.verify.api import VerifyConfig, verify

@@ -253,15 +253,3 @@ class EmbeddingCache:
         x = self._read(np.s_[...])
         rows = self._rows(ids)
         return np.asarray(x if rows is None else x[rows], dtype=dtype)
-
-
-
-
-def __getattr__(name: str):
-    # the writer lives in its own module (which imports this one); `from exvo.extract.cache
-    # import CacheWriter` keeps working without a circular import
-    if name == "CacheWriter":
-        from exvo.extract.cache_writer import CacheWriter
-
-        return CacheWriter
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,8 @@ import numpy as np
 
 from exvo.corpus import Corpus, listing
 from exvo.extract.base import ExtractOptions, Extractor, get_extractor
-from exvo.extract.cache import CacheDtypeError, CacheError, CacheWriter, cache_path, files_fingerprint
+from exvo.extract.cache import CacheDtypeError, CacheError, cache_path, files_fingerprint
+from exvo.extract.cache_writer import CacheWriter
 from exvo.extract.identity import ClipIdentity, compare, identify, stat_all
 from exvo.extract.layers import kept as kept_layers, with_layers
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from exvo.corpus import Corpus, CorpusError, listing
-from exvo.metrics import EMOTIONS, mean_ccc
+from exvo.metrics import EMOTIONS, ccc_along, mean_ccc
 
 SHOTS = 2
 CONVENTION = "population"
@@ -194,16 +194,6 @@ def fewshot_ccc(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, list[flo
     return mean_ccc(y_true, y_pred, CONVENTION)
 
 
-def _ccc_batched(t: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """Population mean CCC of ``(R, n, k)`` resampled pairs → ``(R,)`` (0 where undefined)."""
-    mt, mp = t.mean(1, keepdims=True), p.mean(1, keepdims=True)
-    dt, dp = t - mt, p - mp
-    cov = (dt * dp).mean(1)
-    den = (dt * dt).mean(1) + (dp * dp).mean(1) + (mt[:, 0] - mp[:, 0]) ** 2
-    c = np.divide(2 * cov, den, out=np.zeros_like(cov), where=den > 0)
-    return c.mean(1)
-
-
 def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, resamples: int = 1000, level: float = 0.95,
                  seed: int = 0, chunk: int = 100) -> tuple[float, float]:
     """Percentile bootstrap interval of :func:`fewshot_ccc`: ``resamples`` draws of the query clips
@@ -216,7 +206,7 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, resamples: int = 1000, 
     vals = []
     for s in range(0, resamples, chunk):
         idx = rng.integers(0, t.shape[0], size=(min(chunk, resamples - s), t.shape[0]))
-        vals.append(_ccc_batched(t[idx], p[idx]))
+        vals.append(ccc_along(t[idx], p[idx], 1).mean(1))
     v = np.concatenate(vals)
     a = (1.0 - level) / 2
     return float(np.quantile(v, a)), float(np.quantile(v, 1 - a))
@@ -233,7 +223,7 @@ def paired_gain_ci(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, r
     vals = []
     for s in range(0, resamples, chunk):
         idx = rng.integers(0, t.shape[0], size=(min(chunk, resamples - s), t.shape[0]))
-        vals.append(_ccc_batched(t[idx], b[idx]) - _ccc_batched(t[idx], a[idx]))
+        vals.append(ccc_along(t[idx], b[idx], 1).mean(1) - ccc_along(t[idx], a[idx], 1).mean(1))
     v = np.concatenate(vals)
     q = (1.0 - level) / 2
     return fewshot_ccc(t, b)[0] - fewshot_ccc(t, a)[0], float(np.quantile(v, q)), float(np.quantile(v, 1 - q))

@@ -20,8 +20,8 @@ audio or settings changed and it was re-extracted); one of the run's own files w
 or removed; a source run of a fusion or pool was re-made, removed or is stale itself.
 Sources are named relative to the folder that holds the run, so a runs folder copied
 elsewhere is checked against its own copies. Nothing is re-hashed when its size and mtime
-are unchanged, and audio is never read (cache fingerprints hold that), so checking 200 runs
-costs well under a second (``benchmarks/bench_provenance.py``).
+are unchanged, and audio is never read (cache fingerprints hold that): 220 runs with
+ExVo-sized files took 0.075 s, 65× less than re-hashing them (``benchmarks/bench_provenance.py``).
 """
 from __future__ import annotations
 
