@@ -53,6 +53,7 @@ from exvo.runs.store import RunWriter
 from exvo.learn.features import Scaler, load_features, parse_specs, report_missing
 from exvo.learn.framework import TrainConfig, train_seeds
 from exvo.learn.probe import probe_layers
+from exvo.learn.selection import holdout_split
 
 FT_GRID = [("all", 1, 1e-4), ("all", 10, 1e-4), ("all", 10, 1e-3), ("head", 10, 1e-3), ("head", 10, 1e-2),
            ("bias", 10, 1e-2), ("bias", 10, 5e-2)]
@@ -154,10 +155,8 @@ def holdout_protocol(rows: np.ndarray, spk: np.ndarray, frac: float, seed: int =
     speakers = list(dict.fromkeys(spk[rows].tolist()))
     if len(speakers) < 2:
         raise ValueError("few-shot training needs at least 2 Train speakers (one is held out for model selection)")
-    rng = np.random.default_rng(seed)
-    k = min(len(speakers) - 1, max(1, int(round(frac * len(speakers)))))
-    held = set(rng.choice(speakers, size=k, replace=False).tolist())
-    fit = rows[~np.isin(spk[rows], list(held))]
+    fit, held_rows = holdout_split(rows, spk[rows], None, frac, seed)     # the one hold-out rule
+    held = set(spk[held_rows].tolist())
     eps = []
     for s in speakers:
         if s in held:

@@ -85,11 +85,19 @@ def holdout_speakers(speakers: np.ndarray, country: np.ndarray, frac: float, see
     return held
 
 
-def holdout_split(train_rows: np.ndarray, speakers: np.ndarray, country: np.ndarray, frac: float = 0.1,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Speaker-disjoint ``(fit rows, held-out rows)`` of ``train_rows``; ``speakers`` and ``country``
-    are aligned with ``train_rows``."""
-    held = holdout_speakers(np.asarray(speakers), np.asarray(country), frac, seed)
+def holdout_split(train_rows: np.ndarray, speakers: np.ndarray, country: np.ndarray | None = None,
+                  frac: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Speaker-disjoint ``(fit rows, held-out rows)`` of ``train_rows`` — the one hold-out rule of
+    exvo (learn, fewshot, verify, task CNNs). ``speakers`` and ``country`` are aligned with
+    ``train_rows``; ``country=None`` (a corpus or task without countries): one stratum, at
+    least one speaker on each side."""
+    speakers = np.asarray(speakers)
+    if country is None:
+        n = np.unique(speakers).size
+        if n < 2:
+            raise ValueError(f"a speaker-disjoint hold-out needs at least 2 speakers, got {n}")
+        country = np.full(speakers.shape[0], -1)
+    held = holdout_speakers(speakers, np.asarray(country), frac, seed)
     mask = np.array([s in held for s in speakers], dtype=bool)
     return train_rows[~mask], train_rows[mask]
 

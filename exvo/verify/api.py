@@ -36,6 +36,7 @@ import exvo
 from exvo.corpus import Corpus, CorpusError
 from exvo.device import resolve_device
 from exvo.learn import runs
+from exvo.learn.selection import holdout_split
 from exvo.runs import provenance
 from exvo.runs.store import RunWriter
 from exvo.learn.framework import TrainConfig, predict, train_seeds
@@ -157,17 +158,6 @@ def class_labels(corpus: Corpus, ids: list[str]) -> tuple[np.ndarray, bool]:
     return np.array([lab[pos[i]] for i in ids], dtype=np.int64), test_labelled
 
 
-def speaker_holdout(rows: np.ndarray, speakers: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Speaker-disjoint ``(kept rows, held-out rows)``; at least one speaker on each side."""
-    spk = np.unique(speakers)
-    if spk.size < 2:
-        raise ValueError(f"a speaker-disjoint hold-out needs at least 2 speakers, got {spk.size}")
-    k = min(spk.size - 1, max(1, int(round(frac * spk.size))))
-    held = set(np.random.default_rng(seed).choice(spk, size=k, replace=False).tolist())
-    mask = np.array([s in held for s in speakers], dtype=bool)
-    return rows[~mask], rows[mask]
-
-
 def _train(inp: Inputs, labels: np.ndarray, fit: np.ndarray, held: np.ndarray, classes: list[int], loss: str,
            cfg: VerifyConfig, device: str, echo: Callable[[str], None], select: str = "prototype"):
     """Train one encoder per seed on ``fit`` rows of ``classes``; select epochs on ``held`` rows by the
@@ -248,7 +238,7 @@ def verify(corpus: Corpus, cfg: VerifyConfig, cache_dir: str | Path = "cache", r
     if empty:
         raise ValueError(f"no Train clip has {', '.join(empty)} as its dominant emotion; choose other --seen classes "
                          f"(Train counts: {counts})")
-    fit, held = speaker_holdout(seen_train, speakers[seen_train], cfg.holdout, cfg.seed)
+    fit, held = holdout_split(seen_train, speakers[seen_train], None, cfg.holdout, cfg.seed)
     inp.standardise(fit)
     echo(f"{inp.describe()}; pretraining on {fit.size} Train clips of {len(seen)} seen classes {counts} "
          f"(+{held.size} held out by speaker for epoch selection); loss {cfg.loss}, encoder {inp.kind}, "
@@ -259,7 +249,7 @@ def verify(corpus: Corpus, cfg: VerifyConfig, cache_dir: str | Path = "cache", r
     if test_labelled and inp.rows["Test"].size:
         pool, queries, qsplit = val, inp.rows["Test"], "Test"
     else:
-        pool, queries = speaker_holdout(val, speakers[val], 0.5, cfg.seed + 1)
+        pool, queries = holdout_split(val, speakers[val], None, 0.5, cfg.seed + 1)
         qsplit = "Val (held-out half of the Val speakers; Test has no labels)"
     pool = pool[np.isin(labels[pool], task)]
     queries = queries[np.isin(labels[queries], task)]
@@ -325,7 +315,7 @@ def verify(corpus: Corpus, cfg: VerifyConfig, cache_dir: str | Path = "cache", r
         if cfg.reference:
             echo("\"All\" reference: cross-entropy classifier on all Train clips of the task classes")
             task_train = train[np.isin(labels[train], task)]
-            rfit, rheld = speaker_holdout(task_train, speakers[task_train], cfg.holdout, cfg.seed)
+            rfit, rheld = holdout_split(task_train, speakers[task_train], None, cfg.holdout, cfg.seed)
             rfitres, _ = _train(inp, labels, rfit, rheld, task, "sm", cfg, device, echo, select="classifier")
             logits = predict(rfitres.stack, inp.data, queries, vectorise=vec)["logits"]
             rs = []
