@@ -12,7 +12,6 @@ dim, config, seeds, the Train age range of the [0, 1] scale, the Train age mean/
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,17 +20,18 @@ import torch
 
 from exvo.learn.burst2vec import AgeScale, Burst2Vec, Burst2VecConfig, predict_burst2vec, train_burst2vec
 from exvo.learn.framework import SeedStack
-from exvo.runs.store import load_torch, save_torch  # a full disk is an OSError, not a torch RuntimeError
+from exvo.learn.torch_learner import TorchFitted, load_stack
 
 
-class Burst2VecFitted:
-    """Every seed's Burst2Vec; ``predict(X)`` → emotions, country probabilities, standardised age."""
+class Burst2VecFitted(TorchFitted):
+    """Every seed's Burst2Vec; saved and loaded like any module learner, predicting through its
+    3-pass heads (age from the classes' expectation, rescaled to the learner's standardised age)."""
+
+    META = "burst2vec.json"
 
     def __init__(self, stack: SeedStack, meta: dict, best_epoch, history, cfg: Burst2VecConfig):
-        self.stack, self.meta, self.cfg = stack, meta, cfg
-        self.seeds = list(stack.seeds)
-        self.best_epoch, self.history = list(best_epoch), history
-        self.info = {"epochs_run": (history or {}).get("epochs_run")}
+        super().__init__(stack, meta, best_epoch, history, {"epochs_run": (history or {}).get("epochs_run")})
+        self.cfg = cfg
         self.scale = AgeScale(meta["age_range"][0], meta["age_range"][1])
 
     def predict(self, X: np.ndarray):
@@ -39,10 +39,6 @@ class Burst2VecFitted:
         e, p, years = predict_burst2vec(self.stack, Xt, np.arange(len(X)), self.scale, self.cfg.eval_batch,
                                         self.cfg.vectorise)
         return e, p, ((years - self.meta["age_mean"]) / self.meta["age_std"]).astype(np.float32)
-
-    def save(self, folder: Path) -> None:
-        save_torch(self.stack.state_dict(), Path(folder) / "stack.pt")
-        (Path(folder) / "burst2vec.json").write_text(json.dumps(self.meta, indent=1))
 
 
 def _config(d: dict) -> Burst2VecConfig:
@@ -67,14 +63,9 @@ def fit(data, cfg: Burst2VecConfig) -> Burst2VecFitted:
 
 def load(folder: Path, device: str) -> Burst2VecFitted:
     """The registry's ``load(folder, device)`` (for ``exvo predict``)."""
-    meta_path = Path(folder) / "burst2vec.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{folder} has no burst2vec.json; is this a burst2vec run's models/ folder?")
-    meta = json.loads(meta_path.read_text())
-    cfg = _config(meta["config"])
-    state = load_torch(Path(folder) / "stack.pt")
-    stack = SeedStack.from_state(lambda: Burst2Vec(int(meta["dim"]), cfg), state, device)
-    return Burst2VecFitted(stack, meta, [None] * len(stack.seeds), None, cfg)
+    stack, meta = load_stack(folder, Burst2VecFitted.META, lambda m: Burst2Vec(int(m["dim"]), _config(m["config"])),
+                             device, "is this a burst2vec run's models/ folder?")
+    return Burst2VecFitted(stack, meta, [None] * len(stack.seeds), None, _config(meta["config"]))
 
 
 HELP = ("Burst2Vec (Anuchitanukul & Specia 2022): shared + task-specific extractors, 3-pass output loss, reversed task "

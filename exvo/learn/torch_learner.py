@@ -27,7 +27,10 @@ from exvo.runs.store import load_torch, save_torch  # a full disk is an OSError,
 
 
 class TorchFitted:
-    """Every seed's trained module; ``predict(X)`` → emotions, country probabilities, standardised age."""
+    """Every seed's trained module; ``predict(X)`` → emotions, country probabilities, standardised age.
+    Saved as ``stack.pt`` (every seed's weights) and ``META`` (what rebuilds the module)."""
+
+    META = "module.json"
 
     def __init__(self, stack: SeedStack, meta: dict, best_epoch, history, info, vectorise: bool = True,
                  eval_batch: int = 4096):
@@ -45,8 +48,8 @@ class TorchFitted:
         return self.outputs({"x": torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))}, np.arange(len(X)))
 
     def save(self, folder: Path) -> None:
-        save_torch(self.stack.state_dict(), folder / "stack.pt")
-        (folder / "module.json").write_text(json.dumps(self.meta, indent=1))
+        save_torch(self.stack.state_dict(), Path(folder) / "stack.pt")
+        (Path(folder) / self.META).write_text(json.dumps(self.meta, indent=1))
 
 
 def fit_module(make: Callable[[int], MultitaskModule], data, cfg, vectorise: bool = True,
@@ -95,14 +98,25 @@ def fit_module(make: Callable[[int], MultitaskModule], data, cfg, vectorise: boo
                        data.train.eval_batch)
 
 
+def load_stack(folder: Path, meta_name: str, make: Callable[[dict], torch.nn.Module], device: str,
+               missing: str) -> tuple[SeedStack, dict]:
+    """``(stack, meta)`` saved by :meth:`TorchFitted.save`: ``make(meta)`` builds one seed's module;
+    ``missing`` says what to do when ``meta_name`` is absent."""
+    meta_path = Path(folder) / meta_name
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{folder} has no {meta_name}; {missing}")
+    meta = json.loads(meta_path.read_text())
+    state = load_torch(Path(folder) / "stack.pt")       # weights only: no code runs from the file
+    return SeedStack.from_state(lambda: make(meta), state, device), meta
+
+
 def load_module(folder: Path, device: str, make: Callable[[int, dict, LossConfig], MultitaskModule],
                 vectorise: bool = True) -> TorchFitted:
-    meta_path = Path(folder) / "module.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{folder} has no module.json; the run was made by an older exvo "
-                                "(before the learner framework). Re-run `exvo learn` to rebuild it")
-    meta = json.loads(meta_path.read_text())
-    loss = LossConfig(**{k: (tuple(v) if k == "weights" else v) for k, v in meta["loss"].items()})
-    state = load_torch(Path(folder) / "stack.pt")
-    stack = SeedStack.from_state(lambda: make(int(meta["dim"]), meta["config"], loss), state, device)
+    def build(meta: dict) -> MultitaskModule:
+        loss = LossConfig(**{k: (tuple(v) if k == "weights" else v) for k, v in meta["loss"].items()})
+        return make(int(meta["dim"]), meta["config"], loss)
+
+    stack, meta = load_stack(folder, TorchFitted.META, build, device,
+                             "the run was made by an older exvo (before the learner framework). Re-run `exvo learn` "
+                             "to rebuild it")
     return TorchFitted(stack, meta, [None] * len(stack.seeds), None, {}, vectorise)
