@@ -174,6 +174,9 @@ def fuse(corpus: Corpus, runs_dir: str | Path = "runs", run_names: list[str] | N
         check_name(name)
     runs_dir = Path(runs_dir)
     runs, notes = resolve(runs_dir, run_names)
+    for r in runs:
+        if r.stale:     # the fusion will be stale too (its source is): say why now, not only in the report
+            notes.append(f"source {r.name} is stale: {r.stale[0]}")
     by_name: dict[str, Run] = {r.name: r for r in runs}
     if mode == "hybrid" and top > len(runs):
         notes.append(f"top={top} but only {len(runs)} run(s): every run is averaged")
