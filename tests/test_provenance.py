@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import soundfile as sf
+from test_recipes import TINY     # the tiny recipe: one egemaps row that runs, three that cannot
 
 import exvo
 from exvo.fusion.report import make_report
@@ -106,21 +107,6 @@ def test_case4_runs_on_a_superseded_cache_are_stale(world, tmp_path):
     assert new.stale == []
     assert _report_row(runs, tmp_path / "rep", corpus, "eg")["stale"] == why[0]
     assert _report_row(runs, tmp_path / "rep2", corpus, "eg_new")["stale"] == ""
-
-
-TINY = """
-name = "tiny"
-title = "tiny"
-paper = "none.txt"
-metrics = ["ccc", "uar", "mae", "s_mtl"]
-
-[[row]]
-id = "egemaps"
-system = "eGeMAPS MLP"
-source = "Table 0, row 1"
-paper = {s_mtl = 0.32}
-steps = ["extract --model egemaps", "learn --features egemaps --seeds 1 --epochs 2 --name {run}"]
-"""
 
 
 def test_case5_reproduce_after_changed_wavs_is_not_done_already(small_demo_copy, tmp_path):
