@@ -226,7 +226,7 @@ def _workers(p: subprocess.Popen, timeout=90) -> list[int]:
     t = time.monotonic()
     while time.monotonic() - t < timeout and p.poll() is None:
         ws = [pid for pid in session(p.pid) if pid != p.pid
-              and "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+              and "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
         if len(ws) >= 2:
             return ws
         time.sleep(0.05)

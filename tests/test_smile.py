@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import opensmile
@@ -93,10 +96,64 @@ def test_workers_that_cannot_run_at_all_stop_the_run_with_advice(tiny_corpus):
     ex = SmileExtractor("egemaps", ExtractOptions(workers=2))
     ex._chunk_fn = _always_crash
     got = []
-    with pytest.raises(WorkerError, match=r"died on 3 clips in a row .*--workers 1 .*__name__ == '__main__'"):
+    with pytest.raises(WorkerError, match=r"died on 3 clips in a row .*--workers 1 to see the error"):
         for r in ex.run(items):
             got.append(r)
     assert len(got) == 2 and all("worker process crashed" in r.error for r in got)
+
+
+def _live_children() -> list[int]:
+    """Pids of this process's children that are not zombies (Linux /proc)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == os.getpid() and fields[0] != "Z":      # ppid, state
+                out.append(int(d.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_stopping_early_leaves_no_worker_behind(tiny_corpus):
+    """What Ctrl-C or --max-failures does to the results generator: its workers are gone when close() returns."""
+    corpus = Corpus.from_dir(tiny_corpus)
+    items = [(i, corpus.audio_path(i)) for i in corpus.ids]
+    before = set(_live_children())
+    results = SmileExtractor("egemaps", ExtractOptions(workers=2)).run(items)
+    next(results)
+    assert set(_live_children()) - before          # the pool is running
+    results.close()
+    # loky's resource tracker may stay: it serves the whole process and exits with it
+    assert not set(_live_children()) - before - _trackers()
+
+
+def _trackers() -> set[int]:
+    def cmd(pid):
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_text()
+        except OSError:
+            return ""
+    return {pid for pid in _live_children() if "resource_tracker" in cmd(pid)}
+
+
+def test_a_script_without_a_main_guard_runs_the_workers(tiny_corpus, tmp_path):
+    """loky's workers do not re-run the caller's ``__main__``, so a plain script works."""
+    script = tmp_path / "plain.py"
+    script.write_text(
+        "from exvo.corpus import Corpus\n"
+        "from exvo.extract.base import ExtractOptions\n"
+        "from exvo.extract.smile import SmileExtractor\n"
+        f"c = Corpus.from_dir({str(tiny_corpus)!r})\n"
+        "rs = list(SmileExtractor('egemaps', ExtractOptions(workers=2)).run([(i, c.audio_path(i)) for i in c.ids]))\n"
+        "print(len(rs), sum(r.error is None for r in rs))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["16", "16"] and "Traceback" not in r.stderr
 
 
 def test_too_short_clip_is_padded_and_noted(tmp_path):

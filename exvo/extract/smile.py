@@ -5,17 +5,19 @@ Each clip gives one functionals vector, stored as ``(1, F)`` float32: exactly wh
 16 kHz mono float32 signal of :func:`exvo.corpus.load_audio`.
 
 openSMILE is single-threaded, so :meth:`SmileExtractor.run` spreads chunks of clips over
-worker processes (``opts.workers``; 0 = every core). Each worker builds its ``Smile`` once
-and decodes its own audio. At most ``2 * workers`` chunks are in flight, so memory stays
-flat on a 60,000-clip corpus. A worker that dies (e.g. a native crash on one file) costs
-only that file: the pool is rebuilt and the chunks it held are retried one clip at a time.
+worker processes (``opts.workers``; 0 = every core), run by loky (joblib's process
+executor, a dependency). Each worker builds its ``Smile`` once and decodes its own audio.
+At most ``2 * workers`` chunks are in flight, so memory stays flat on a 60,000-clip corpus.
+A worker that dies (e.g. a native crash on one file) costs only that file: the pool is
+rebuilt and the chunks it held are retried one clip at a time. An interrupted run has
+loky kill and reap its workers; a killed parent's workers exit on their own within a
+fraction of a second (:func:`_exit_with_parent`).
 """
 from __future__ import annotations
 
 import os
 import warnings
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -90,8 +92,12 @@ PARENT_POLL_SECONDS = 0.25
 def _exit_with_parent(parent_pid: int) -> None:
     """Daemon thread of a worker: exit as soon as the parent is gone (e.g. killed with -9).
 
-    Without it, a worker blocked waiting for work would live on for ever, holding its
-    ~150 MB. Polling ``getppid`` is portable (POSIX) and needs no cooperation from the parent.
+    loky has no such check on POSIX: a worker blocked on its task queue does not notice
+    that the parent died, and its idle-timeout exit still waits 30 s for a handshake with
+    the parent (checked with joblib 1.6 / loky 3.6: the workers of a ``kill -9``-ed parent
+    were still alive 10 s later). Without this thread a worker would live on, holding its
+    ~150 MB. Polling ``getppid`` is portable (POSIX) and needs no
+    cooperation from the parent.
     """
     import time
 
@@ -105,8 +111,8 @@ def _worker_init(feature_set: str, parent_pid: int | None = None) -> None:
     import threading
 
     global _WORKER_SMILE
-    # Ctrl-C reaches the whole process group; the parent decides what happens (it stops the
-    # workers), so a worker neither prints a traceback nor dies half-way through a chunk
+    # Ctrl-C reaches the whole process group; the parent decides what happens (loky kills
+    # the workers), so a worker neither prints a traceback nor dies half-way through a chunk
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if parent_pid is not None:
         threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
@@ -162,14 +168,22 @@ class SmileExtractor(Extractor):
             return
         yield from self._run_pool(items)
 
-    def _pool(self, n: int) -> ProcessPoolExecutor:
-        import multiprocessing as mp
+    def _pool(self, n: int):
+        from joblib.externals.loky import ProcessPoolExecutor
 
-        # spawn, not fork: the parent may hold torch/OpenMP threads, which fork does not copy safely
-        return ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"),
-                                   initializer=_worker_init, initargs=(self.feature_set, os.getpid()))
+        # loky's executor, not concurrent.futures': its workers are started by fork+exec (the
+        # parent may hold torch/OpenMP threads, which a plain fork does not copy safely) and
+        # do not re-run the caller's __main__, so scripts need no `if __name__` guard; a dead
+        # worker fails every future it held (BrokenProcessPool) after loky has killed the
+        # rest; shutdown(kill_workers=True) SIGKILLs and reaps them. Not the process-wide
+        # get_reusable_executor: that one is shared with joblib.Parallel callers, and this
+        # pool (≈150 MB a worker) should be gone when the run ends.
+        return ProcessPoolExecutor(max_workers=n, initializer=_worker_init,
+                                   initargs=(self.feature_set, os.getpid()))
 
     def _run_pool(self, items: list[tuple[str, Path]]) -> Iterator[ClipResult]:
+        from joblib.externals.loky import BrokenProcessPool
+
         chunks = [[(cid, str(p)) for cid, p in items[k:k + CHUNK_CLIPS]] for k in range(0, len(items), CHUNK_CLIPS)]
         n_workers = min(self.workers, len(chunks))
         max_in_flight = 2 * n_workers
@@ -178,9 +192,6 @@ class SmileExtractor(Extractor):
         # alone in the pool, so a second crash names its chunk for sure; a crashing chunk
         # is split into single clips, and a single clip that crashes alone is the culprit.
         suspects: list[list[tuple[str, str]]] = []
-        import multiprocessing as mp
-
-        before = set(mp.active_children())    # children that are not ours (none, normally)
         pool = self._pool(n_workers)
         running: dict[Future, list[tuple[str, str]]] = {}
         crashes_in_a_row = 0
@@ -210,10 +221,11 @@ class SmileExtractor(Extractor):
                     yield from results
                 if not crashed:
                     continue
-                # the pool is dead: every chunk still running is lost with it
+                # the pool is dead (loky has killed its other workers): every chunk still
+                # running is lost with it
                 lost = crashed + list(running.values())
                 running.clear()
-                pool.shutdown(wait=False, cancel_futures=True)
+                pool.shutdown(wait=True)
                 if isolated and len(lost) == 1 and len(lost[0]) == 1:
                     cid, p = lost[0][0]
                     crashes_in_a_row += 1
@@ -221,8 +233,7 @@ class SmileExtractor(Extractor):
                         raise WorkerError(
                             f"openSMILE worker processes died on {crashes_in_a_row} clips in a row (last: {p}); "
                             "they are probably failing to start rather than failing on these files. Run with "
-                            "--workers 1 to see the error in this process; when calling exvo from a Python script, "
-                            "put the call under `if __name__ == '__main__':` (worker processes are spawned)"
+                            "--workers 1 to see the error in this process"
                         )
                     yield ClipResult(cid, error=f"openSMILE worker process crashed on {p}; check or re-export this file")
                 elif isolated and len(lost) == 1:
@@ -231,24 +242,14 @@ class SmileExtractor(Extractor):
                     suspects.extend(lost)
                 pool = self._pool(n_workers)
         except BaseException:
-            # Ctrl-C, an abort, a failed write: stop at once. Waiting for running chunks
-            # could take minutes (and a second Ctrl-C during that wait used to hang the exit)
-            pool.shutdown(wait=False, cancel_futures=True)
-            _stop_workers(set(mp.active_children()) - before)
+            # Ctrl-C, an abort, a failed write, the caller closing this generator: stop at
+            # once. Waiting for running chunks could take minutes (and a second Ctrl-C during
+            # that wait used to hang the exit); kill_workers SIGKILLs every worker and joins
+            # it, so none is left behind when this returns
+            pool.shutdown(wait=True, kill_workers=True)
             raise
         else:
             pool.shutdown(wait=True)
-
-
-def _stop_workers(procs) -> None:
-    """Terminate pool workers (SIGTERM, then SIGKILL) and reap them, within a few seconds."""
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        p.join(timeout=3)
-        if p.is_alive():
-            p.kill()
-            p.join(timeout=2)
 
 
 @register("compare", "egemaps", help={
