@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 
 from fault_corpus import HEADER, good_corpus, row, tone, write_table, write_wav  # noqa: E402
+from procs import SESSION, live_where  # noqa: E402
 
 CLI = [sys.executable, str(HERE / "fault_cli.py")]
 
@@ -55,16 +56,7 @@ def h5_ids(path: Path) -> list[str]:
 
 
 def session(pid: int) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                f = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(f[3]) == pid and f[0] != "Z":
-                out.append(int(d.name))
-    return out
+    return live_where(SESSION, pid)
 
 
 def end_session(p: subprocess.Popen) -> None:

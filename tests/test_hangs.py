@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from fault_corpus import good_corpus
+from procs import SESSION, live_where
 
 HERE = Path(__file__).resolve().parent
 CLI = HERE / "fault_cli.py"
@@ -61,16 +62,7 @@ def _alive(pid: int) -> bool:
 
 
 def _session_members(sid: int) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid and fields[0] != "Z":      # session id: processes this test started
-                out.append(int(d.name))
-    return out
+    return live_where(SESSION, sid)     # session id: processes this test started
 
 
 def _end(p: subprocess.Popen) -> tuple[str, str]:

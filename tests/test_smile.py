@@ -16,6 +16,7 @@ from exvo.extract.base import ExtractOptions, get_extractor
 from exvo.extract.cache import EmbeddingCache
 from exvo.extract.run import extract
 from exvo.extract.smile import MIN_SAMPLES, SmileExtractor, WorkerError, _worker_chunk
+from procs import PPID, live_where
 
 
 def _smile(feature_set):
@@ -103,17 +104,8 @@ def test_workers_that_cannot_run_at_all_stop_the_run_with_advice(tiny_corpus):
 
 
 def _live_children() -> list[int]:
-    """Pids of this process's children that are not zombies (Linux /proc)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == os.getpid() and fields[0] != "Z":      # ppid, state
-                out.append(int(d.name))
-    return out
+    """Pids of this process's children that are not zombies."""
+    return live_where(PPID, os.getpid())
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
