@@ -49,7 +49,7 @@ from exvo.fewshot.train import (centre_speakers, episode_enrolment, finetune_epi
 from exvo.learn import runs
 from exvo.learn.api import input_caches
 from exvo.runs import provenance
-from exvo.runs.store import RunWriter
+from exvo.runs.store import RunWriter, check_name
 from exvo.learn.features import Scaler, load_features, parse_specs, report_missing
 from exvo.learn.framework import TrainConfig, train_seeds
 from exvo.learn.probe import probe_layers
@@ -178,7 +178,7 @@ def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache",
     t_start = time.perf_counter()
     cfg.validate()
     specs = parse_specs(cfg.features)
-    name = runs.check_name(name or derive_name([s.text for s in specs], cfg.variant, cfg.heads))
+    name = check_name(name or derive_name([s.text for s in specs], cfg.variant, cfg.heads))
     out_root = Path(runs_dir) / RUN_SUBDIR
     notes: list[str] = []
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from exvo.corpus import Corpus
 from exvo.fusion import seeds

@@ -22,7 +22,7 @@ from exvo.corpus import Corpus, CorpusError
 from exvo.extract.cache import CacheMismatch, config_diff
 from exvo.learn import registry, runs
 from exvo.runs import provenance
-from exvo.runs.store import RunWriter, check_free
+from exvo.runs.store import RunWriter, check_free, check_name
 from exvo.learn.features import (FeatureError, FeatureSpec, Scaler, load_features, parse_specs,
                                  report_missing)
 from exvo.learn.framework import TrainConfig
@@ -191,7 +191,7 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
     arch = getattr(lcfg, "arch", None)
     # a preset's run must not replace the default run of the same features
     derived = runs.derive_name([s.text for s in specs], cfg.learner, arch)
-    name = runs.check_name(name or (derived + ("" if cfg.preset == "default" else f"_{cfg.preset}")))
+    name = check_name(name or (derived + ("" if cfg.preset == "default" else f"_{cfg.preset}")))
     check_free(Path(runs_dir), name, overwrite)
     runs_dir, cache_dir = Path(runs_dir), Path(cache_dir)
     notes: list[str] = []

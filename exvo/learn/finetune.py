@@ -47,7 +47,7 @@ from exvo.corpus import SAMPLE_RATE, Corpus, CorpusError, load_audio
 from exvo.device import resolve_device
 from exvo.learn import runs
 from exvo.runs import provenance
-from exvo.runs.store import RunWriter, load_torch
+from exvo.runs.store import RunWriter, check_name, load_torch
 from exvo.learn.burst2vec import AgeScale, Burst2Vec, Burst2VecConfig, label_tensors, make_sampler
 from exvo.learn.framework import init_seed, order_seed
 from exvo.learn.targets import make_targets, selection_score
@@ -308,7 +308,7 @@ def finetune(corpus: Corpus, cfg: FinetuneConfig, runs_dir: str | Path = "runs",
     if not corpus.has_labels("Train"):
         raise CorpusError(f"{corpus.root} has no labelled Train clips; fine-tuning needs them")
     ckpt = cfg.checkpoint or DEFAULT_CHECKPOINTS[cfg.model]
-    name = runs.check_name(name or f"{cfg.model}-finetuned_burst2vec")
+    name = check_name(name or f"{cfg.model}-finetuned_burst2vec")
     runs_dir = Path(runs_dir)
     device = torch.device(resolve_device(cfg.device))
     encoder, fe, info = load_checkpoint(cfg.model, ckpt)

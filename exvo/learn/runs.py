@@ -42,7 +42,6 @@ import numpy as np
 from exvo.corpus import Corpus
 from exvo.metrics import EMOTIONS
 from exvo.predictions import Predictions, score
-from exvo.runs.store import check_name
 
 METRICS = ("ccc", "uar", "mae", "s_mtl")
 

@@ -10,7 +10,6 @@ run was made from still holds (:mod:`exvo.runs.provenance`).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path

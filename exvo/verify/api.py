@@ -35,7 +35,6 @@ import torch
 import exvo
 from exvo.corpus import Corpus, CorpusError
 from exvo.device import resolve_device
-from exvo.learn import runs
 from exvo.learn.selection import holdout_split
 from exvo.runs import provenance
 from exvo.runs.store import RunWriter
