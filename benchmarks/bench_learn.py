@@ -36,13 +36,12 @@ import warnings
 import numpy as np
 import torch
 
+from exvo.config import SelectionConfig, TrainConfig
 from exvo.learn import reference
-from exvo.learn.framework import TrainConfig
 from exvo.learn.mlp import MLPConfig
 from exvo.learn.multitask import LossConfig
 from exvo.learn.presets import PRESETS
 from exvo.learn.registry import FitData, get
-from exvo.learn.selection import SelectionConfig
 from exvo.learn.targets import Targets
 from exvo.metrics import score_all
 

@@ -147,13 +147,15 @@ def learn_child(corpus: str, cache: str, runs: str) -> None:
     import torch
 
     from exvo.corpus import Corpus
-    from exvo.learn.api import LearnConfig, learn
+    from exvo.config import build
+    from exvo.learn.api import learn
+    from exvo.learn.config import LearnConfig
 
     torch.set_num_threads(1)
     c = Corpus.from_dir(corpus)
     base = _vm("VmRSS")
     t0 = time.perf_counter()
-    learn(c, LearnConfig(features=["_memtest"], seeds=1, epochs=1, patience=1, device="cpu"),
+    learn(c, build(LearnConfig, features=["_memtest"], seeds=1, epochs=1, patience=1, device="cpu"),
           cache_dir=cache, runs_dir=runs, echo=lambda m: None)
     print("RESULT " + json.dumps({"base_mib": base / 1024, "peak_mib": _vm("VmHWM") / 1024,
                                   "wall_s": time.perf_counter() - t0}), flush=True)

@@ -8,7 +8,7 @@ The Python API (``docs/api.md``)::
     run = exvo.learn(corpus, ["egemaps"], learner="mlp", seeds=5, cache_dir="cache", runs_dir="runs")
     run.scores            # DataFrame: one row per seed, then mean, std, ensemble
 """
-__version__ = "0.2.0"
+from exvo.version import __version__
 
 _API = ("Corpus", "Run", "extract", "fewshot", "fuse", "learn", "load_features", "load_run", "report", "verify")
 __all__ = ["__version__", *_API]

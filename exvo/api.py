@@ -68,11 +68,14 @@ def learn(corpus: Corpus | str | Path, features: str | Sequence[str], learner: s
           overwrite: bool = False, progress: bool = False, **settings) -> Run:
     """Train ``seeds`` models of ``learner`` on the cached ``features`` (Train), choose epochs on a
     speaker-disjoint Train hold-out, score Val, predict Val and Test; write and return the run.
-    ``settings``: fields of :class:`~exvo.learn.api.LearnConfig` (``preset=``, ``arch=``, ``lr=``, …)."""
-    from exvo.learn.api import LearnConfig, learn as run_learn
+    ``settings``: flat settings of :class:`~exvo.learn.api.LearnConfig` and its pieces (``preset=``,
+    ``arch=``, ``lr=``, ``epochs=``, ``stop_on=``, …; :func:`exvo.config.build`)."""
+    from exvo.config import build
+    from exvo.learn.api import learn as run_learn
+    from exvo.learn.config import LearnConfig
 
     feats = [features] if isinstance(features, str) else list(features)
-    cfg = LearnConfig(features=feats, learner=learner, seeds=seeds, progress=progress, **settings)
+    cfg = build(LearnConfig, settings, features=feats, learner=learner, seeds=seeds, progress=progress)
     res = run_learn(_corpus(corpus), cfg, cache_dir, runs_dir, name=name, echo=_echo(progress), overwrite=overwrite)
     return load_run(res.run_dir, cache_dir)
 
@@ -92,23 +95,28 @@ def fuse(corpus: Corpus | str | Path, runs: Sequence[str] | None = None, *, runs
 def fewshot(corpus: Corpus | str | Path, features: str | Sequence[str], variant: str = "none", seeds: int = 5, *,
             cache_dir: str | Path = "cache", runs_dir: str | Path = "runs", name: str | None = None,
             progress: bool = False, **settings) -> Run:
-    """The few-shot personalisation track (:mod:`exvo.fewshot.api`); run in ``<runs_dir>/fewshot/``."""
-    from exvo.fewshot.api import FewShotConfig, fewshot as run_fewshot
+    """The few-shot personalisation track (:mod:`exvo.fewshot.api`); run in ``<runs_dir>/fewshot/``.
+    ``settings``: flat settings of :class:`~exvo.fewshot.api.FewShotConfig` (``epochs=``, ``holdout=``, …)."""
+    from exvo.config import build
+    from exvo.fewshot.api import fewshot as run_fewshot
+    from exvo.fewshot.config import FewShotConfig
 
     feats = [features] if isinstance(features, str) else list(features)
-    cfg = FewShotConfig(features=feats, variant=variant, seeds=seeds, **settings)
+    cfg = build(FewShotConfig, settings, features=feats, variant=variant, seeds=seeds)
     res = run_fewshot(_corpus(corpus), cfg, cache_dir, runs_dir, name=name, echo=_echo(progress))
     return load_run(res.run_dir, cache_dir)
 
 
 def verify(corpus: Corpus | str | Path, features: str, *, cache_dir: str | Path = "cache",
            runs_dir: str | Path = "runs", name: str | None = None, progress: bool = False, **settings) -> Run:
-    """Enrol-to-verify (:mod:`exvo.verify.api`); ``settings``: fields of
-    :class:`~exvo.verify.api.VerifyConfig`. Run in ``<runs_dir>/verify/``."""
-    from exvo.verify.api import VerifyConfig, verify as run_verify
+    """Enrol-to-verify (:mod:`exvo.verify.api`); ``settings``: flat settings of
+    :class:`~exvo.verify.api.VerifyConfig` (``seen=``, ``task=``, ``epochs=``, …). Run in ``<runs_dir>/verify/``."""
+    from exvo.config import build
+    from exvo.verify.api import verify as run_verify
+    from exvo.verify.config import VerifyConfig
 
-    res = run_verify(_corpus(corpus), VerifyConfig(features=features, **settings), cache_dir, runs_dir, name=name,
-                     echo=_echo(progress))
+    res = run_verify(_corpus(corpus), build(VerifyConfig, settings, features=features), cache_dir, runs_dir,
+                     name=name, echo=_echo(progress))
     return load_run(res.run_dir, cache_dir)
 
 

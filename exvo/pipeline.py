@@ -126,7 +126,7 @@ def _reusable(run_dir: Path, features: tuple[str, ...], learner: str, arch: str,
             and cfg.get("learner") == learner and cfg.get("arch") == arch and n_seeds(cfg) == seeds)
 
 
-def _papers(corpus, data_dir: Path, cache_dir: Path, runs_dir: Path, seeds: int, echo) -> None:
+def _papers(corpus, data_dir: Path, cache_dir: Path, runs_dir: Path, seeds: int, echo, commands) -> None:
     """Run every recipe's demo rows (steps whose outputs exist are skipped) and write its table."""
     from exvo.recipes import load as recipes
     from exvo.recipes.run import execute
@@ -137,7 +137,7 @@ def _papers(corpus, data_dir: Path, cache_dir: Path, runs_dir: Path, seeds: int,
         if not recipe.demo_rows():
             continue
         t0 = time.perf_counter()
-        outcomes = execute(recipe, data_dir, cache_dir, runs_dir, None, echo=lambda m: echo("  " + m),
+        outcomes = execute(recipe, data_dir, cache_dir, runs_dir, None, commands=commands, echo=lambda m: echo("  " + m),
                            seeds=seeds, quiet=True, only=recipe.demo_rows())
         folder = write(recipe, outcomes, runs_dir, corpus.name)
         counts = {st: sum(o.status == st for o in outcomes)
@@ -166,8 +166,10 @@ def _fid_table(corpus, cache_dir: Path, runs_dir: Path, ready: list[str], echo) 
 
 
 def run_demo(data_dir: Path, cache_dir: Path, runs_dir: Path, seeds: int = 3,
-             echo: Callable[[str], None] = print) -> str:
-    """Run the demo pipeline (see the module docstring); returns the report table text."""
+             echo: Callable[[str], None] = print, *, commands: dict[str, set[str]]) -> str:
+    """Run the demo pipeline (see the module docstring); returns the report table text.
+    ``commands``: the CLI's command table the recipe steps run against
+    (:func:`exvo.commands.common.command_table`)."""
     from exvo.corpus import Corpus
     from exvo.demo import make_demo_corpus
     from exvo.fusion.api import fuse
@@ -192,7 +194,9 @@ def run_demo(data_dir: Path, cache_dir: Path, runs_dir: Path, seeds: int = 3,
 
     echo(f"3/7 learn (runs: {runs_dir}, {seeds} seeds each)")
     try:
-        from exvo.learn.api import LearnConfig, learn
+        from exvo.config import build
+        from exvo.learn.api import learn
+        from exvo.learn.config import LearnConfig
     except ImportError as e:
         raise DemoError(f"the learners are not installed ({_first_line(e)}); cannot run the demo past extraction") from None
     sets = [fs for fs in DEMO_FEATURE_SETS if all(f in ready for f in fs)]
@@ -215,7 +219,7 @@ def run_demo(data_dir: Path, cache_dir: Path, runs_dir: Path, seeds: int = 3,
             continue
         t0 = time.perf_counter()
         try:
-            res = learn(corpus, LearnConfig(features=list(fs), learner=learner, arch=arch, seeds=seeds),
+            res = learn(corpus, build(LearnConfig, features=list(fs), learner=learner, arch=arch, seeds=seeds),
                         cache_dir=cache_dir, runs_dir=runs_dir, name=run_name, echo=lambda *_: None,
                         overwrite=True)   # not reusable (see above): the demo retrains its own run
         except Exception as e:  # one failed run must not cost the others
@@ -235,7 +239,7 @@ def run_demo(data_dir: Path, cache_dir: Path, runs_dir: Path, seeds: int = 3,
         echo("    " + "; ".join(f"{s}: {', '.join(c)}" for s, c in res.chosen.items()))
 
     echo(f"5/7 papers (the demo rows of each `exvo reproduce` recipe, {seeds} seeds)")
-    _papers(corpus, data_dir, cache_dir, runs_dir, seeds, echo)
+    _papers(corpus, data_dir, cache_dir, runs_dir, seeds, echo, commands)
     echo("6/7 generate (ExVo-Generate: Train-vs-Val FID between emotion bins, eGeMAPS)")
     _fid_table(corpus, cache_dir, runs_dir, ready, echo)
 

@@ -27,9 +27,9 @@ def test_docs_example_runs(small_demo_copy, tmp_path):
     assert list(scores.index) == [0, 1, "mean", "std", "ensemble"]
     assert scores.loc["mean", "ccc"] == pytest.approx(scores.loc[[0, 1], "ccc"].mean())
     assert scores.loc["std", "ccc"] == pytest.approx(np.std(scores.loc[[0, 1], "ccc"].to_numpy(float)))
-    from exvo.learn.api import LearnConfig
+    from exvo.learn.config import LearnConfig
 
-    assert isinstance(run.config, LearnConfig) and run.config.features == ["egemaps"] and run.config.seeds == 2
+    assert isinstance(run.config, LearnConfig) and run.config.features == ["egemaps"] and run.config.seeds.n == 2
     assert hybrid.kind == "fusion" and hybrid.stale == []
     assert (tmp_path / "runs" / "report" / "report.md").is_file() and "hybrid" in env["table"]
 

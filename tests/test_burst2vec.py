@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from exvo.config import build
 from exvo.learn.burst2vec import (AgeScale, Burst2Vec, Burst2VecConfig, label_tensors, predict_burst2vec,
                                   train_burst2vec)
 from exvo.learn.task_batches import joint_cells, oversample, task_batches
@@ -93,7 +94,7 @@ def _synthetic(n=240, D=12, seed=0, task_markers=False):
 
 def test_alpha_zero_equals_the_plain_multitask_model():
     X, emo, cou, age = _synthetic()
-    cfg = Burst2VecConfig(alpha1=0.0, alpha2=0.0, epochs=2, patience=2, **TINY)
+    cfg = build(Burst2VecConfig, alpha1=0.0, alpha2=0.0, epochs=2, patience=2, **TINY)
     adv, _ = train_burst2vec(X, np.arange(160), np.arange(160, 240), emo, cou, age, [0, 1], cfg)
     plain, _ = train_burst2vec(X, np.arange(160), np.arange(160, 240), emo, cou, age, [0, 1], cfg, adversarial=False)
     assert set(adv.stack.params) - set(plain.stack.params) == {k for k in adv.stack.params if k.startswith("discriminator.")}
@@ -102,7 +103,7 @@ def test_alpha_zero_equals_the_plain_multitask_model():
     np.testing.assert_allclose(adv.history, plain.history, rtol=1e-6)
     # and the adversarial terms do change the model when switched on
     on, _ = train_burst2vec(X, np.arange(160), np.arange(160, 240), emo, cou, age, [0, 1],
-                            Burst2VecConfig(epochs=2, patience=2, **TINY))
+                            build(Burst2VecConfig, epochs=2, patience=2, **TINY))
     assert not torch.allclose(on.stack.params["shared.0.weight"], plain.stack.params["shared.0.weight"])
 
 
@@ -188,7 +189,7 @@ def test_discriminator_falls_toward_chance_while_the_heads_learn():
     fit_rows, sel_rows = np.arange(3 * n_per), np.arange(3 * n_per, 3 * n_per + 150)
 
     def run(alpha1):
-        cfg = Burst2VecConfig(alpha1=alpha1, alpha2=0.25, epochs=25, patience=25, restore="last", proj_dim=64,
+        cfg = build(Burst2VecConfig, alpha1=alpha1, alpha2=0.25, epochs=25, patience=25, restore="last", proj_dim=64,
                               hidden=32, head_hidden=16, lr=3e-3, vectorise=False)
         fit, scale = train_burst2vec(X, fit_rows, sel_rows, emo_l, cou_l, age_l, [0], cfg)
         m = Burst2Vec(X.shape[1], cfg)
@@ -254,7 +255,7 @@ def test_learn_burst2vec_through_the_cli_then_predict_and_fuse(tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     lc = cfg["learner_config"]
     assert (lc["alpha1"], lc["alpha2"], lc["oversample"], lc["emotion_loss"], lc["age_loss"]) == (0.3, 0.25, True, "mse", "mae")
-    assert (lc["epochs"], lc["batch_size"]) == (1, 16) and cfg["train"] is None     # its own settings, explicit ones on top
+    assert (lc["train"]["epochs"], lc["train"]["batch_size"], lc["train"]["lr"]) == (1, 16, 1e-4) and cfg["train"] is None  # its own settings, explicit ones on top
     assert load_seed_predictions(run, "Val").emotions.shape[0] == 2
     assert [s["best_epoch"] for s in json.loads((run / "metrics.json").read_text())["per_seed"]] in ([0, 0], [0, 1], [1, 0], [1, 1])
     r = CliRunner().invoke(app, ["predict", str(run), "--split", "Val", *common[:4]])

@@ -6,6 +6,7 @@ so "the row is the features of this audio" is compared against ``reference_featu
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 import fault_extractor
 from fault_corpus import good_corpus, tone, toy_learn_world, write_wav
 from fault_extractor import InterruptAfter, RmsExtractor, reference_features
+from exvo.config import Seeds, build
 from exvo.corpus import Corpus, load_audio
 from exvo.extract.cache import EmbeddingCache, cache_path
 from exvo.extract.run import extract
@@ -141,11 +143,12 @@ def learn_world(tmp_path):
 
 
 def test_case4_learn_refuses_to_replace_a_run_unless_overwrite(learn_world):
-    from exvo.learn.api import LearnConfig, learn
+    from exvo.learn.api import learn
+    from exvo.learn.config import LearnConfig
     from exvo.runs.store import RunExists
 
     corpus, cache, runs_dir = learn_world
-    cfg = LearnConfig(features=["toy"], learner="mlp", arch="sys1", seeds=1, epochs=1, device="cpu")
+    cfg = build(LearnConfig, features=["toy"], learner="mlp", arch="sys1", seeds=1, epochs=1, device="cpu")
     first = learn(corpus, cfg, cache, runs_dir, name="r", echo=lambda m: None)
     metrics = (first.run_dir / "metrics.json").read_bytes()
     with pytest.raises(RunExists, match=r"a run named 'r' already exists .*Pass --overwrite to replace it, "
@@ -153,7 +156,7 @@ def test_case4_learn_refuses_to_replace_a_run_unless_overwrite(learn_world):
         learn(corpus, cfg, cache, runs_dir, name="r", echo=lambda m: None)
     assert (first.run_dir / "metrics.json").read_bytes() == metrics
     assert sorted(p.name for p in runs_dir.iterdir()) == ["r"]         # no staging folder left
-    learn(corpus, LearnConfig(**{**cfg.__dict__, "seed": 7}), cache, runs_dir, name="r", echo=lambda m: None,
+    learn(corpus, dataclasses.replace(cfg, seeds=Seeds(1, first=7)), cache, runs_dir, name="r", echo=lambda m: None,
           overwrite=True)
     assert (first.run_dir / "metrics.json").read_bytes() != metrics
 

@@ -9,7 +9,8 @@ import torch
 from exvo.corpus import Corpus, load_audio
 from exvo.extract.base import ExtractOptions, get_extractor
 from exvo.extract.cache import EmbeddingCache
-from exvo.extract.cnn.labels import speaker_folds, strongest_emotion, tie_break
+from exvo.extract.cnn.labels import strongest_emotion, tie_break
+from exvo.splits import speaker_folds
 from exvo.extract.cnn.sampler import AllFramesSampler, FramePool, fixed_chunks
 from exvo.extract.cnn.train import PlateauHalving
 from exvo.extract.run import extract

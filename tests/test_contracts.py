@@ -35,13 +35,13 @@ import numpy as np
 import pytest
 import torch
 
+from exvo.config import SelectionConfig, TrainConfig
 from exvo.corpus import Corpus, load_audio
 from exvo.extract import base as extract_base
 from exvo.extract.base import ExtractOptions, embed_one, get_extractor
 from exvo.learn import registry
-from exvo.learn.framework import TrainConfig
 from exvo.learn.multitask import LossConfig
-from exvo.learn.selection import SelectionConfig, selection_rows
+from exvo.learn.selection import selection_rows
 from exvo.learn.targets import Targets
 from test_learn import _arrays, make_corpus, write_cache
 

@@ -13,12 +13,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from exvo.config import build
 from exvo.cli import app
 from exvo.corpus import Corpus
 from exvo.extract.cache import cache_path
 from exvo.extract.cache_writer import CacheWriter
 from exvo.fewshot import protocol as P
-from exvo.fewshot.api import FewShotConfig, fewshot, holdout_protocol
+from exvo.fewshot.api import fewshot, holdout_protocol
+from exvo.fewshot.config import FewShotConfig
 from exvo.fewshot.report import fewshot_section
 from exvo.fewshot.models import FewShotNet, parse_heads, reversal_schedule
 from exvo.fewshot.train import draw_pairs, finetune_episodes, partner_table, predict_rows, train_sampler
@@ -68,7 +70,7 @@ def world(tmp_path_factory):
 def quick(**kw):
     base = dict(features=["lin"], seeds=2, epochs=3, patience=3, batch_size=8, hidden=16, zdim=8, resamples=50)
     base.update(kw)
-    return FewShotConfig(**base)
+    return build(FewShotConfig, base)
 
 
 # ------------------------------------------------------------------ metric and bootstrap

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from exvo.config import build
 from exvo.cli import app
 from exvo.corpus import Corpus
 from exvo.learn.burst2vec import Burst2VecConfig
-from exvo.learn.finetune import FinetuneConfig, finetune
+from exvo.learn.finetune import finetune
+from exvo.learn.finetune_config import FinetuneConfig
 from exvo.preprocess import rms_normalise
 
 TINY_HEAD = dict(proj_dim=8, hidden=8, head_hidden=8)
@@ -20,7 +22,7 @@ def _cfg(ckpt, **kw):
     # 4 Train speakers, 1 per country: too few for a country-stratified hold-out, so choose on Val
     base = dict(model="hubert", checkpoint=str(ckpt), head=Burst2VecConfig(**TINY_HEAD), epochs=2, patience=5,
                 batch_size=4, lr=1e-4, stop_on="val", device="cpu")
-    return FinetuneConfig(**(base | kw))
+    return build(FinetuneConfig, base | kw)
 
 
 def test_rms_normalise_known_answer():
@@ -94,8 +96,8 @@ def test_resume_equals_uninterrupted(tiny_corpus, ssl_models, tmp_path):
 def test_bad_finetune_settings_are_refused():
     with pytest.raises(ValueError, match="unknown model"):
         FinetuneConfig(model="whisper").validate()
-    with pytest.raises(ValueError, match="--holdout must be a fraction"):
-        FinetuneConfig(holdout=1.5).validate()
+    with pytest.raises(ValueError, match="holdout_frac must be in"):
+        build(FinetuneConfig, holdout=1.5).validate()
 
 
 def test_rms_db_is_refused_for_extractors_that_would_ignore_it(tiny_corpus, tmp_path):

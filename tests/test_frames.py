@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from exvo.config import build
 from exvo.corpus import Corpus
 from exvo.extract.cache import CacheError, CacheMismatch
 from exvo.extract.frames import FrameCache, FrameWriter, frames_path, pool_frames
@@ -120,7 +121,8 @@ def _kill9_and_resume(corpus, tiny_corpus, ssl_models, tmp_path, opts, FRAME_ARG
 
 
 def test_verify_reads_a_frame_cache_with_the_gru_transformer(tmp_path):
-    from exvo.verify.api import VerifyConfig, verify
+    from exvo.verify.api import verify
+    from exvo.verify.config import VerifyConfig
     from exvo.verify.encoder import EncoderConfig
 
     rng = np.random.default_rng(0)
@@ -144,7 +146,7 @@ def test_verify_reads_a_frame_cache_with_the_gru_transformer(tmp_path):
             T = int(rng.integers(2, 9))
             fw.add(i, means[cls[k]] + rng.normal(size=(T, 4)))
         fw.finalize(order=corpus.ids, files=[])
-    cfg = VerifyConfig(features="toy", seen=classes[:3], task=["Amusement", "Awkwardness"], enrol=2, seeds=1,
+    cfg = build(VerifyConfig, features="toy", seen=classes[:3], task=["Amusement", "Awkwardness"], enrol=2, seeds=1,
                        epochs=3, n_per_class=3, device="cpu", curve=(), reference=False,
                        encoder_cfg=EncoderConfig(gru=16, heads=2, ff=16))
     res = verify(corpus, cfg, tmp_path / "cache", tmp_path / "runs", echo=lambda m: None)

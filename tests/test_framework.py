@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from exvo.config import TrainConfig
 from exvo.learn import losses
-from exvo.learn.framework import LearnerModule, SeedStack, TrainConfig, predict, shuffled_batches, train_seeds
+from exvo.learn.framework import LearnerModule, SeedStack, predict, shuffled_batches, train_seeds
 
 
 # ------------------------------------------------------------------------------------------ losses

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 import fault_extractor as fx  # noqa: F401  (registers _test_rms)
 
+from exvo.config import build
 from exvo.generate import heep as H
 from exvo.generate.bins import bin_mask, emotion_bin
 from exvo.generate.fid import (FIDError, SmallSampleWarning, fid, frechet_distance, gaussian_stats, sqrt_psd)
@@ -265,9 +266,11 @@ def test_cli_heep_and_s_gen(tmp_path):
 
 
 def test_cli_fid_in_a_learn_runs_shared_layer(gen_env, tmp_path):
-    from exvo.learn.api import LearnConfig, learn
+    from exvo.config import build
+    from exvo.learn.api import learn
+    from exvo.learn.config import LearnConfig
     corpus, root = gen_env
-    learn(corpus, LearnConfig(features=[fx.NAME], seeds=2, epochs=1, device="cpu"), cache_dir=root / "cache",
+    learn(corpus, build(LearnConfig, features=[fx.NAME], seeds=2, epochs=1, device="cpu"), cache_dir=root / "cache",
           runs_dir=tmp_path / "runs", name="clf", echo=lambda m: None)
     counts = {e: len(emotion_bin(corpus, "Val", e, "argmax")) for e in EMOTIONS}
     emo = max(counts, key=counts.get)

@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 import torch
 
+from exvo.config import SelectionConfig, TrainConfig, build
 from exvo.corpus import Corpus
 from exvo.extract.cache import CacheMismatch, cache_path
 from exvo.extract.cache_writer import CacheWriter
 from exvo.learn import reference
-from exvo.learn.api import LearnConfig, learn, predict_run
-from exvo.learn.framework import TrainConfig
+from exvo.learn.api import learn, predict_run
+from exvo.learn.config import LearnConfig
 from exvo.learn.features import (FeatureError, FeatureSpec, Scaler, load_features, parse_spec,
                                  parse_specs, report_missing)
 from exvo.learn.mlp import MLPConfig
 from exvo.learn.multitask import LossConfig
-from exvo.learn.selection import SelectionConfig
 from exvo.learn.probe import probe_layers
 from exvo.metrics import EMOTIONS
 from exvo.predictions import Predictions, load_split
@@ -92,7 +92,7 @@ def _quick(**kw):
     base = dict(features=["lin"], learner="mlp", arch="sys1", seeds=2, epochs=12, patience=4, batch_size=8,
                 device="cpu")
     base.update(kw)
-    return LearnConfig(**base)
+    return build(LearnConfig, base)
 
 
 # ------------------------------------------------------------------ feature specs
@@ -349,7 +349,7 @@ def test_predict_refuses_a_cache_built_differently(world, tmp_path):
 # ------------------------------------------------------------------ XGBoost
 def test_xgb_learns_the_synthetic_task(world, tmp_path):
     c = world["corpus"]
-    res = learn(c, LearnConfig(features=["lin", "noise"], learner="xgb", seeds=2, xgb_estimators=40, device="cpu"),
+    res = learn(c, build(LearnConfig, features=["lin", "noise"], learner="xgb", seeds=2, xgb_estimators=40, device="cpu"),
                 world["cache"], tmp_path, echo=lambda m: None)
     assert res.run_dir.name == "lin+noise_xgb"
     s = res.metrics["summary"]
@@ -363,7 +363,7 @@ def test_xgb_learns_the_synthetic_task(world, tmp_path):
 
 
 def test_holdout_is_speaker_disjoint_and_stratified_by_country():
-    from exvo.learn.selection import holdout_split
+    from exvo.splits import holdout_split
 
     rows = np.arange(100)
     spk = np.repeat(np.arange(20), 5).astype(str)

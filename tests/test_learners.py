@@ -14,11 +14,12 @@ import pytest
 import torch
 from torch import nn
 
+from exvo.config import SelectionConfig, build
 from exvo.corpus import Corpus
 from exvo.learn import registry
-from exvo.learn.api import LearnConfig, learn
+from exvo.learn.api import learn
+from exvo.learn.config import LearnConfig
 from exvo.learn.multitask import LossConfig, MultitaskModule
-from exvo.learn.selection import SelectionConfig
 from exvo.predictions import load_seed_predictions
 from test_learn import make_corpus, write_cache
 
@@ -57,7 +58,7 @@ def world2(tmp_path_factory):
 
 def _cfg(**kw):
     base = dict(features=["lin"], arch="sys1", seeds=2, epochs=4, patience=2, device="cpu", threads=1)
-    return LearnConfig(**(base | kw))
+    return build(LearnConfig, base | kw)
 
 
 # ------------------------------------------------------------------ honest selection

@@ -14,6 +14,8 @@ from test_recipes import TINY     # the tiny recipe: one egemaps row that runs, 
 import exvo
 from exvo.fusion.report import make_report
 from exvo.recipes import load as load_recipe
+from exvo.cli import app
+from exvo.commands.common import command_table
 from exvo.recipes.run import execute
 
 FAST = dict(seeds=1, preset="fast", epochs=2)
@@ -114,7 +116,7 @@ def test_case5_reproduce_after_changed_wavs_is_not_done_already(small_demo_copy,
     rp.write_text(textwrap.dedent(TINY))
     r = load_recipe.load(rp)
     cache, runs = tmp_path / "cache", tmp_path / "runs"
-    first = execute(r, small_demo_copy, cache, runs, echo=lambda m: None)
+    first = execute(r, small_demo_copy, cache, runs, commands=command_table(app), echo=lambda m: None)
     assert first[0].status == "done" and first[0].steps_run == 2
     before = json.loads((first[0].run_dir / "config.json").read_text())["provenance"]["caches"][0]["fingerprint"]
     corpus = exvo.Corpus.from_dir(small_demo_copy)
@@ -122,11 +124,11 @@ def test_case5_reproduce_after_changed_wavs_is_not_done_already(small_demo_copy,
         x, sr = sf.read(corpus.audio_path(cid))
         sf.write(corpus.audio_path(cid), np.clip(1.5 * x, -1, 1), sr)
     logs: list[str] = []
-    again = execute(r, small_demo_copy, cache, runs, echo=logs.append)
+    again = execute(r, small_demo_copy, cache, runs, commands=command_table(app), echo=logs.append)
     assert not any(ln.startswith("  done already") for ln in logs), logs
     assert any(ln.startswith("  stale: reproduce-tiny-egemaps: its input cache") for ln in logs), logs
     assert again[0].status == "done" and again[0].steps_run == 2
     rec = json.loads((again[0].run_dir / "config.json").read_text())["provenance"]
     assert rec["caches"][0]["fingerprint"] != before and exvo.load_run(again[0].run_dir).stale == []
-    third = execute(r, small_demo_copy, cache, runs, echo=logs.append)
+    third = execute(r, small_demo_copy, cache, runs, commands=command_table(app), echo=logs.append)
     assert third[0].steps_run == 0                               # fresh again: nothing to do

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from exvo.cli import app
 from exvo.recipes import load as recipes
-from exvo.recipes.run import cli_commands, execute, plan, step_problems
+from exvo.commands.common import command_table
+from exvo.recipes.run import execute, plan, step_problems
 from exvo.recipes.table import write
 
 
@@ -18,7 +19,7 @@ from exvo.recipes.table import write
 def test_shipped_recipes_parse_and_name_only_real_commands(name):
     r = recipes.load(name)
     assert r.rows and r.metrics and r.title
-    commands = cli_commands()
+    commands = command_table(app)
     for row in r.rows:
         # every row carries the paper's figures, with where they were transcribed from
         assert row.source.strip() and (row.paper or row.paper_test or row.extra), row.id
@@ -31,7 +32,7 @@ def test_expected_recipes_are_shipped():
 
 
 def test_unknown_command_and_option_are_named():
-    commands = cli_commands()
+    commands = command_table(app)
     assert step_problems([["nosuch", "--x"]], commands) == ["`exvo nosuch` does not exist in this version"]
     assert step_problems([["learn", "--features", "a", "--bogus", "1"]], commands) == ["`exvo learn` has no option --bogus"]
 
@@ -93,14 +94,14 @@ def test_reproduce_runs_missing_steps_once_and_writes_the_table(small_demo_copy,
     rp.write_text(textwrap.dedent(TINY))
     r = recipes.load(rp)
     cache, runs = tmp_path / "cache", tmp_path / "runs"
-    p = plan(r, None)
+    p = plan(r, None, command_table(app))
     assert [x.id for x in p.ready] == ["egemaps"]
     assert p.outcomes["ssl"].status == "skipped" and "snapshot_download('microsoft/wavlm-large'" in p.outcomes["ssl"].detail
     assert p.outcomes["gone"].status == "unavailable"
     assert p.outcomes["future"].detail == "`exvo teleport` does not exist in this version"
 
     logs: list[str] = []
-    out = execute(r, small_demo_copy, cache, runs, echo=logs.append)
+    out = execute(r, small_demo_copy, cache, runs, commands=command_table(app), echo=logs.append)
     assert [o.status for o in out] == ["done", "skipped", "unavailable", "missing"]
     assert out[0].steps_run == 2 and (runs / "reproduce-tiny-egemaps" / "metrics.json").is_file()
     folder = write(r, out, runs, "small")
@@ -115,23 +116,23 @@ def test_reproduce_runs_missing_steps_once_and_writes_the_table(small_demo_copy,
 
     # a second run does no work and writes the same table
     before = (folder / "table.md").read_text()
-    again = execute(r, small_demo_copy, cache, runs, echo=logs.append)
+    again = execute(r, small_demo_copy, cache, runs, commands=command_table(app), echo=logs.append)
     assert [o.steps_run for o in again] == [0, 0, 0, 0]
     write(r, again, runs, "small")
     assert (folder / "table.md").read_text() == before
 
     # a reduced run (here no row selected) keeps the earlier run's figures, never empties the table
-    reduced = execute(r, small_demo_copy, cache, runs, echo=logs.append, only=set())
+    reduced = execute(r, small_demo_copy, cache, runs, commands=command_table(app), echo=logs.append, only=set())
     assert (reduced[0].status, reduced[0].detail, reduced[0].steps_run) == ("done", "from an earlier run", 0)
     kept = list(csv.reader((write(r, reduced, runs, "small") / "table.csv").open()))[1]
     assert kept[8:12] == eg[8:12] and kept[-1] == "done: from an earlier run"
-    fresh = execute(r, small_demo_copy, cache, tmp_path / "runs2", echo=logs.append, only=set())
+    fresh = execute(r, small_demo_copy, cache, tmp_path / "runs2", commands=command_table(app), echo=logs.append, only=set())
     assert fresh[0].status == "not run" and "`exvo reproduce tiny` runs it" in fresh[0].detail
     assert not (tmp_path / "runs2" / "reproduce-tiny-egemaps").exists()
 
     # the same run name asked with other settings: the old run is neither reused nor replaced
     rp.write_text(textwrap.dedent(TINY).replace("--seeds 2 --epochs 2", "--seeds 2 --epochs 3"))
-    third = execute(recipes.load(rp), small_demo_copy, cache, runs, echo=logs.append)
+    third = execute(recipes.load(rp), small_demo_copy, cache, runs, commands=command_table(app), echo=logs.append)
     assert third[0].status == "stale" and "reproduce-tiny-egemaps exists but was made by `exvo learn" in third[0].detail
     assert third[0].steps_run == 0 and "--epochs 2" in third[0].detail
     assert json.loads((runs / "reproduce-tiny-egemaps" / "config.json").read_text())["train"]["epochs"] == 2

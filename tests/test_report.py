@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from exvo.cli import app
+from exvo.commands.common import command_table
 from exvo.corpus import Corpus
 from exvo.fusion.report import make_report
 from exvo.metrics import EMOTIONS
@@ -165,7 +167,6 @@ def test_demo_pipeline_skips_what_is_missing_and_reuses_runs(small_demo_copy, tm
     """Extraction and learning faked: the demo's own logic (skips, reuse, fuse, report) is real."""
     import sys
     import types
-    from dataclasses import dataclass, field
 
     import exvo.extract.base as base
     import exvo.extract.run as run
@@ -188,25 +189,18 @@ def test_demo_pipeline_skips_what_is_missing_and_reuses_runs(small_demo_copy, tm
             raise RuntimeError("openSMILE exploded\nsecond line")
         return Summary(name)
 
-    @dataclass
-    class LearnConfig:
-        features: list = field(default_factory=list)
-        learner: str = "mlp"
-        arch: str = "sys2"
-        seeds: int = 5
-
     class Result:
         def summary_line(self):
             return "learned"
 
     def fake_learn(corpus, cfg, cache_dir, runs_dir, name=None, echo=print, overwrite=False):
-        calls["learn"].append((tuple(cfg.features), cfg.seeds))
+        calls["learn"].append((tuple(cfg.features), cfg.seeds.n))
         shutil.rmtree(runs_dir / name, ignore_errors=True)      # a real learn run replaces its folder
         write_learn_run(runs_dir, name, corpus, (0.3 + 0.01 * len(calls["learn"]), 0.01), cfg.features,
                         seed=len(calls["learn"]))
         cfg_path = runs_dir / name / "config.json"
         c = json.loads(cfg_path.read_text())
-        c["seeds"] = list(range(cfg.seeds))                      # the learner records the seed list
+        c["seeds"] = cfg.seeds.list                              # the learner records the seed list
         cfg_path.write_text(json.dumps(c))
         return Result()
 
@@ -215,13 +209,13 @@ def test_demo_pipeline_skips_what_is_missing_and_reuses_runs(small_demo_copy, tm
     monkeypatch.setattr(base, "names", lambda: ["compare", "egemaps", "zff_exvo_er"])
     monkeypatch.setattr(run, "extract", fake_extract)
     # the recipes and the FID table have their own tests (test_recipes, test_generate): here only their call
-    monkeypatch.setattr(pipeline, "_papers", lambda corpus, d, c, r, seeds, echo: calls.setdefault("papers", []).append(seeds))
+    monkeypatch.setattr(pipeline, "_papers", lambda corpus, d, c, r, seeds, echo, commands: calls.setdefault("papers", []).append(seeds))
     monkeypatch.setattr(pipeline, "_fid_table", lambda corpus, c, r, ready, echo: calls.setdefault("fid", []).append(ready))
     monkeypatch.setitem(sys.modules, "exvo.learn.api",
-                        types.SimpleNamespace(LearnConfig=LearnConfig, learn=fake_learn))
+                        types.SimpleNamespace(learn=fake_learn))
     runs = tmp_path / "runs"
     lines: list[str] = []
-    table = run_demo(small_demo_copy, tmp_path / "cache", runs, seeds=2, echo=lines.append)
+    table = run_demo(small_demo_copy, tmp_path / "cache", runs, seeds=2, echo=lines.append, commands=command_table(app))
     text = "\n".join(lines)
     assert calls["extract"] == ["egemaps", "compare", "zff_exvo_er"]
     assert "skip raw_exvo_er: not a registered extractor" in text
@@ -235,10 +229,10 @@ def test_demo_pipeline_skips_what_is_missing_and_reuses_runs(small_demo_copy, tm
     assert "5/7 papers" in text and "6/7 generate" in text
 
     lines.clear()
-    run_demo(small_demo_copy, tmp_path / "cache", runs, seeds=2, echo=lines.append)
+    run_demo(small_demo_copy, tmp_path / "cache", runs, seeds=2, echo=lines.append, commands=command_table(app))
     assert len(calls["learn"]) == 2                         # second run: nothing retrained
     assert f"reuse {runs / 'egemaps_mlp_sys2'} (delete it to retrain)" in "\n".join(lines)
-    run_demo(small_demo_copy, tmp_path / "cache", runs, seeds=3, echo=lines.append)
+    run_demo(small_demo_copy, tmp_path / "cache", runs, seeds=3, echo=lines.append, commands=command_table(app))
     assert len(calls["learn"]) == 4                         # other seeds: retrained
 
 

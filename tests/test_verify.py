@@ -13,12 +13,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from exvo.config import build
 from exvo.corpus import Corpus
 from exvo.extract.cache import cache_path
 from exvo.extract.cache_writer import CacheWriter
 from exvo.metrics import EMOTIONS
 from exvo.verify import api as vapi
-from exvo.verify.api import VerifyConfig, verify
+from exvo.verify.api import verify
+from exvo.verify.config import VerifyConfig
 from exvo.verify.encoder import EncoderConfig, VerifyModule
 from exvo.verify.episodes import (dominant_class, draw_enrolment, episodic_sampler, nearest_prototype, prototypes,
                                   weighted_f1)
@@ -65,7 +67,7 @@ def _cfg(**kw):
     base = dict(features="feat", seen=SEEN, task=TASK, enrol=5, loss="namp", seeds=2, epochs=6, patience=6,
                 n_per_class=4, device="cpu", curve=(1, 5), reference=False)
     base.update(kw)
-    return VerifyConfig(**base)
+    return build(VerifyConfig, base)
 
 
 # ------------------------------------------------------------------ losses

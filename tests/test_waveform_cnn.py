@@ -301,15 +301,17 @@ def test_load_model_rejects_other_files(tmp_path):
 
 
 def test_heldout_split_is_random_speakers_ten_percent():
-    from exvo.extract.cnn.labels import heldout_speakers
+    from exvo.splits import holdout_split
 
     speakers = np.repeat([f"S{i}" for i in range(30)], 5)
+    rows = np.arange(speakers.size)
     draws = set()
     for seed in range(5):
-        held = heldout_speakers(speakers, 0.1, seed)
-        assert set(speakers[held]).isdisjoint(speakers[~held]) and len(set(speakers[held])) == 3
+        fit, held = holdout_split(rows, speakers, None, 0.1, seed)
+        assert set(speakers[held]).isdisjoint(speakers[fit]) and len(set(speakers[held])) == 3
+        assert np.array_equal(np.sort(np.concatenate([fit, held])), rows)
         draws.add(tuple(sorted(set(speakers[held]))))
-        assert np.array_equal(held, heldout_speakers(speakers, 0.1, seed))        # seeded
+        assert np.array_equal(held, holdout_split(rows, speakers, None, 0.1, seed)[1])        # seeded
     assert len(draws) > 1
     with pytest.raises(ValueError, match="at least 2 speakers"):
-        heldout_speakers(np.array(["a", "a"]), 0.1, 0)
+        holdout_split(np.arange(2), np.array(["a", "a"]), None, 0.1, 0)

@@ -26,6 +26,20 @@ CacheOpt = typer.Option(Path("cache"), "--cache", help="Embedding cache folder; 
 RunsOpt = typer.Option(Path("runs"), "--runs", help="Folder of learn/fuse run folders.")
 
 
+def command_table(typer_app: typer.Typer = app) -> dict[str, set[str]]:
+    """``{command: {option flags}}`` of ``typer_app`` (by default the ``exvo`` app, complete once
+    :mod:`exvo.cli` has registered every command), read from the app itself: what recipe steps
+    are checked against."""
+    group = typer.main.get_command(typer_app)
+    out = {}
+    for name, cmd in group.commands.items():      # type: ignore[attr-defined]
+        flags = set()
+        for p in cmd.params:
+            flags.update(o for o in (*p.opts, *getattr(p, "secondary_opts", [])) if o.startswith("-"))
+        out[name] = flags
+    return out
+
+
 def fail_cli(msg: str, code: int = 2):
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)

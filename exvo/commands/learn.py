@@ -57,7 +57,9 @@ def learn(
     runs: Path = RunsOpt,
 ):
     """Stage 2: train a multitask learner on cached features; report Val scores; write predictions."""
-    from exvo.learn.api import LearnConfig, learn as run_learn
+    from exvo.config import build
+    from exvo.learn.api import learn as run_learn
+    from exvo.learn.config import LearnConfig
 
     options = {}
     for item in opt or []:
@@ -76,10 +78,10 @@ def learn(
         except ValueError:
             fail_cli(f"--loss-weights expects 3 numbers like 1,0.5,0.5, got {loss_weights!r}")
     corpus = load_corpus(data)
-    cfg = LearnConfig(features=[f.strip() for f in features.split(",") if f.strip()], learner=learner, preset=preset,
-                      arch=arch, seeds=seeds, loss=loss, emotion_loss=emotion_loss, age_loss=age_loss,
-                      loss_weights=weights, epochs=epochs, patience=patience, batch_size=batch_size, lr=lr,
-                      stop_on=stop_on, threads=threads, options=options, device=device)
+    cfg = build(LearnConfig, features=[f.strip() for f in features.split(",") if f.strip()], learner=learner,
+                preset=preset, arch=arch, seeds=seeds, loss=loss, emotion_loss=emotion_loss, age_loss=age_loss,
+                loss_weights=weights, epochs=epochs, patience=patience, batch_size=batch_size, lr=lr,
+                stop_on=stop_on, threads=threads, options=options, device=device)
     result = run_learn(corpus, cfg, cache_dir=cache, runs_dir=runs, name=name, echo=typer.echo, overwrite=overwrite)
     typer.echo(result.summary_line())
 
@@ -113,8 +115,10 @@ def finetune(
     runs: Path = RunsOpt,
 ):
     """Fine-tune a speech model end to end with the Burst2Vec head on raw audio (resumable per epoch)."""
+    from exvo.config import build
     from exvo.learn.burst2vec import Burst2VecConfig
-    from exvo.learn.finetune import FinetuneConfig, export_encoder, finetune as run_finetune
+    from exvo.learn.finetune import export_encoder, finetune as run_finetune
+    from exvo.learn.finetune_config import FinetuneConfig
 
     if learner != "burst2vec":
         fail_cli(f"--learner {learner!r} cannot be fine-tuned end to end; choose burst2vec")
@@ -123,9 +127,10 @@ def finetune(
     corpus = load_corpus(data)
     head = Burst2VecConfig(alpha1=alpha1, alpha2=alpha2, emotion_loss=emotion_loss, age_loss=age_loss,
                            oversample=oversample)
-    cfg = FinetuneConfig(model=model, checkpoint=checkpoint, head=head, seeds=seeds, epochs=epochs, patience=patience,
-                         batch_size=batch_size, lr=lr, precision=precision, freeze_feature_encoder=freeze_feature_encoder,
-                         holdout=holdout, stop_on=stop_on, rms_db=rms_db, device=device)
+    cfg = build(FinetuneConfig, model=model, checkpoint=checkpoint, head=head, seeds=seeds, epochs=epochs,
+                patience=patience, batch_size=batch_size, lr=lr, precision=precision,
+                freeze_feature_encoder=freeze_feature_encoder, holdout=holdout, stop_on=stop_on, rms_db=rms_db,
+                device=device)
     try:
         run_dir, metrics = run_finetune(corpus, cfg, runs_dir=runs, name=name, echo=typer.echo,
                                         progress=sys.stderr.isatty())

@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from exvo.commands.common import app, friendly, fail_cli, DataOpt, CacheOpt, RunsOpt, load_corpus, DEMO_DIR
+from exvo.commands.common import (CacheOpt, DataOpt, DEMO_DIR, RunsOpt, app, command_table, fail_cli, friendly,
+                                  load_corpus)
 
 
 # --------------------------------------------------------------------------- recipes
@@ -32,7 +33,7 @@ def reproduce(
     if list_ or name is None:
         for n in recipes.names():
             r = recipes.load(n)
-            p = plan(r, checkpoint_dir)
+            p = plan(r, checkpoint_dir, command_table())
             typer.echo(f"{n}: {r.title}\n  {len(r.rows)} rows; commands: {', '.join(r.commands())}; "
                        f"weights: {', '.join(r.checkpoints()) or 'none'}")
             for o in p.outcomes.values():
@@ -45,8 +46,8 @@ def reproduce(
     corpus = load_corpus(data)
     typer.echo(f"reproduce {recipe.name} on {corpus.root} ({len(only) if reduced else len(recipe.rows)} of "
                f"{len(recipe.rows)} rows)")
-    outcomes = execute(recipe, Path(corpus.root), cache, runs, checkpoint_dir, echo=typer.echo, seeds=seeds,
-                       only=only)
+    outcomes = execute(recipe, Path(corpus.root), cache, runs, checkpoint_dir, commands=command_table(),
+                       echo=typer.echo, seeds=seeds, only=only)
     folder = write(recipe, outcomes, runs, corpus.name)
     typer.echo((folder / "table.md").read_text())
     counts = {s: sum(o.status == s for o in outcomes)
@@ -68,4 +69,4 @@ def demo(
     """The whole pipeline on the demo corpus: extract → learn → fuse → report."""
     from exvo.pipeline import run_demo
 
-    run_demo(data, cache, runs, seeds=seeds, echo=typer.echo)
+    run_demo(data, cache, runs, seeds=seeds, echo=typer.echo, commands=command_table())

@@ -42,10 +42,12 @@ def fewshot(
     runs: Path = RunsOpt,
 ):
     """ExVo-FewShot: train on Train, personalise with 2 support clips per Val/Test speaker, score the query clips."""
-    from exvo.fewshot.api import FewShotConfig, fewshot as run_fewshot
+    from exvo.config import build
+    from exvo.fewshot.api import fewshot as run_fewshot
+    from exvo.fewshot.config import FewShotConfig
 
     corpus = load_corpus(data)
-    cfg = FewShotConfig(features=[f.strip() for f in features.split(",") if f.strip()], variant=variant,
+    cfg = build(FewShotConfig, features=[f.strip() for f in features.split(",") if f.strip()], variant=variant,
                         heads=[h for h in heads.split(",") if h.strip()], seeds=seeds, epochs=epochs, patience=patience,
                         batch_size=batch_size, lr=lr, holdout=holdout, ft_steps=ft_steps, ft_lr=ft_lr, ft_loss=ft_loss, ft_params=ft_params,
                         ft_select=ft_select,
@@ -85,11 +87,13 @@ def verify(
     runs: Path = RunsOpt,
 ):
     """Enrol-to-verify: pretrain on seen classes, enrol N clips per class of a new task, verify queries."""
-    from exvo.verify.api import VerifyConfig, verify as run_verify
+    from exvo.config import build
+    from exvo.verify.api import verify as run_verify
+    from exvo.verify.config import VerifyConfig
     from exvo.verify.losses import LossConfig
 
     corpus = load_corpus(data)
-    cfg = VerifyConfig(features=features, seen=seen.split(","), task=task.split(","), enrol=enrol, loss=loss,
+    cfg = build(VerifyConfig, features=features, seen=seen.split(","), task=task.split(","), enrol=enrol, loss=loss,
                        encoder=encoder, seeds=seeds, epochs=epochs, n_per_class=n_per_class, reference=reference,
                        device=device, loss_cfg=LossConfig(margin_init=margin, learn_margin=not fixed_margin))
     result = run_verify(corpus, cfg, cache_dir=cache, runs_dir=runs, name=name,

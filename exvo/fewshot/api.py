@@ -14,8 +14,8 @@ Variants (registry :data:`VARIANTS`):
 ``finetune`` options: ``ft_params`` all | head | bias (which weights move), ``ft_loss`` mse | ccc,
 and ``ft_select`` (choose weights/steps/lr from :data:`FT_GRID` on the held-out Train speakers).
 
-Model selection never looks at Val: a speaker-disjoint ``holdout`` fraction of the Train
-speakers is held out, with the same protocol (first 2 clips = support, rest = query), and
+Model selection never looks at Val: a speaker-disjoint fraction ``select.holdout_frac`` (``--holdout``)
+of the Train speakers is held out, with the same protocol (first 2 clips = support, rest = query), and
 each seed keeps its best epoch by the hold-out query CCC. Val numbers are therefore not
 chosen on Val (except ``wavlm@best``-style layer choices, which probe Val).
 
@@ -32,18 +32,18 @@ Run folder ``<runs>/fewshot/<name>/``::
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-import exvo
+from exvo.version import __version__
 from exvo.corpus import Corpus
 from exvo.fewshot import protocol as P
-from exvo.fewshot.models import FewShotNet, parse_heads, reversal_schedule
-from exvo.fewshot.registry import FT_LOSSES, FT_PARAMS, VARIANTS, ZNORM_MODES
+from exvo.fewshot.models import FewShotNet, reversal_schedule
+from exvo.fewshot.registry import VARIANTS
 from exvo.fewshot.train import (centre_speakers, episode_enrolment, finetune_episodes, predict_rows,
                                 train_sampler)
 from exvo.learn import runs
@@ -51,79 +51,15 @@ from exvo.learn.api import input_caches
 from exvo.runs import provenance
 from exvo.runs.store import RunWriter, check_name
 from exvo.learn.features import Scaler, load_features, parse_specs, report_missing
-from exvo.learn.framework import TrainConfig, train_seeds
+from exvo.learn.framework import train_seeds
 from exvo.learn.probe import probe_layers
-from exvo.learn.selection import holdout_split
+from exvo.splits import holdout_split
+from exvo.fewshot.config import FewShotConfig
 
 FT_GRID = [("all", 1, 1e-4), ("all", 10, 1e-4), ("all", 10, 1e-3), ("head", 10, 1e-3), ("head", 10, 1e-2),
            ("bias", 10, 1e-2), ("bias", 10, 5e-2)]
 """``ft_select``: (weights moved, AdamW steps, lr) tried on the held-out Train speakers; the first is the baseline's."""
 RUN_SUBDIR = P.RUN_SUBDIR
-
-
-@dataclass
-class FewShotConfig:
-    """What to train. Seeds ``seed, seed+1, …``. ``rev_hold``/``rev_reach``: epochs of the reversal
-    warm-up (default: epochs/12 and epochs/2, EIHW's 10 and 60 of 120)."""
-
-    features: list[str]
-    variant: str = "none"
-    heads: list[str] = field(default_factory=list)
-    seeds: int = 5
-    seed: int = 0
-    epochs: int = 30
-    patience: int = 8
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    hidden: int = 256
-    zdim: int = 128
-    dropout: float = 0.2
-    holdout: float = 0.2
-    ft_steps: int = 1
-    ft_lr: float = 1e-4
-    ft_loss: str = "mse"
-    ft_params: str = "all"
-    ft_select: bool = False
-    znorm: str = "features"
-    rev_hold: int | None = None
-    rev_reach: int | None = None
-    support_seed: int | None = None
-    support_file: str | None = None
-    resamples: int = 1000
-    vectorise: bool = True
-    device: str = "cpu"
-
-    def validate(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"unknown few-shot variant {self.variant!r}; choose one of {list(VARIANTS)}")
-        self.heads = list(parse_heads(self.heads))
-        if self.heads and self.variant not in ("none", "enrol"):
-            raise ValueError(f"auxiliary heads {self.heads} apply to --variant none (h) or enrol; got {self.variant}")
-        if self.ft_loss not in FT_LOSSES:
-            raise ValueError(f"unknown --ft-loss {self.ft_loss!r}; choose one of {FT_LOSSES}")
-        if self.ft_params not in FT_PARAMS:
-            raise ValueError(f"unknown --ft-params {self.ft_params!r}; choose one of {list(FT_PARAMS)}")
-        if self.znorm not in ZNORM_MODES:
-            raise ValueError(f"unknown --znorm {self.znorm!r}; choose one of {ZNORM_MODES}")
-        if not 0.0 < float(self.holdout) < 1.0:
-            raise ValueError(f"--holdout must be a fraction in (0, 1), got {self.holdout}")
-        if int(self.seeds) < 1:
-            raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
-        if int(self.resamples) < 10:
-            raise ValueError(f"--resamples must be >= 10, got {self.resamples}")
-        if self.device not in ("cpu", "cuda", "auto"):
-            raise ValueError(f"unknown device {self.device!r}; choose cpu, cuda or auto")
-
-    @property
-    def seed_list(self) -> list[int]:
-        return [self.seed + k for k in range(int(self.seeds))]
-
-    @property
-    def reversal(self) -> tuple[int, int]:
-        hold = self.rev_hold if self.rev_hold is not None else max(1, round(self.epochs / 12))
-        reach = self.rev_reach if self.rev_reach is not None else max(hold + 1, round(self.epochs / 2))
-        return int(hold), int(reach)
 
 
 @dataclass
@@ -212,7 +148,7 @@ def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache",
     crow = _corpus_rows(corpus, fm.ids)
     spk = np.array([str(s) for s in corpus.speakers[crow]])
     Y = corpus.emotions[crow].astype(np.float32)        # NaN for Test rows: never read (Test support from the file)
-    fit_rows, hold_eps = holdout_protocol(fm.rows["Train"], spk, cfg.holdout, seed=cfg.seed)
+    fit_rows, hold_eps = holdout_protocol(fm.rows["Train"], spk, cfg.select.holdout_frac, seed=cfg.select.holdout_seed)
     for e in hold_eps:
         e.support_y = Y[e.support]
     scaler = Scaler.fit(fm.X, fit_rows)
@@ -238,27 +174,25 @@ def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache",
     echo(f"features {' + '.join(f'{b.spec}:{b.dim}' for b in fm.blocks)} = {fm.dim} dims; Train {fit_rows.size} clips of "
          f"{len(train_spk)} speakers (+{len(hold_eps)} held out for selection), Val {len(val_eps)} speakers / "
          f"{sum(e.query.size for e in val_eps)} query clips; variant {cfg.variant}"
-         + (f" heads {','.join(cfg.heads)}" if cfg.heads else "") + f"; seeds {cfg.seed_list}")
+         + (f" heads {','.join(cfg.heads)}" if cfg.heads else "") + f"; seeds {cfg.seeds.list}")
 
     def make():
         return FewShotNet(fm.dim, len(train_spk), enrol=enrol, heads=tuple(cfg.heads), hidden=cfg.hidden,
                           zdim=cfg.zdim, dropout=cfg.dropout)
 
-    sampler = train_sampler(Xt, Yt, torch.from_numpy(spk_code).to(dev), fit_rows, cfg.batch_size, enrol,
+    sampler = train_sampler(Xt, Yt, torch.from_numpy(spk_code).to(dev), fit_rows, cfg.train.batch_size, enrol,
                             lambda ep: reversal_schedule(ep, hold, reach), spk)
     hq, henr = episode_enrolment(hold_eps)
     hy = Y[hq]
 
     def evaluate(stack) -> np.ndarray:
-        pred = predict_rows(stack, Xt, hq, henr if enrol else None, cfg.vectorise)
+        pred = predict_rows(stack, Xt, hq, henr if enrol else None, cfg.train.vectorise)
         return np.array(_ccc_per_seed(hy, pred))
 
-    tcfg = TrainConfig(epochs=cfg.epochs, patience=cfg.patience, batch_size=cfg.batch_size, lr=cfg.lr,
-                       weight_decay=cfg.weight_decay, optimizer="adamw", restore="best", vectorise=cfg.vectorise)
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)        # dropout draws from the global generator: seed it for reproducible runs
-        fit = train_seeds(make, sampler, evaluate, cfg.seed_list, tcfg, device=dev)
+        torch.manual_seed(cfg.seeds.first)        # dropout draws from the global generator: seed it for reproducible runs
+        fit = train_seeds(make, sampler, evaluate, cfg.seeds.list, cfg.train, device=dev)
     t_train = time.perf_counter() - t0
 
     ft = {"params": cfg.ft_params, "steps": cfg.ft_steps, "lr": cfg.ft_lr}
@@ -267,7 +201,7 @@ def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache",
         # choose the fine-tuning settings on the held-out Train speakers (Val never chooses)
         for tune, steps, lr in FT_GRID:
             pred = finetune_episodes(fit.stack, Xt, hold_eps, lambda e: (e.support, e.query), steps, lr,
-                                     loss=cfg.ft_loss, vectorise=cfg.vectorise, tune=tune)
+                                     loss=cfg.ft_loss, vectorise=cfg.train.vectorise, tune=tune)
             ft_trials.append({"params": tune, "steps": steps, "lr": lr, "holdout_ccc": P.fewshot_ccc(hy, pred.mean(0))[0]})
         best = max(ft_trials, key=lambda t: t["holdout_ccc"])
         ft = {k: best[k] for k in ("params", "steps", "lr")}
@@ -278,12 +212,12 @@ def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache",
         q, enr = episode_enrolment(eps)
         if cfg.variant == "finetune":
             pred = finetune_episodes(fit.stack, Xt, eps, lambda e: (e.support, e.query), ft["steps"], ft["lr"],
-                                     loss=cfg.ft_loss, vectorise=cfg.vectorise, tune=ft["params"])
+                                     loss=cfg.ft_loss, vectorise=cfg.train.vectorise, tune=ft["params"])
         else:
-            pred = predict_rows(fit.stack, Xt, q, enr if enrol else None, cfg.vectorise)
+            pred = predict_rows(fit.stack, Xt, q, enr if enrol else None, cfg.train.vectorise)
         if cfg.variant == "znorm" and cfg.znorm == "residual":
             sup = np.concatenate([e.support for e in eps])
-            ps = predict_rows(fit.stack, Xt, sup, None, cfg.vectorise).reshape(fit.stack.n, len(eps), P.SHOTS, 10)
+            ps = predict_rows(fit.stack, Xt, sup, None, cfg.train.vectorise).reshape(fit.stack.n, len(eps), P.SHOTS, 10)
             shift = (np.stack([e.support_y for e in eps])[None] - ps).mean(2)          # (S, n_spk, 10)
             sizes = [e.query.size for e in eps]
             pred = np.clip(pred + np.repeat(shift, sizes, axis=1), 0.0, 1.0)
@@ -293,7 +227,7 @@ def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache",
     vq, vpred = personalise(val_eps)
     vy = Y[vq]
     per_seed = []
-    for j, sd in enumerate(cfg.seed_list):
+    for j, sd in enumerate(cfg.seeds.list):
         m, per = P.fewshot_ccc(vy, vpred[j])
         per_seed.append({"seed": sd, "ccc": m, "ci95": list(P.bootstrap_ci(vy, vpred[j], cfg.resamples)),
                          "ccc_per_emotion": dict(zip(P.EMOTIONS, per)), "best_epoch": int(fit.best_epoch[j]),
@@ -317,19 +251,19 @@ def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache",
     (tmp / "models").mkdir()
     ids = [fm.ids[k] for k in vq]
     P.write_submission(tmp / "val.csv", ids, ens)
-    np.savez(tmp / "per_seed" / "val.npz", ids=np.array(ids, dtype=str), seeds=np.array(cfg.seed_list),
+    np.savez(tmp / "per_seed" / "val.npz", ids=np.array(ids, dtype=str), seeds=np.array(cfg.seeds.list),
              emotions=vpred.astype(np.float32))
     if test_eps:
         tq, tpred = personalise(test_eps)
         tids = [fm.ids[k] for k in tq]
         P.write_submission(tmp / "test.csv", tids, tpred.mean(0))
-        np.savez(tmp / "per_seed" / "test.npz", ids=np.array(tids, dtype=str), seeds=np.array(cfg.seed_list),
+        np.savez(tmp / "per_seed" / "test.npz", ids=np.array(tids, dtype=str), seeds=np.array(cfg.seeds.list),
                  emotions=tpred.astype(np.float32))
         try:   # the demo corpus keeps its Test labels aside: score Test too (never used for any choice)
             ty = P.query_labels(corpus, test_proto)
             tpos = {i: k for k, i in enumerate(tids)}
             order = [tpos[i] for i in test_proto.query_ids(corpus)]
-            tm = [P.fewshot_ccc(ty, tpred[j][order])[0] for j in range(len(cfg.seed_list))]
+            tm = [P.fewshot_ccc(ty, tpred[j][order])[0] for j in range(len(cfg.seeds.list))]
             metrics["test"] = {"summary": {"ccc": {"mean": float(np.mean(tm)), "std": float(np.std(tm))}},
                                "ensemble": {"ccc": P.fewshot_ccc(ty, tpred.mean(0)[order])[0],
                                             "ci95": list(P.bootstrap_ci(ty, tpred.mean(0)[order], cfg.resamples))},
@@ -340,11 +274,11 @@ def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache",
     writer.torch("models/fewshot.pt", fit.stack.state_dict())
     scaler.save(tmp / "models" / "scaler.npz")
     config = {
-        "kind": "fewshot", "exvo_version": exvo.__version__, "name": name,
+        "kind": "fewshot", "exvo_version": __version__, "name": name,
         "corpus": {"name": corpus.name, "root": str(corpus.root)},
         "features": [b.to_json() for b in fm.blocks], "dim": fm.dim,
         "variant": cfg.variant, "variant_description": VARIANTS[cfg.variant], "heads": cfg.heads,
-        "seeds": cfg.seed_list, "fewshot_config": asdict(cfg),
+        "seeds": cfg.seeds.list, "fewshot_config": asdict(cfg),
         "finetune": ({"chosen": ft, "loss": cfg.ft_loss, "trials_on_holdout": ft_trials,
                       "chosen_by": "held-out Train speakers" if ft_trials else "given"} if cfg.variant == "finetune" else None),
         "reversal_warmup": {"hold_until_epoch": hold, "reach_epoch": reach} if cfg.heads else None,

@@ -2,14 +2,12 @@
 
 Typical use (what ``exvo learn`` calls)::
 
-    result = learn(corpus, LearnConfig(features=["egemaps"], learner="mlp", arch="sys2"),
+    result = learn(corpus, build(LearnConfig, features=["egemaps"], learner="mlp", epochs=30),
                    cache_dir="cache", runs_dir="runs")
     print(result.summary_line())
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,135 +15,21 @@ from typing import Callable
 
 import numpy as np
 
-import exvo
+from exvo.version import __version__
 from exvo.corpus import Corpus, CorpusError
 from exvo.extract.cache import CacheMismatch, config_diff
 from exvo.learn import registry, runs
 from exvo.runs import provenance
 from exvo.runs.store import RunWriter, check_free, check_name
+from exvo.learn.config import LearnConfig
 from exvo.learn.features import (FeatureError, FeatureSpec, Scaler, load_features, parse_specs,
                                  report_missing)
-from exvo.learn.framework import TrainConfig
-from exvo.learn.mlp import ARCHS
-from exvo.learn.multitask import LossConfig
-from exvo.learn.presets import preset as preset_values
 from exvo.learn.probe import probe_layers
-from exvo.learn.selection import SelectionConfig, selection_rows
+from exvo.learn.selection import selection_rows
 from exvo.learn.targets import make_targets
 from exvo.learn.threads import resolve_threads
 from exvo.predictions import Predictions
 from exvo.runs.reader import read_learn_record
-
-COMBINES = ("uncertainty", "mean", "fixed")
-
-
-@dataclass
-class LearnConfig:
-    """What to learn. ``seeds`` models are trained with seeds ``seed, seed+1, …``.
-
-    ``learner``: a registry name (:mod:`exvo.learn.registry`); ``options``: that learner's own
-    settings (``{field: value}`` of its config dataclass; ``arch`` and the ``xgb_*`` fields are
-    shorthands for the MLP's and XGBoost's). ``preset``: default | paper | baseline | fast
-    (:mod:`exvo.learn.presets`); every field left ``None`` takes the preset's value.
-    Losses: ``loss`` = how the task losses are combined (uncertainty | mean | fixed with
-    ``loss_weights``), ``emotion_loss`` mse | ccc, ``age_loss`` mse | mae. Selection:
-    ``stop_on`` holdout (a speaker-disjoint part of Train, honest) | val (the papers', †),
-    ``monitor`` score | loss. ``threads``: CPU threads, 0 = automatic (backs off under load).
-    ``device``: auto | cpu | cuda.
-    """
-
-    features: list[str]
-    learner: str = "mlp"
-    preset: str = "default"
-    arch: str | None = None
-    seeds: int = 5
-    loss: str | None = None
-    emotion_loss: str | None = None
-    age_loss: str | None = None
-    loss_weights: tuple[float, float, float] | None = None
-    epochs: int | None = None
-    patience: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    optimizer: str | None = None
-    min_delta: float | None = None
-    restore: str | None = None
-    warmup_epochs: float | None = None
-    decay: str | None = None
-    stop_on: str | None = None
-    monitor: str | None = None
-    holdout_frac: float = 0.1
-    holdout_seed: int = 0
-    device: str = "auto"
-    seed: int = 0
-    threads: int = 0
-    options: dict = field(default_factory=dict)
-    xgb_estimators: int | None = None
-    xgb_depth: int | None = None
-    xgb_jobs: int | None = None
-    progress: bool = False
-
-    def resolved(self) -> dict:
-        """The preset's values with every explicitly set field on top."""
-        v = preset_values(self.preset)
-        for k in v:
-            if getattr(self, k, None) is not None:
-                v[k] = getattr(self, k)
-        return v
-
-    def validate(self) -> None:
-        v = self.resolved()
-        learner = registry.get(self.learner)
-        if v["loss"] not in COMBINES:
-            raise ValueError(f"unknown loss {v['loss']!r}; choose one of {COMBINES}")
-        if "arch" in {f.name for f in dataclasses.fields(learner.config)} and v["arch"] not in ARCHS:
-            raise ValueError(f"unknown arch {v['arch']!r}; choose one of {sorted(ARCHS)}")
-        if int(self.seeds) < 1:
-            raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"unknown device {self.device!r}; choose auto, cpu or cuda")
-        self.train_config(), self.loss_config(), self.selection_config(), self.learner_config()
-        resolve_threads(self.threads)
-
-    def train_config(self) -> TrainConfig:
-        v = self.resolved()
-        return TrainConfig(epochs=int(v["epochs"]), patience=int(v["patience"]), batch_size=int(v["batch_size"]),
-                           lr=float(v["lr"]), weight_decay=float(v["weight_decay"]), optimizer=v["optimizer"],
-                           restore=v["restore"], min_delta=float(v["min_delta"]),
-                           warmup_epochs=float(v["warmup_epochs"]), decay=v["decay"])
-
-    def loss_config(self) -> LossConfig:
-        v = self.resolved()
-        return LossConfig(emotions=v["emotion_loss"], age=v["age_loss"], combine=v["loss"],
-                          weights=tuple(v["loss_weights"]))
-
-    def selection_config(self) -> SelectionConfig:
-        v = self.resolved()
-        return SelectionConfig(on=v["stop_on"], monitor=v["monitor"], holdout_frac=self.holdout_frac,
-                               holdout_seed=self.holdout_seed)
-
-    def learner_config(self):
-        learner = registry.get(self.learner)
-        known = {f.name for f in dataclasses.fields(learner.config)}
-        opts = {}
-        shorthands = {"arch": self.resolved()["arch"], "n_estimators": self.xgb_estimators,
-                      "max_depth": self.xgb_depth, "n_jobs": self.xgb_jobs}
-        if "train" not in learner.uses:
-            # a learner with its own optimisation settings (burst2vec) still takes the shared
-            # options given explicitly, when its config has a field of that name
-            shorthands |= {k: getattr(self, k) for k in ("epochs", "patience", "batch_size", "lr", "weight_decay")}
-        if "loss" not in learner.uses:
-            shorthands |= {"emotion_loss": self.emotion_loss, "age_loss": self.age_loss}
-        for k, val in shorthands.items():
-            if k in known and val is not None:
-                opts[k] = val
-        opts.update(self.options)
-        return learner.make_config(opts)
-
-    @property
-    def seed_list(self) -> list[int]:
-        return [self.seed + k for k in range(int(self.seeds))]
 
 
 @dataclass
@@ -163,7 +47,7 @@ def constant_baseline(corpus: Corpus, t, rows) -> dict:
     """Scores of predicting the Train mean emotions/age and the majority country on Val."""
     from exvo.learn.runs import score_quiet
 
-    tr, va = rows["Train"], rows["Val"]
+    tr = rows["Train"]
     n = len(corpus.split_ids("Val"))
     emo = np.repeat(t.emotions[tr].mean(0, keepdims=True), n, 0)
     proba = np.zeros((n, 4)); proba[:, np.bincount(t.country[tr], minlength=4).argmax()] = 1.0
@@ -183,7 +67,7 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
     cfg.validate()
     learner = registry.get(cfg.learner)
     values = cfg.resolved()
-    train_cfg, loss_cfg, sel = cfg.train_config(), cfg.loss_config(), cfg.selection_config()
+    train_cfg, loss_cfg, sel = cfg.train, cfg.loss_config(), cfg.select
     lcfg = cfg.learner_config()
     specs = parse_specs(cfg.features)
     if not corpus.has_labels("Val"):
@@ -225,7 +109,7 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
         t = make_targets(corpus, fm.ids, rows)
         scaler = Scaler.fit(fm.X, rows["Train"])
         scaler.apply_(fm.X)
-        seeds = cfg.seed_list
+        seeds = cfg.seeds.list
         fit_rows, sel_rows = selection_rows(corpus, fm.ids, rows, sel)
         dims = " + ".join(f"{b.spec}[L{b.layer}]:{b.dim}" for b in fm.blocks)
         echo(f"features {dims} = {fm.dim} dims; Train {rows['Train'].size}, Val {rows['Val'].size}, "
@@ -286,7 +170,7 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
     uses_train, uses_loss = "train" in learner.uses, "loss" in learner.uses
     config = {
         "kind": "learn",
-        "exvo_version": exvo.__version__,
+        "exvo_version": __version__,
         "name": name,
         "corpus": {"name": corpus.name, "root": str(corpus.root)},
         "features": [b.to_json() for b in fm.blocks],

@@ -52,7 +52,7 @@ when tasks are trained on different data (the tests' synthetic case).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -60,9 +60,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exvo.config import TrainConfig
 from exvo.learn import losses
 from exvo.device import resolve_device
-from exvo.learn.framework import LearnerModule, SeedFit, SeedStack, TrainConfig, predict, train_seeds
+from exvo.learn.framework import LearnerModule, SeedFit, SeedStack, predict, train_seeds
 from exvo.learn.targets import selection_score
 from exvo.learn.task_batches import AGE_EDGES, TASKS, joint_cells, task_batches
 
@@ -81,11 +82,11 @@ class Burst2VecConfig:
     ``proj_dim``/``hidden``/``head_hidden``: P, H, Hh above (the paper does not give sizes).
     ``emotion_loss`` ccc (the paper) | mse; ``age_loss`` mae (the paper) | mse.
     ``oversample``: fill up the joint (country, age range, dominant emotion) cells of Train
-    every epoch (``age_edges`` in years). Optimisation: Adam, batch 32, up to 100 epochs (the
-    paper); ``lr`` 1e-4 over cached embeddings (the paper's 1e-5 is for fine-tuning the whole
+    every epoch (``age_edges`` in years). ``train`` (:class:`~exvo.config.TrainConfig`): Adam,
+    batch 32, up to 100 epochs (the paper); ``lr`` 1e-4 over cached embeddings (the paper's 1e-5 is for fine-tuning the whole
     speech model, see :mod:`exvo.learn.finetune`; at 1e-3 the adversarial terms made training
     unstable on the demo corpus: selection S_MTL .26 vs .41 at 1e-4), early stopping with
-    ``patience`` epochs.
+    ``patience`` 10 epochs.
     """
 
     alpha1: float = 0.5
@@ -98,14 +99,8 @@ class Burst2VecConfig:
     age_loss: str = "mae"
     oversample: bool = False
     age_edges: tuple = AGE_EDGES
-    epochs: int = 100
-    patience: int = 10
-    batch_size: int = 32
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    restore: str = "best"
-    vectorise: bool = True
-    eval_batch: int = 4096
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=100, patience=10, batch_size=32, lr=1e-4,
+                                                                   weight_decay=0.0))
 
     def __post_init__(self):
         for k in ("alpha1", "alpha2"):
@@ -116,17 +111,13 @@ class Burst2VecConfig:
             raise ValueError(f"unknown emotion loss {self.emotion_loss!r}; choose one of {sorted(EMOTION_LOSSES)}")
         if self.age_loss not in AGE_LOSSES:
             raise ValueError(f"unknown age loss {self.age_loss!r}; choose one of {sorted(AGE_LOSSES)}")
-        for k in ("proj_dim", "hidden", "head_hidden", "epochs", "patience", "batch_size"):
+        for k in ("proj_dim", "hidden", "head_hidden"):
             if int(getattr(self, k)) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         self.age_edges = tuple(float(e) for e in self.age_edges)
 
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, patience=self.patience, batch_size=self.batch_size, lr=self.lr,
-                           weight_decay=self.weight_decay, optimizer="adam", restore=self.restore,
-                           vectorise=self.vectorise, eval_batch=self.eval_batch)
 
 
 def _mlp(d_in: int, d_out: int, dropout: float, depth: int = 1) -> nn.Sequential:
@@ -274,7 +265,7 @@ def make_sampler(X: torch.Tensor, labels: dict[str, torch.Tensor], fit_rows: np.
     cells = None
     if cfg.oversample:
         cells = {t: joint_cells(country[r], age_years[r], emotions[r], cfg.age_edges) for t, r in task_rows.items()}
-    return task_batches({"x": X, **labels}, task_rows, cfg.batch_size, cells)
+    return task_batches({"x": X, **labels}, task_rows, cfg.train.batch_size, cells)
 
 
 def predict_burst2vec(stack: SeedStack, X: torch.Tensor, rows: np.ndarray, scale: AgeScale,
@@ -302,7 +293,7 @@ def train_burst2vec(X: np.ndarray | torch.Tensor, fit_rows: np.ndarray, sel_rows
     sampler = make_sampler(Xt, labels, fit_rows, emotions, country, age_years, cfg)
     sel_rows = np.asarray(sel_rows)
     se, sc, sa = emotions[sel_rows], country[sel_rows], age_years[sel_rows]
-    tcfg = cfg.train_config()
+    tcfg = cfg.train
 
     def evaluate(stack: SeedStack) -> np.ndarray:
         e, p, a = predict_burst2vec(stack, Xt, sel_rows, scale, tcfg.eval_batch, tcfg.vectorise)

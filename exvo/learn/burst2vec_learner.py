@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from exvo.config import from_dict
 from exvo.learn.burst2vec import AgeScale, Burst2Vec, Burst2VecConfig, predict_burst2vec, train_burst2vec
 from exvo.learn.framework import SeedStack
 from exvo.learn.torch_learner import TorchFitted, load_stack
@@ -36,13 +37,13 @@ class Burst2VecFitted(TorchFitted):
 
     def predict(self, X: np.ndarray):
         Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(self.stack.device)
-        e, p, years = predict_burst2vec(self.stack, Xt, np.arange(len(X)), self.scale, self.cfg.eval_batch,
-                                        self.cfg.vectorise)
+        e, p, years = predict_burst2vec(self.stack, Xt, np.arange(len(X)), self.scale, self.cfg.train.eval_batch,
+                                        self.cfg.train.vectorise)
         return e, p, ((years - self.meta["age_mean"]) / self.meta["age_std"]).astype(np.float32)
 
 
 def _config(d: dict) -> Burst2VecConfig:
-    return Burst2VecConfig(**(d | {"age_edges": tuple(d.get("age_edges", ()))}))
+    return from_dict(Burst2VecConfig, d)
 
 
 def fit(data, cfg: Burst2VecConfig) -> Burst2VecFitted:

@@ -6,7 +6,7 @@ The paper's own setting (Anuchitanukul & Specia 2022, §3-4, App. C): raw 16 kHz
 :class:`~exvo.learn.burst2vec.Burst2Vec`. Batches are per task (32 clips of one task),
 zero-padded to the longest clip with an attention mask (when the checkpoint's feature
 extractor uses masks); Adam, lr 1e-5 on every weight, up to 100 epochs, early stopping on a
-speaker-disjoint, country-stratified part of Train (``holdout``, as ``exvo learn``; ``stop_on="val"``
+speaker-disjoint, country-stratified part of Train (``select``, as ``exvo learn``; ``on="val"``
 chooses on Val instead, the paper's protocol, and marks Val scores optimistic †), best epoch
 restored. The CNN front end
 is frozen by default (``freeze_feature_encoder``, as is usual for these models). On CUDA the
@@ -34,7 +34,7 @@ import copy
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -42,67 +42,19 @@ import numpy as np
 import torch
 from torch import nn
 
-import exvo
+from exvo.version import __version__
 from exvo.corpus import SAMPLE_RATE, Corpus, CorpusError, load_audio
 from exvo.device import resolve_device
 from exvo.learn import runs
 from exvo.runs import provenance
 from exvo.runs.store import RunWriter, check_name, load_torch
-from exvo.learn.burst2vec import AgeScale, Burst2Vec, Burst2VecConfig, label_tensors, make_sampler
+from exvo.learn.burst2vec import AgeScale, Burst2Vec, label_tensors, make_sampler
 from exvo.learn.framework import init_seed, order_seed
 from exvo.learn.targets import make_targets, selection_score
-from exvo.learn.selection import SELECT_ON, SelectionConfig, selection_rows
+from exvo.learn.selection import selection_rows
 from exvo.predictions import Predictions, SeedPredictions, save_seed_predictions, save_split
-from exvo.preprocess import check_level, rms_normalise
-
-MODELS = ("hubert", "wav2vec2", "wavlm")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-
-
-@dataclass
-class FinetuneConfig:
-    """``model`` hubert | wav2vec2 | wavlm; ``checkpoint`` a hub id or local folder (default: the
-    extractor's default checkpoint). ``head``: the Burst2Vec settings (its ``lr``/``epochs``/
-    ``batch_size``/``patience`` are ignored here: this config's own apply). ``holdout``: fraction
-    of Train speakers held out for early stopping (``stop_on`` holdout | val). ``rms_db``: RMS-normalise every clip to this
-    level (dBFS) before the feature extractor, None = off."""
-
-    model: str = "hubert"
-    checkpoint: str | None = None
-    head: Burst2VecConfig = field(default_factory=Burst2VecConfig)
-    seeds: int = 1
-    seed: int = 0
-    epochs: int = 100
-    patience: int = 10
-    batch_size: int = 32
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    precision: str = "auto"
-    freeze_feature_encoder: bool = True
-    holdout: float = 0.1
-    stop_on: str = "holdout"
-    rms_db: float | None = None
-    device: str = "auto"
-
-    def validate(self) -> None:
-        if self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r} for fine-tuning; choose one of {MODELS}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; choose one of {PRECISIONS}")
-        for k in ("seeds", "epochs", "patience", "batch_size"):
-            if int(getattr(self, k)) < 1:
-                raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(self, k)}")
-        if not 0.0 < float(self.holdout) < 1.0:
-            raise ValueError(f"--holdout must be a fraction in (0, 1) of the Train speakers, got {self.holdout}")
-        if self.stop_on not in SELECT_ON:
-            raise ValueError(f"unknown --stop-on {self.stop_on!r}; choose one of {SELECT_ON}")
-        if self.rms_db is not None:
-            check_level(self.rms_db)
-
-    @property
-    def seed_list(self) -> list[int]:
-        return [self.seed + k for k in range(int(self.seeds))]
-
+from exvo.preprocess import rms_normalise
+from exvo.learn.finetune_config import FinetuneConfig
 
 class EncoderBurst2Vec(nn.Module):
     """Speech encoder + mean pooling over unpadded frames + Burst2Vec head."""
@@ -228,8 +180,10 @@ def _epoch(model, opt, scaler, amp, batches, audio: AudioBatches, device, desc: 
 def _state_key(cfg: FinetuneConfig) -> dict:
     """The settings a resume state must share with the command resuming it (all but the budget)."""
     d = asdict(cfg)
-    for k in ("epochs", "patience", "seeds", "device"):
-        d.pop(k)
+    for k in ("epochs", "patience"):
+        d["train"].pop(k)
+    d["seeds"].pop("n")
+    d.pop("device")
     return d
 
 
@@ -242,7 +196,8 @@ def _train_seed(seed: int, cfg: FinetuneConfig, encoder0: nn.Module, audio: Audi
     model = EncoderBurst2Vec(copy.deepcopy(encoder0), head).to(device)
     if cfg.freeze_feature_encoder:
         freeze_feature_encoder(model.encoder)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
+                           weight_decay=cfg.train.weight_decay)
     amp, scaler = _autocast(device, "fp16" if cfg.precision == "auto" else cfg.precision)
     st = {"epoch": 0, "best": -np.inf, "best_epoch": 0, "waited": 0, "history": [], "train_loss": [],
           "best_state": None, "seconds": []}
@@ -259,7 +214,7 @@ def _train_seed(seed: int, cfg: FinetuneConfig, encoder0: nn.Module, audio: Audi
         st = saved["st"]
         echo(f"  seed {seed}: resuming after epoch {st['epoch']}")
     sel_e, sel_c, sel_a = t.emotions[sel_rows], t.country[sel_rows], t.age[sel_rows]
-    while st["epoch"] < cfg.epochs and st["waited"] < cfg.patience:
+    while st["epoch"] < cfg.train.epochs and st["waited"] < cfg.train.patience:
         epoch = st["epoch"] + 1
         t0 = time.perf_counter()
         # dropout (torch) and SpecAugment time masks (numpy's global generator, in transformers)
@@ -274,7 +229,7 @@ def _train_seed(seed: int, cfg: FinetuneConfig, encoder0: nn.Module, audio: Audi
                              f"seed {seed} epoch {epoch}", progress)
         finally:
             np.random.set_state(np_state)
-        e, p, a = predict_rows(model, audio, sel_rows, scale, cfg.batch_size, device, amp)
+        e, p, a = predict_rows(model, audio, sel_rows, scale, cfg.train.batch_size, device, amp)
         score = selection_score(sel_e, e, sel_c, p.argmax(1), sel_a, a)
         st["history"].append(score)
         st["train_loss"].append(tot / max(nb, 1))
@@ -317,13 +272,12 @@ def finetune(corpus: Corpus, cfg: FinetuneConfig, runs_dir: str | Path = "runs",
     ids = list(corpus.ids)
     rows = {sp: corpus.indices(sp) for sp in ("Train", "Val", "Test")}
     t = make_targets(corpus, ids, rows)
-    sel = SelectionConfig(on=cfg.stop_on, holdout_frac=cfg.holdout)
+    sel = cfg.select
     fit_rows, sel_rows = selection_rows(corpus, ids, rows, sel)
     audio = AudioBatches(corpus, ids, fe, cfg.rms_db, receptive_field(encoder.config))
     scale = AgeScale.fit(t.age[fit_rows])
     labels = label_tensors(t.emotions, t.country, t.age, scale)
-    head_cfg = copy.copy(cfg.head)
-    head_cfg.batch_size = cfg.batch_size
+    head_cfg = replace(cfg.head, train=replace(cfg.head.train, batch_size=cfg.train.batch_size))
     # the encoder makes the features: the sampler only hands out rows, labels and the task
     sampler = make_sampler(torch.zeros(len(ids), 0), labels, fit_rows, t.emotions, t.country, t.age, head_cfg)
     where = "held-out Train speakers" if sel.on == "holdout" else "Val (its scores are then optimistic, †)"
@@ -331,7 +285,7 @@ def finetune(corpus: Corpus, cfg: FinetuneConfig, runs_dir: str | Path = "runs",
          f"stopping on {sel_rows.size} clips of {where}; Val {rows['Val'].size}, Test {rows['Test'].size}")
     state_dir = runs_dir / f".{name}.finetune"
     state_dir.mkdir(parents=True, exist_ok=True)
-    seeds = cfg.seed_list
+    seeds = cfg.seeds.list
     amp, _ = _autocast(device, "fp16" if cfg.precision == "auto" else cfg.precision)
     with RunWriter(runs_dir, name) as writer:
         tmp = writer.path
@@ -343,7 +297,7 @@ def finetune(corpus: Corpus, cfg: FinetuneConfig, runs_dir: str | Path = "runs",
             histories.append({k: st[k] for k in ("history", "train_loss", "best_epoch", "epoch", "seconds")})
             for sp in outs:
                 if rows[sp].size:
-                    outs[sp].append(predict_rows(model, audio, rows[sp], scale, cfg.batch_size, device, amp))
+                    outs[sp].append(predict_rows(model, audio, rows[sp], scale, cfg.train.batch_size, device, amp))
             enc_dir = tmp / "models" / f"encoder_seed{seed}"
             model.encoder.save_pretrained(enc_dir)
             fe.save_pretrained(enc_dir)
@@ -353,7 +307,7 @@ def finetune(corpus: Corpus, cfg: FinetuneConfig, runs_dir: str | Path = "runs",
         from exvo.learn.api import constant_baseline
 
         config = {
-            "kind": "learn", "exvo_version": exvo.__version__, "name": name,
+            "kind": "learn", "exvo_version": __version__, "name": name,
             "corpus": {"name": corpus.name, "root": str(corpus.root)},
             "features": [f"{cfg.model}-finetuned"], "learner": "burst2vec", "seeds": seeds,
             "finetune": asdict(cfg) | {"checkpoint": ckpt, "checkpoint_info": info},

@@ -36,63 +36,12 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from exvo.config import TrainConfig
+
 Batch = dict[str, torch.Tensor]
 Sampler = Callable[[torch.Generator, int], Iterator[Batch]]
 
 
-@dataclass
-class TrainConfig:
-    """Optimisation settings shared by every learner.
-
-    ``optimizer``: ``adam`` (L2 ``weight_decay`` added to the gradient, as the ExVo baseline)
-    or ``adamw`` (decoupled decay). ``restore``: ``best`` (the epoch with the highest selection
-    score) or ``last`` (the epoch the seed stopped at, as the official baseline). An epoch
-    counts as an improvement only when the score rises by more than ``min_delta``.
-    """
-
-    epochs: int = 20
-    patience: int = 5
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    optimizer: str = "adam"
-    restore: str = "best"
-    min_delta: float = 0.0
-    vectorise: bool = True
-    eval_batch: int = 4096
-    warmup_epochs: float = 0.0
-    decay: str = "none"
-
-    def __post_init__(self):
-        for k in ("epochs", "patience", "batch_size", "eval_batch"):
-            if int(getattr(self, k)) < 1:
-                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
-        if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam or adamw")
-        if self.restore not in ("best", "last"):
-            raise ValueError(f"unknown restore {self.restore!r}; choose best or last")
-        if self.decay not in DECAYS:
-            raise ValueError(f"unknown learning-rate decay {self.decay!r}; choose one of {DECAYS}")
-        if float(self.warmup_epochs) < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
-
-    def lr_factor(self, t: float) -> float:
-        """Learning-rate multiplier at training progress ``t`` (epochs done, fractional).
-
-        Linear warm-up from 0 (floored at 1e-3) to 1 over ``warmup_epochs``, then ``decay``:
-        ``none`` keeps 1; ``cosine`` falls to 0 at ``epochs`` (a large-batch schedule: the
-        scaled learning rate would be unstable in the first steps and too coarse at the end).
-        """
-        w = float(self.warmup_epochs)
-        if w > 0 and t < w:
-            return max(t / w, 1e-3)
-        if self.decay == "cosine":
-            span = max(float(self.epochs) - w, 1e-9)
-            return 0.5 * (1.0 + np.cos(np.pi * min(max(t - w, 0.0) / span, 1.0)))
-        return 1.0
-
-
-DECAYS = ("none", "cosine")
 
 
 def init_seed(seed: int) -> int:

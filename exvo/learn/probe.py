@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from exvo.config import SelectionConfig
 from exvo.corpus import Corpus
 from exvo.extract.cache import EmbeddingCache
 from exvo.learn.features import Scaler
-from exvo.learn.selection import SelectionConfig, selection_rows
+from exvo.learn.selection import selection_rows
 from exvo.learn.targets import N_COUNTRIES, make_targets, selection_score
 
 ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)

@@ -16,7 +16,8 @@ import time
 import numpy as np
 import torch
 
-from exvo.learn.framework import TrainConfig, init_seed, order_seed
+from exvo.config import TrainConfig
+from exvo.learn.framework import init_seed, order_seed
 from exvo.learn.mlp import MultitaskMLP
 from exvo.learn.multitask import LossConfig, data_tensors
 from exvo.learn.targets import Targets, selection_score

@@ -32,9 +32,8 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from exvo.learn.framework import TrainConfig
+from exvo.config import SelectionConfig, TrainConfig, build, flat_fields
 from exvo.learn.multitask import LossConfig
-from exvo.learn.selection import SelectionConfig
 from exvo.learn.targets import Targets
 
 Outputs = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -94,14 +93,14 @@ class Learner:
     def make_config(self, options: dict[str, Any] | None = None):
         """The learner's config from ``{field: value}``; strings (from ``--opt k=v``) are converted to
         the field's type. Unknown fields are refused with the list of known ones."""
-        known = {f.name: f for f in dataclasses.fields(self.config)}
+        known = flat_fields(self.config)
         kw = {}
         for k, v in (options or {}).items():
             if k not in known:
                 raise ValueError(f"learner {self.name!r} has no option {k!r}; its options are: "
                                  + (", ".join(sorted(known)) or "(none)"))
-            kw[k] = _convert(v, known[k], self.config) if isinstance(v, str) else v
-        return self.config(**kw)
+            kw[k] = _convert(v, known[k][1], known[k][0]) if isinstance(v, str) else v
+        return build(self.config, kw)
 
 
 def _convert(text: str, f: dataclasses.Field, cls: type):

@@ -57,22 +57,6 @@ class Plan:
     outcomes: dict[str, RowOutcome] = field(default_factory=dict)     # rows that will not run, and why
 
 
-def cli_commands() -> dict[str, set[str]]:
-    """``{command: {option flags}}`` of the ``exvo`` CLI, read from the typer app itself."""
-    import typer
-
-    from exvo.cli import app
-
-    group = typer.main.get_command(app)
-    out = {}
-    for name, cmd in group.commands.items():      # type: ignore[attr-defined]
-        flags = set()
-        for p in cmd.params:
-            flags.update(o for o in (*p.opts, *getattr(p, "secondary_opts", [])) if o.startswith("-"))
-        out[name] = flags
-    return out
-
-
 def step_problems(steps: list[list[str]], commands: dict[str, set[str]]) -> list[str]:
     """What in ``steps`` the CLI does not have (an unknown command or option), as messages."""
     problems = []
@@ -100,9 +84,10 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def plan(recipe: Recipe, checkpoint_dir: Path | None) -> Plan:
-    """Sort rows into those that can run and those that cannot (unavailable, no weights, no command)."""
-    commands = cli_commands()
+def plan(recipe: Recipe, checkpoint_dir: Path | None, commands: dict[str, set[str]]) -> Plan:
+    """Sort rows into those that can run and those that cannot (unavailable, no weights, no command).
+    ``commands``: ``{command: {option flags}}`` of the CLI the steps run (the CLI layer passes
+    :func:`exvo.commands.common.command_table`; recipes never import the CLI)."""
     p = Plan()
     for row in recipe.rows:
         if row.unavailable:
@@ -259,20 +244,20 @@ def _earlier(row: Row, recipe: Recipe, argvs: list[list[str]], data: Path, cache
     return RowOutcome(row, "not run", f"not in the reduced recipe; `exvo reproduce {recipe.name}` runs it")
 
 
-def execute(recipe: Recipe, data: Path, cache: Path, runs: Path, checkpoint_dir: Path | None = None,
-            echo: Callable[[str], None] = print, seeds: int | None = None, quiet: bool = False,
-            only: set[str] | None = None) -> list[RowOutcome]:
+def execute(recipe: Recipe, data: Path, cache: Path, runs: Path, checkpoint_dir: Path | None = None, *,
+            commands: dict[str, set[str]], echo: Callable[[str], None] = print, seeds: int | None = None,
+            quiet: bool = False, only: set[str] | None = None) -> list[RowOutcome]:
     """Run every ready row's missing steps; return one outcome per row, in recipe order.
 
     ``seeds``: passed as ``--seeds`` to every step that takes it and names none (``exvo demo``
-    uses 3); the paper rows otherwise run with each command's default (5). ``quiet``: show a
+    uses 3); the paper rows otherwise run with each command's default (5). ``commands``: as
+    :func:`plan`. ``quiet``: show a
     step's last output line only (all of its last lines when it fails). ``only``: ids of the
     rows to run (``--reduced``: the demo rows); the others keep the figures of an earlier run
     of the same command line, or are marked 'not run', so a reduced run never empties the
     table a full run wrote.
     """
-    p = plan(recipe, checkpoint_dir)
-    commands = cli_commands()
+    p = plan(recipe, checkpoint_dir, commands)
     ledger_path = _ledger(runs, recipe)
     if only is not None:
         for row in [r for r in p.ready if r.id not in only]:

@@ -66,14 +66,14 @@ def unchanged(path: Path, state: dict) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """``exvo.__version__`` plus a short digest of the package's own source files."""
-    import exvo
+    """``__version__`` plus a short digest of the package's own source files."""
+    from exvo import version
 
-    root = Path(exvo.__file__).parent
+    root = Path(version.__file__).parent
     h = hashlib.blake2b(digest_size=6)
     for p in sorted(root.rglob("*.py")):
         h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
-    return f"{exvo.__version__}+{h.hexdigest()}"
+    return f"{version.__version__}+{h.hexdigest()}"
 
 
 def labels_digest(corpus, split: str) -> str | None:

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from exvo.config import from_dict
 from exvo.corpus import listing
 from exvo.predictions import PredictionError, Predictions, load_seed_predictions, load_split, split_files
 from exvo.runs.provenance import Checker
@@ -53,8 +54,6 @@ class Run:
     def config(self):
         """The run's settings as their dataclass (``from_dict`` of what was saved); the raw
         record for kinds without one."""
-        from exvo.config import config_of
-
         return config_of(self.record)
 
     @property
@@ -256,3 +255,27 @@ def check_same_ids(preds: dict[str, Predictions], split: str) -> list[str]:
             f"runs do not share the same {split} ids: " + "; ".join(problems)
             + ". Fuse only runs made on the same corpus (name them explicitly)")
     return list(preds[ref].ids)
+
+
+def _kinds() -> dict[str, tuple[type, str]]:
+    # imported when a config is asked for: reading runs (report, fuse) needs no torch
+    from exvo.fewshot.config import FewShotConfig
+    from exvo.learn.config import LearnConfig
+    from exvo.learn.finetune_config import FinetuneConfig
+    from exvo.verify.config import VerifyConfig
+
+    return {"learn": (LearnConfig, "learn_config"), "fewshot": (FewShotConfig, "fewshot_config"),
+            "verify": (VerifyConfig, "verify_config"), "finetune": (FinetuneConfig, "finetune")}
+
+
+def config_of(record: dict):
+    """The config dataclass saved in a run's ``config.json`` record, or the record itself for
+    kinds without one (fusions: their settings are the record's ``mode``, ``top``, …)."""
+    kind = record.get("kind")
+    if kind == "learn" and "finetune" in record:
+        kind = "finetune"            # an `exvo finetune` run: audio in, a learn run's files out
+    known = _kinds()
+    if kind in known and isinstance(record.get(known[kind][1]), dict):
+        cls, key = known[kind]
+        return from_dict(cls, record[key])
+    return record

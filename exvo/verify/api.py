@@ -25,86 +25,26 @@ report's projection), ``models/encoder.pt`` + ``models/scaler.npz``.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-import exvo
+from exvo.version import __version__
 from exvo.corpus import Corpus, CorpusError
 from exvo.device import resolve_device
-from exvo.learn.selection import holdout_split
+from exvo.splits import holdout_split
 from exvo.runs import provenance
 from exvo.runs.store import RunWriter
-from exvo.learn.framework import TrainConfig, predict, train_seeds
+from exvo.learn.framework import predict, train_seeds
 from exvo.metrics import EMOTIONS, uar
-from exvo.verify.encoder import ENCODERS, EncoderConfig, VerifyModule
+from exvo.verify.encoder import VerifyModule
 from exvo.verify.episodes import (dominant_class, draw_enrolment, episodic_sampler, nearest_prototype,
-                                  parse_classes, prototypes, weighted_f1)
+                                  prototypes, weighted_f1)
 from exvo.verify.inputs import Inputs, load_inputs
-from exvo.verify.losses import LOSSES, LossConfig
-
-CURVE = (1, 5, 10, 20, 50)
-"""Numbers of enrolled clips per class for the N_p curve (paper Fig. 4)."""
-
-
-@dataclass
-class VerifyConfig:
-    """``features``: one feature set (utterance cache spec, or the name of a frame cache);
-    ``seen``: the pretraining classes; ``task``: the new task's classes (at least one unseen);
-    ``enrol``: N_p clips per task class; ``n_per_class``: N clips per class in a training
-    episode (paper 10); ``encoder``: auto (gru when a frame cache exists, else mlp) | mlp | gru;
-    ``reference``: also train the "All" classifier."""
-
-    features: str
-    seen: list[str]
-    task: list[str]
-    enrol: int = 10
-    loss: str = "namp"
-    encoder: str = "auto"
-    seeds: int = 5
-    seed: int = 0
-    n_per_class: int = 10
-    epochs: int = 40
-    patience: int = 10
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    holdout: float = 0.15
-    curve: tuple[int, ...] = CURVE
-    reference: bool = True
-    device: str = "auto"
-    max_frames: int = 512
-    encoder_cfg: EncoderConfig = field(default_factory=EncoderConfig)
-    loss_cfg: LossConfig = field(default_factory=LossConfig)
-
-    def validate(self) -> None:
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown --loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
-        if self.encoder not in ("auto", *ENCODERS):
-            raise ValueError(f"unknown --encoder {self.encoder!r}; choose auto, {' or '.join(ENCODERS)}")
-        self.seen = parse_classes(self.seen, "--seen")
-        self.task = parse_classes(self.task, "--task")
-        if len(self.seen) < 2:
-            raise ValueError(f"--seen needs at least 2 classes to pretrain on, got {self.seen}")
-        if len(self.task) < 2:
-            raise ValueError(f"--task needs at least 2 classes (e.g. a seen one and the new one), got {self.task}")
-        if all(c in self.seen for c in self.task):
-            raise ValueError(f"--task {','.join(self.task)}: every class is seen in pretraining; an enrol-to-verify "
-                             "task needs at least one class missing from --seen")
-        for k in ("enrol", "seeds", "n_per_class", "epochs", "patience"):
-            if int(getattr(self, k)) < 1:
-                raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(self, k)}")
-        if LOSSES[self.loss].episodic and self.n_per_class < 2:
-            raise ValueError(f"--loss {self.loss} needs --n-per-class >= 2 (one query + support per class)")
-        if not 0.0 < self.holdout < 1.0:
-            raise ValueError(f"holdout must be a fraction in (0, 1), got {self.holdout}")
-
-    @property
-    def seed_list(self) -> list[int]:
-        return [self.seed + k for k in range(int(self.seeds))]
-
+from exvo.verify.config import VerifyConfig
 
 @dataclass
 class VerifyResult:
@@ -168,10 +108,10 @@ def _train(inp: Inputs, labels: np.ndarray, fit: np.ndarray, held: np.ndarray, c
     by_class = [fit[labels[fit] == c] for c in classes]
     sampler = episodic_sampler(data, by_class, cfg.n_per_class)
     vec = enc.kind == "mlp"
-    tcfg = TrainConfig(epochs=cfg.epochs, patience=cfg.patience, batch_size=K * cfg.n_per_class, lr=cfg.lr,
-                       weight_decay=cfg.weight_decay, optimizer="adam", vectorise=vec)
+    # one episode (n_per_class clips of each class) is one batch; a GRU encoder cannot run under vmap
+    tcfg = replace(cfg.train, batch_size=K * cfg.n_per_class, vectorise=cfg.train.vectorise and vec)
     # prototypes for model selection from at most 2000 fit rows (fixed): bounded cost per epoch
-    proto_rows = fit if fit.size <= 2000 else np.sort(np.random.default_rng(cfg.seed).choice(fit, 2000, replace=False))
+    proto_rows = fit if fit.size <= 2000 else np.sort(np.random.default_rng(cfg.seeds.first).choice(fit, 2000, replace=False))
     held_y = np.array([cidx[c] for c in labels[held]])
     proto_y = np.array([cidx[c] for c in labels[proto_rows]])
 
@@ -189,8 +129,8 @@ def _train(inp: Inputs, labels: np.ndarray, fit: np.ndarray, held: np.ndarray, c
 
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):      # dropout draws from the global generator: seed it
-        torch.manual_seed(10_007 * cfg.seed + K)
-        fitres = train_seeds(make, sampler, evaluate, cfg.seed_list, tcfg, device=device,
+        torch.manual_seed(10_007 * cfg.seeds.first + K)
+        fitres = train_seeds(make, sampler, evaluate, cfg.seeds.list, tcfg, device=device,
                              progress=lambda ep, s: echo(f"  epoch {ep}: held-out Train-speaker UAR "
                                                          + " ".join(f"{v:.3f}" for v in s)) if ep % 10 == 0 else None)
     echo(f"  trained {fitres.epochs_run} epochs in {time.perf_counter() - t0:.1f} s; best epochs {fitres.best_epoch}")
@@ -237,18 +177,18 @@ def verify(corpus: Corpus, cfg: VerifyConfig, cache_dir: str | Path = "cache", r
     if empty:
         raise ValueError(f"no Train clip has {', '.join(empty)} as its dominant emotion; choose other --seen classes "
                          f"(Train counts: {counts})")
-    fit, held = holdout_split(seen_train, speakers[seen_train], None, cfg.holdout, cfg.seed)
+    fit, held = holdout_split(seen_train, speakers[seen_train], None, cfg.select.holdout_frac, cfg.select.holdout_seed)
     inp.standardise(fit)
     echo(f"{inp.describe()}; pretraining on {fit.size} Train clips of {len(seen)} seen classes {counts} "
          f"(+{held.size} held out by speaker for epoch selection); loss {cfg.loss}, encoder {inp.kind}, "
-         f"seeds {cfg.seed_list}")
+         f"seeds {cfg.seeds.list}")
 
     # ---- enrolment pool and queries
     val = inp.rows["Val"]
     if test_labelled and inp.rows["Test"].size:
         pool, queries, qsplit = val, inp.rows["Test"], "Test"
     else:
-        pool, queries = holdout_split(val, speakers[val], None, 0.5, cfg.seed + 1)
+        pool, queries = holdout_split(val, speakers[val], None, 0.5, cfg.select.holdout_seed + 1)
         qsplit = "Val (held-out half of the Val speakers; Test has no labels)"
     pool = pool[np.isin(labels[pool], task)]
     queries = queries[np.isin(labels[queries], task)]
@@ -289,7 +229,7 @@ def verify(corpus: Corpus, cfg: VerifyConfig, cache_dir: str | Path = "cache", r
 
         def run_enrol(n_enrol: int):
             out = []
-            for j, sd in enumerate(cfg.seed_list):
+            for j, sd in enumerate(cfg.seeds.list):
                 rng = np.random.default_rng([int(sd), int(n_enrol), 15])
                 en = draw_enrolment(rng, labels, pool, task, n_enrol)
                 pt = prototypes(emb(j, en), labels[en], task)
@@ -314,7 +254,7 @@ def verify(corpus: Corpus, cfg: VerifyConfig, cache_dir: str | Path = "cache", r
         if cfg.reference:
             echo("\"All\" reference: cross-entropy classifier on all Train clips of the task classes")
             task_train = train[np.isin(labels[train], task)]
-            rfit, rheld = holdout_split(task_train, speakers[task_train], None, cfg.holdout, cfg.seed)
+            rfit, rheld = holdout_split(task_train, speakers[task_train], None, cfg.select.holdout_frac, cfg.select.holdout_seed)
             rfitres, _ = _train(inp, labels, rfit, rheld, task, "sm", cfg, device, echo, select="classifier")
             logits = predict(rfitres.stack, inp.data, queries, vectorise=vec)["logits"]
             rs = []
@@ -351,7 +291,7 @@ def verify(corpus: Corpus, cfg: VerifyConfig, cache_dir: str | Path = "cache", r
         writer.torch("models/encoder.pt", stack.state_dict())
         inp.save_scaler(models / "scaler.npz")
         config = {
-            "kind": "verify", "exvo_version": exvo.__version__, "name": name,
+            "kind": "verify", "exvo_version": __version__, "name": name,
             "corpus": {"name": corpus.name, "root": str(corpus.root)},
             "features": inp.info, "dim": inp.dim, "verify_config": asdict(cfg),
             "clips": {"pretrain_fit": int(fit.size), "pretrain_held_out": int(held.size), "seen_train_counts": counts,

@@ -37,12 +37,13 @@ import numpy as np
 from exvo.corpus import SAMPLE_RATE, AudioError, Corpus, load_audio
 from exvo.device import resolve_device
 from exvo.extract.base import ClipResult, ExtractOptions, Extractor, add_resolver, mean_std, register
-from exvo.extract.cnn.labels import EMOTION_LABEL, speaker_folds
+from exvo.extract.cnn.labels import EMOTION_LABEL
 from exvo.extract.cnn.model import ARCHS, arch_defaults, clip_embeddings
 from exvo.extract.cnn.train import (
     VERSION, Echo, LoadedModel, TrainConfig, load_model, prepare_signal, torch_threads, train_cnn,
 )
 from exvo.extract.zff import ZFFConfig
+from exvo.splits import speaker_folds
 
 BUILTIN: dict[str, tuple[str, str]] = {   # name -> (signal, task)
     "raw_exvo_er": ("raw", "er"),
@@ -119,7 +120,8 @@ class WaveformCNNExtractor(Extractor):
             self._load_custom()
             return
         tr = corpus.indices("Train")
-        folds = speaker_folds(corpus.speakers[tr], self.crossfit, self.opts.seed) if self.crossfit else None
+        folds = (speaker_folds(corpus.speakers[tr], self.crossfit, self.opts.seed, corpus.country[tr])
+                 if self.crossfit else None)
         self.full, self.folds = [], []
         for s in range(self.n_seeds):
             seed = self.opts.seed + s

@@ -1,4 +1,4 @@
-"""Hard labels for the task CNNs, and the speaker-level splits they train on.
+"""Hard labels for the task CNNs (the speaker-level splits they train on are :mod:`exvo.splits`).
 
 * ER: the emotion with the highest intensity. After the raters' max-normalisation several
   emotions of a clip can be exactly equal (often all 1.0); taking the first (``argmax``)
@@ -8,9 +8,9 @@
   uniform over the tied emotions across clips, independent of row order and split, and
   the same on every machine.
 * CR: ``Country`` (4 codes); custom columns: their distinct strings, sorted.
-* The paper's split: 90:10 of Train by speaker, plain random speakers (seeded);
-  the 10 % only drive the learning-rate schedule and model selection (:func:`heldout_speakers`).
-* Cross-fitting: K folds of Train speakers (:func:`speaker_folds`).
+* The paper's split: 90:10 of Train by speaker (seeded; per country where the corpus has them);
+  the 10 % only drive the learning-rate schedule and model selection (:func:`exvo.splits.holdout_split`).
+* Cross-fitting: K folds of Train speakers (:func:`exvo.splits.speaker_folds`).
 """
 from __future__ import annotations
 
@@ -81,28 +81,3 @@ def task_labels(corpus: Corpus, label_column: str) -> Labels:
     pos = {c: k for k, c in enumerate(classes)}
     y = np.array([pos.get(v, -1) for v in raw], dtype=np.int64)
     return Labels(y, classes, label_column)
-
-
-def heldout_speakers(speakers: np.ndarray, frac: float, seed: int) -> np.ndarray:
-    """Boolean mask over rows: True for the rows of ``round(frac × n_speakers)`` random speakers
-    (at least 1, never all), drawn with ``seed`` (the paper's 90:10 split of Train)."""
-    spk = np.unique(speakers)
-    if spk.size < 2:
-        raise ValueError(f"training needs Train clips from at least 2 speakers (a speaker-disjoint held-out "
-                         f"set), found {spk.size}")
-    if not 0 < frac < 1:
-        raise ValueError(f"held-out fraction must be in (0, 1), got {frac}")
-    n = min(spk.size - 1, max(1, int(round(frac * spk.size))))
-    held = np.random.default_rng([seed, 90_10]).permutation(spk)[:n]
-    return np.isin(speakers, held)
-
-
-def speaker_folds(speakers: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """``(n_rows,)`` fold index in ``0..k-1``: speakers shuffled (seeded) and dealt round-robin,
-    so every speaker's rows share one fold and folds differ by at most one speaker."""
-    spk = np.unique(speakers)
-    if not 2 <= k <= spk.size:
-        raise ValueError(f"--crossfit {k}: need 2 <= K <= number of Train speakers ({spk.size})")
-    order = np.random.default_rng([seed, 7_7]).permutation(spk)
-    fold = {s: i % k for i, s in enumerate(order)}
-    return np.array([fold[s] for s in speakers], dtype=np.int64)

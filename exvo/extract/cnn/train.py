@@ -4,7 +4,8 @@ Recipe (:class:`TrainConfig`; Idiap paper §2.2 (4)):
 
 * data: every 250 ms window at the 10 ms hop of every training clip, shuffled
   (:mod:`exvo.extract.cnn.sampler`); window label = clip label;
-* split: 90:10 of the Train speakers (:func:`~exvo.extract.cnn.labels.heldout_speakers`);
+* split: 90:10 of the Train speakers, per country where the corpus has countries
+  (:func:`exvo.splits.holdout_split`, the one hold-out rule of exvo);
   the 10 % only give the cross-validation loss (every frame of every held-out clip);
 * optimiser: cross-entropy, plain SGD (Keras' default: no momentum), lr 0.1;
 * schedule (:class:`PlateauHalving`): after each epoch, if the cross-validation loss did
@@ -33,11 +34,12 @@ import numpy as np
 
 from exvo.corpus import SAMPLE_RATE, AudioError, Corpus, load_audio
 from exvo.device import resolve_device
-from exvo.extract.cnn.labels import heldout_speakers, task_labels
+from exvo.extract.cnn.labels import task_labels
 from exvo.extract.cnn.model import CNNConfig, build_model, clip_logits, weights_sha256
 from exvo.extract.cnn.sampler import AllFramesSampler, FramePool, fixed_chunks
 from exvo.extract.zff import ZFFConfig, zff
 from exvo.metrics import uar
+from exvo.splits import holdout_split
 
 FORMAT = "exvo-waveform-cnn/2"
 VERSION = "2"
@@ -135,6 +137,14 @@ class TrainConfig:
 
 
 # =========================================================================== data
+def _countries(corpus: Corpus, rows: np.ndarray) -> np.ndarray | None:
+    """The clips' countries for a country-stratified split; None (one stratum) when no country has
+    2 speakers to split (a corpus without countries, or a small crossfit fold)."""
+    c, spk = corpus.country[rows], corpus.speakers[rows]
+    per = [np.unique(spk[c == k]).size for k in np.unique(c[c >= 0])]
+    return c if per and max(per) >= 2 else None
+
+
 def load_signals(corpus: Corpus, rows: Sequence[int], signal: str, zcfg: ZFFConfig | None, echo: Echo,
                  what: str, bar: bool = True, dtype=np.float16) -> tuple[list[np.ndarray], list[int]]:
     """Decode and convert ``rows`` to ``dtype``; unreadable clips are reported and skipped.
@@ -334,7 +344,9 @@ def _train_cnn(corpus, label_column, signal, out_path, *, epochs, device, seed, 
          f"{f', {labels.n_ties} ties broken by File_ID' if labels.n_ties else ''}), device {dev}, seed {seed}")
     sigs, kept = load_signals(corpus, tr_rows, signal, zcfg, echo, "Train")
     kept = np.asarray(kept, dtype=np.int64)
-    held = heldout_speakers(corpus.speakers[kept], tcfg.heldout_fraction, seed)
+    pos = np.arange(kept.size)
+    held = np.isin(pos, holdout_split(pos, corpus.speakers[kept], _countries(corpus, kept), tcfg.heldout_fraction,
+                                      seed)[1])
     ys = labels.y[kept]
     train_pool = FramePool([s for s, h in zip(sigs, held) if not h], ys[~held], mcfg.window, mcfg.hop)
     held_pool = FramePool([s for s, h in zip(sigs, held) if h], ys[held], mcfg.window, mcfg.hop)
