@@ -98,20 +98,31 @@ class TrainConfig:
 DECAYS = ("none", "cosine")
 
 
-SELECT_ON = ("holdout", "val")
+SELECT_ON = ("folds", "holdout", "val")
 MONITORS = ("score", "loss")
+FINALS = ("ensemble", "refit")
 
 
 @dataclass
 class SelectionConfig:
-    """``on``: holdout | val. ``monitor``: ``score`` (the selection S_MTL, CCC/UAR floored, higher is
-    better) | ``loss`` (the learner's training loss on the selection rows, lower is better, as the
-    baseline's Val loss). ``holdout_frac``/``holdout_seed``: the hold-out rule above."""
+    """Which rows choose the model (early stopping, best epoch, boosting rounds, ``@best`` layer).
+
+    ``on``: ``folds`` — K speaker folds of Train (:func:`exvo.splits.speaker_folds`): every seed
+    trains one model per fold, early-stopped on that fold; the run's predictions come from
+    ``final`` = ``ensemble`` (the mean of the K fold models) or ``refit`` (one model per seed on
+    all of Train for the folds' median epoch count); the folds' own predictions on their held
+    speakers are the run's out-of-fold (OOF) estimate | ``holdout`` — one speaker-disjoint part
+    of Train (``holdout_frac``, per country; ``holdout_seed``) | ``val`` — Val itself, the
+    papers' protocol (Val scores optimistic †). ``k``: folds; ``monitor``: ``score`` (the
+    selection S_MTL, higher is better) | ``loss`` (the learner's training loss on the selection
+    rows, as the baseline's Val loss)."""
 
     on: str = "holdout"
     monitor: str = "score"
     holdout_frac: float = 0.1
     holdout_seed: int = 0
+    k: int = 5
+    final: str = "ensemble"
 
     def __post_init__(self):
         if self.on not in SELECT_ON:
@@ -120,6 +131,10 @@ class SelectionConfig:
             raise ValueError(f"unknown selection monitor {self.monitor!r}; choose one of {MONITORS}")
         if not 0.0 < float(self.holdout_frac) < 1.0:
             raise ValueError(f"holdout_frac must be in (0, 1), got {self.holdout_frac}")
+        if int(self.k) < 2:
+            raise ValueError(f"--folds must be >= 2 speaker folds, got {self.k}")
+        if self.final not in FINALS:
+            raise ValueError(f"unknown --final {self.final!r}; choose one of {FINALS}")
 
     @property
     def optimistic(self) -> bool:
@@ -127,17 +142,24 @@ class SelectionConfig:
         return self.on == "val"
 
     def describe(self) -> str:
+        what = "loss" if self.monitor == "loss" else "selection S_MTL"
         if self.on == "val":
             return ("fit on all of Train; early stopping / epoch / @best layer chosen on Val "
                     f"({'Val loss' if self.monitor == 'loss' else 'Val selection S_MTL'}) — Val scores optimistic (†)")
+        if self.on == "folds":
+            final = ("the mean of the fold models" if self.final == "ensemble"
+                     else "one model per seed refitted on all of Train for the folds' median epochs")
+            return (f"{self.k} speaker folds of Train (seed {self.holdout_seed}): each fold model early-stopped on its "
+                    f"own held-out speakers ({what}); predictions from {final}; out-of-fold predictions are the "
+                    "Train estimate; Val labels unused until scoring")
         return (f"fit on Train minus a speaker-disjoint hold-out (per country round({self.holdout_frac:g} × speakers), "
                 f"≥ 1, never all; seed {self.holdout_seed}); early stopping / epoch / @best layer chosen on the hold-out "
-                f"({'loss' if self.monitor == 'loss' else 'selection S_MTL'}); Val labels unused until scoring")
+                f"({what}); Val labels unused until scoring")
 
 
 SPINE = (Seeds, TrainConfig, SelectionConfig)
 ALIASES = {"Seeds": {"seeds": "n", "seed": "first"},
-           "SelectionConfig": {"stop_on": "on", "holdout": "holdout_frac"}}
+           "SelectionConfig": {"stop_on": "on", "holdout": "holdout_frac", "folds": "k"}}
 """Flat names (CLI flags, :mod:`exvo.api` keywords, exvo 0.1 configs) of the pieces' fields."""
 
 

@@ -172,3 +172,26 @@ def score_all(
         "ccc_per_emotion": dict(zip(names, per)),
         "ccc_convention": convention,
     }
+
+
+def speaker_bootstrap(emo_true, emo_pred, country_true, country_pred, age_true, age_pred, speakers,
+                      resamples: int = 500, level: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile ``level`` intervals of CCC, UAR, MAE and S_MTL over ``resamples`` draws of the
+    speakers with replacement (a speaker's clips stay together: clips of one speaker are not
+    independent). Shapes as :func:`score_all`, ``speakers`` ``(n,)``; CCC in the population
+    convention."""
+    speakers = np.asarray(speakers)
+    uniq, inv = np.unique(speakers, return_inverse=True)
+    members = [np.flatnonzero(inv == i) for i in range(uniq.size)]
+    rng = np.random.default_rng(seed)
+    vals: dict[str, list[float]] = {k: [] for k in ("ccc", "uar", "mae", "s_mtl")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)      # an undefined S_MTL in one draw counts as 0
+        for _ in range(int(resamples)):
+            idx = np.concatenate([members[i] for i in rng.integers(0, uniq.size, uniq.size)])
+            s = score_all(emo_true[idx], emo_pred[idx], country_true[idx], country_pred[idx], age_true[idx],
+                          age_pred[idx], "population")
+            for k in vals:
+                vals[k].append(s[k])
+    q = (1.0 - level) / 2
+    return {k: (float(np.quantile(v, q)), float(np.quantile(v, 1 - q))) for k, v in vals.items()}

@@ -255,7 +255,8 @@ def test_learn_burst2vec_through_the_cli_then_predict_and_fuse(tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     lc = cfg["learner_config"]
     assert (lc["alpha1"], lc["alpha2"], lc["oversample"], lc["emotion_loss"], lc["age_loss"]) == (0.3, 0.25, True, "mse", "mae")
-    assert (lc["train"]["epochs"], lc["train"]["batch_size"], lc["train"]["lr"]) == (1, 16, 1e-4) and cfg["train"] is None  # its own settings, explicit ones on top
+    # its own settings, explicit ones on top, recorded as what trained the run
+    assert (lc["train"]["epochs"], lc["train"]["batch_size"], lc["train"]["lr"]) == (1, 16, 1e-4) and cfg["train"] == lc["train"]
     assert load_seed_predictions(run, "Val").emotions.shape[0] == 2
     assert [s["best_epoch"] for s in json.loads((run / "metrics.json").read_text())["per_seed"]] in ([0, 0], [0, 1], [1, 0], [1, 1])
     r = CliRunner().invoke(app, ["predict", str(run), "--split", "Val", *common[:4]])

@@ -35,7 +35,9 @@ def learn(
     preset: str = typer.Option("default", help=_preset_help()),
     arch: Optional[str] = typer.Option(None, help="MLP: sys1 (128/64, the official baseline) | sys2 (256/128). Default: the preset's (sys2; baseline: sys1)."),
     seeds: int = typer.Option(5, help="Number of seeds; results are mean ± std over seeds."),
-    stop_on: Optional[str] = typer.Option(None, help="Where early stopping, the epoch and the @best layer are chosen: holdout (a speaker-disjoint part of Train, stratified by country; Val stays clean) | val (the papers' protocol; Val scores marked optimistic †). Default: the preset's."),
+    stop_on: Optional[str] = typer.Option(None, help="Where early stopping, the epoch and the @best layer are chosen: folds (K speaker folds of Train, each fold model stopped on its own speakers; out-of-fold Train estimate saved) | holdout (one speaker-disjoint part of Train, stratified by country) | val (the papers' protocol; Val scores marked optimistic †). Val stays clean unless val. Default: the preset's."),
+    folds: Optional[int] = typer.Option(None, "--folds", help="With --stop-on folds: number of speaker folds (default 5)."),
+    final: Optional[str] = typer.Option(None, help="With --stop-on folds: ensemble (Val/Test = mean of the fold models, default) | refit (one model per seed on all of Train for the folds' median epochs / trees)."),
     loss: Optional[str] = typer.Option(None, help="How the task losses are combined: uncertainty (learned weights, as the baseline) | mean | fixed (see --loss-weights)."),
     emotion_loss: Optional[str] = typer.Option(None, help="mse (the 10 MSEs summed, baseline) | ccc (1 − batch CCC)."),
     age_loss: Optional[str] = typer.Option(None, help="mse | mae (on standardised age)."),
@@ -81,7 +83,7 @@ def learn(
     cfg = build(LearnConfig, features=[f.strip() for f in features.split(",") if f.strip()], learner=learner,
                 preset=preset, arch=arch, seeds=seeds, loss=loss, emotion_loss=emotion_loss, age_loss=age_loss,
                 loss_weights=weights, epochs=epochs, patience=patience, batch_size=batch_size, lr=lr,
-                stop_on=stop_on, threads=threads, options=options, device=device)
+                stop_on=stop_on, folds=folds, final=final, threads=threads, options=options, device=device)
     result = run_learn(corpus, cfg, cache_dir=cache, runs_dir=runs, name=name, echo=typer.echo, overwrite=overwrite)
     typer.echo(result.summary_line())
 

@@ -1,6 +1,7 @@
 """Writing the embedding cache: exclusive lock, crash-safe parts, streaming merge into the ``.h5``.
 
-Layout and guarantees: :mod:`exvo.extract.cache` (module docstring) and docs/faults.md.
+Layout and guarantees: :mod:`exvo.extract.cache` (module docstring) and docs/faults.md. The
+merge into the ``.h5`` (row order, chunking, atomic replace): :mod:`exvo.extract.cache_assemble`.
 
 Crash safety. HDF5 is not journaled, so a kill -9 in the middle of an HDF5 write can
 leave a file unreadable. Work in progress therefore goes to *parts*: small ``.npz``
@@ -28,14 +29,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import io
 import json
 import os
 import re
 import shutil
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -43,18 +42,10 @@ import numpy as np
 
 from exvo.corpus import listing
 from exvo.extract import cache as C
-from exvo.extract import h5io
+from exvo.extract.cache_assemble import Merge, locate_rows, merge_order, part_ids, plan_layout, write_cache
 from exvo.extract.identity import UNKNOWN, ClipIdentity, from_arrays, to_arrays
 
 REBUILD_MARKER = "REBUILD"
-
-
-def _fingerprint(config_str: str, ids: Sequence[str], idents: Sequence[ClipIdentity]) -> str:
-    """sha256 of the config and every row's (id, size, mtime, digest)."""
-    h = hashlib.sha256(config_str.encode())
-    for i, d in zip(ids, idents):
-        h.update(f"{i}\0{d.size}\0{d.mtime_ns}\0{d.digest}\n".encode("utf-8", "surrogatepass"))
-    return h.hexdigest()
 
 
 def acquire_writer_lock(lock_path: Path, target: Path) -> int:
@@ -343,144 +334,39 @@ class CacheWriter:
         clip of ``order`` the old file holds leaves the old file and its parts in place
         (``kept_old`` says so).
         """
-        import h5py
-
         self.flush()
         parts = self._part_files()
-        # where each clip's row lives: (-1, row) in the old file or (part index, row)
-        loc: dict[str, tuple[int, int]] = {}
-        old_ids: list[str] = []
-        if not self.rebuild and self.path.exists():
-            old_ids = C.EmbeddingCache(self.path).ids
-            loc.update((i, (-1, k)) for k, i in enumerate(old_ids))
-        part_paths: list[Path] = []
-        part_order: list[str] = []
-        for p in parts:
-            try:
-                pids = self._part_ids(p)
-            except Exception:
-                continue  # unreadable part: its clips are not cached and get extracted again
-            loc.update((i, (len(part_paths), k)) for k, i in enumerate(pids))
-            part_paths.append(p)
-            part_order += pids
-        if self.rebuild:
-            prev = self._old_ids_for_rebuild()
-            lacking = [i for i in order if i in set(prev) and i not in loc]
-            if lacking:
-                self.kept_old = (
-                    f"the rebuild lacks {len(lacking)} clip(s) that {self.path} holds ({listing(lacking, 5)}), so "
-                    f"that file is kept unchanged and the rebuild waits in {self.parts_dir}. Fix those clips and run "
-                    "the same command again: the rebuild resumes and replaces the file once it is complete (to accept "
-                    f"the rebuild without them, delete {self.path.name} and run again)"
-                )
-                return self.path
-        seen: set[str] = set()
-        ids: list[str] = []
-        for i in list(order) + old_ids + part_order:
-            if i in loc and i not in seen:
-                seen.add(i)
-                ids.append(i)
+        old_ids = C.EmbeddingCache(self.path).ids if not self.rebuild and self.path.exists() else []
+        loc, part_paths, part_order = locate_rows(old_ids, parts)
+        if self.rebuild and self._rebuild_lacks(order, loc):
+            return self.path
+        ids = merge_order(order, old_ids, part_order, loc)
         if not ids or (not part_paths and not self._touched and not self.rebuild):
             return self.path      # nothing new: leave the file (possibly many GB) untouched
-        idents = [self.identity.get(i, UNKNOWN) for i in ids]
-        L, F = self._shape
-        isz = self.dtype.itemsize
-        row_bytes = L * F * isz
-        rows = max(1, min(len(ids), C.TARGET_CHUNK_BYTES // (F * isz)))
-        block = rows * max(1, C.FINALIZE_BLOCK_BYTES // (rows * row_bytes))
-        part_rows = np.bincount([loc[i][0] for i in ids if loc[i][0] >= 0], minlength=len(part_paths))
-        capacity = max(2, C.FINALIZE_BLOCK_BYTES // max(1, int(part_rows.max(initial=1)) * row_bytes))
-        seq = [loc[i][0] for i in ids]
-        # Parts in about table order (one clip after another, or workers a few chunks apart)
-        # are read through a small LRU. Parts in another order (e.g. length-sorted batches)
-        # would make the LRU reload each part many times: their rows are first scattered
-        # into a raw staging file, one part at a time, then read back block by block.
-        staged = C._lru_misses(seq, capacity) > 2 * len(part_paths) + 8
-        loaded: OrderedDict[int, np.ndarray] = OrderedDict()
+        m = Merge(self.path, ids, [self.identity.get(i, UNKNOWN) for i in ids], loc, part_paths,
+                  self._shape, self.dtype, self.extractor, self.config_str, self.feature_names)
+        write_cache(m, plan_layout(m))
+        self._drop_merged_parts(parts)
+        return self.path
 
-        def part_feats(k: int) -> np.ndarray:
-            if k not in loaded:
-                if len(loaded) >= capacity:
-                    loaded.popitem(last=False)
-                loaded[k] = self._load_part_checked(part_paths[k])
-            loaded.move_to_end(k)
-            return loaded[k]
+    def _rebuild_lacks(self, order: Sequence[str], loc: dict[str, tuple[int, int]]) -> bool:
+        """Whether the rebuild lacks a clip of ``order`` that the old file holds (not in ``loc``,
+        :func:`locate_rows`); if so ``kept_old`` says why the old file stays."""
+        prev = set(self._old_ids_for_rebuild())
+        lacking = [i for i in order if i in prev and i not in loc]
+        if not lacking:
+            return False
+        self.kept_old = (
+            f"the rebuild lacks {len(lacking)} clip(s) that {self.path} holds ({listing(lacking, 5)}), so "
+            f"that file is kept unchanged and the rebuild waits in {self.parts_dir}. Fix those clips and run "
+            "the same command again: the rebuild resumes and replaces the file once it is complete (to accept "
+            f"the rebuild without them, delete {self.path.name} and run again)"
+        )
+        return True
 
-        tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
-        stage = self.path.with_name(self.path.name + f".tmp{os.getpid()}.stage")
-        uses_old = any(loc[i][0] < 0 for i in ids)
-        src = h5py.File(self.path, "r") if uses_old else None
-        sfd = None
-        f = None
-        fobj = None
-        try:
-            if staged:
-                pos = {i: n for n, i in enumerate(ids)}
-                sfd = os.open(stage, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-                for k in range(len(part_paths)):
-                    feats = self._load_part_checked(part_paths[k])
-                    for i, (kk, r) in ((i, loc[i]) for i in self._part_ids(part_paths[k])):
-                        if kk == k and i in pos:
-                            os.pwrite(sfd, feats[r].tobytes(), pos[i] * row_bytes)
-                    del feats
-            reserve = h5io.estimate_bytes(ids, L, F, isz, rows)
-            fobj = h5io.Reserved(tmp, reserve)      # disk full is raised here, in Python, not inside HDF5
-            f = h5py.File(fobj, "w")
-            f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
-            st, dg = to_arrays(idents)
-            f.create_dataset("identity", data=st, chunks=(min(len(ids), 65536), 2), fletcher32=True)
-            f.create_dataset("digest", data=dg.astype("S32"), chunks=(min(len(ids), 65536),), fletcher32=True)
-            d = f.create_dataset("features", shape=(len(ids), L, F), dtype=self.dtype,
-                                 chunks=(rows, 1, F), fletcher32=True)
-            for s in range(0, len(ids), block):
-                bids = ids[s:s + block]
-                if staged:
-                    buf = os.pread(sfd, len(bids) * row_bytes, s * row_bytes)
-                    buf += bytes(len(bids) * row_bytes - len(buf))   # a trailing hole reads short
-                    out = np.frombuffer(bytearray(buf), dtype=self.dtype).reshape(len(bids), L, F)
-                else:
-                    out = np.empty((len(bids), L, F), dtype=self.dtype)
-                    for j, i in enumerate(bids):
-                        k, r = loc[i]
-                        if k >= 0:
-                            out[j] = part_feats(k)[r]
-                from_old = [(j, loc[i][1]) for j, i in enumerate(bids) if loc[i][0] < 0]
-                if from_old:
-                    self._copy_old(src["features"], from_old, out)
-                d[s:s + len(bids)] = out
-            f.attrs["format"] = C.FORMAT
-            f.attrs["extractor"] = self.extractor
-            f.attrs["config"] = self.config_str
-            f.attrs["fingerprint"] = _fingerprint(self.config_str, ids, idents)
-            f.attrs["ids_sha256"] = C.ids_digest(ids)
-            if self.feature_names is not None:
-                f.attrs["feature_names"] = json.dumps(self.feature_names)
-            ff, f = f, None
-            h5io.close_h5(ff)
-            fobj.close()
-            if src is not None:
-                src.close()
-                src = None
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-            C.fsync_dir(self.path.parent)
-        except BaseException:
-            if f is not None:
-                try:
-                    h5io.close_h5(f)
-                except BaseException:
-                    pass     # the original error is the one to report
-            if fobj is not None:
-                fobj.close()
-            if src is not None:
-                src.close()
-            tmp.unlink(missing_ok=True)
-            raise
-        finally:
-            if sfd is not None:
-                os.close(sfd)
-            stage.unlink(missing_ok=True)
+    def _drop_merged_parts(self, parts: Sequence[Path]) -> None:
+        """After a successful merge: forget recorded touches, delete ``parts`` (and the parts folder
+        once no part is left), and end rebuild mode."""
         # parts are removed only once the .h5 that contains them is safely in place
         self._touched.clear()
         for p in parts:
@@ -488,34 +374,8 @@ class CacheWriter:
         if not self._part_files():
             self.discard_parts()
         self.rebuild = False
-        return self.path
 
-    def _load_part_checked(self, p: Path) -> np.ndarray:
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                return z["features"].astype(self.dtype, copy=False)
-        except Exception as e:
-            raise C.CacheError(f"part {p} became unreadable while finalizing ({e}); "
-                               "run the extraction again (that part's clips are re-extracted)") from None
-
-    @staticmethod
-    def _part_ids(p: Path) -> list[str]:
-        with np.load(p, allow_pickle=False) as z:
-            return [str(x) for x in z["ids"]]
-
-    def _copy_old(self, dset, picks: list[tuple[int, int]], out: np.ndarray) -> None:
-        """``out[j] = dset[r]`` for ``(j, r)`` in ``picks``, reading a contiguous slab when rows are dense."""
-        rs = np.array([r for _, r in picks], dtype=np.int64)
-        js = np.array([j for j, _ in picks], dtype=np.int64)
-        lo, hi = int(rs.min()), int(rs.max()) + 1
-        try:
-            if hi - lo <= 2 * len(rs) + 64:
-                out[js] = dset[lo:hi][rs - lo]
-            else:
-                order = np.argsort(rs)
-                out[js[order]] = dset[np.unique(rs)][np.searchsorted(np.unique(rs), rs[order])]
-        except (OSError, RuntimeError, ValueError) as e:
-            raise C._damaged(self.path, e) from None
+    _part_ids = staticmethod(part_ids)   # exvo.extract.shard reads part ids through CacheWriter
 
     def discard_parts(self) -> None:
         shutil.rmtree(self.parts_dir, ignore_errors=True)

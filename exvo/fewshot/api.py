@@ -50,8 +50,8 @@ from exvo.learn import runs
 from exvo.learn.api import input_caches
 from exvo.runs import provenance
 from exvo.runs.store import RunWriter, check_name
-from exvo.learn.features import Scaler, load_features, parse_specs, report_missing
-from exvo.learn.framework import train_seeds
+from exvo.learn.features import FeatureMatrix, FeatureSpec, Scaler, load_features, parse_specs, report_missing
+from exvo.learn.framework import SeedFit, train_seeds
 from exvo.learn.probe import probe_layers
 from exvo.splits import holdout_split
 from exvo.fewshot.config import FewShotConfig
@@ -104,10 +104,6 @@ def holdout_protocol(rows: np.ndarray, spk: np.ndarray, frac: float, seed: int =
     return fit, eps
 
 
-def _ccc_per_seed(y: np.ndarray, pred: np.ndarray) -> list[float]:
-    return [P.fewshot_ccc(y, p)[0] for p in pred]
-
-
 def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache", runs_dir: str | Path = "runs",
             name: str | None = None, echo: Callable[[str], None] = print) -> FewShotResult:
     """Train ``cfg.seeds`` models on Train, personalise per Val/Test speaker, score Val queries, write the run."""
@@ -115,13 +111,82 @@ def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache",
     cfg.validate()
     specs = parse_specs(cfg.features)
     name = check_name(name or derive_name([s.text for s in specs], cfg.variant, cfg.heads))
-    out_root = Path(runs_dir) / RUN_SUBDIR
     notes: list[str] = []
 
     def note(msg: str) -> None:
         notes.append(msg)
         echo(msg)
 
+    fm, val_proto, test_proto = _load_inputs(corpus, cfg, specs, cache_dir, echo, note)
+    d = _prepare(corpus, cfg, fm, val_proto, test_proto)
+    dev = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+    Xt = torch.from_numpy(d.X).to(dev)
+    Yt = torch.from_numpy(np.nan_to_num(d.Y)).to(dev)
+    _echo_plan(cfg, d, echo)
+    fit, t_train = _train(cfg, d, Xt, Yt, dev)
+    ft, ft_trials = _choose_finetune(cfg, d, fit, Xt, echo)
+
+    t0 = time.perf_counter()
+    vq, vpred = _personalise(cfg, fit, Xt, d.val_eps, ft)
+    metrics = _val_metrics(cfg, fit, d.Y[vq], vpred, len(d.val_eps))
+    writer = RunWriter(Path(runs_dir) / RUN_SUBDIR, name)
+    (writer.path / "per_seed").mkdir()
+    (writer.path / "models").mkdir()
+    _write_predictions(writer.path, "val", [fm.ids[k] for k in vq], vpred, cfg.seeds.list)
+    if d.test_eps:
+        test = _personalise_test(corpus, cfg, d, fit, Xt, ft, writer.path)
+        if test is not None:
+            metrics["test"] = test
+    t_pred = time.perf_counter() - t0
+    writer.torch("models/fewshot.pt", fit.stack.state_dict())
+    d.scaler.save(writer.path / "models" / "scaler.npz")
+    seconds = {"train": round(t_train, 2), "personalise_and_score": round(t_pred, 2),
+               "total": round(time.perf_counter() - t_start, 2)}
+    config = _run_config(corpus, cfg, d, name, ft, ft_trials, int(vq.size), seconds, notes)
+    writer.json("metrics.json", metrics)
+    writer.json("history.json", {"holdout_ccc": fit.history, "train_loss": fit.train_loss,
+                                 "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run})
+    final = writer.commit(config, provenance.inputs(corpus, caches=input_caches(fm.blocks, cache_dir)))
+    return FewShotResult(final, metrics, config)
+
+
+@dataclass
+class _Prepared:
+    """What every step after loading shares. Row indices (episodes, ``fit_rows``) are feature rows:
+    rows of ``X``/``Y``/``spk``, not corpus rows."""
+
+    fm: FeatureMatrix
+    val_proto: P.Protocol
+    test_proto: P.Protocol | None
+    val_eps: list[P.Episode]
+    test_eps: list[P.Episode]
+    hold_eps: list[P.Episode]        # held-out Train speakers, Val protocol, support_y from the corpus
+    fit_rows: np.ndarray             # (n_fit,) Train rows the models are fitted on
+    train_spk: list[str]             # the fit speakers, sorted: index = speaker code
+    spk: np.ndarray                  # (N,) speaker of every row
+    spk_code: np.ndarray             # (N,) int64 code among train_spk, 0 for every other speaker
+    Y: np.ndarray                    # (N, 10) float32
+    X: np.ndarray                    # (N, D) float32, standardised (and centred for znorm=features)
+    scaler: Scaler
+    znorm_feat: bool
+    hold_q: np.ndarray               # (n_hold,) query rows of hold_eps
+    hold_enr: np.ndarray             # (n_hold, 2) their enrolment (support) rows
+
+    @property
+    def hold_y(self) -> np.ndarray:
+        """``(n_hold, 10)`` labels of the hold-out queries."""
+        return self.Y[self.hold_q]
+
+
+def _load_inputs(corpus: Corpus, cfg: FewShotConfig, specs: list[FeatureSpec], cache_dir: str | Path,
+                 echo: Callable[[str], None], note: Callable[[str], None]
+                 ) -> tuple[FeatureMatrix, P.Protocol, P.Protocol | None]:
+    """``(features (X (N, D) over the cached clips), Val protocol, Test protocol or None)``;
+    the protocols' episodes hold corpus rows.
+
+    Test is optional: without a support set or with clips missing from the caches the run goes on
+    without test.csv (and says so), unless the user named a support file, which then must work.
+    """
     val_proto = P.protocol_for(corpus, "Val", cfg.support_seed, None)
     test_proto = None
     if corpus.split_ids("Test"):
@@ -136,6 +201,14 @@ def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache",
     if test_proto is not None and fm.missing.get("Test"):
         note(f"note: {len(fm.missing['Test'])} Test clip(s) are not in the cache(s); test.csv is not written")
         test_proto = None
+    return fm, val_proto, test_proto
+
+
+def _prepare(corpus: Corpus, cfg: FewShotConfig, fm: FeatureMatrix, val_proto: P.Protocol,
+             test_proto: P.Protocol | None) -> _Prepared:
+    """Move the episodes onto feature rows, hold out Train speakers for selection, standardise
+    ``fm.X`` ``(N, D)`` on the fit rows (a float32 copy; ``fm.X`` is untouched) and, for
+    ``znorm="features"``, centre every speaker on its support clips. Returns the shared state."""
     fpos = {i: k for k, i in enumerate(fm.ids)}
     row = np.array([fpos.get(i, -1) for i in corpus.ids], np.int64)   # corpus row → feature row
 
@@ -144,7 +217,6 @@ def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache",
 
     val_eps = [to_fm(e) for e in val_proto.episodes]
     test_eps = [to_fm(e) for e in test_proto.episodes] if test_proto is not None else []
-
     crow = _corpus_rows(corpus, fm.ids)
     spk = np.array([str(s) for s in corpus.speakers[crow]])
     Y = corpus.emotions[crow].astype(np.float32)        # NaN for Test rows: never read (Test support from the file)
@@ -157,7 +229,6 @@ def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache",
     train_spk = sorted(set(spk[fit_rows].tolist()))
     code = {s: k for k, s in enumerate(train_spk)}
     spk_code = np.array([code.get(s, 0) for s in spk], np.int64)
-
     znorm_feat = cfg.variant == "znorm" and cfg.znorm == "features"
     if znorm_feat:
         groups = []
@@ -166,66 +237,88 @@ def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache",
             groups.append((r[:P.SHOTS], r))
         groups += [(e.support, np.concatenate([e.support, e.query])) for e in hold_eps + val_eps + test_eps]
         X = centre_speakers(X, groups)
-    enrol = cfg.variant == "enrol"
-    dev = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
-    Xt = torch.from_numpy(X).to(dev)
-    Yt = torch.from_numpy(np.nan_to_num(Y)).to(dev)
-    hold, reach = cfg.reversal
-    echo(f"features {' + '.join(f'{b.spec}:{b.dim}' for b in fm.blocks)} = {fm.dim} dims; Train {fit_rows.size} clips of "
-         f"{len(train_spk)} speakers (+{len(hold_eps)} held out for selection), Val {len(val_eps)} speakers / "
-         f"{sum(e.query.size for e in val_eps)} query clips; variant {cfg.variant}"
+    hold_q, hold_enr = episode_enrolment(hold_eps)
+    return _Prepared(fm=fm, val_proto=val_proto, test_proto=test_proto, val_eps=val_eps, test_eps=test_eps,
+                     hold_eps=hold_eps, fit_rows=fit_rows, train_spk=train_spk, spk=spk, spk_code=spk_code, Y=Y,
+                     X=X, scaler=scaler, znorm_feat=znorm_feat, hold_q=hold_q, hold_enr=hold_enr)
+
+
+def _echo_plan(cfg: FewShotConfig, d: _Prepared, echo: Callable[[str], None]) -> None:
+    """One line: features, clips and speakers of each part, variant, heads and seeds."""
+    fm = d.fm
+    echo(f"features {' + '.join(f'{b.spec}:{b.dim}' for b in fm.blocks)} = {fm.dim} dims; Train {d.fit_rows.size} clips of "
+         f"{len(d.train_spk)} speakers (+{len(d.hold_eps)} held out for selection), Val {len(d.val_eps)} speakers / "
+         f"{sum(e.query.size for e in d.val_eps)} query clips; variant {cfg.variant}"
          + (f" heads {','.join(cfg.heads)}" if cfg.heads else "") + f"; seeds {cfg.seeds.list}")
 
+
+def _train(cfg: FewShotConfig, d: _Prepared, Xt: torch.Tensor, Yt: torch.Tensor,
+           dev: torch.device) -> tuple[SeedFit, float]:
+    """Train one :class:`FewShotNet` per seed on the fit rows (``Xt`` ``(N, D)``, ``Yt`` ``(N, 10)``),
+    each keeping its best epoch by the hold-out query CCC. Returns ``(fit, seconds)``."""
+    enrol = cfg.variant == "enrol"
+    hold, reach = cfg.reversal
+
     def make():
-        return FewShotNet(fm.dim, len(train_spk), enrol=enrol, heads=tuple(cfg.heads), hidden=cfg.hidden,
+        return FewShotNet(d.fm.dim, len(d.train_spk), enrol=enrol, heads=tuple(cfg.heads), hidden=cfg.hidden,
                           zdim=cfg.zdim, dropout=cfg.dropout)
 
-    sampler = train_sampler(Xt, Yt, torch.from_numpy(spk_code).to(dev), fit_rows, cfg.train.batch_size, enrol,
-                            lambda ep: reversal_schedule(ep, hold, reach), spk)
-    hq, henr = episode_enrolment(hold_eps)
-    hy = Y[hq]
+    sampler = train_sampler(Xt, Yt, torch.from_numpy(d.spk_code).to(dev), d.fit_rows, cfg.train.batch_size, enrol,
+                            lambda ep: reversal_schedule(ep, hold, reach), d.spk)
+    hy = d.hold_y
 
     def evaluate(stack) -> np.ndarray:
-        pred = predict_rows(stack, Xt, hq, henr if enrol else None, cfg.train.vectorise)
+        pred = predict_rows(stack, Xt, d.hold_q, d.hold_enr if enrol else None, cfg.train.vectorise)
         return np.array(_ccc_per_seed(hy, pred))
 
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seeds.first)        # dropout draws from the global generator: seed it for reproducible runs
         fit = train_seeds(make, sampler, evaluate, cfg.seeds.list, cfg.train, device=dev)
-    t_train = time.perf_counter() - t0
+    return fit, time.perf_counter() - t0
 
+
+def _choose_finetune(cfg: FewShotConfig, d: _Prepared, fit: SeedFit, Xt: torch.Tensor,
+                     echo: Callable[[str], None]) -> tuple[dict, list[dict]]:
+    """``(fine-tuning settings {params, steps, lr}, trials)``: the given settings, or with
+    ``ft_select`` the :data:`FT_GRID` entry with the best hold-out query CCC (then one trial each)."""
     ft = {"params": cfg.ft_params, "steps": cfg.ft_steps, "lr": cfg.ft_lr}
     ft_trials = []
     if cfg.variant == "finetune" and cfg.ft_select:
         # choose the fine-tuning settings on the held-out Train speakers (Val never chooses)
+        hy = d.hold_y
         for tune, steps, lr in FT_GRID:
-            pred = finetune_episodes(fit.stack, Xt, hold_eps, lambda e: (e.support, e.query), steps, lr,
+            pred = finetune_episodes(fit.stack, Xt, d.hold_eps, lambda e: (e.support, e.query), steps, lr,
                                      loss=cfg.ft_loss, vectorise=cfg.train.vectorise, tune=tune)
             ft_trials.append({"params": tune, "steps": steps, "lr": lr, "holdout_ccc": P.fewshot_ccc(hy, pred.mean(0))[0]})
         best = max(ft_trials, key=lambda t: t["holdout_ccc"])
         ft = {k: best[k] for k in ("params", "steps", "lr")}
         echo(f"fine-tuning chosen on held-out Train speakers: {ft} (hold-out query CCC {best['holdout_ccc']:.3f})")
+    return ft, ft_trials
 
-    def personalise(eps: list[P.Episode]) -> tuple[np.ndarray, np.ndarray]:
-        """``(query rows, (S, n, 10) predictions)`` of the episodes."""
-        q, enr = episode_enrolment(eps)
-        if cfg.variant == "finetune":
-            pred = finetune_episodes(fit.stack, Xt, eps, lambda e: (e.support, e.query), ft["steps"], ft["lr"],
-                                     loss=cfg.ft_loss, vectorise=cfg.train.vectorise, tune=ft["params"])
-        else:
-            pred = predict_rows(fit.stack, Xt, q, enr if enrol else None, cfg.train.vectorise)
-        if cfg.variant == "znorm" and cfg.znorm == "residual":
-            sup = np.concatenate([e.support for e in eps])
-            ps = predict_rows(fit.stack, Xt, sup, None, cfg.train.vectorise).reshape(fit.stack.n, len(eps), P.SHOTS, 10)
-            shift = (np.stack([e.support_y for e in eps])[None] - ps).mean(2)          # (S, n_spk, 10)
-            sizes = [e.query.size for e in eps]
-            pred = np.clip(pred + np.repeat(shift, sizes, axis=1), 0.0, 1.0)
-        return q, pred
 
-    t0 = time.perf_counter()
-    vq, vpred = personalise(val_eps)
-    vy = Y[vq]
+def _personalise(cfg: FewShotConfig, fit: SeedFit, Xt: torch.Tensor, eps: list[P.Episode],
+                 ft: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``(query rows (n,), predictions (S, n, 10))`` of the episodes, personalised as the variant says."""
+    enrol = cfg.variant == "enrol"
+    q, enr = episode_enrolment(eps)
+    if cfg.variant == "finetune":
+        pred = finetune_episodes(fit.stack, Xt, eps, lambda e: (e.support, e.query), ft["steps"], ft["lr"],
+                                 loss=cfg.ft_loss, vectorise=cfg.train.vectorise, tune=ft["params"])
+    else:
+        pred = predict_rows(fit.stack, Xt, q, enr if enrol else None, cfg.train.vectorise)
+    if cfg.variant == "znorm" and cfg.znorm == "residual":
+        sup = np.concatenate([e.support for e in eps])
+        ps = predict_rows(fit.stack, Xt, sup, None, cfg.train.vectorise).reshape(fit.stack.n, len(eps), P.SHOTS, 10)
+        shift = (np.stack([e.support_y for e in eps])[None] - ps).mean(2)          # (S, n_spk, 10)
+        sizes = [e.query.size for e in eps]
+        pred = np.clip(pred + np.repeat(shift, sizes, axis=1), 0.0, 1.0)
+    return q, pred
+
+
+def _val_metrics(cfg: FewShotConfig, fit: SeedFit, vy: np.ndarray, vpred: np.ndarray, n_speakers: int) -> dict:
+    """metrics.json (without "test"): labels ``vy`` ``(n, 10)`` against ``vpred`` ``(S, n, 10)``,
+    per seed, mean ± std over seeds and the seed ensemble, with bootstrap intervals."""
     per_seed = []
     for j, sd in enumerate(cfg.seeds.list):
         m, per = P.fewshot_ccc(vy, vpred[j])
@@ -234,8 +327,8 @@ def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache",
                          "holdout_ccc": float(max(h[j] for h in fit.history)) if fit.history else None})
     ens = vpred.mean(0)
     m, per = P.fewshot_ccc(vy, ens)
-    metrics = {
-        "track": "fewshot", "split": "Val", "n_query": int(vq.size), "n_speakers": len(val_eps),
+    return {
+        "track": "fewshot", "split": "Val", "n_query": int(vy.shape[0]), "n_speakers": n_speakers,
         "ccc_convention": P.CONVENTION, "variant": cfg.variant, "heads": cfg.heads,
         "summary": {"ccc": {"mean": float(np.mean([r["ccc"] for r in per_seed])),
                             "std": float(np.std([r["ccc"] for r in per_seed]))}},
@@ -245,59 +338,62 @@ def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache",
         "ci": f"95 % percentile bootstrap over the Val query clips ({cfg.resamples} resamples, seed 0)",
         "selection": "best epoch per seed by the query CCC of held-out Train speakers; Val never chooses",
     }
-    writer = RunWriter(out_root, name)
-    tmp = writer.path
-    (tmp / "per_seed").mkdir()
-    (tmp / "models").mkdir()
-    ids = [fm.ids[k] for k in vq]
-    P.write_submission(tmp / "val.csv", ids, ens)
-    np.savez(tmp / "per_seed" / "val.npz", ids=np.array(ids, dtype=str), seeds=np.array(cfg.seeds.list),
-             emotions=vpred.astype(np.float32))
-    if test_eps:
-        tq, tpred = personalise(test_eps)
-        tids = [fm.ids[k] for k in tq]
-        P.write_submission(tmp / "test.csv", tids, tpred.mean(0))
-        np.savez(tmp / "per_seed" / "test.npz", ids=np.array(tids, dtype=str), seeds=np.array(cfg.seeds.list),
-                 emotions=tpred.astype(np.float32))
-        try:   # the demo corpus keeps its Test labels aside: score Test too (never used for any choice)
-            ty = P.query_labels(corpus, test_proto)
-            tpos = {i: k for k, i in enumerate(tids)}
-            order = [tpos[i] for i in test_proto.query_ids(corpus)]
-            tm = [P.fewshot_ccc(ty, tpred[j][order])[0] for j in range(len(cfg.seeds.list))]
-            metrics["test"] = {"summary": {"ccc": {"mean": float(np.mean(tm)), "std": float(np.std(tm))}},
-                               "ensemble": {"ccc": P.fewshot_ccc(ty, tpred.mean(0)[order])[0],
-                                            "ci95": list(P.bootstrap_ci(ty, tpred.mean(0)[order], cfg.resamples))},
-                               "n_query": len(order)}
-        except P.FewShotError:
-            pass
-    t_pred = time.perf_counter() - t0
-    writer.torch("models/fewshot.pt", fit.stack.state_dict())
-    scaler.save(tmp / "models" / "scaler.npz")
-    config = {
+
+
+def _write_predictions(folder: Path, split: str, ids: list[str], pred: np.ndarray, seeds: list[int]) -> None:
+    """``<split>.csv`` (seed ensemble) and ``per_seed/<split>.npz`` of ``pred`` ``(S, n, 10)``."""
+    P.write_submission(folder / f"{split}.csv", ids, pred.mean(0))
+    np.savez(folder / "per_seed" / f"{split}.npz", ids=np.array(ids, dtype=str), seeds=np.array(seeds),
+             emotions=pred.astype(np.float32))
+
+
+def _personalise_test(corpus: Corpus, cfg: FewShotConfig, d: _Prepared, fit: SeedFit, Xt: torch.Tensor,
+                      ft: dict, folder: Path) -> dict | None:
+    """Predict the Test queries into ``folder``; returns metrics.json's "test" entry, or None
+    when the corpus has no Test labels (the usual case)."""
+    tq, tpred = _personalise(cfg, fit, Xt, d.test_eps, ft)
+    tids = [d.fm.ids[k] for k in tq]
+    _write_predictions(folder, "test", tids, tpred, cfg.seeds.list)
+    try:   # the demo corpus keeps its Test labels aside: score Test too (never used for any choice)
+        ty = P.query_labels(corpus, d.test_proto)
+        tpos = {i: k for k, i in enumerate(tids)}
+        order = [tpos[i] for i in d.test_proto.query_ids(corpus)]
+        tm = _ccc_per_seed(ty, tpred[:, order])
+        ens = tpred.mean(0)[order]
+        return {"summary": {"ccc": {"mean": float(np.mean(tm)), "std": float(np.std(tm))}},
+                "ensemble": {"ccc": P.fewshot_ccc(ty, ens)[0], "ci95": list(P.bootstrap_ci(ty, ens, cfg.resamples))},
+                "n_query": len(order)}
+    except P.FewShotError:
+        return None
+
+
+def _run_config(corpus: Corpus, cfg: FewShotConfig, d: _Prepared, name: str, ft: dict, ft_trials: list[dict],
+                n_val_query: int, seconds: dict, notes: list[str]) -> dict:
+    """config.json (before provenance): everything needed to reproduce and describe the run."""
+    hold, reach = cfg.reversal
+    return {
         "kind": "fewshot", "exvo_version": __version__, "name": name,
         "corpus": {"name": corpus.name, "root": str(corpus.root)},
-        "features": [b.to_json() for b in fm.blocks], "dim": fm.dim,
+        "features": [b.to_json() for b in d.fm.blocks], "dim": d.fm.dim,
         "variant": cfg.variant, "variant_description": VARIANTS[cfg.variant], "heads": cfg.heads,
         "seeds": cfg.seeds.list, "fewshot_config": asdict(cfg),
         "finetune": ({"chosen": ft, "loss": cfg.ft_loss, "trials_on_holdout": ft_trials,
                       "chosen_by": "held-out Train speakers" if ft_trials else "given"} if cfg.variant == "finetune" else None),
         "reversal_warmup": {"hold_until_epoch": hold, "reach_epoch": reach} if cfg.heads else None,
         "architecture": "MLP encoders over cached utterance embeddings (EIHW: CNN14/CNN10 on log-mels)",
-        "protocol": {"val": val_proto.to_json(corpus), "test": test_proto.to_json(corpus) if test_proto else None,
-                     "holdout_speakers": [e.speaker for e in hold_eps]},
+        "protocol": {"val": d.val_proto.to_json(corpus), "test": d.test_proto.to_json(corpus) if d.test_proto else None,
+                     "holdout_speakers": [e.speaker for e in d.hold_eps]},
         "standardisation": "per-feature mean/std of the fit Train rows (models/scaler.npz)"
-                           + ("; then every speaker centred on its support clips' mean" if znorm_feat else ""),
-        "clips": {"fit": int(fit_rows.size), "holdout_query": int(hq.size), "val_query": int(vq.size)},
+                           + ("; then every speaker centred on its support clips' mean" if d.znorm_feat else ""),
+        "clips": {"fit": int(d.fit_rows.size), "holdout_query": int(d.hold_q.size), "val_query": n_val_query},
         "std_over_seeds": "population (ddof=0)",
-        "seconds": {"train": round(t_train, 2), "personalise_and_score": round(t_pred, 2),
-                    "total": round(time.perf_counter() - t_start, 2)},
+        "seconds": seconds,
         "notes": notes,
     }
-    writer.json("metrics.json", metrics)
-    writer.json("history.json", {"holdout_ccc": fit.history, "train_loss": fit.train_loss,
-                                 "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run})
-    final = writer.commit(config, provenance.inputs(corpus, caches=input_caches(fm.blocks, cache_dir)))
-    return FewShotResult(final, metrics, config)
+
+
+def _ccc_per_seed(y: np.ndarray, pred: np.ndarray) -> list[float]:
+    return [P.fewshot_ccc(y, p)[0] for p in pred]
 
 
 def _corpus_rows(corpus: Corpus, ids: list[str]) -> np.ndarray:

@@ -48,11 +48,12 @@ def load_trunk(run_dir: Path) -> tuple[Trunk, int, int]:
     from torch.func import functional_call, vmap
 
     from exvo.learn import registry
+    from exvo.learn.folds import load_fitted
 
     cfg = read_config(Path(run_dir))
     models = Path(run_dir) / "models"
     try:
-        fitted = registry.get(cfg.get("learner", "?")).load(models, "cpu")
+        fitted = load_fitted(models, registry.get(cfg.get("learner", "?")).load)
     except (KeyError, FileNotFoundError, ValueError) as e:
         raise ClassifierError(f"{run_dir}: its models cannot be loaded ({e}); --classifier needs an "
                               "`exvo learn --learner mlp` run") from None

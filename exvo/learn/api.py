@@ -18,14 +18,14 @@ import numpy as np
 from exvo.version import __version__
 from exvo.corpus import Corpus, CorpusError
 from exvo.extract.cache import CacheMismatch, config_diff
-from exvo.learn import registry, runs
+from exvo.learn import folds, registry, runs
 from exvo.runs import provenance
 from exvo.runs.store import RunWriter, check_free, check_name
 from exvo.learn.config import LearnConfig
 from exvo.learn.features import (FeatureError, FeatureSpec, Scaler, load_features, parse_specs,
                                  report_missing)
 from exvo.learn.probe import probe_layers
-from exvo.learn.selection import selection_rows
+from exvo.learn.selection import selection_folds
 from exvo.learn.targets import make_targets
 from exvo.learn.threads import resolve_threads
 from exvo.predictions import Predictions
@@ -56,6 +56,28 @@ def constant_baseline(corpus: Corpus, t, rows) -> dict:
     return {k: s[k] for k in ("ccc", "uar", "mae", "s_mtl")}
 
 
+@dataclass
+class Prepared:
+    """Standardised features and targets of one learn run: ``fm.X`` ``(n_clips, dim)`` (Train
+    mean/std applied), ``rows`` per split, ``folds`` ``[(fit rows, selection rows)]`` (one pair
+    unless ``on="folds"``), whether Test is written."""
+
+    fm: object
+    targets: object
+    scaler: Scaler
+    folds: list
+    do_test: bool
+    seconds: float
+
+    @property
+    def fit_rows(self) -> np.ndarray:
+        return self.folds[0][0] if len(self.folds) == 1 else self.fm.rows["Train"]
+
+    @property
+    def sel_rows(self) -> np.ndarray:
+        return self.folds[0][1] if len(self.folds) == 1 else self.fm.rows["Train"]
+
+
 def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", runs_dir: str | Path = "runs",
           name: str | None = None, echo: Callable[[str], None] = print, overwrite: bool = False) -> LearnResult:
     """Train ``cfg.seeds`` models on Train, choose epochs on the selection rows, score on Val,
@@ -63,112 +85,200 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
 
     An existing run of the same name is refused before training unless ``overwrite``.
     """
+    import torch
+
+    from exvo.device import resolve_device
+
     t_start = time.perf_counter()
     cfg.validate()
-    learner = registry.get(cfg.learner)
-    values = cfg.resolved()
-    train_cfg, loss_cfg, sel = cfg.train, cfg.loss_config(), cfg.select
     lcfg = cfg.learner_config()
     specs = parse_specs(cfg.features)
     if not corpus.has_labels("Val"):
         raise CorpusError(f"{corpus.root} has no labelled Val clips; learning needs Val for its scores")
-    arch = getattr(lcfg, "arch", None)
-    # a preset's run must not replace the default run of the same features
-    derived = runs.derive_name([s.text for s in specs], cfg.learner, arch)
-    name = check_name(name or (derived + ("" if cfg.preset == "default" else f"_{cfg.preset}")))
-    check_free(Path(runs_dir), name, overwrite)
+    name = check_name(name or run_name(cfg, specs, lcfg))
     runs_dir, cache_dir = Path(runs_dir), Path(cache_dir)
+    check_free(runs_dir, name, overwrite)
     notes: list[str] = []
 
     def note(msg: str) -> None:
         notes.append(msg)
         echo(msg)
 
-    import torch
-
-    from exvo.device import resolve_device
-
-    device = resolve_device(cfg.device)
-    threads = resolve_threads(cfg.threads)
+    device, threads = resolve_device(cfg.device), resolve_threads(cfg.threads)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        t0 = time.perf_counter()
-        fm = load_features(corpus, specs, cache_dir, echo=echo, probe_fn=lambda c, co: probe_layers(c, co, sel))
-        report_missing(fm, corpus, cache_dir, need=["Val"], echo=note)
-        test_ids = corpus.split_ids("Test")
-        do_test = bool(test_ids) and not fm.missing.get("Test")
-        if not test_ids:
-            note("note: the corpus has no Test rows; test.csv is not written")
-        elif not do_test:
-            m = fm.missing["Test"]
-            note(f"note: {len(m)} Test clip(s) are not in the feature cache(s) (failed extraction?), so test.csv "
-                 f"is not written: {', '.join(m[:10])}{' …' if len(m) > 10 else ''}. Re-run `exvo extract` after fixing them")
-        t_load = time.perf_counter() - t0
-        rows = fm.rows
-        t = make_targets(corpus, fm.ids, rows)
-        scaler = Scaler.fit(fm.X, rows["Train"])
-        scaler.apply_(fm.X)
-        seeds = cfg.seeds.list
-        fit_rows, sel_rows = selection_rows(corpus, fm.ids, rows, sel)
-        dims = " + ".join(f"{b.spec}[L{b.layer}]:{b.dim}" for b in fm.blocks)
-        echo(f"features {dims} = {fm.dim} dims; Train {rows['Train'].size}, Val {rows['Val'].size}, "
-             f"Test {rows['Test'].size if do_test else 0} clips; {cfg.learner}"
-             + (f" {arch}" if arch else "") + f", preset {cfg.preset}, seeds {seeds}, {threads} thread(s)")
-        echo(f"  selection: {sel.describe()}" + ("" if sel.on == "val" else
-             f" — fit {fit_rows.size} clips, hold-out {sel_rows.size} clips"))
-        if sel.optimistic:
-            note("note: --stop-on val: Val chose the epochs/model, so this run's Val scores are optimistic (†)")
-
+        prep = prepare(corpus, cfg, specs, cache_dir, echo, note)
+        echo_plan(cfg, lcfg, prep, threads, echo, note)
         writer = RunWriter(runs_dir, name, overwrite=overwrite)
-        tmp = writer.path
-        models = writer.file("models/learner.json").parent
         t0 = time.perf_counter()
-        data = registry.FitData(fm.X, t, fit_rows, sel_rows, seeds, train_cfg, loss_cfg, sel, device=device,
-                                threads=threads, echo=echo, progress=cfg.progress)
-        fitted = learner.fit(data, lcfg)
-        fitted.save(models)
-        registry.save_meta(models, cfg.learner, lcfg)
+        fitted = fit_and_save(cfg, lcfg, prep, writer, device, threads, echo, note)
         t_train = time.perf_counter() - t0
-        scaler.save(models / "scaler.npz", age_mean=t.age_mean, age_std=t.age_std)
-
-        def outputs(r):
-            return fitted.predict(fm.X[r])
-
-        # ---- predictions and scores
-        val_ids = [fm.ids[k] for k in rows["Val"]]
-        emo, pro, agez = outputs(rows["Val"])
-        age = agez.astype(np.float64) * t.age_std + t.age_mean
-        per_seed, warns = [], []
-        for j in range(len(seeds)):
-            s, w = runs.score_quiet(Predictions.from_proba(val_ids, emo[j], pro[j], age[j]), corpus, "Val")
-            per_seed.append(s); warns += w
-        ens_pred = Predictions.from_proba(val_ids, *runs.ensemble(emo, pro, age))
-        ens, w = runs.score_quiet(ens_pred, corpus, "Val")
-        for msg in sorted(set(warns + w)):
-            note(f"warning: {msg}")
-        # "epochs": a learner with its own epoch loop (burst2vec) reports its best epochs too
-        best_epochs = fitted.best_epoch if {"train", "epochs"} & learner.uses else [None] * len(seeds)
-        metrics = runs.metrics_json(per_seed, seeds, best_epochs, ens, "Val", len(val_ids))
-        # same shape as a fusion run's "selection", so the report marks both kinds with †
-        metrics["selection"] = {"select_on": sel.on, "optimistic": sel.optimistic, "note": sel.describe()}
-        metrics["val_optimistic"] = sel.optimistic
-        from exvo.predictions import SeedPredictions, save_seed_predictions, save_split
-
-        save_split(ens_pred, tmp, "Val")
-        save_seed_predictions(SeedPredictions(val_ids, seeds, emo, pro, age), tmp, "Val")
-        if do_test:
-            te_ids = [fm.ids[k] for k in rows["Test"]]
-            e, p, a = outputs(rows["Test"])
-            a = a.astype(np.float64) * t.age_std + t.age_mean
-            save_split(Predictions.from_proba(te_ids, *runs.ensemble(e, p, a)), tmp, "Test")
-            save_seed_predictions(SeedPredictions(te_ids, seeds, e, p, a), tmp, "Test")
-        trivial = constant_baseline(corpus, t, rows)
+        metrics = predict_and_score(corpus, cfg, prep, fitted, writer, note)
+        trivial = constant_baseline(corpus, prep.targets, prep.fm.rows)
     finally:
         torch.set_num_threads(old_threads)
+    config = run_record(corpus, cfg, lcfg, prep, name, device, threads, trivial, notes,
+                        {"load": round(prep.seconds, 2), "train": round(t_train, 2),
+                         "total": round(time.perf_counter() - t_start, 2)})
+    writer.json("metrics.json", metrics)
+    if fitted.history is not None:
+        writer.json("history.json", fitted.history)
+    final = writer.commit(config, provenance.inputs(corpus, caches=input_caches(prep.fm.blocks, cache_dir)))
+    echo(f"mean/majority predictor on Val: CCC {trivial['ccc']:.3f} UAR {trivial['uar']:.3f} "
+         f"MAE {trivial['mae']:.2f} S_MTL {trivial['s_mtl']:.3f}")
+    return LearnResult(final, metrics, config, notes)
 
-    uses_train, uses_loss = "train" in learner.uses, "loss" in learner.uses
-    config = {
+
+def run_name(cfg: LearnConfig, specs: list[FeatureSpec], lcfg) -> str:
+    """The default run name: features, learner, arch; a preset's run gets ``_<preset>`` so that it
+    never replaces the default run of the same features."""
+    derived = runs.derive_name([s.text for s in specs], cfg.learner, getattr(lcfg, "arch", None))
+    return derived + ("" if cfg.preset == "default" else f"_{cfg.preset}")
+
+
+def prepare(corpus: Corpus, cfg: LearnConfig, specs: list[FeatureSpec], cache_dir: Path,
+            echo: Callable[[str], None], note: Callable[[str], None]) -> Prepared:
+    """Load the cached features (probing ``@best`` layers by the selection rule), check what is
+    missing, standardise with Train statistics, split Train into fit and selection rows."""
+    t0 = time.perf_counter()
+    sel = cfg.select
+    fm = load_features(corpus, specs, cache_dir, echo=echo, probe_fn=lambda c, co: probe_layers(c, co, sel))
+    report_missing(fm, corpus, cache_dir, need=["Val"], echo=note)
+    test_ids = corpus.split_ids("Test")
+    do_test = bool(test_ids) and not fm.missing.get("Test")
+    if not test_ids:
+        note("note: the corpus has no Test rows; test.csv is not written")
+    elif not do_test:
+        m = fm.missing["Test"]
+        note(f"note: {len(m)} Test clip(s) are not in the feature cache(s) (failed extraction?), so test.csv "
+             f"is not written: {', '.join(m[:10])}{' …' if len(m) > 10 else ''}. Re-run `exvo extract` after fixing them")
+    seconds = time.perf_counter() - t0
+    t = make_targets(corpus, fm.ids, fm.rows)
+    scaler = Scaler.fit(fm.X, fm.rows["Train"])
+    scaler.apply_(fm.X)
+    folds = selection_folds(corpus, fm.ids, fm.rows, sel, note=echo)
+    return Prepared(fm, t, scaler, folds, do_test, seconds)
+
+
+def echo_plan(cfg: LearnConfig, lcfg, prep: Prepared, threads: int, echo, note) -> None:
+    """Say what will be trained on what, and how models are chosen."""
+    rows, fm, sel = prep.fm.rows, prep.fm, cfg.select
+    arch = getattr(lcfg, "arch", None)
+    dims = " + ".join(f"{b.spec}[L{b.layer}]:{b.dim}" for b in fm.blocks)
+    echo(f"features {dims} = {fm.dim} dims; Train {rows['Train'].size}, Val {rows['Val'].size}, "
+         f"Test {rows['Test'].size if prep.do_test else 0} clips; {cfg.learner}"
+         + (f" {arch}" if arch else "") + f", preset {cfg.preset}, seeds {cfg.seeds.list}, {threads} thread(s)")
+    echo(f"  selection: {sel.describe()}" + ("" if sel.on != "holdout" else
+         f" — fit {prep.fit_rows.size} clips, hold-out {prep.sel_rows.size} clips"))
+    if sel.optimistic:
+        note("note: --stop-on val: Val chose the epochs/model, so this run's Val scores are optimistic (†)")
+
+
+def fit_and_save(cfg: LearnConfig, lcfg, prep: Prepared, writer: RunWriter, device: str, threads: int, echo,
+                 note=None):
+    """Train every seed of the learner on the fit rows (epochs chosen on the selection rows), or
+    on every speaker fold (:mod:`exvo.learn.folds`, then the fold ensemble or a refit); save its
+    models, its registry entry and the scaler under ``models/``."""
+    learner = registry.get(cfg.learner)
+    models = writer.file("models/learner.json").parent
+    t = prep.targets
+    data = registry.FitData(prep.fm.X, t, prep.fit_rows, prep.sel_rows, cfg.seeds.list, cfg.train,
+                            cfg.loss_config(), cfg.select, device=device, threads=threads, echo=echo,
+                            progress=cfg.progress)
+    if cfg.select.on != "folds":
+        fitted = learner.fit(data, lcfg)
+    else:
+        fitted = folds.fit_folds(learner, data, lcfg, prep.folds, prep.fm.rows["Train"])
+        for msg in folds.first_epoch_heads(fitted):
+            (note or echo)(f"warning: {msg}")
+        if cfg.select.final == "refit":
+            fitted = folds.refit(learner, data, lcfg, fitted, prep.fm.rows["Train"])
+    fitted.save(models)
+    registry.save_meta(models, cfg.learner, lcfg)
+    prep.scaler.save(models / "scaler.npz", age_mean=t.age_mean, age_std=t.age_std)
+    return fitted
+
+
+def predict_and_score(corpus: Corpus, cfg: LearnConfig, prep: Prepared, fitted, writer: RunWriter, note) -> dict:
+    """Predict Val (and Test) with every seed; write the seed ensemble and the per-seed predictions;
+    return ``metrics.json`` (per-seed Val scores, mean ± std, the ensemble's)."""
+    from exvo.predictions import SeedPredictions, save_seed_predictions, save_split
+
+    fm, t, seeds, sel = prep.fm, prep.targets, cfg.seeds.list, cfg.select
+    learner = registry.get(cfg.learner)
+
+    def outputs(split: str):
+        e, p, az = fitted.predict(fm.X[fm.rows[split]])
+        return [fm.ids[k] for k in fm.rows[split]], e, p, az.astype(np.float64) * t.age_std + t.age_mean
+
+    val_ids, emo, pro, age = outputs("Val")
+    per_seed, warns = [], []
+    for j in range(len(seeds)):
+        s, w = runs.score_quiet(Predictions.from_proba(val_ids, emo[j], pro[j], age[j]), corpus, "Val")
+        per_seed.append(s); warns += w
+    ens_pred = Predictions.from_proba(val_ids, *runs.ensemble(emo, pro, age))
+    ens, w = runs.score_quiet(ens_pred, corpus, "Val")
+    for msg in sorted(set(warns + w)):
+        note(f"warning: {msg}")
+    # "epochs": a learner with its own epoch loop (burst2vec) reports its best epochs too
+    best_epochs = fitted.best_epoch if {"train", "epochs"} & learner.uses else [None] * len(seeds)
+    metrics = runs.metrics_json(per_seed, seeds, best_epochs, ens, "Val", len(val_ids))
+    # same shape as a fusion run's "selection", so the report marks both kinds with †
+    metrics["selection"] = {"select_on": sel.on, "optimistic": sel.optimistic, "note": sel.describe()}
+    metrics["val_optimistic"] = sel.optimistic
+    save_split(ens_pred, writer.path, "Val")
+    save_seed_predictions(SeedPredictions(val_ids, seeds, emo, pro, age), writer.path, "Val")
+    if prep.do_test:
+        te_ids, e, p, a = outputs("Test")
+        save_split(Predictions.from_proba(te_ids, *runs.ensemble(e, p, a)), writer.path, "Test")
+        save_seed_predictions(SeedPredictions(te_ids, seeds, e, p, a), writer.path, "Test")
+    if getattr(fitted, "oof", None) is not None:
+        metrics["oof"] = out_of_fold_scores(corpus, prep, fitted, seeds, writer, note)
+    return metrics
+
+
+def out_of_fold_scores(corpus: Corpus, prep: Prepared, fitted, seeds: list[int], writer: RunWriter, note) -> dict | None:
+    """Write the out-of-fold predictions of Train (``oof.csv``, ``per_seed/oof.npz``) and score them:
+    per seed, mean ± std, the seed ensemble and its speaker-bootstrap 95 % intervals — the run's
+    estimate from Train alone (Val never involved)."""
+    from exvo.metrics import speaker_bootstrap
+    from exvo.predictions import SeedPredictions, save_seed_predictions, save_split
+
+    fm, t = prep.fm, prep.targets
+    ids = [fm.ids[k] for k in fm.rows["Train"]]
+    e, p, az = fitted.oof
+    a = az.astype(np.float64) * t.age_std + t.age_mean
+    ens = Predictions.from_proba(ids, *runs.ensemble(e, p, a))
+    save_split(ens, writer.path, "OOF")
+    save_seed_predictions(SeedPredictions(ids, seeds, e, p, a), writer.path, "OOF")
+    if fm.missing.get("Train"):
+        note(f"note: {len(fm.missing['Train'])} Train clip(s) are not in the cache: the out-of-fold predictions "
+             "cover the others and are not scored")
+        return None
+    per_seed = [runs.score_quiet(Predictions.from_proba(ids, e[j], p[j], a[j]), corpus, "Train")[0]
+                for j in range(len(seeds))]
+    ens_s, _ = runs.score_quiet(ens, corpus, "Train")
+    out = runs.metrics_json(per_seed, seeds, [None] * len(seeds), ens_s, "OOF", len(ids))
+    want = ens.take(corpus.split_ids("Train"))
+    emo, cou, age = corpus.labels("Train")
+    spk = corpus.speakers[corpus.indices("Train")]
+    out["ci95"] = speaker_bootstrap(emo, want.emotions, cou, want.country, age, want.age, spk)
+    out["fold_epochs"] = getattr(fitted, "fold_epochs", None)
+    return out
+
+
+def run_record(corpus: Corpus, cfg: LearnConfig, lcfg, prep: Prepared, name: str, device: str, threads: int,
+               trivial: dict, notes: list[str], seconds: dict) -> dict:
+    """The run's ``config.json`` (its provenance is added at commit)."""
+    learner = registry.get(cfg.learner)
+    fm, t, sel, rows = prep.fm, prep.targets, cfg.select, prep.fm.rows
+    uses_loss = "loss" in learner.uses
+    # the optimisation that trained the models: the shared one, or the learner's own (burst2vec)
+    train_cfg = cfg.train if "train" in learner.uses else getattr(lcfg, "train", None)
+    uses_train = train_cfg is not None
+    loss_cfg = cfg.loss_config()
+    return {
         "kind": "learn",
         "exvo_version": __version__,
         "name": name,
@@ -177,9 +287,9 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
         "dim": fm.dim,
         "learner": cfg.learner,
         "preset": cfg.preset,
-        "arch": arch,
-        "seeds": seeds,
-        "loss": values["loss"] if uses_loss else None,
+        "arch": getattr(lcfg, "arch", None),
+        "seeds": cfg.seeds.list,
+        "loss": cfg.resolved()["loss"] if uses_loss else None,
         "losses": asdict(loss_cfg) if uses_loss else ({"age": loss_cfg.age} if "loss.age" in learner.uses else None),
         "epochs": train_cfg.epochs if uses_train else None,
         "patience": train_cfg.patience if uses_train else None,
@@ -189,28 +299,20 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
         "threads": threads,
         "learn_config": asdict(cfg),
         "learner_config": asdict(lcfg),
-        "selection": asdict(sel) | {"description": sel.describe(), "fit_clips": int(fit_rows.size),
-                                    "selection_clips": int(sel_rows.size)},
+        "selection": asdict(sel) | {"description": sel.describe(), "fit_clips": int(prep.fit_rows.size),
+                                    "selection_clips": int(prep.sel_rows.size)},
         "val_optimistic": sel.optimistic,
         "early_stopping": sel.describe(),
         "standardisation": "per-feature mean/std of Train rows (models/scaler.npz)",
         "age": {"train_mean_years": t.age_mean, "train_std_years": t.age_std},
         "clips": {"train": int(rows["Train"].size), "val": int(rows["Val"].size),
-                  "test": int(rows["Test"].size) if do_test else 0,
+                  "test": int(rows["Test"].size) if prep.do_test else 0,
                   "missing_from_cache": {k: v for k, v in fm.missing.items() if v}},
         "std_over_seeds": "population (ddof=0)",
         "constant_predictor_val": trivial,
-        "seconds": {"load": round(t_load, 2), "train": round(t_train, 2),
-                    "total": round(time.perf_counter() - t_start, 2)},
+        "seconds": seconds,
         "notes": notes,
     }
-    writer.json("metrics.json", metrics)
-    if fitted.history is not None:
-        writer.json("history.json", fitted.history)
-    final = writer.commit(config, provenance.inputs(corpus, caches=input_caches(fm.blocks, cache_dir)))
-    echo(f"mean/majority predictor on Val: CCC {trivial['ccc']:.3f} UAR {trivial['uar']:.3f} "
-         f"MAE {trivial['mae']:.2f} S_MTL {trivial['s_mtl']:.3f}")
-    return LearnResult(final, metrics, config, notes)
 
 
 def input_caches(blocks, cache_dir: Path) -> list[dict]:
@@ -260,7 +362,7 @@ def predict_run(run_dir: str | Path, corpus: Corpus, cache_dir: str | Path = "ca
     del fm
     scaler.apply_(X)
     age_mean, age_std = float(extra["age_mean"]), float(extra["age_std"])
-    fitted = registry.get(cfg["learner"]).load(run_dir / "models", "cpu")
+    fitted = folds.load_fitted(run_dir / "models", registry.get(cfg["learner"]).load)
     emo, pro, agez = fitted.predict(X)
     pred = Predictions.from_proba(ids, *runs.ensemble(emo, pro, agez.astype(np.float64) * age_std + age_mean))
     out = Path(out) if out is not None else run_dir / f"predict_{corpus.name}_{split.lower()}.csv"

@@ -153,6 +153,30 @@ def shuffled_batches(data: Batch, rows: np.ndarray, batch_size: int) -> Sampler:
     return sample
 
 
+def fold_batches(data: Batch, rows: list[np.ndarray], batch_size: int) -> Sampler:
+    """A per-model sampler for models trained on different rows (``rows[j]``: model j's fit rows):
+    every epoch a fresh ``randperm`` of model j's rows, of which the first ``steps × batch_size``
+    form ``steps`` full batches, ``steps`` set by the smallest row set, so that every model's
+    batch has the same shape at every step (what stacking needs). Rows left out differ from
+    epoch to epoch; a model trained alone with the same ``rows`` list draws the same batches."""
+    rows_t = [torch.as_tensor(r, dtype=torch.long) for r in rows]
+    smallest = min(r.numel() for r in rows_t)
+    if smallest < 1:
+        raise ValueError("a fold has no rows to fit on")
+    bs = min(int(batch_size), smallest)
+    steps = smallest // bs
+
+    def sample(gen: torch.Generator, epoch: int, j: int) -> Iterator[Batch]:
+        r = rows_t[j]
+        perm = r[torch.randperm(r.numel(), generator=gen)]
+        for i in range(steps):
+            idx = perm[i * bs:(i + 1) * bs]
+            yield {k: v[idx] for k, v in data.items()}
+    sample.per_model = True
+    sample.steps_per_epoch = steps
+    return sample
+
+
 def _stack_batches(batches: list[Batch]) -> Batch:
     keys = batches[0].keys()
     out = {}
@@ -226,7 +250,9 @@ def train_seeds(make: Callable[[], LearnerModule], sampler: Sampler, evaluate: C
     scheduled = float(cfg.warmup_epochs) > 0 or cfg.decay != "none"
     for epoch in range(1, int(cfg.epochs) + 1):
         stack.base.train()
-        iters = [sampler(g, epoch) for g in gens]
+        # a per-model sampler (speaker folds) draws model j's batches from its own rows
+        iters = [sampler(g, epoch, j) if getattr(sampler, "per_model", False) else sampler(g, epoch)
+                 for j, g in enumerate(gens)]
         tot, nb = torch.zeros(S), 0
         for batches in zip(*iters):
             batch = {k: v.to(device) for k, v in _stack_batches(list(batches)).items()}

@@ -49,7 +49,9 @@ class FitData:
     fit on; ``select_rows`` the rows that choose epochs / stop training (a speaker-disjoint
     hold-out of Train by default, Val with ``--stop-on val``); ``seeds``; the shared
     ``train`` / ``loss`` / ``selection`` settings; ``device`` ``cpu`` | ``cuda``; ``threads``
-    CPU threads to use; ``echo`` for one-line progress messages.
+    CPU threads to use; ``echo`` for one-line progress messages. ``folds``: for a learner with
+    ``"folds"`` in its ``uses`` (trains many models at once), every speaker fold's ``(fit rows,
+    selection rows)``: it then returns S × K models, seed-major (:mod:`exvo.learn.folds`).
     """
 
     X: np.ndarray
@@ -64,6 +66,7 @@ class FitData:
     threads: int = 1
     echo: Callable[[str], None] = print
     progress: bool = False
+    folds: list[tuple[np.ndarray, np.ndarray]] | None = None
 
 
 class Fitted(Protocol):
@@ -81,7 +84,8 @@ class Fitted(Protocol):
 class Learner:
     """One registry entry. ``uses``: which shared settings apply (``"train"``: epochs, batch size,
     learning rate…; ``"loss"``: the task-loss choices; ``"epochs"``: its own epoch loop, whose
-    best epochs the run reports); the run records the others as unused."""
+    best epochs the run reports; ``"folds"``: trains every speaker fold's models in one call,
+    see :class:`FitData`); the run records the others as unused."""
 
     name: str
     help: str
@@ -179,7 +183,7 @@ def module_learner(name: str, help: str, config: type,
     def load(folder: Path, device: str) -> Fitted:
         return torch_learner.load_module(folder, device, lambda dim, c, loss: make(dim, config(**c), loss), vectorise)
 
-    return Learner(name, help, config, fit, load)
+    return Learner(name, help, config, fit, load, uses=frozenset({"train", "loss", "folds"}))
 
 
 def _mlp_fast_path(cfg, loss: LossConfig):

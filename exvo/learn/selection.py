@@ -22,7 +22,7 @@ import numpy as np
 
 from exvo.config import SelectionConfig
 from exvo.corpus import Corpus
-from exvo.splits import holdout_split
+from exvo.splits import holdout_split, speaker_folds
 
 def corpus_rows_speakers(corpus: Corpus, ids: list[str], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Speakers and countries of ``ids[rows]`` from the corpus table."""
@@ -38,3 +38,26 @@ def selection_rows(corpus: Corpus, ids: list[str], rows: dict[str, np.ndarray],
         return rows["Train"], rows["Val"]
     spk, cou = corpus_rows_speakers(corpus, ids, rows["Train"])
     return holdout_split(rows["Train"], spk, cou, sel.holdout_frac, sel.holdout_seed)
+
+
+def selection_folds(corpus: Corpus, ids: list[str], rows: dict[str, np.ndarray], sel: SelectionConfig,
+                    note=None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[(fit rows, selection rows)]``: K speaker folds of Train (``on="folds"``, stratified by
+    country when every country has at least K speakers, else plain — ``note`` says which), or
+    the one hold-out / Val pair of :func:`selection_rows`."""
+    if sel.on != "folds":
+        return [selection_rows(corpus, ids, rows, sel)]
+    train = rows["Train"]
+    spk, cou = corpus_rows_speakers(corpus, ids, train)
+    n_spk = np.unique(spk).size
+    if n_spk < sel.k:
+        raise ValueError(f"--folds {sel.k}: Train has {n_spk} speaker(s), too few for {sel.k} speaker folds; use "
+                         f"--folds {max(2, n_spk)} (at least 2 speakers needed) or --stop-on val (Val scores then optimistic †)")
+    per_country = [np.unique(spk[cou == c]).size for c in np.unique(cou[cou >= 0])]
+    stratified = bool(per_country) and min(per_country) >= sel.k
+    if note is not None:
+        note(f"  {sel.k} speaker folds of {n_spk} Train speakers, " + (
+            "stratified by country" if stratified else
+            f"not stratified by country (a country has {min(per_country, default=0)} speaker(s) < {sel.k})"))
+    fold = speaker_folds(spk, sel.k, sel.holdout_seed, cou if stratified else None)
+    return [(train[fold != k], train[fold == k]) for k in range(sel.k)]

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from exvo.learn.framework import SeedStack, predict as stack_predict, shuffled_batches, train_seeds
+from exvo.learn.framework import SeedStack, fold_batches, predict as stack_predict, shuffled_batches, train_seeds
 from exvo.learn.multitask import LossConfig, MultitaskModule, check_outputs, data_tensors
 from exvo.learn.targets import selection_score
 from exvo.runs.store import load_torch, save_torch  # a full disk is an OSError, not a torch RuntimeError
@@ -54,48 +54,76 @@ class TorchFitted:
 
 def fit_module(make: Callable[[int], MultitaskModule], data, cfg, vectorise: bool = True,
                grad_fn=None) -> TorchFitted:
-    """Train one ``make(dim)`` per seed on ``data`` (a :class:`exvo.learn.registry.FitData`)."""
+    """Train one ``make(dim)`` per seed on ``data`` (a :class:`exvo.learn.registry.FitData`); with
+    ``data.folds`` one per seed and fold, all at once (seed-major: model ``j`` is seed
+    ``j // K`` on fold ``j % K``), each early-stopped on its own fold's rows."""
     dev = torch.device(data.device)
     t = data.targets
     D = data.tensors if hasattr(data, "tensors") else data_tensors(data.X, t, dev)
     dim = data.X.shape[1]
-    sel = np.asarray(data.select_rows)
-    fit_rows = np.asarray(data.fit_rows)
-    if fit_rows.size == 0 or sel.size == 0:
-        raise ValueError(f"nothing to train on: {fit_rows.size} fit rows and {sel.size} selection rows")
+    folds = [(np.asarray(f), np.asarray(s)) for f, s in (data.folds or [(data.fit_rows, data.select_rows)])]
+    K = len(folds)
+    seeds = [s for s in data.seeds for _ in range(K)]
+    for fit_rows, sel in folds:
+        if fit_rows.size == 0 or sel.size == 0:
+            raise ValueError(f"nothing to train on: {fit_rows.size} fit rows and {sel.size} selection rows")
     probe = make(dim)
     if not isinstance(probe, MultitaskModule):
         raise TypeError(f"a module learner must build a MultitaskModule, got {type(probe).__name__}")
     with torch.no_grad():
-        check_outputs(probe.to(dev).outputs({k: v[torch.as_tensor(fit_rows[:2])] for k, v in D.items()}), min(2, fit_rows.size))
+        rows2 = torch.as_tensor(folds[0][0][:2])
+        check_outputs(probe.to(dev).outputs({k: v[rows2] for k, v in D.items()}), min(2, folds[0][0].size))
     del probe
-    sel_t = {k: v[torch.as_tensor(sel, device=dev)] for k, v in D.items()}
-    te, tc, ta = t.emotions[sel], t.country[sel], t.age[sel]
-
-    def evaluate(stack: SeedStack) -> np.ndarray:
-        if data.selection.monitor == "loss":
-            from torch.func import functional_call
-
-            def fn(p, b, batch):
-                return functional_call(stack.base, (p, b), (batch,), {"train_loss": True})
-            return -stack.run(fn, sel_t, vectorise, stacked_batch=False).detach().cpu().numpy()
-        emo, pro, agez = TorchFitted(stack, {}, [], None, {}, vectorise, data.train.eval_batch).outputs(D, sel)
-        return np.array([selection_score(te, emo[j], tc, pro[j].argmax(1), ta, agez[j] * t.age_std + t.age_mean)
-                         for j in range(stack.n)])
-
+    evaluate = _selection(data, D, folds, vectorise)
     what = "−loss" if data.selection.monitor == "loss" else "selection score"
 
     def progress(epoch: int, score: np.ndarray) -> None:
         data.echo(f"  epoch {epoch:2d}: {what} " + " ".join(f"{s:.3f}" for s in score))
 
-    fit = train_seeds(lambda: make(dim), shuffled_batches(D, fit_rows, data.train.batch_size), evaluate,
-                      data.seeds, data.train, dev, progress, grad_fn=grad_fn)
+    sampler = (shuffled_batches(D, folds[0][0], data.train.batch_size) if K == 1 else
+               fold_batches(D, [folds[j % K][0] for j in range(len(seeds))], data.train.batch_size))
+    fit = train_seeds(lambda: make(dim), sampler, evaluate, seeds, data.train, dev, progress, grad_fn=grad_fn)
     history = {"selection": data.selection.on, "monitor": data.selection.monitor,
                "selection_history": fit.history, "train_loss": fit.train_loss, "epochs_run": fit.epochs_run,
                "seconds_per_epoch": fit.seconds_per_epoch, "best_epoch": fit.best_epoch}
-    meta = {"dim": int(dim), "config": asdict(cfg), "loss": asdict(data.loss), "seeds": list(data.seeds)}
+    meta = {"dim": int(dim), "config": asdict(cfg), "loss": asdict(data.loss), "seeds": seeds}
     return TorchFitted(fit.stack, meta, fit.best_epoch, history, {"epochs_run": fit.epochs_run}, vectorise,
                        data.train.eval_batch)
+
+
+def _selection(data, D: dict[str, torch.Tensor], folds: list[tuple[np.ndarray, np.ndarray]],
+               vectorise: bool) -> Callable[[SeedStack], np.ndarray]:
+    """``evaluate(stack) -> (n_models,)``: model ``j`` scored on fold ``j % K``'s selection rows
+    by the selection S_MTL, or (``monitor="loss"``) minus its own loss on them."""
+    t, K = data.targets, len(folds)
+    # one prediction pass over every selection row serves all models; a single fold keeps its order
+    rows = folds[0][1] if K == 1 else np.unique(np.concatenate([s for _, s in folds]))
+    at = {int(r): i for i, r in enumerate(rows)}
+    pos = [np.array([at[int(r)] for r in s]) for _, s in folds]
+    dev = next(iter(D.values())).device
+
+    def loss_of(stack: SeedStack, sel: np.ndarray) -> np.ndarray:
+        from torch.func import functional_call
+
+        def fn(p, b, batch):
+            return functional_call(stack.base, (p, b), (batch,), {"train_loss": True})
+        sel_t = {k: v[torch.as_tensor(sel, device=dev)] for k, v in D.items()}
+        return -stack.run(fn, sel_t, vectorise, stacked_batch=False).detach().cpu().numpy()
+
+    def evaluate(stack: SeedStack) -> np.ndarray:
+        fold = np.arange(stack.n) % K
+        out = np.empty(stack.n)
+        if data.selection.monitor == "loss":
+            for k, (_, sel) in enumerate(folds):
+                out[fold == k] = loss_of(stack, sel)[fold == k]
+            return out
+        emo, pro, agez = TorchFitted(stack, {}, [], None, {}, vectorise, data.train.eval_batch).outputs(D, rows)
+        for j in range(stack.n):
+            r, q = folds[fold[j]][1], pos[fold[j]]
+            out[j] = selection_score(t.emotions[r], emo[j][q], t.country[r], pro[j][q].argmax(1), t.age[r],
+                                     agez[j][q] * t.age_std + t.age_mean)
+        return out
+    return evaluate
 
 
 def load_stack(folder: Path, meta_name: str, make: Callable[[dict], torch.nn.Module], device: str,

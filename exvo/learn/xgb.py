@@ -45,13 +45,15 @@ class XGBConfig:
     early_stopping_rounds: int = 20
     device: str = "cpu"           # cpu | cuda (set from the run's --device)
     n_jobs: int = 0
+    rounds: dict | None = None    # {emo, cou, age: trees}: fixed per head, no early stopping (a fold refit)
 
 
-def _params(cfg: XGBConfig, seed: int) -> dict:
-    return dict(n_estimators=cfg.n_estimators, max_depth=cfg.max_depth, learning_rate=cfg.learning_rate,
-                subsample=cfg.subsample, colsample_bytree=cfg.colsample_bytree, tree_method="hist",
-                max_bin=cfg.max_bin, device=cfg.device, random_state=int(seed),
-                early_stopping_rounds=cfg.early_stopping_rounds, n_jobs=cfg.n_jobs or None)
+def _params(cfg: XGBConfig, seed: int, task: str) -> dict:
+    fixed = cfg.rounds is not None
+    return dict(n_estimators=int(cfg.rounds[task]) if fixed else cfg.n_estimators, max_depth=cfg.max_depth,
+                learning_rate=cfg.learning_rate, subsample=cfg.subsample, colsample_bytree=cfg.colsample_bytree,
+                tree_method="hist", max_bin=cfg.max_bin, device=cfg.device, random_state=int(seed),
+                early_stopping_rounds=None if fixed else cfg.early_stopping_rounds, n_jobs=cfg.n_jobs or None)
 
 
 def train_xgb(X: np.ndarray, fit_rows: np.ndarray, stop_rows: np.ndarray, emotions: np.ndarray,
@@ -69,16 +71,21 @@ def train_xgb(X: np.ndarray, fit_rows: np.ndarray, stop_rows: np.ndarray, emotio
     if stop_rows.size == 0:
         raise ValueError("XGBoost early stopping needs selection rows; none were given")
     Xf, Xs = X[fit_rows], X[stop_rows]
+
+    def ev(y):        # fixed rounds (a refit): nothing to stop on
+        return {} if cfg.rounds is not None else {"eval_set": [(Xs, y[stop_rows])]}
     out = []
     for seed in seeds:
-        p = _params(cfg, seed)
-        m_emo = xgb.XGBRegressor(multi_strategy="one_output_per_tree", **p)
-        m_emo.fit(Xf, emotions[fit_rows], eval_set=[(Xs, emotions[stop_rows])], verbose=False)
-        m_cou = xgb.XGBClassifier(objective="multi:softprob", num_class=N_COUNTRIES, **p)
-        m_cou.fit(Xf, country[fit_rows], eval_set=[(Xs, country[stop_rows])], verbose=False)
-        m_age = xgb.XGBRegressor(objective="reg:absoluteerror" if age_loss == "mae" else "reg:squarederror", **p)
-        m_age.fit(Xf, age_z[fit_rows], eval_set=[(Xs, age_z[stop_rows])], verbose=False)
-        best = {t: int(getattr(m, "best_iteration", cfg.n_estimators - 1)) for t, m in zip(TASKS, (m_emo, m_cou, m_age))}
+        m_emo = xgb.XGBRegressor(multi_strategy="one_output_per_tree", **_params(cfg, seed, "emo"))
+        m_emo.fit(Xf, emotions[fit_rows], verbose=False, **ev(emotions))
+        m_cou = xgb.XGBClassifier(objective="multi:softprob", num_class=N_COUNTRIES, **_params(cfg, seed, "cou"))
+        m_cou.fit(Xf, country[fit_rows], verbose=False, **ev(country))
+        m_age = xgb.XGBRegressor(objective="reg:absoluteerror" if age_loss == "mae" else "reg:squarederror",
+                                 **_params(cfg, seed, "age"))
+        m_age.fit(Xf, age_z[fit_rows], verbose=False, **ev(age_z))
+        best = {t: (int(cfg.rounds[t]) - 1 if cfg.rounds is not None else
+                    int(getattr(m, "best_iteration", cfg.n_estimators - 1)))
+                for t, m in zip(TASKS, (m_emo, m_cou, m_age))}
         if echo:
             echo(f"  seed {seed}: best iterations " + ", ".join(f"{k} {v}" for k, v in best.items()))
         out.append({"emo": m_emo, "cou": m_cou, "age": m_age, "best_iteration": best})

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from exvo.recipes.load import Recipe, Row
+from exvo.runs.store import write_json
 
 RUN_COMMANDS_WITH_NAME = ("learn", "fuse", "fewshot", "verify", "finetune")
 RUN_SUBDIRS = {"fewshot": "fewshot", "verify": "verify"}
@@ -128,31 +129,35 @@ class StaleRun(Exception):
 
 
 LEDGER = "steps.json"
-"""``<runs>/reproduce-<recipe>/steps.json``: the command line that made each run folder."""
+"""``<runs>/.reproduce-<recipe>.steps.json``: the command line that made each run folder. Beside,
+not inside, the table folder: that folder is replaced whole each time the table is written."""
 
 
 def _ledger(runs: Path, recipe: Recipe) -> Path:
-    return runs / f"reproduce-{recipe.name}" / LEDGER
+    return runs / f".reproduce-{recipe.name}.{LEDGER}"
 
 
 def _read_ledger(path: Path) -> dict[str, list[str]]:
     import json
 
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    # exvo 0.1 kept the ledger inside the table folder
+    legacy = path.parent / path.name[1:].removesuffix(f".{LEDGER}") / LEDGER
+    for p in (path, legacy):
+        try:
+            led = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if p == legacy:
+            write_json(path, led)      # moved out before the table folder is next replaced
+        return led
+    return {}
 
 
 def _record(path: Path, folder: Path, argv: list[str]) -> None:
-    import json
-
     led = _read_ledger(path)
     led[str(folder)] = argv
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(led, indent=1))
-    os.replace(tmp, path)
+    write_json(path, led)
 
 
 def _step_run_folder(argv: list[str], runs: Path) -> Path | None:

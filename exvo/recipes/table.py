@@ -5,19 +5,20 @@ one. Ours come from each row's run folder: ``metrics.json``'s ``summary`` (mean 
 on Val) and its ``ensemble`` (the seed-averaged predictions). A run whose Val figures are
 optimistic (its model or fusion was chosen on Val itself) is marked †. The difference is
 ours (mean over seeds) minus the paper's, for the last metric of the recipe (S_MTL for the
-Multi-Task recipes). Written to ``<runs>/reproduce-<name>/table.md`` and ``table.csv``,
-each replaced atomically.
+Multi-Task recipes). Written to ``<runs>/reproduce-<name>/table.md`` and ``table.csv``
+through the run layer (:class:`~exvo.runs.store.RunWriter`): the folder is replaced whole.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
-import os
 from pathlib import Path
 
 from exvo.recipes.load import Recipe
 from exvo.recipes.run import RowOutcome
+from exvo.runs import provenance
+from exvo.runs.store import RunWriter
 
 LABELS = {"ccc": "Emo-CCC", "uar": "UAR", "mae": "Age-MAE", "s_mtl": "S_MTL", "f1": "F1"}
 DIGITS = {"mae": 2}
@@ -99,20 +100,28 @@ def rows(recipe: Recipe, outcomes: list[RowOutcome]) -> tuple[list[str], list[li
     return head, out
 
 
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write(recipe: Recipe, outcomes: list[RowOutcome], runs_dir: Path, corpus_name: str) -> Path:
-    """Write ``table.md`` and ``table.csv``; returns the folder."""
+    """Write ``table.md`` and ``table.csv`` as the run-layer folder ``<runs>/reproduce-<name>/``
+    (kind ``reproduce``: replaced whole, its rows' run folders recorded as sources, so a
+    changed row marks the table stale); returns the folder."""
     head, body = rows(recipe, outcomes)
-    folder = runs_dir / f"reproduce-{recipe.name}"
-    folder.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    csv.writer(buf).writerows([head, *body])
-    _atomic(folder / "table.csv", buf.getvalue())
+    folder = Path(runs_dir) / f"reproduce-{recipe.name}"
+    # a table written before tables had a config.json (exvo 0.1) is ours too: replace it
+    legacy = folder.is_dir() and not (folder / "config.json").exists() and \
+        {p.name for p in folder.iterdir()} <= {"table.md", "table.csv", "steps.json"}
+    writer = RunWriter(runs_dir, folder.name, overwrite=legacy, replace_kind="reproduce")
+    with writer:
+        buf = io.StringIO()
+        csv.writer(buf).writerows([head, *body])
+        writer.file("table.csv").write_text(buf.getvalue())
+        writer.file("table.md").write_text(_markdown(recipe, head, body, corpus_name))
+        sources = [o.run_dir for o in outcomes if o.run_dir is not None and (o.run_dir / "config.json").is_file()]
+        record = {"kind": "reproduce", "recipe": recipe.name, "corpus": corpus_name,
+                  "rows": {o.row.id: o.status for o in outcomes}}
+        return writer.commit(record, provenance.inputs(sources=sources, runs_dir=runs_dir))
+
+
+def _markdown(recipe: Recipe, head: list[str], body: list[list[str]], corpus_name: str) -> str:
     md = [f"# {recipe.title}", "",
           f"Paper: `{recipe.paper}`. Ours: corpus `{corpus_name}`, Val, mean ± std over seeds "
           "(population std); 'ours ens.' scores the seed-averaged predictions; Δ = ours (mean) − paper. "
@@ -123,8 +132,7 @@ def write(recipe: Recipe, outcomes: list[RowOutcome], runs_dir: Path, corpus_nam
     md.append("| " + " | ".join(head) + " |")
     md.append("|" + "---|" * len(head))
     md += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in body]
-    _atomic(folder / "table.md", "\n".join(md) + "\n")
-    return folder
+    return "\n".join(md) + "\n"
 
 
 def report_section(rows, out_dir: Path, corpus, runs_dir: Path):

@@ -183,13 +183,18 @@ def _is_run(path: Path) -> bool:
         (path / "config.json").is_file() or (path / "val.csv").is_file())
 
 
+TABLE_KINDS = ("reproduce",)
+"""Folders written through the run layer that hold tables, not predictions (never a report row)."""
+
+
 def discover(runs_dir: str | Path) -> list[Run]:
-    """Every run folder directly under ``runs_dir``, sorted by name."""
+    """Every run folder directly under ``runs_dir``, sorted by name (reproduce tables excluded)."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"runs folder {runs_dir} does not exist; train runs with `exvo learn --runs {runs_dir}`")
     checker = Checker()
-    return [Run.open(p, checker) for p in sorted(runs_dir.iterdir()) if _is_run(p)]
+    found = [Run.open(p, checker) for p in sorted(runs_dir.iterdir()) if _is_run(p)]
+    return [r for r in found if r.kind not in TABLE_KINDS]
 
 
 def resolve(runs_dir: str | Path, names: list[str] | None) -> tuple[list[Run], list[str]]:

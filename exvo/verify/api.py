@@ -41,10 +41,11 @@ from exvo.runs.store import RunWriter
 from exvo.learn.framework import predict, train_seeds
 from exvo.metrics import EMOTIONS, uar
 from exvo.verify.encoder import VerifyModule
-from exvo.verify.episodes import (dominant_class, draw_enrolment, episodic_sampler, nearest_prototype,
-                                  prototypes, weighted_f1)
+from exvo.verify.episodes import dominant_class, episodic_sampler, nearest_prototype, prototypes, weighted_f1
 from exvo.verify.inputs import Inputs, load_inputs
 from exvo.verify.config import VerifyConfig
+from exvo.verify.steps import (Classes, Embedder, Rows, embedder, enrol_and_score, np_curve, over_seeds,
+                               pretrain_rows, pretrain_uar, task_rows)
 
 @dataclass
 class VerifyResult:
@@ -147,17 +148,11 @@ def _seed_modules(stack, make) -> list[VerifyModule]:
     return mods
 
 
-def _ms(values) -> dict:
-    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
-    return {"mean": float(v.mean()), "std": float(v.std())} if v.size else {"mean": None, "std": None}
-
-
-def verify(corpus: Corpus, cfg: VerifyConfig, cache_dir: str | Path = "cache", runs_dir: str | Path = "runs",
-           name: str | None = None, echo: Callable[[str], None] = print) -> VerifyResult:
-    """Run the enrol-to-verify protocol (module docstring); write ``<runs_dir>/verify/<name>``."""
-    t_start = time.perf_counter()
-    cfg.validate()
-    device = resolve_device(cfg.device)
+def _load_classes(corpus: Corpus, cfg: VerifyConfig, cache_dir: str | Path,
+                  echo: Callable[[str], None]) -> tuple[Inputs, Classes]:
+    """Load the features of ``cfg`` and class every clip; ``(inputs, classes)``. Sets
+    ``cfg.encoder_cfg.kind`` to the kind the features allow (the saved config records it)."""
+    # checked before loading: without Val labels there is nothing to enrol, however good the features
     if not corpus.has_labels("Val"):
         raise CorpusError(f"{corpus.root} has no labelled Val clips; enrolment draws its clips from Val")
     inp = load_inputs(corpus, cfg.features, cache_dir, cfg.encoder, cfg.max_frames, echo=echo)
@@ -168,141 +163,118 @@ def verify(corpus: Corpus, cfg: VerifyConfig, cache_dir: str | Path = "cache", r
     unseen = [c for c in task if c not in seen]
     spk_of = dict(zip(corpus.ids, corpus.speakers))
     speakers = np.array([spk_of[i] for i in inp.ids])
+    return inp, Classes(labels, speakers, seen, task, unseen, test_labelled)
 
-    # ---- pretraining rows: Train clips of the seen classes only
+
+def _criterion_values(mods: list[VerifyModule]) -> tuple[list[float | None], list[float | None]]:
+    """``(margins, scales)``: each seed's margin m and scale, None where its loss has none."""
+    with torch.no_grad():
+        margins = [None if (m := mod.criterion.margin()) is None else float(m) for mod in mods]
+        scales = [None if (w := mod.criterion.scale()) is None else float(w) for mod in mods]
+    return margins, scales
+
+
+def _reference(inp: Inputs, cl: Classes, rows: Rows, cfg: VerifyConfig, device: str,
+               echo: Callable[[str], None]) -> dict:
+    """The paper's "All" reference: a cross-entropy classifier per seed trained on all Train clips
+    of the task classes (the unseen one included), scored on the same queries; its metrics entry."""
+    echo("\"All\" reference: cross-entropy classifier on all Train clips of the task classes")
     train = inp.rows["Train"]
-    seen_train = train[np.isin(labels[train], seen)]
-    counts = {EMOTIONS[c]: int((labels[seen_train] == c).sum()) for c in seen}
-    empty = [c for c, n in counts.items() if n == 0]
-    if empty:
-        raise ValueError(f"no Train clip has {', '.join(empty)} as its dominant emotion; choose other --seen classes "
-                         f"(Train counts: {counts})")
-    fit, held = holdout_split(seen_train, speakers[seen_train], None, cfg.select.holdout_frac, cfg.select.holdout_seed)
-    inp.standardise(fit)
-    echo(f"{inp.describe()}; pretraining on {fit.size} Train clips of {len(seen)} seen classes {counts} "
-         f"(+{held.size} held out by speaker for epoch selection); loss {cfg.loss}, encoder {inp.kind}, "
-         f"seeds {cfg.seeds.list}")
+    task_train = train[np.isin(cl.labels[train], cl.task)]
+    rfit, rheld = holdout_split(task_train, cl.speakers[task_train], None, cfg.select.holdout_frac,
+                                cfg.select.holdout_seed)
+    rfitres, _ = _train(inp, cl.labels, rfit, rheld, cl.task, "sm", cfg, device, echo, select="classifier")
+    logits = predict(rfitres.stack, inp.data, rows.queries, vectorise=inp.kind == "mlp")["logits"]   # (S, q, K)
+    rs = []
+    for j in range(rfitres.stack.n):
+        pred = np.asarray(cl.task)[logits[j].argmax(1)]
+        rs.append({"uar": uar(cl.labels[rows.queries], pred),
+                   "f1_weighted": weighted_f1(cl.labels[rows.queries], pred)})
+    return {"uar": over_seeds(r["uar"] for r in rs), "f1_weighted": over_seeds(r["f1_weighted"] for r in rs),
+            "per_seed": rs, "train_clips": int(task_train.size),
+            "selection": "epochs chosen on held-out Train speakers of the task classes (classifier UAR)",
+            "note": "trained with the task's classes (unseen one included): an upper reference, not enrol-to-verify"}
 
-    # ---- enrolment pool and queries
-    val = inp.rows["Val"]
-    if test_labelled and inp.rows["Test"].size:
-        pool, queries, qsplit = val, inp.rows["Test"], "Test"
-    else:
-        pool, queries = holdout_split(val, speakers[val], None, 0.5, cfg.select.holdout_seed + 1)
-        qsplit = "Val (held-out half of the Val speakers; Test has no labels)"
-    pool = pool[np.isin(labels[pool], task)]
-    queries = queries[np.isin(labels[queries], task)]
-    qcount = {EMOTIONS[c]: int((labels[queries] == c).sum()) for c in task}
-    if any(n == 0 for n in qcount.values()):
-        raise ValueError(f"the query split {qsplit} lacks clips of some task class ({qcount}); choose another --task")
-    short = {EMOTIONS[c]: int((labels[pool] == c).sum()) for c in task if (labels[pool] == c).sum() < cfg.enrol}
-    if short:
-        raise ValueError(f"only {short} clip(s) of the task class(es) are available to enrol from Val, fewer than "
-                         f"--enrol {cfg.enrol}; enrol fewer clips")
-    echo(f"task {' vs '.join(cfg.task)} (unseen: {', '.join(EMOTIONS[c] for c in unseen)}); enrol {cfg.enrol} per class "
-         f"from Val; {queries.size} queries from {qsplit} {qcount}")
+
+def _metrics(cfg: VerifyConfig, inp: Inputs, cl: Classes, rows: Rows, per_seed: list[dict], margins: list,
+             scales: list, margin_kind: str | None, pre: list, curve: dict, curve_notes: list[str],
+             ref: dict | None) -> dict:
+    """The run's ``metrics.json``: the per-seed results and their mean ± std over seeds."""
+    return {
+        "task": cfg.task, "unseen": [EMOTIONS[c] for c in cl.unseen], "seen": cfg.seen, "loss": cfg.loss,
+        "encoder": inp.kind, "enrol": cfg.enrol,
+        "queries": {"split": rows.qsplit, "n": int(rows.queries.size), "per_class": rows.qcount},
+        "uar": over_seeds(r["uar"] for r in per_seed), "f1_weighted": over_seeds(r["f1_weighted"] for r in per_seed),
+        "margin": over_seeds(margins) | {"kind": margin_kind}, "scale": over_seeds(scales),
+        "pretrain_uar": over_seeds(pre),
+        "np_curve": curve, "all_reference": ref, "chance_uar": 1.0 / len(cl.task), "seeds": len(per_seed),
+        "selection": "epochs chosen per seed on held-out Train speakers of the seen classes (nearest-prototype UAR); "
+                     "the task's classes never chose anything",
+        "std_over_seeds": "population (ddof=0); enrolled clips drawn afresh per seed",
+        "per_seed": per_seed, "notes": curve_notes,
+    }
+
+
+def _write_run(writer: RunWriter, corpus: Corpus, cfg: VerifyConfig, inp: Inputs, cl: Classes, rows: Rows,
+               emb: Embedder, fitres, metrics: dict, cache_dir: str | Path, t_start: float) -> tuple[Path, dict]:
+    """Write the run's files into ``writer`` and commit it; ``(final run folder, config.json dict)``."""
+    tmp, fit = writer.path, rows.fit
+    # the projection figure: seed 0's embeddings, with an even stride of ~400 fit rows to keep the file small
+    pt_seen = prototypes(emb(0, fit), cl.labels[fit], cl.seen)
+    en0 = np.array([inp.ids.index(i) for i in metrics["per_seed"][0]["enrolled"]])
+    np.savez(tmp / "embeddings.npz", query_emb=emb(0, rows.queries), query_class=cl.labels[rows.queries],
+             enrol_emb=emb(0, en0), enrol_class=cl.labels[en0], seen_proto=pt_seen, seen_class=np.asarray(cl.seen),
+             task_class=np.asarray(cl.task), seen_train_emb=emb(0, fit[:: max(1, fit.size // 400)]),
+             seen_train_class=cl.labels[fit[:: max(1, fit.size // 400)]])
+    models = tmp / "models"
+    models.mkdir()
+    writer.torch("models/encoder.pt", fitres.stack.state_dict())
+    inp.save_scaler(models / "scaler.npz")
+    config = {
+        "kind": "verify", "exvo_version": __version__, "name": writer.name,
+        "corpus": {"name": corpus.name, "root": str(corpus.root)},
+        "features": inp.info, "dim": inp.dim, "verify_config": asdict(cfg),
+        "clips": {"pretrain_fit": int(fit.size), "pretrain_held_out": int(rows.held.size),
+                  "seen_train_counts": rows.counts, "enrol_pool": int(rows.pool.size),
+                  "queries": int(rows.queries.size)},
+        "standardisation": "per-feature mean/std of the pretraining (seen-class, fit) Train clips",
+        "seconds": round(time.perf_counter() - t_start, 2),
+    }
+    writer.json("metrics.json", metrics)
+    writer.json("history.json", {"heldout_seen_uar": fitres.history, "train_loss": fitres.train_loss,
+                                 "best_epoch": fitres.best_epoch, "epochs_run": fitres.epochs_run})
+    final = writer.commit(config, provenance.inputs(corpus, caches=inp.cache_records(cache_dir)))
+    return final, config
+
+
+def verify(corpus: Corpus, cfg: VerifyConfig, cache_dir: str | Path = "cache", runs_dir: str | Path = "runs",
+           name: str | None = None, echo: Callable[[str], None] = print) -> VerifyResult:
+    """Run the enrol-to-verify protocol (module docstring); write ``<runs_dir>/verify/<name>``."""
+    t_start = time.perf_counter()
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    # every check on the data comes before the run folder exists: a bad setting leaves nothing behind
+    inp, cl = _load_classes(corpus, cfg, cache_dir, echo)
+    fit, held, counts = pretrain_rows(inp, cl, cfg, echo)
+    pool, queries, qsplit, qcount = task_rows(inp, cl, cfg, echo)
+    rows = Rows(fit, held, counts, pool, queries, qsplit, qcount)
 
     writer = RunWriter(Path(runs_dir) / "verify", name or _derive_name(cfg))
-    name, tmp = writer.name, writer.path
     with writer:
-        fitres, make = _train(inp, labels, fit, held, seen, cfg.loss, cfg, device, echo)
-        stack = fitres.stack
-        vec = inp.kind == "mlp"
-        mods = _seed_modules(stack, make)
-        with torch.no_grad():
-            margins = [None if (m := mod.criterion.margin()) is None else float(m) for mod in mods]
-            scales = [None if (w := mod.criterion.scale()) is None else float(w) for mod in mods]
-        everything = np.unique(np.concatenate([fit, pool, queries, inp.rows["Val"], inp.rows["Test"]]))
-        emb_all = predict(stack, inp.data, everything, vectorise=vec)["emb"]         # (S, n, E)
-        at = {r: k for k, r in enumerate(everything)}
-
-        def emb(j, rows):
-            return emb_all[j][[at[r] for r in rows]]
-
-        # pretrain check: seen-class queries of the query split against Train prototypes (Table 4 "Pretrain")
-        seen_q = np.concatenate([inp.rows["Test"] if qsplit == "Test" else queries, inp.rows["Val"]])
-        seen_q = np.unique(seen_q[np.isin(labels[seen_q], seen)])
-        pre = []
-        for j in range(stack.n):
-            pt = prototypes(emb(j, fit), labels[fit], seen)
-            pre.append(uar(labels[seen_q], np.asarray(seen)[nearest_prototype(emb(j, seen_q), pt)]) if seen_q.size else None)
-
-        def run_enrol(n_enrol: int):
-            out = []
-            for j, sd in enumerate(cfg.seeds.list):
-                rng = np.random.default_rng([int(sd), int(n_enrol), 15])
-                en = draw_enrolment(rng, labels, pool, task, n_enrol)
-                pt = prototypes(emb(j, en), labels[en], task)
-                pred = np.asarray(task)[nearest_prototype(emb(j, queries), pt)]
-                out.append({"seed": int(sd), "uar": uar(labels[queries], pred),
-                            "f1_weighted": weighted_f1(labels[queries], pred), "enrolled": [inp.ids[r] for r in en]})
-            return out
-
-        per_seed = run_enrol(cfg.enrol)
+        fitres, make = _train(inp, cl.labels, rows.fit, rows.held, cl.seen, cfg.loss, cfg, device, echo)
+        mods = _seed_modules(fitres.stack, make)
+        margins, scales = _criterion_values(mods)
+        emb = embedder(fitres.stack, inp, rows)
+        pre = pretrain_uar(emb, inp, cl, rows, fitres.stack.n)
+        per_seed = enrol_and_score(emb, cl, rows, cfg.seeds.list, cfg.enrol, inp.ids)
         for r, m, w, p, be in zip(per_seed, margins, scales, pre, fitres.best_epoch):
             r.update(margin=m, scale=w, pretrain_uar=p, best_epoch=int(be))
-        curve, curve_notes = {}, []
-        avail = min(int((labels[pool] == c).sum()) for c in task)
-        for n_p in cfg.curve:
-            if n_p > avail:
-                curve_notes.append(f"N_p = {n_p} skipped: only {avail} clips of the rarest task class in the enrolment pool")
-                continue
-            res = run_enrol(n_p)
-            curve[str(n_p)] = _ms(r["uar"] for r in res) | {"per_seed": [r["uar"] for r in res]}
-
-        ref = None
-        if cfg.reference:
-            echo("\"All\" reference: cross-entropy classifier on all Train clips of the task classes")
-            task_train = train[np.isin(labels[train], task)]
-            rfit, rheld = holdout_split(task_train, speakers[task_train], None, cfg.select.holdout_frac, cfg.select.holdout_seed)
-            rfitres, _ = _train(inp, labels, rfit, rheld, task, "sm", cfg, device, echo, select="classifier")
-            logits = predict(rfitres.stack, inp.data, queries, vectorise=vec)["logits"]
-            rs = []
-            for j in range(rfitres.stack.n):
-                pred = np.asarray(task)[logits[j].argmax(1)]
-                rs.append({"uar": uar(labels[queries], pred), "f1_weighted": weighted_f1(labels[queries], pred)})
-            ref = {"uar": _ms(r["uar"] for r in rs), "f1_weighted": _ms(r["f1_weighted"] for r in rs),
-                   "per_seed": rs, "train_clips": int(task_train.size),
-                   "selection": "epochs chosen on held-out Train speakers of the task classes (classifier UAR)",
-                   "note": "trained with the task's classes (unseen one included): an upper reference, not enrol-to-verify"}
-
-        metrics = {
-            "task": cfg.task, "unseen": [EMOTIONS[c] for c in unseen], "seen": cfg.seen, "loss": cfg.loss,
-            "encoder": inp.kind, "enrol": cfg.enrol,
-            "queries": {"split": qsplit, "n": int(queries.size), "per_class": qcount},
-            "uar": _ms(r["uar"] for r in per_seed), "f1_weighted": _ms(r["f1_weighted"] for r in per_seed),
-            "margin": _ms(margins) | {"kind": mods[0].criterion.margin_kind()}, "scale": _ms(scales),
-            "pretrain_uar": _ms(pre),
-            "np_curve": curve, "all_reference": ref, "chance_uar": 1.0 / len(task), "seeds": len(per_seed),
-            "selection": "epochs chosen per seed on held-out Train speakers of the seen classes (nearest-prototype UAR); "
-                         "the task's classes never chose anything",
-            "std_over_seeds": "population (ddof=0); enrolled clips drawn afresh per seed",
-            "per_seed": per_seed, "notes": curve_notes,
-        }
-        # the projection figure: seed 0's embeddings
-        pt_seen = prototypes(emb(0, fit), labels[fit], seen)
-        en0 = np.array([inp.ids.index(i) for i in per_seed[0]["enrolled"]])
-        np.savez(tmp / "embeddings.npz", query_emb=emb(0, queries), query_class=labels[queries],
-                 enrol_emb=emb(0, en0), enrol_class=labels[en0], seen_proto=pt_seen, seen_class=np.asarray(seen),
-                 task_class=np.asarray(task), seen_train_emb=emb(0, fit[:: max(1, fit.size // 400)]),
-                 seen_train_class=labels[fit[:: max(1, fit.size // 400)]])
-        models = tmp / "models"
-        models.mkdir()
-        writer.torch("models/encoder.pt", stack.state_dict())
-        inp.save_scaler(models / "scaler.npz")
-        config = {
-            "kind": "verify", "exvo_version": __version__, "name": name,
-            "corpus": {"name": corpus.name, "root": str(corpus.root)},
-            "features": inp.info, "dim": inp.dim, "verify_config": asdict(cfg),
-            "clips": {"pretrain_fit": int(fit.size), "pretrain_held_out": int(held.size), "seen_train_counts": counts,
-                      "enrol_pool": int(pool.size), "queries": int(queries.size)},
-            "standardisation": "per-feature mean/std of the pretraining (seen-class, fit) Train clips",
-            "seconds": round(time.perf_counter() - t_start, 2),
-        }
-        writer.json("metrics.json", metrics)
-        writer.json("history.json", {"heldout_seen_uar": fitres.history, "train_loss": fitres.train_loss,
-                                     "best_epoch": fitres.best_epoch, "epochs_run": fitres.epochs_run})
-        final = writer.commit(config, provenance.inputs(corpus, caches=inp.cache_records(cache_dir)))
+        curve, curve_notes = np_curve(emb, cl, rows, cfg, inp.ids)
+        # the reference trains after the N_p curve, as it always has: same order of torch's global draws
+        ref = _reference(inp, cl, rows, cfg, device, echo) if cfg.reference else None
+        metrics = _metrics(cfg, inp, cl, rows, per_seed, margins, scales, mods[0].criterion.margin_kind(), pre,
+                           curve, curve_notes, ref)
+        final, config = _write_run(writer, corpus, cfg, inp, cl, rows, emb, fitres, metrics, cache_dir, t_start)
     return VerifyResult(final, metrics, config)
 
 

@@ -1,0 +1,295 @@
+"""The steps of :func:`exvo.fusion.api.fuse` between reading the sources and writing the run.
+
+In the order ``fuse`` calls them: :func:`val_candidates` (each source's Val predictions,
+seed by seed where every source has per-seed files), :func:`fuse_full_val` (the choice on
+all of Val and the predictions it gives, the ones written), :func:`cv_estimate` or
+:func:`val_estimate` (the scores the run reports) and :func:`fuse_test`. Each returns a
+small record of what it found. The ``notes`` list passed along is extended in place, so
+the notes keep the order in which ``fuse`` prints them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from exvo.corpus import Corpus
+from exvo.fusion import seeds
+from exvo.fusion.cv import speaker_halves
+from exvo.fusion.ensemble import compose
+from exvo.fusion.select import SUBTASKS, Choice, choose, subtask_score
+from exvo.predictions import PredictionError, Predictions, SeedPredictions, load_seed_predictions
+from exvo.runs.reader import Run, check_same_ids
+
+SCORE_KEYS = ("ccc", "uar", "mae", "s_mtl")
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to fuse: the choice rule (``mode``, ``top``, ``weighted``) and what it is scored on."""
+
+    mode: str
+    top: int
+    weighted: bool
+    select_on: str
+    cv_seed: int
+
+    @property
+    def selects(self) -> bool:
+        """Whether anything is chosen or weighted on Val (a plain mean is not)."""
+        return self.mode == "hybrid" or self.weighted
+
+    @property
+    def optimistic(self) -> bool:
+        """Whether the reported Val score is scored on the data it was chosen on."""
+        return self.select_on == "val" and self.selects
+
+
+@dataclass
+class ValCandidates:
+    """Every source's Val predictions, rows in the corpus' Val order (``n`` clips)."""
+
+    ids: list[str]                              # the corpus' Val ids, (n,)
+    labels: tuple                               # corpus.labels("Val"): emotions (n, 10), country (n,), age (n,)
+    preds: dict[str, Predictions]               # run → what is ranked and composed (ensemble of its paired seeds)
+    seed_preds: list[dict[str, Predictions]]    # fused seed k → {run: its seed k}; [] without per-seed files
+    seed_sources: list[dict[str, int]]          # fused seed k → {run: the seed value it contributes}
+
+    @property
+    def n_seeds(self) -> int:
+        """Fused seeds (0: some source has no per-seed Val predictions)."""
+        return len(self.seed_preds)
+
+
+@dataclass
+class FusedVal:
+    """The choice made on all of Val and the predictions it gives (the ones written)."""
+
+    choices: dict[str, Choice]
+    weights: dict[str, dict[str, float]]        # subtask → {run: weight}, the runs of choices[subtask]
+    pred: Predictions                           # val.csv: the ensemble of seed_preds when there are seeds
+    seed_preds: list[Predictions]               # fused seed k, (n,) rows each; [] without seeds
+    seed_stack: SeedPredictions | None          # seed_preds as per_seed/val.npz
+    scores: dict                                # full-Val scores of pred (optimistic when anything was chosen)
+
+
+@dataclass
+class Estimate:
+    """The scores the run reports and how they were obtained."""
+
+    ensemble: dict                              # scores of the seed ensemble (cv: out of fold)
+    per_seed: list[dict]                        # metrics.json per_seed rows; [] without seeds
+    reported: dict                              # {metric: {"mean", "std", "n"}}
+    note: str                                   # the selection note
+    cv: dict | None = None                      # fusion.json "cv" (select_on="cv" only)
+
+
+@dataclass
+class FusedTest:
+    """Test predictions composed like Val's, when every run the choice uses has them."""
+
+    pred: Predictions | None                    # test.csv; None: not written
+    seed_stack: SeedPredictions | None          # per_seed/test.npz; None: not written
+    have_test: list[str]                        # the sources with a test.csv, by name
+    note: str
+
+
+def fuse_seeds(seed_preds: list[dict[str, Predictions]], weights: dict[str, dict[str, float]]) -> list[Predictions]:
+    """Fused seed k for each ``{run: seed k}`` of ``seed_preds``, composed with ``weights``."""
+    return [compose(v, weights)[0] for v in seed_preds]
+
+
+def _out_of_fold(template: Predictions, parts: list[tuple[np.ndarray, Predictions]]) -> Predictions:
+    """Rows ``idx`` of each ``(idx, pred)`` put together (all aligned with ``template``)."""
+    emo, cou, age = template.emotions.copy(), template.country.copy(), template.age.copy()
+    has_proba = all(p.country_proba is not None for _, p in parts)
+    proba = np.zeros((len(template), 4)) if has_proba else None
+    for idx, p in parts:
+        emo[idx], cou[idx], age[idx] = p.emotions[idx], p.country[idx], p.age[idx]
+        if has_proba:
+            proba[idx] = p.country_proba[idx]
+    return Predictions(list(template.ids), emo, cou, age, proba)
+
+
+def _choose_all(preds: dict[str, Predictions], labels, idx, mode, top, weighted) -> dict[str, Choice]:
+    """``{subtask: Choice}`` from the scores of ``preds`` (aligned with ``labels``) on rows ``idx``
+    (None: every row)."""
+    out = {}
+    for sub in SUBTASKS:
+        scores = {n: subtask_score(sub, p, labels, idx) for n, p in preds.items()}
+        out[sub] = choose(sub, scores, mode, top, weighted)
+    return out
+
+
+def _reported(per_seed: list[dict], ensemble: dict) -> dict:
+    """``{metric: {"mean", "std", "n"}}`` over the fused seeds, or the ensemble's score without them."""
+    if per_seed:
+        return seeds.summarise(per_seed)
+    # no seeds to average: the estimate is the seed ensemble's score, with no std
+    return {k: {"mean": float(ensemble[k]), "std": None, "n": 0} for k in SCORE_KEYS}
+
+
+def _load_val(corpus: Corpus, by_name: dict[str, Run]) -> tuple[dict[str, Predictions], list[str]]:
+    """``({run: its val.csv, rows in file order}, the corpus' Val ids)``; a PredictionError
+    unless every run predicts exactly the corpus' Val clips."""
+    raw_val = {n: r.load("Val") for n, r in by_name.items()}
+    check_same_ids(raw_val, "Val")
+    val_ids = corpus.split_ids("Val")
+    ref = sorted(raw_val)[0]
+    if set(raw_val[ref].ids) != set(val_ids):
+        miss = sorted(set(val_ids) - set(raw_val[ref].ids))
+        extra = sorted(set(raw_val[ref].ids) - set(val_ids))
+        raise PredictionError(
+            f"the runs' Val ids do not match the Val split of {corpus.root}: {len(miss)} missing {miss[:5]}, "
+            f"{len(extra)} extra {extra[:5]}; pass the --data corpus the runs were trained on (every run must "
+            "predict every Val clip of it)")
+    return raw_val, val_ids
+
+
+def val_candidates(corpus: Corpus, by_name: dict[str, Run], notes: list[str]) -> ValCandidates:
+    """The Val predictions of the runs ``by_name``, seed by seed when every run keeps
+    ``per_seed/val.npz`` (paired by index, see :mod:`exvo.fusion.seeds`), else from their
+    seed-averaged ``val.csv``; appends to ``notes`` why there are no or fewer seeds."""
+    raw_val, val_ids = _load_val(corpus, by_name)
+    labels = corpus.labels("Val")
+    seed_val = {n: load_seed_predictions(r.path, "Val") for n, r in by_name.items()}
+    no_seeds = sorted(n for n, sp in seed_val.items() if sp is None or set(sp.ids) != set(val_ids))
+    if no_seeds:
+        notes.append(f"run(s) {', '.join(no_seeds)} have no per-seed Val predictions (per_seed/val.npz): fused "
+                     "their seed-averaged val.csv instead, so this run has no mean ± std over seeds")
+        return ValCandidates(val_ids, labels, {n: p.take(val_ids) for n, p in raw_val.items()}, [], [])
+    n_seeds, pnotes = seeds.pair_count(seed_val)
+    notes += pnotes
+    # candidates are the ensembles of the paired seeds, so the choice, the per-seed rows and
+    # val.csv (the ensemble of the fused seeds) all rest on the same seeds
+    preds = seeds.ensemble_views(seed_val, n_seeds, val_ids)
+    seed_preds = [seeds.seed_views(seed_val, k, val_ids) for k in range(n_seeds)]
+    seed_sources = [{n: int(seed_val[n].seeds[k]) for n in sorted(by_name)} for k in range(n_seeds)]
+    return ValCandidates(val_ids, labels, preds, seed_preds, seed_sources)
+
+
+def fuse_full_val(cand: ValCandidates, opts: Options, notes: list[str]) -> FusedVal:
+    """Choose per subtask on all of Val and compose the predictions that are written: every
+    fused seed, and val.csv as their ensemble; appends the composition's notes to ``notes``."""
+    choices = _choose_all(cand.preds, cand.labels, None, opts.mode, opts.top, opts.weighted)
+    weights = {s: choices[s].weights for s in SUBTASKS}
+    pred, cnotes = compose(cand.preds, weights)
+    notes += cnotes
+    fused = fuse_seeds(cand.seed_preds, weights)
+    seed_stack = seeds.stack(fused, list(range(cand.n_seeds))) if cand.n_seeds else None
+    if seed_stack is not None:
+        pred = seed_stack.ensemble()
+    return FusedVal(choices, weights, pred, fused, seed_stack, seeds.score(pred, cand.labels, None))
+
+
+def val_estimate(cand: ValCandidates, full: FusedVal, opts: Options) -> Estimate:
+    """``select_on="val"``: the run reports the full-Val scores of ``full`` (per fused seed and
+    of the seed ensemble), optimistic when anything was chosen or weighted on Val."""
+    per_seed = [seeds.seed_row(k, seeds.score(p, cand.labels, None), cand.seed_sources[k])
+                for k, p in enumerate(full.seed_preds)]
+    note = ("--select-on val: the runs were chosen/weighted on Val, so the Val score is optimistic "
+            "(use --select-on cv for an honest estimate)" if opts.selects else
+            "--select-on val: plain average, nothing chosen on Val")
+    return Estimate(full.scores, per_seed, _reported(per_seed, full.scores), note)
+
+
+def _cv_direction(cand: ValCandidates, sel: np.ndarray, ev: np.ndarray, label: str,
+                  opts: Options) -> tuple[dict, Predictions, list[Predictions]]:
+    """Choose on Val rows ``sel``, score on rows ``ev``: ``(the fusion.json direction, the
+    composed Val predictions (n,) rows, the fused seeds)``; only rows ``ev`` are held out."""
+    ch = _choose_all(cand.preds, cand.labels, sel, opts.mode, opts.top, opts.weighted)
+    w = {s: ch[s].weights for s in SUBTASKS}
+    pred, _ = compose(cand.preds, w)
+    sc = seeds.score(pred, cand.labels, ev)
+    direction = {
+        "direction": label,
+        "n_select": int(sel.size), "n_score": int(ev.size),
+        "chosen": {s: ch[s].chosen for s in SUBTASKS},
+        "weights": w,
+        "scores": {k: sc[k] for k in SCORE_KEYS},
+    }
+    return direction, pred, fuse_seeds(cand.seed_preds, w)
+
+
+def _cv_record(speakers: np.ndarray, halves: tuple[np.ndarray, np.ndarray], directions: list[dict],
+               oof_scores: dict, cv_seed: int) -> tuple[dict, str]:
+    """``(fusion.json "cv", the selection note)`` from the two directions and the
+    out-of-fold scores; ``speakers`` (n,) of the Val rows, ``halves`` their row indices."""
+    halves_mean = {k: float(np.mean([d["scores"][k] for d in directions])) for k in SCORE_KEYS}
+    spk_a = sorted(set(speakers[halves[0]].tolist()))
+    spk_b = sorted(set(speakers[halves[1]].tolist()))
+    record = {"seed": cv_seed, "speakers_a": spk_a, "speakers_b": spk_b, "directions": directions,
+              "mean_of_halves": halves_mean,
+              "std_of_halves": {k: float(np.std([d["scores"][k] for d in directions])) for k in SCORE_KEYS},
+              "out_of_fold": {k: oof_scores[k] for k in SCORE_KEYS}}
+    note = (f"--select-on cv: chose on one half of the Val speakers and scored on the other "
+            f"({len(spk_a)}/{len(spk_b)} speakers, {halves[0].size}/{halves[1].size} clips), both ways; "
+            "reported: the out-of-fold scores on all of Val (each clip predicted by the choice made "
+            "without it), per seed and of the seed ensemble; the full-Val score of val.csv is "
+            "optimistic and kept apart as 'full_val_ensemble'")
+    return record, note
+
+
+def cv_estimate(corpus: Corpus, cand: ValCandidates, full: FusedVal, opts: Options) -> Estimate:
+    """``select_on="cv"``: choose on one half of the Val speakers, score on the other, both
+    ways; the run reports the out-of-fold scores (per fused seed and of the seed ensemble)."""
+    speakers = corpus.speakers[corpus.indices("Val")]
+    halves = speaker_halves(speakers, opts.cv_seed)
+    directions, oof_parts = [], []
+    oof_seed_parts: list[list] = [[] for _ in range(cand.n_seeds)]
+    for sel_i, ev_i, label in ((0, 1, "choose on A, score on B"), (1, 0, "choose on B, score on A")):
+        direction, pred, fused = _cv_direction(cand, halves[sel_i], halves[ev_i], label, opts)
+        oof_parts.append((halves[ev_i], pred))
+        for k, p in enumerate(fused):
+            oof_seed_parts[k].append((halves[ev_i], p))
+        directions.append(direction)
+    # out-of-fold: every clip predicted by the choice made on the other half, scored on all
+    # of Val at once, so the number is comparable with the learn runs' full-Val scores
+    # (CCC and UAR of a half are not those of the whole, even for the same predictions)
+    oof_scores = seeds.score(_out_of_fold(full.pred, oof_parts), cand.labels, None)
+    per_seed = [seeds.seed_row(k, seeds.score(_out_of_fold(full.seed_preds[k], parts), cand.labels, None),
+                               cand.seed_sources[k])
+                for k, parts in enumerate(oof_seed_parts)]
+    record, note = _cv_record(speakers, halves, directions, oof_scores, opts.cv_seed)
+    return Estimate(oof_scores, per_seed, _reported(per_seed, oof_scores), note, record)
+
+
+def _compose_test(by_name: dict[str, Run], raw_test: dict[str, Predictions], test_ids: list[str], used: list[str],
+                  weights: dict[str, dict[str, float]], n_seeds: int) -> tuple[Predictions, SeedPredictions | None]:
+    """``(test.csv, per_seed/test.npz or None)`` of the ``used`` runs (all in ``raw_test``, their
+    test.csv), rows in ``test_ids`` order: seed by seed when each keeps at least ``n_seeds``
+    Test seeds, else from their test.csv."""
+    seed_test = {n: load_seed_predictions(by_name[n].path, "Test") for n in used}
+    if n_seeds and all(sp is not None and set(sp.ids) == set(test_ids) and len(sp.seeds) >= n_seeds
+                       for sp in seed_test.values()):
+        fused = [compose(seeds.seed_views(seed_test, k, test_ids), weights)[0] for k in range(n_seeds)]
+        seed_stack = seeds.stack(fused, list(range(n_seeds)))
+        return seed_stack.ensemble(), seed_stack
+    test = {n: raw_test[n].take(test_ids) for n in used}
+    return compose(test, weights)[0], None
+
+
+def fuse_test(corpus: Corpus, by_name: dict[str, Run], full: FusedVal, n_seeds: int, notes: list[str]) -> FusedTest:
+    """Test predictions with ``full``'s weights, only when every run they use has a test.csv
+    (Test predictions that Val never scored are worse than none); appends to ``notes`` which
+    runs lack it."""
+    used = sorted({n for s in SUBTASKS for n in full.weights[s]})
+    have_test = [n for n in sorted(by_name) if by_name[n].has("Test")]
+    lacking = [n for n in used if n not in have_test]
+    pred = seed_stack = None
+    if have_test:
+        raw_test = {n: by_name[n].load("Test") for n in have_test}
+        test_ids = check_same_ids(raw_test, "Test")     # before the lacking check: mismatched ids fail either way
+        if not lacking:
+            pred, seed_stack = _compose_test(by_name, raw_test, test_ids, used, full.weights, n_seeds)
+    if not corpus.split_ids("Test"):
+        note = "the corpus has no Test rows: no test.csv"
+    elif lacking:
+        note = (f"no test.csv written: chosen run(s) {', '.join(lacking)} have no test.csv "
+                "(predict Test with them, e.g. `exvo predict RUN --split Test`, then fuse again)")
+        notes.append(note)
+    elif seed_stack is not None:
+        note = "test.csv composed like val.csv, seed by seed (per_seed/test.npz), then seed-averaged"
+    else:
+        note = "test.csv composed like val.csv, from the sources' seed-averaged test.csv"
+    return FusedTest(pred, seed_stack, have_test, note)
