@@ -59,7 +59,8 @@ def load_features(corpus: Corpus | str | Path, features: str | Sequence[str], sp
         return ids, X
     import pandas as pd
 
-    cols = [f"{b.spec}:{k}" for b in fm.blocks for k in range(b.dim)]
+    cols = [f"{b.name}@{l}:{k}" if b.layers else f"{b.spec}:{k}"      # a multi-layer set: one block per layer
+            for b in fm.blocks for l in b.used for k in range(b.dim)]
     return pd.DataFrame(X, index=pd.Index(ids, name="File_ID"), columns=cols)
 
 

@@ -9,7 +9,7 @@ interrupted (Ctrl-C) during ``extract`` (finished clips are kept; rerun to resum
 """
 from __future__ import annotations
 
-from exvo.commands import corpus, extract, learn, pipeline, tracks  # noqa: F401  (register the commands)
+from exvo.commands import corpus, extract, learn, layers, pipeline, tracks  # noqa: F401  (register the commands)
 from exvo.commands.common import app, use_plain_help
 
 use_plain_help(app)

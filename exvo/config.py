@@ -101,6 +101,7 @@ DECAYS = ("none", "cosine")
 SELECT_ON = ("folds", "holdout", "val")
 MONITORS = ("score", "loss")
 FINALS = ("ensemble", "refit")
+DEFAULT_FOLDS = 5
 
 
 @dataclass
@@ -113,7 +114,8 @@ class SelectionConfig:
     all of Train for the folds' median epoch count); the folds' own predictions on their held
     speakers are the run's out-of-fold (OOF) estimate | ``holdout`` — one speaker-disjoint part
     of Train (``holdout_frac``, per country; ``holdout_seed``) | ``val`` — Val itself, the
-    papers' protocol (Val scores optimistic †). ``k``: folds; ``monitor``: ``score`` (the
+    papers' protocol (Val scores optimistic †). ``k``: folds (None: 5, or as many as Train has
+    speakers when fewer, said in the log; an explicit K above that is refused); ``monitor``: ``score`` (the
     selection S_MTL, higher is better) | ``loss`` (the learner's training loss on the selection
     rows, as the baseline's Val loss)."""
 
@@ -121,7 +123,7 @@ class SelectionConfig:
     monitor: str = "score"
     holdout_frac: float = 0.1
     holdout_seed: int = 0
-    k: int = 5
+    k: int | None = None
     final: str = "ensemble"
 
     def __post_init__(self):
@@ -131,7 +133,7 @@ class SelectionConfig:
             raise ValueError(f"unknown selection monitor {self.monitor!r}; choose one of {MONITORS}")
         if not 0.0 < float(self.holdout_frac) < 1.0:
             raise ValueError(f"holdout_frac must be in (0, 1), got {self.holdout_frac}")
-        if int(self.k) < 2:
+        if self.k is not None and int(self.k) < 2:
             raise ValueError(f"--folds must be >= 2 speaker folds, got {self.k}")
         if self.final not in FINALS:
             raise ValueError(f"unknown --final {self.final!r}; choose one of {FINALS}")
@@ -149,7 +151,8 @@ class SelectionConfig:
         if self.on == "folds":
             final = ("the mean of the fold models" if self.final == "ensemble"
                      else "one model per seed refitted on all of Train for the folds' median epochs")
-            return (f"{self.k} speaker folds of Train (seed {self.holdout_seed}): each fold model early-stopped on its "
+            return (f"{self.k or DEFAULT_FOLDS} speaker folds of Train (seed {self.holdout_seed}): each fold model "
+                    "early-stopped on its "
                     f"own held-out speakers ({what}); predictions from {final}; out-of-fold predictions are the "
                     "Train estimate; Val labels unused until scoring")
         return (f"fit on Train minus a speaker-disjoint hold-out (per country round({self.holdout_frac:g} × speakers), "

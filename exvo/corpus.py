@@ -1,4 +1,4 @@
-"""The ExVo corpus layout: ``data_info.csv`` + ``wav/`` → :class:`Corpus`; audio loading.
+"""The ExVo corpus layout: ``data_info.csv`` + ``wav/`` → :class:`Corpus` (audio loading: :mod:`exvo.audio`).
 
 A corpus is a folder::
 
@@ -20,10 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from exvo.audio import RATE_RANGE, SAMPLE_RATE, AudioError, load_audio, read_audio
 from exvo.metrics import COUNTRIES, EMOTIONS
 
-SAMPLE_RATE = 16_000
-"""Every extractor receives mono float32 audio at this rate (Hz)."""
+__all__ = ["AGE_RANGE", "HIDDEN_LABELS_FILE", "OPTIONAL_COLUMNS", "RATE_RANGE", "REQUIRED_COLUMNS", "SAMPLE_RATE",
+           "SPLITS", "AudioError", "Corpus", "CorpusError", "SpeakerOverlapWarning", "file_stem", "listing",
+           "load_audio", "read_audio", "warn_orphans", "warn_speaker_overlaps"]
+
 
 SPLITS: tuple[str, ...] = ("Train", "Val", "Test")
 REQUIRED_COLUMNS: tuple[str, ...] = ("File_ID", "Split", "Subject_ID", "Country", "Age", *EMOTIONS)
@@ -37,15 +40,6 @@ MAX_LISTED = 10
 
 class CorpusError(ValueError):
     """The corpus table or folder is unusable; the message says what to fix."""
-
-
-class AudioError(ValueError):
-    """One audio file could not be turned into 16 kHz mono float32 samples."""
-
-    def __init__(self, path: Path | str, reason: str):
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
 
 
 def listing(items, limit: int = MAX_LISTED) -> str:
@@ -145,14 +139,29 @@ class Corpus:
         orphans = sorted(p for p in self.wav_dir.glob("*.wav") if p.stem not in known) if self.wav_dir.is_dir() else []
         return missing, orphans
 
+    def shared_speakers(self, a: str = "Train", b: str = "Val") -> list[str]:
+        """Speakers (sorted) with clips in both split ``a`` and split ``b``; ExVo's splits share none."""
+        sa = set(self.speakers[self.indices(a)].tolist()) - {""}
+        return sorted(sa & set(self.speakers[self.indices(b)].tolist()))
+
+    def speaker_overlaps(self) -> dict[tuple[str, str], list[str]]:
+        """``{(split, later split): shared speakers}`` for every pair of splits that share any."""
+        out = {}
+        for k, a in enumerate(SPLITS):
+            for b in SPLITS[k + 1:]:
+                if shared := self.shared_speakers(a, b):
+                    out[(a, b)] = shared
+        return out
+
     @classmethod
     def from_dir(cls, root: str | Path, table: str | Path | None = None) -> "Corpus":
         """Read ``root/data_info.csv`` (or ``table``) by column name and validate it.
 
         Raises :class:`CorpusError` naming the rows (CSV line numbers, header = 1)
         for: a missing folder/table/column, duplicate or empty ids, unknown split
-        values, unparsable numbers, labels out of range and missing labels in
-        Train/Val. Extra columns are kept in ``extra``.
+        values, unparsable or infinite numbers, labels out of range, missing labels and
+        speakers in Train/Val. Extra columns are kept in ``extra``. Splits that share a
+        speaker get a :class:`SpeakerOverlapWarning` (:meth:`speaker_overlaps` lists them).
         """
         root = Path(root)
         if not root.is_dir():
@@ -161,220 +170,171 @@ class Corpus:
                 "set $EXVO_DATA, or create the demo corpus with `exvo demo-corpus DIR`"
             )
         path = Path(table) if table is not None else root / "data_info.csv"
-        if not path.is_file():
-            raise CorpusError(f"{path} not found; a corpus folder needs data_info.csv next to wav/")
-        header: list[str] = []
-        rows: list[dict[str, str]] = []
-        lines: list[int] = []       # CSV line number of each row (header = 1), for messages
-        ragged: list[int] = []
-        try:
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                reader = csv.reader(f)
-                for cells in reader:
-                    if not header:
-                        header = [h.strip() for h in cells]
-                        continue
-                    if not cells or (len(cells) == 1 and not cells[0].strip()):
-                        continue  # blank line
-                    if len(cells) != len(header):
-                        ragged.append(reader.line_num)
-                    rows.append(dict(zip(header, cells + [""] * (len(header) - len(cells)))))
-                    lines.append(reader.line_num)
-        except (UnicodeDecodeError, csv.Error) as e:
-            raise CorpusError(f"{path} is not a readable UTF-8 CSV file ({e})") from None
-        except OSError as e:
-            raise CorpusError(f"{path} could not be read ({e.strerror or e}); check its permissions") from None
-        missing_cols = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing_cols:
-            raise CorpusError(
-                f"{path} lacks column(s) {missing_cols}; found {header}. "
-                f"An ExVo table needs {list(REQUIRED_COLUMNS)} (read by name, any order)"
-            )
-        dup_cols = sorted({h for h in header if header.count(h) > 1})
-        if dup_cols:
-            raise CorpusError(f"{path} has duplicate column name(s) {dup_cols}; each column must appear once")
-        if not rows:
-            raise CorpusError(f"{path} has a header but no rows")
+        header, rows, lines, ragged = _read_table(path)
         problems: list[str] = []
-
-        def bad(kind: str, where: list[int], detail: str = ""):
-            if where:
-                problems.append(f"{kind} on line(s) {listing(where)}{detail}")
-
-        bad(f"wrong number of cells (the header has {len(header)})", ragged)
-
+        if ragged:
+            problems.append(f"wrong number of cells (the header has {len(header)}) on line(s) {listing(ragged)}")
         ids = [r["File_ID"].strip() for r in rows]
-        bad("empty File_ID", [lines[n] for n, i in enumerate(ids) if not i])
-        seen: dict[str, int] = {}
-        dups = []
-        for n, i in enumerate(ids):
-            if i and i in seen:
-                dups.append(f"{i} (lines {seen[i]} and {lines[n]})")
-            seen.setdefault(i, lines[n])
-        if dups:
-            problems.append(f"duplicate File_ID: {listing(dups)}")
-        # "[00005]" and "00005" are different ids but the same audio file wav/00005.wav
-        by_file: dict[str, int] = {}
-        same_file = []
-        for n, i in enumerate(ids):
-            if not i or i in seen and seen[i] != lines[n]:
-                continue
-            stem = file_stem(i)
-            if stem in by_file and ids[by_file[stem]] != i:
-                k = by_file[stem]
-                same_file.append(f"{ids[k]} (line {lines[k]}) and {i} (line {lines[n]}) both name wav/{stem}.wav")
-            by_file.setdefault(stem, n)
-        if same_file:
-            problems.append(f"File_IDs that name the same audio file (brackets are not part of the file name): "
-                            f"{listing(same_file)}; keep one row per clip")
-        bad_chars = [lines[n] for n, i in enumerate(ids) if i and ("/" in i or "\\" in i or "\x00" in i)]
-        bad("File_ID with a path separator or NUL", bad_chars)
-
+        problems += _id_problems(ids, lines)
         splits = np.array([r["Split"].strip() for r in rows], dtype=object)
         unknown = [n for n, s in enumerate(splits) if s not in SPLITS]
-        bad("unknown Split value", [lines[n] for n in unknown],
-            f" (values {sorted({splits[n] for n in unknown})[:5]}; expected one of {list(SPLITS)})")
-
-        def number(col: str, n: int) -> float:
-            s = rows[n][col].strip()
-            if s == "":
-                return math.nan
-            try:
-                return float(s)
-            except ValueError:
-                return math.inf  # flagged below as unparsable
-
-        n_rows = len(rows)
-        emo = np.array([[number(c, n) for c in EMOTIONS] for n in range(n_rows)], dtype=np.float64)
-        age = np.array([number("Age", n) for n in range(n_rows)], dtype=np.float64)
-        cou_f = np.array([number("Country", n) for n in range(n_rows)], dtype=np.float64)
-
-        for col, vals in [("Age", age), ("Country", cou_f)] + [(c, emo[:, j]) for j, c in enumerate(EMOTIONS)]:
-            bad(f"non-numeric {col}", [lines[n] for n in np.flatnonzero(np.isinf(vals))])
+        if unknown:
+            problems.append(f"unknown Split value on line(s) {listing(lines[n] for n in unknown)} (values "
+                            f"{sorted({splits[n] for n in unknown})[:5]}; expected one of {list(SPLITS)})")
         labelled = np.isin(splits, ("Train", "Val"))
-        for col, vals in [("Age", age), ("Country", cou_f)] + [(c, emo[:, j]) for j, c in enumerate(EMOTIONS)]:
-            bad(f"missing {col} label in Train/Val", [lines[n] for n in np.flatnonzero(labelled & np.isnan(vals))])
-        fin_emo = np.isfinite(emo)
-        bad("emotion intensity outside [0, 1]",
-            [lines[n] for n in np.flatnonzero((fin_emo & ((emo < 0) | (emo > 1))).any(axis=1))])
-        fin_age = np.isfinite(age)
-        bad(f"Age outside {AGE_RANGE} years",
-            [lines[n] for n in np.flatnonzero(fin_age & ((age < AGE_RANGE[0]) | (age > AGE_RANGE[1])))])
-        fin_cou = np.isfinite(cou_f)
-        bad(f"Country not an integer code 0-{len(COUNTRIES) - 1}",
-            [lines[n] for n in np.flatnonzero(fin_cou & ~np.isin(cou_f, np.arange(len(COUNTRIES))))])
+        emo, age, cou_f, label_problems = _labels(rows, lines, labelled)
+        speakers = np.array([r["Subject_ID"].strip() for r in rows])
+        problems += label_problems + _speaker_problems(speakers, lines, labelled)
         if problems:
             raise CorpusError(f"{path} has problems:\n  - " + "\n  - ".join(problems))
-
-        country = np.where(fin_cou, cou_f, -1).astype(np.int64)
         known = set(REQUIRED_COLUMNS)
         extra = {c: np.array([r[c] for r in rows], dtype=object) for c in header if c not in known}
-        return cls(
-            root=root, ids=ids, splits=splits.astype(str),
-            speakers=np.array([r["Subject_ID"].strip() for r in rows]),
-            country=country, age=age, emotions=emo, extra=extra,
-        )
+        corpus = cls(root=root, ids=ids, splits=splits.astype(str), speakers=speakers,
+                     country=np.where(np.isfinite(cou_f), cou_f, -1).astype(np.int64), age=age, emotions=emo,
+                     extra=extra)
+        warn_speaker_overlaps(corpus, path)
+        return corpus
 
 
-RATE_RANGE = (1_000, 768_000)
-"""Sample rates (Hz) accepted from a file header; others mean a damaged header."""
-_RIFF_PLACEHOLDERS = (0, 0xFFFFFFFF, 0x7FFFFFFF)
-"""``data`` chunk sizes that streaming recorders leave when they never rewrite the header."""
+class SpeakerOverlapWarning(UserWarning):
+    """Two splits of a table share a speaker (ExVo's splits are speaker-disjoint)."""
 
 
-def _wav_truncation(path: Path) -> str | None:
-    """For a RIFF/WAVE file, a reason if its ``data`` chunk is shorter than the header says.
-
-    libsndfile silently reads whatever frames remain, so a half-copied file would
-    otherwise yield half a burst without anyone noticing.
-    """
-    import struct
-
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(1 << 16)
-    except OSError:
-        return None
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return None
-    pos = 12
-    while pos + 8 <= len(head):
-        tag, n = head[pos:pos + 4], struct.unpack("<I", head[pos + 4:pos + 8])[0]
-        if tag == b"data":
-            have = size - (pos + 8)
-            if n in _RIFF_PLACEHOLDERS or n <= have:
-                return None
-            return (f"file is truncated: its header declares {n} bytes of audio but only {have} are present "
-                    f"({100.0 * have / n:.0f} %); an incomplete copy? re-copy or re-export it")
-        pos += 8 + n + (n & 1)
-    return None
+def warn_speaker_overlaps(corpus: Corpus, path: Path) -> None:
+    """One :class:`SpeakerOverlapWarning` naming every pair of splits of ``corpus`` that share speakers."""
+    over = corpus.speaker_overlaps()
+    if not over:
+        return
+    parts = [f"{len(s)} speaker{'s are' if len(s) > 1 else ' is'} in both {a} and {b} ({listing(s)})"
+             for (a, b), s in over.items()]
+    warnings.warn(f"{path}: {'; '.join(parts)}. ExVo's splits are speaker-disjoint: scores on a split that shares "
+                  "speakers with the training data are optimistic. Give each speaker one Split, or keep in mind "
+                  "that these scores are not clean estimates", SpeakerOverlapWarning, stacklevel=3)
 
 
-def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Read a sound file as mono float32 at ``sample_rate`` Hz, shape ``(n_samples,)``.
-
-    Multi-channel audio is averaged; other rates are resampled with soxr (HQ).
-    Raises :class:`AudioError` naming the file for a missing, empty, unreadable,
-    truncated (WAV data shorter than its header declares) or non-finite file, or one
-    whose header gives an implausible sample rate. Silence is returned as is (it is
-    valid audio). Any other failure of the decoder is also an :class:`AudioError`.
-    """
-    import soundfile as sf
-
-    path = Path(path)
+def _read_table(path: Path) -> tuple[list[str], list[dict[str, str]], list[int], list[int]]:
+    """``(header, rows as {column: cell}, CSV line of each row, lines with the wrong number of cells)``;
+    :class:`CorpusError` for a missing or unreadable table, missing or duplicate columns, or no rows."""
     if not path.is_file():
-        raise AudioError(path, "file not found; check the File_ID in data_info.csv and the wav/ folder")
+        raise CorpusError(f"{path} not found; a corpus folder needs data_info.csv next to wav/")
+    header: list[str] = []
+    rows: list[dict[str, str]] = []
+    lines: list[int] = []       # CSV line number of each row (header = 1), for messages
+    ragged: list[int] = []
     try:
-        if path.stat().st_size == 0:
-            raise AudioError(path, "file is empty (0 bytes); re-export or remove its row")
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            for cells in reader:
+                if not header:
+                    header = [h.strip() for h in cells]
+                    continue
+                if not cells or (len(cells) == 1 and not cells[0].strip()):
+                    continue  # blank line
+                if len(cells) != len(header):
+                    ragged.append(reader.line_num)
+                rows.append(dict(zip(header, cells + [""] * (len(header) - len(cells)))))
+                lines.append(reader.line_num)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise CorpusError(f"{path} is not a readable UTF-8 CSV file ({e})") from None
     except OSError as e:
-        raise AudioError(path, f"cannot be read ({e.strerror or e}); check its permissions") from None
-    try:
-        # opened here, not by libsndfile: a permission problem is named as such, and a path
-        # that is not valid UTF-8 (odd folder names) is no problem for a file object
-        fh = open(path, "rb")
-    except PermissionError:
-        raise AudioError(path, "permission denied: this user may not read the file; fix its permissions "
-                               "(e.g. chmod a+r) or run as a user who can read it") from None
-    except OSError as e:
-        raise AudioError(path, f"cannot be opened ({e.strerror or e}); check the file and its folder") from None
-    try:
-        with fh:
-            info = sf.info(fh)
-            sr = int(info.samplerate)
-            if not RATE_RANGE[0] <= sr <= RATE_RANGE[1]:
-                raise AudioError(path, f"header gives an implausible sample rate of {sr} Hz (expected "
-                                       f"{RATE_RANGE[0]}-{RATE_RANGE[1]} Hz); the file is damaged, re-export it")
-            fh.seek(0)
-            x, sr = sf.read(fh, dtype="float32", always_2d=True)
-    except AudioError:
-        raise
-    except MemoryError:
-        raise AudioError(path, "header declares more audio than fits in memory; the file is damaged") from None
-    except Exception as e:  # libsndfile raises several types for corrupt/non-audio files
-        raise AudioError(path, f"not a readable audio file ({type(e).__name__}: {e}); re-export it as WAV") from None
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise AudioError(path, "audio has no samples; re-export or remove its row")
-    trunc = _wav_truncation(path)
-    if trunc:
-        raise AudioError(path, trunc)
-    if not np.isfinite(x).all():
-        raise AudioError(path, "audio contains NaN or inf samples; re-export it from the source recording")
-    # float64 accumulation: the mean of huge-but-finite float samples must not overflow
-    x = x.mean(axis=1, dtype=np.float64).astype(np.float32) if x.shape[1] > 1 else x[:, 0]
-    if sr != sample_rate:
-        import soxr
+        raise CorpusError(f"{path} could not be read ({e.strerror or e}); check its permissions") from None
+    missing_cols = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing_cols:
+        raise CorpusError(
+            f"{path} lacks column(s) {missing_cols}; found {header}. "
+            f"An ExVo table needs {list(REQUIRED_COLUMNS)} (read by name, any order)"
+        )
+    dup_cols = sorted({h for h in header if header.count(h) > 1})
+    if dup_cols:
+        raise CorpusError(f"{path} has duplicate column name(s) {dup_cols}; each column must appear once")
+    if not rows:
+        raise CorpusError(f"{path} has a header but no rows")
+    return header, rows, lines, ragged
 
+
+def _id_problems(ids: list[str], lines: list[int]) -> list[str]:
+    """Empty, duplicate, path-like ids, and two ids naming one audio file (``[00005]`` and ``00005``)."""
+    problems = []
+    if empty := [lines[n] for n, i in enumerate(ids) if not i]:
+        problems.append(f"empty File_ID on line(s) {listing(empty)}")
+    seen: dict[str, int] = {}
+    dups = []
+    for n, i in enumerate(ids):
+        if i and i in seen:
+            dups.append(f"{i} (lines {seen[i]} and {lines[n]})")
+        seen.setdefault(i, lines[n])
+    if dups:
+        problems.append(f"duplicate File_ID: {listing(dups)}")
+    by_file: dict[str, int] = {}
+    same_file = []
+    for n, i in enumerate(ids):
+        if not i or i in seen and seen[i] != lines[n]:
+            continue
+        stem = file_stem(i)
+        if stem in by_file and ids[by_file[stem]] != i:
+            k = by_file[stem]
+            same_file.append(f"{ids[k]} (line {lines[k]}) and {i} (line {lines[n]}) both name wav/{stem}.wav")
+        by_file.setdefault(stem, n)
+    if same_file:
+        problems.append(f"File_IDs that name the same audio file (brackets are not part of the file name): "
+                        f"{listing(same_file)}; keep one row per clip")
+    if bad_chars := [lines[n] for n, i in enumerate(ids) if i and ("/" in i or "\\" in i or "\x00" in i)]:
+        problems.append(f"File_ID with a path separator or NUL on line(s) {listing(bad_chars)}")
+    return problems
+
+
+def _labels(rows: list[dict[str, str]], lines: list[int], labelled: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """``(emotions (n, 10), age (n,), country (n,) as float, problems)``: empty cells and ``nan`` are
+    NaN (missing); unparsable and infinite cells, missing Train/Val labels and values out of range
+    are problems naming their lines."""
+    unparsable: set[tuple[int, str]] = set()
+
+    def number(col: str, n: int) -> float:
+        s = rows[n][col].strip()
+        if s == "":
+            return math.nan
         try:
-            x = soxr.resample(x, sr, sample_rate, quality="HQ").astype(np.float32, copy=False)
-        except Exception as e:
-            raise AudioError(path, f"could not resample from {sr} Hz to {sample_rate} Hz ({e})") from None
-        if x.size == 0:
-            raise AudioError(path, f"audio too short to resample from {sr} Hz to {sample_rate} Hz")
-    if not np.isfinite(x).all():
-        raise AudioError(path, "audio samples are too large to process (overflow to inf); re-export it normalised")
-    return np.ascontiguousarray(x, dtype=np.float32)
+            return float(s)
+        except ValueError:
+            unparsable.add((n, col))
+            return math.nan
+
+    n_rows = len(rows)
+    emo = np.array([[number(c, n) for c in EMOTIONS] for n in range(n_rows)], dtype=np.float64)
+    age = np.array([number("Age", n) for n in range(n_rows)], dtype=np.float64)
+    cou = np.array([number("Country", n) for n in range(n_rows)], dtype=np.float64)
+    columns = [("Age", age), ("Country", cou)] + [(c, emo[:, j]) for j, c in enumerate(EMOTIONS)]
+    problems = []
+    for col, vals in columns:
+        if bad := [lines[n] for n in range(n_rows) if (n, col) in unparsable]:
+            problems.append(f"non-numeric {col} on line(s) {listing(bad)}")
+        if inf := np.flatnonzero(np.isinf(vals)).tolist():
+            cells = sorted({rows[n][col].strip() for n in inf})
+            problems.append(f"{col} is not finite ({', '.join(cells)}) on line(s) {listing(lines[n] for n in inf)}; "
+                            "labels must be finite numbers")
+    for col, vals in columns:
+        missing = [lines[n] for n in np.flatnonzero(labelled & np.isnan(vals)) if (n, col) not in unparsable]
+        if missing:
+            problems.append(f"missing {col} label in Train/Val on line(s) {listing(missing)}")
+    fin = np.isfinite(emo)
+    ranges = [("emotion intensity outside [0, 1]", (fin & ((emo < 0) | (emo > 1))).any(axis=1)),
+              (f"Age outside {AGE_RANGE} years", np.isfinite(age) & ((age < AGE_RANGE[0]) | (age > AGE_RANGE[1]))),
+              (f"Country not an integer code 0-{len(COUNTRIES) - 1}",
+               np.isfinite(cou) & ~np.isin(cou, np.arange(len(COUNTRIES))))]
+    problems += [f"{kind} on line(s) {listing(lines[n] for n in np.flatnonzero(m))}" for kind, m in ranges if m.any()]
+    return emo, age, cou, problems
+
+
+def _speaker_problems(speakers: np.ndarray, lines: list[int], labelled: np.ndarray) -> list[str]:
+    """An empty ``Subject_ID`` column, or empty speakers of Train/Val rows (Test speakers may be unknown)."""
+    empty = speakers == ""
+    if empty.all():
+        return [f"the Subject_ID column is empty on every row ({empty.size} rows); exvo needs each clip's speaker "
+                "(speaker-disjoint hold-outs and folds): fill it in (e.g. Speaker_<n>)"]
+    if bad := [lines[n] for n in np.flatnonzero(empty & labelled)]:
+        return [f"empty Subject_ID in Train/Val on line(s) {listing(bad)}"]
+    return []
 
 
 def warn_orphans(corpus: Corpus) -> None:

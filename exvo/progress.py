@@ -82,6 +82,10 @@ class LineProgress:
                 f"elapsed {_hms(el)}, ETA {eta}")
 
     def _emit(self, start: bool = False) -> None:
+        if self.total == 0:          # nothing to do (e.g. everything cached): one plain line, no 0/0 nor ETA ?
+            if start:
+                print(f"{self.desc}: nothing to do (0 {self.unit} left)", file=self.stream, flush=True)
+            return
         text = f"{self.desc}: 0/{self.total} {self.unit}, starting" if start else self.line()
         print(text, file=self.stream, flush=True)
         self.last = self.clock()

@@ -3,7 +3,10 @@
     python extract_driver.py CORPUS CACHE [--delay S] [--part-size N] [--die MODE]
 
 Prints ``READY`` once imports are done and the run is about to start, then
-``DONE <n_extracted> <n_cached_before>`` at the end. ``--die`` makes the process
+``DONE <n_extracted> <n_cached_before>`` at the end. The events a test synchronises on, never
+a sleep: ``--report`` prints ``CLIP <k>`` once the k-th clip of this run has been handed to the
+cache writer (so it is in a part when ``k`` fills one); ``--pause-at K`` prints ``PAUSED <K>``
+at that point and waits for a line on stdin (Ctrl-C or a kill lands exactly there). ``--die`` makes the process
 SIGKILL itself at an exact point, to hit the windows that timing alone rarely hits:
 
 * ``part-tmp:K``   after the K-th part's temporary file is written and fsynced, before its rename
@@ -74,6 +77,8 @@ def main() -> None:
     ap.add_argument("--delay", type=float, default=0.0)
     ap.add_argument("--part-size", type=int, default=64)
     ap.add_argument("--die", default="none")
+    ap.add_argument("--report", action="store_true")
+    ap.add_argument("--pause-at", type=int, default=0)
     a = ap.parse_args()
 
     import h5py  # noqa: F401  (imported before READY so that kill times measure work, not imports)
@@ -84,11 +89,22 @@ def main() -> None:
     from exvo.corpus import Corpus
     from exvo.extract.run import extract
 
+    class Reporting(RmsExtractor):
+        def run(self, items):
+            for k, r in enumerate(super().run(items), 1):
+                yield r
+                # resumed by the consumer: clip k has been added (and flushed, if it filled a part)
+                if a.report:
+                    print(f"CLIP {k}", flush=True)
+                if k == a.pause_at:
+                    print(f"PAUSED {k}", flush=True)
+                    sys.stdin.readline()
+
     corpus = Corpus.from_dir(a.corpus)
     _arm(a.die)
     print("READY", flush=True)
     try:
-        s = extract(corpus, RmsExtractor(delay=a.delay), a.cache, progress=False, part_size=a.part_size)
+        s = extract(corpus, Reporting(delay=a.delay), a.cache, progress=False, part_size=a.part_size)
     except KeyboardInterrupt:
         print("INTERRUPTED", flush=True)
         sys.exit(130)

@@ -11,7 +11,8 @@ Extra extractors (never registered by the package itself):
 Environment: ``EXVO_TEST_FSIZE=BYTES`` caps the size of any file this process writes
 (``RLIMIT_FSIZE``, with SIGXFSZ ignored, so a write past it fails with ``EFBIG`` exactly like
 a full disk fails with ``ENOSPC``: deep inside HDF5 included). ``EXVO_TEST_DELAY=S`` slows
-the test extractors down per clip.
+the test extractors down per clip. ``EXVO_TEST_ENOSPC_PART=K`` makes the disk "full" from the
+K-th cache part on (its ``fsync`` fails with ``ENOSPC``; the parts before it are whole on disk).
 """
 from __future__ import annotations
 
@@ -49,7 +50,28 @@ for _n in ("_test_wide", "_test_huge"):
         register(_n, help="test-only")(_factory)
 
 
+def _full_from_part(k: int) -> None:
+    import errno
+
+    real, seen = os.fsync, [0]
+
+    def fsync(fd):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            target = ""
+        if ".npz.tmp" in target:
+            seen[0] += 1
+            if seen[0] >= k:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    os.fsync = fsync
+
+
 def main() -> None:
+    if os.environ.get("EXVO_TEST_ENOSPC_PART"):
+        _full_from_part(int(os.environ["EXVO_TEST_ENOSPC_PART"]))
     limit = os.environ.get("EXVO_TEST_FSIZE")
     if limit:
         import resource

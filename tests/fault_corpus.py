@@ -57,12 +57,15 @@ def write_wav(root: Path, stem: str, data: np.ndarray, sr: int = SAMPLE_RATE, su
 
 
 def good_corpus(root: Path, n: int, seconds: float = 0.2, split_cycle: Sequence[str] = ("Train", "Val")) -> list[str]:
-    """``n`` valid clips ``[g000]``… with distinct noisy tones; returns their ids."""
+    """``n`` valid clips ``[g000]``… with distinct noisy tones; returns their ids. Up to 7 speakers per
+    split, none in two splits (ExVo's splits are speaker-disjoint)."""
     rows, ids = [], []
+    order = list(dict.fromkeys(split_cycle))
     for k in range(n):
         cid = f"[g{k:03d}]"
         ids.append(cid)
-        rows.append(row(cid, split=split_cycle[k % len(split_cycle)], speaker=f"Speaker_{k % 7}"))
+        split = split_cycle[k % len(split_cycle)]
+        rows.append(row(cid, split=split, speaker=f"Speaker_{k % 7 + 7 * order.index(split)}"))
         write_wav(root, f"g{k:03d}", tone(seconds, freq=200 + 10 * k, seed=k))
     write_table(root, rows, header=HEADER)
     return ids

@@ -1,6 +1,8 @@
-"""Fault-injection matrix of issue #10: every case, through the real command line, in one go.
+"""Fault-injection matrix of issues #10 and #27: every case, through the real command line, in one go.
 
-    PYTHONPATH=. .venv/bin/python tests/fault_matrix.py [--keep DIR] [--only 5,8]
+    PYTHONPATH=. .venv/bin/python tests/fault_matrix.py [--keep DIR] [--only 5,8,27.7 | --only 27]
+
+The cases of issue 27 are in ``tests/fault_cases27.py`` (``--only 27`` runs them all).
 
 Each case builds what it needs under a scratch folder, injects the fault (a shorter table,
 a renamed wav/, Ctrl-C twice, kill -9, a file-size limit …), runs ``exvo`` (with the test
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -31,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 
 from fault_corpus import HEADER, good_corpus, row, tone, write_table, write_wav  # noqa: E402
+from fault_watch import Lines, wait_until  # noqa: E402
 from procs import SESSION, live_where  # noqa: E402
 
 CLI = [sys.executable, str(HERE / "fault_cli.py")]
@@ -113,11 +117,13 @@ def c2_overwrite_ctrl_c(w: Path) -> Result:
     before = h5.read_bytes()
     p = subprocess.Popen([*CLI, "extract", "--model", "_test_rms", "--data", w / "corpus", "--cache", w / "cache",
                           "--overwrite"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=env(EXVO_TEST_DELAY="0.2"), start_new_session=True)
+                         env=env(EXVO_TEST_DELAY="0.2", EXVO_PROGRESS="0.01"), start_new_session=True)
+    err = Lines(p.stderr)
     try:
-        time.sleep(4)
+        # the event: the rebuild reports its first clips done (a progress line), so Ctrl-C lands mid-rebuild
+        err.wait(lambda ln: re.search(r": [1-9]\d*/40 clips", ln) is not None)
         os.killpg(p.pid, signal.SIGINT)
-        p.communicate(timeout=30)
+        p.wait(timeout=30)
     finally:
         end_session(p)
     same = h5.exists() and h5.read_bytes() == before
@@ -225,22 +231,35 @@ def _workers(p: subprocess.Popen, timeout=90) -> list[int]:
     return []
 
 
+def _initialised(pid: int) -> bool:
+    """Whether worker ``pid`` ran exvo's initializer (it ignores SIGINT from then on)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    ign = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("SigIgn:")), "0")
+    return bool(int(ign, 16) & (1 << (signal.SIGINT - 1)))
+
+
 def c8_two_ctrl_c(w: Path) -> Result:
     p = _smile_run(w)
     try:
         parts = w / "cache" / "hc" / "egemaps.parts"
-        t = time.monotonic()
-        while not list(parts.glob("part-*.npz")) and time.monotonic() - t < 90 and p.poll() is None:
-            time.sleep(0.05)
+        lines = Lines(p.stderr)
+        wait_until(lambda: list(parts.glob("part-*.npz")) or p.poll() is not None, timeout=90)
         os.killpg(p.pid, signal.SIGINT)
-        time.sleep(0.3)
-        os.killpg(p.pid, signal.SIGINT)
+        lines.wait("interrupt: saving")        # the event: it is saving and stopping; press again now
+        try:
+            os.killpg(p.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
         t = time.monotonic()
         try:
-            _, err = p.communicate(timeout=30)
+            p.wait(timeout=30)
         except subprocess.TimeoutExpired:
             return verdict("hang", False, "still running 30 s after two Ctrl-C")
         took = time.monotonic() - t
+        err = lines.text()
     finally:
         end_session(p)
     kept = len(list(parts.glob("part-*.npz")))
@@ -252,7 +271,10 @@ def c9_kill9_orphans(w: Path) -> Result:
     p = _smile_run(w)
     try:
         ws = _workers(p)
-        time.sleep(1.0)
+        # the events: every worker ran exvo's initializer (it ignores SIGINT then), and a part is written
+        wait_until(lambda: all(_initialised(x) for x in ws), timeout=90)
+        wait_until(lambda: list((w / "cache" / "hc" / "egemaps.parts").glob("part-*.npz")) or p.poll() is not None,
+                   timeout=90)
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
         t = time.monotonic()
@@ -367,12 +389,8 @@ def c12_ctrl_c_learn(w: Path) -> Result:
     p = subprocess.Popen([*CLI, "learn", *map(str, args), "--patience", "100000", "--name", "r"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), start_new_session=True)
     try:
-        t = time.monotonic()
-        while not (w / "runs").exists() or not any((w / "runs").iterdir()):
-            if time.monotonic() - t > 90 or p.poll() is not None:
-                break
-            time.sleep(0.1)
-        time.sleep(1.0)
+        # the event: its staging folder exists (the run is training into it)
+        wait_until(lambda: (w / "runs" / f".r.tmp{p.pid}").exists() or p.poll() is not None, timeout=90)
         os.killpg(p.pid, signal.SIGINT)
         _, err = p.communicate(timeout=30)
     finally:
@@ -402,7 +420,7 @@ CASES = [
     ("7 [00005] and 00005", c7_duplicate_clip),
     ("7 score out-of-range values", c7_score_ranges),
     ("7 country proba x100", c7_country_proba),
-    ("8 two Ctrl-C 0.3 s apart", c8_two_ctrl_c),
+    ("8 two Ctrl-C (27.19: at the 1st's ack)", c8_two_ctrl_c),
     ("9 kill -9: workers exit", c9_kill9_orphans),
     ("10 disk full, final .h5", c10_disk_full_final_write),
     ("11 permission denied wav", c11_permission_wav),
@@ -427,9 +445,12 @@ def main() -> None:
     a = ap.parse_args()
     base = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="exvo_faults_"))
     only = {s.strip() for s in a.only.split(",") if s.strip()}
+    from fault_cases27 import CASES as CASES_27
+
     rows = []
-    for k, (name, fn) in enumerate(CASES):
-        if only and name.split()[0] not in only:
+    for k, (name, fn) in enumerate(CASES + CASES_27):
+        tag = name.split()[0]
+        if only and tag not in only and tag.split(".")[0] not in only:
             continue
         w = base / f"{k:02d}"
         shutil.rmtree(w, ignore_errors=True)
@@ -442,7 +463,7 @@ def main() -> None:
         rows.append((name, res, time.monotonic() - t))
         v = "ok" if res.ok else ("n/a" if res.ok is None else "FAIL")
         print(f"{name:40s} exit {str(res.code):>8s}  {v:4s}  {res.detail} [{rows[-1][2]:.0f} s]", flush=True)
-    print(f"\n| case | exit code | verdict |\n|---|---|---|")
+    print("\n| case | exit code | verdict |\n|---|---|---|")
     for name, res, _ in rows:
         v = "ok" if res.ok else ("n/a" if res.ok is None else "**FAIL**")
         print(f"| {name} | {res.code} | {v}: {res.detail} |")

@@ -3,15 +3,15 @@ reason; the good files around it are all extracted; the CLI exit code tells (0/1
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 import fault_extractor  # noqa: F401  (registers _test_rms)
 from fault_corpus import HEADER, row, tone, write_table, write_wav
 from fault_extractor import RmsExtractor, reference_features
-from exvo.corpus import SAMPLE_RATE, AudioError, Corpus, load_audio
+from exvo.corpus import SAMPLE_RATE, AudioError, Corpus, load_audio, read_audio
 from exvo.extract.cache import EmbeddingCache, cache_path
 from exvo.extract.run import ExtractionAborted, extract
 
@@ -26,6 +26,16 @@ BAD = {
     "[not_audio]": "not a readable audio file",
     "[nan]": "NaN or inf samples",
     "[inf]": "NaN or inf samples",
+    "[folder]": "is a folder, not an audio file",
+    "[loop]": "is a symbolic link loop",
+    "[dangling]": "is a symbolic link to nowhere.wav, which does not exist",
+    "[huge]": "float samples reach 4e+29, far outside [-1, 1] and beyond any integer scale",
+}
+# File_ID -> the note its clip gets (extracted, with a decision the user should know about)
+NOTED = {
+    "[int16scale]": "float samples at 16-bit integer scale (peak 9830, expected within [-1, 1]): divided by 32768",
+    "[cancel]": "the 2 channels cancel out when averaged (the mix is silent; one channel is probably the other "
+                "with inverted polarity): channel 0 alone was used",
 }
 
 
@@ -63,6 +73,12 @@ def _build(root):
     write_wav(root, "nan", x, subtype="FLOAT"); add("[nan]"); good(k); k += 1
     x = tone(0.5); x[200] = np.inf
     write_wav(root, "inf", x, subtype="FLOAT"); add("[inf]"); good(k); k += 1
+    (root / "wav" / "folder.wav").mkdir(); add("[folder]")                   # a folder named like a wav
+    os.symlink("loop.wav", root / "wav" / "loop.wav"); add("[loop]")          # a link to itself
+    os.symlink("nowhere.wav", root / "wav" / "dangling.wav"); add("[dangling]")
+    write_wav(root, "huge", tone(0.2) * np.float32(4e29 / 0.3), subtype="FLOAT"); add("[huge]")
+    write_wav(root, "int16scale", np.round(tone(0.5) * 32767), subtype="FLOAT"); add("[int16scale]")
+    write_wav(root, "cancel", np.stack([tone(0.5), -tone(0.5)], axis=1), subtype="FLOAT"); add("[cancel]")
     write_table(root, rows, header=HEADER)
     return [r["File_ID"] for r in rows]
 
@@ -90,6 +106,11 @@ def test_every_bad_file_is_reported_by_id_and_the_others_are_extracted(bad_run):
     # the summary is also on disk, beside the cache
     on_disk = json.loads(cache_path(cache, corpus.name, fault_extractor.NAME).with_suffix(".summary.json").read_text())
     assert {f[0] for f in on_disk["failures"]} == set(BAD)
+    # clips that needed a decision are extracted and say which, by id
+    notes = dict(summary.notes)
+    assert set(notes) == set(NOTED), summary.notes
+    for cid, note in NOTED.items():
+        assert notes[cid].startswith(note), (cid, notes[cid])
 
 
 def test_processed_edge_cases_have_the_right_numbers(bad_run):
@@ -109,6 +130,11 @@ def test_processed_edge_cases_have_the_right_numbers(bad_run):
     for sub in ("PCM_16", "PCM_24", "FLOAT"):
         # (quantisation moves a few near-zero samples across zero: ZCR to within 5e-4)
         np.testing.assert_allclose(x[f"[enc_{sub}]"], reference_features(tone(0.5))[0], rtol=1e-3, atol=5e-4)
+    # float samples at int16 scale: the features of the rescaled tone, not of a clipped or silent one
+    np.testing.assert_allclose(x["[int16scale]"], reference_features(np.round(tone(0.5) * 32767) / 32768)[0],
+                               rtol=1e-5, atol=1e-6)
+    # channels that cancel: the features of one channel, not of silence
+    np.testing.assert_allclose(x["[cancel]"], reference_features(tone(0.5))[0], rtol=1e-6, atol=1e-7)
     # every good clip equals the hand-computable reference on its decoded audio
     for k in range(15):
         cid = f"[good{k}]"
@@ -179,10 +205,39 @@ def test_streamed_wav_with_placeholder_size_is_read_not_flagged(tmp_path):
     np.testing.assert_allclose(y, tone(0.5), atol=1 / 32768)
 
 
-def test_huge_finite_float_samples_do_not_overflow_to_inf(tmp_path):
+def test_huge_finite_float_samples_are_refused_not_overflowed_to_inf(tmp_path):
     big = np.full((100, 2), 3e38, dtype=np.float32)
-    y = load_audio(write_wav(tmp_path, "big", big, subtype="FLOAT"))
-    assert np.isfinite(y).all()
+    with pytest.raises(AudioError, match=r"float samples reach 3e\+38, far outside \[-1, 1\]"):
+        load_audio(write_wav(tmp_path, "big", big, subtype="FLOAT"))
+
+
+@pytest.mark.parametrize("scale,bits", [(32767, "16-bit"), (2 ** 23 - 1, "24-bit"), (2 ** 31 - 1, "32-bit")])
+def test_float_samples_at_an_integer_scale_are_divided_by_it_with_a_note(tmp_path, scale, bits):
+    x = tone(0.25)                                           # peak 0.3
+    y, note = read_audio(write_wav(tmp_path, "i", x.astype(np.float64) * scale, subtype="DOUBLE"))
+    full = {"16-bit": 2 ** 15, "24-bit": 2 ** 23, "32-bit": 2 ** 31}[bits]
+    np.testing.assert_allclose(y, x * (scale / full), rtol=1e-6, atol=1e-9)
+    peak = float(np.abs(x.astype(np.float64) * scale).astype(np.float32).max())     # as decoded (float32)
+    assert note.startswith(f"float samples at {bits} integer scale (peak {peak:.6g}, expected within "
+                           f"[-1, 1]): divided by {full}"), note
+
+
+def test_float_samples_a_little_over_full_scale_are_used_as_they_are(tmp_path):
+    x = tone(0.25, amp=3.5)                                  # +11 dBFS: within the headroom
+    y, note = read_audio(write_wav(tmp_path, "hot", x, subtype="FLOAT"))
+    np.testing.assert_array_equal(y, x)
+    assert note is None
+
+
+def test_stereo_channels_that_cancel_give_the_louder_channel_with_a_note(tmp_path):
+    left = tone(0.5, seed=1)
+    y, note = read_audio(write_wav(tmp_path, "c", np.stack([left * 0.999, -left], axis=1), subtype="FLOAT"))
+    np.testing.assert_array_equal(y, -left)                  # channel 1 is the louder one
+    assert note == ("the 2 channels cancel out when averaged (the mix is 66 dB below channel 1; one channel is "
+                    "probably the other with inverted polarity): channel 1 alone was used")
+    y, note = read_audio(write_wav(tmp_path, "ok", np.stack([left, left * 0.5], axis=1), subtype="FLOAT"))
+    np.testing.assert_allclose(y, left * 0.75, atol=1e-7)
+    assert note is None                                      # an ordinary stereo clip: the mean, no note
 
 
 # ----------------------------------------------------------------------------- CLI exit codes
@@ -286,8 +341,11 @@ def test_egemaps_on_the_bad_corpus_processes_or_reports_every_clip(bad_run, tmp_
     assert set(failed) == set(BAD), s.failures
     for cid, reason in BAD.items():
         assert reason in failed[cid]
-    # silence is valid audio; the 10 ms clip is padded to openSMILE's window, with a note saying so
-    assert [n[0] for n in s.notes] == ["[short10ms]"] and "padded" in s.notes[0][1]
+    # silence is valid audio; the 10 ms clip is padded to openSMILE's window, with a note saying so; the
+    # clips whose audio needed a decision say which, from the worker processes too
+    notes = dict(s.notes)
+    assert set(notes) == {"[short10ms]", *NOTED} and "padded" in notes["[short10ms]"], s.notes
+    assert all(notes[cid].startswith(n) for cid, n in NOTED.items()), s.notes
     c = EmbeddingCache(cache_path(tmp_path, corpus.name, "egemaps"))
     assert c.ids == [i for i in ids if i not in failed]
     assert (c.n_layers, c.dim) == (1, 88)

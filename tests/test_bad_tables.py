@@ -207,3 +207,67 @@ def test_emotion_columns_are_read_by_name_not_position(tmp_path):
     write_table(tmp_path, rows, header=header)
     c = Corpus.from_dir(tmp_path)
     np.testing.assert_allclose(c.emotions[0], [k / 10 for k in range(10)])
+
+
+# ----------------------------------------------------------------------------- issue 27, cases 10-12
+@pytest.mark.parametrize("col", ["Age", "Country", "Awe"])
+@pytest.mark.parametrize("value", ["inf", "-inf", "Infinity"])
+def test_an_infinite_label_is_called_not_finite(tmp_path, col, value):
+    rows = _rows()
+    rows[1][col] = value   # line 3
+    write_table(tmp_path, rows, header=HEADER)
+    with pytest.raises(CorpusError, match=rf"{col} is not finite \({value}\) on line\(s\) 3; labels must be finite "
+                                          r"numbers") as e:
+        Corpus.from_dir(tmp_path)
+    assert "non-numeric" not in str(e.value)
+
+
+def test_all_subject_ids_empty_names_the_column(tmp_path):
+    rows = _rows(6)
+    for r in rows:
+        r["Subject_ID"] = " "
+    write_table(tmp_path, rows, header=HEADER)
+    with pytest.raises(CorpusError, match=r"the Subject_ID column is empty on every row \(6 rows\); exvo needs each "
+                                          r"clip's speaker \(speaker-disjoint hold-outs and folds\)") as e:
+        Corpus.from_dir(tmp_path)
+    assert "speaker(s)" not in str(e.value) and "--stop-on" not in str(e.value)
+
+
+def test_empty_subject_ids_of_labelled_rows_are_named(tmp_path):
+    rows = _rows(6)
+    rows[0]["Subject_ID"] = ""      # Train, line 2
+    rows[2]["Subject_ID"] = ""      # Test, line 4: allowed (Test speakers need not be known)
+    rows[4]["Subject_ID"] = ""      # Val, line 6
+    write_table(tmp_path, rows, header=HEADER)
+    with pytest.raises(CorpusError, match=r"empty Subject_ID in Train/Val on line\(s\) 2, 6$"):
+        Corpus.from_dir(tmp_path)
+
+
+def test_a_speaker_in_train_and_val_is_warned_about_and_listed(tmp_path):
+    from exvo.corpus import SpeakerOverlapWarning
+
+    rows = [row(f"[{k:05d}]", split=s, speaker=p) for k, (s, p) in enumerate(
+        [("Train", "Speaker_1"), ("Train", "Speaker_2"), ("Val", "Speaker_2"), ("Val", "Speaker_3"),
+         ("Test", "Speaker_3"), ("Test", "Speaker_4")])]
+    write_table(tmp_path, rows, header=HEADER)
+    with pytest.warns(SpeakerOverlapWarning) as caught:
+        c = Corpus.from_dir(tmp_path)
+    msgs = [str(w.message) for w in caught]
+    assert msgs == [
+        f"{tmp_path / 'data_info.csv'}: 1 speaker is in both Train and Val (Speaker_2); 1 speaker is in both Val and "
+        "Test (Speaker_3). ExVo's splits are speaker-disjoint: scores on a split that shares speakers with the "
+        "training data are optimistic. Give each speaker one Split, or keep in mind that these scores are not "
+        "clean estimates"]
+    assert c.shared_speakers("Train", "Val") == ["Speaker_2"]
+    assert c.shared_speakers("Val", "Test") == ["Speaker_3"] and c.shared_speakers("Train", "Test") == []
+    assert c.speaker_overlaps() == {("Train", "Val"): ["Speaker_2"], ("Val", "Test"): ["Speaker_3"]}
+
+
+def test_disjoint_splits_give_no_warning(tmp_path):
+    import warnings
+
+    write_table(tmp_path, _rows(6), header=HEADER)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c = Corpus.from_dir(tmp_path)
+    assert c.speaker_overlaps() == {}

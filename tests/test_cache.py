@@ -114,11 +114,11 @@ def test_float16_storage(tmp_path):
 
 def test_lru_plan_detects_scattered_parts():
     in_order = [k // 10 for k in range(1000)]             # 100 parts of 10 consecutive clips
-    assert cache_mod._lru_misses(in_order, 2) == 100
+    assert cache_mod.lru_misses(in_order, 2) == 100
     rng = np.random.default_rng(0)
     scattered = list(rng.permutation(in_order))          # e.g. length-sorted batches
-    assert cache_mod._lru_misses(scattered, 8) > 2 * 100 + 8
-    assert cache_mod._lru_misses([-1, -1, 3, -1, 3], 2) == 1
+    assert cache_mod.lru_misses(scattered, 8) > 2 * 100 + 8
+    assert cache_mod.lru_misses([-1, -1, 3, -1, 3], 2) == 1
 
 
 @pytest.mark.parametrize("mode", ["auto", "direct", "staged"])
@@ -130,7 +130,7 @@ def test_streaming_finalize_with_tiny_blocks_old_rows_and_shuffled_parts(tmp_pat
     monkeypatch.setattr(cache_mod, "TARGET_CHUNK_BYTES", 5 * 6 * 4)       # 5 rows per chunk
     monkeypatch.setattr(cache_mod, "FINALIZE_BLOCK_BYTES", 40 * 2 * 6 * 4)  # ~20-row blocks
     if mode != "auto":
-        monkeypatch.setattr(cache_mod, "_lru_misses", lambda seq, cap: 0 if mode == "direct" else 10 ** 9)
+        monkeypatch.setattr(cache_mod, "lru_misses", lambda seq, cap: 0 if mode == "direct" else 10 ** 9)
     rng = np.random.default_rng(2)
     n = 137
     ids = _ids(n)

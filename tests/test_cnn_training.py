@@ -202,3 +202,65 @@ def test_bad_cnn_options_are_refused_with_a_message():
         get_extractor("raw_exvo_er", ExtractOptions(crossfit=1))
     with pytest.raises(ValueError, match="--cnn-arch must be one of"):
         get_extractor("raw_exvo_er", ExtractOptions(cnn_arch="wide"))
+
+
+# ----------------------------------------------------------------------------- issue 27, case 5
+def test_training_killed_after_some_epochs_resumes_bit_identically(small_demo_corpus_dir, tmp_path):
+    """A per-epoch checkpoint: killed in epoch 3 of 4, the next call trains epochs 3 and 4 only and ends
+    with the very weights and history of an uninterrupted training."""
+    from exvo.extract.cnn.files import checkpoint_path, load_model
+    from exvo.extract.cnn.train import TrainConfig, train_cnn
+
+    c = Corpus.from_dir(small_demo_corpus_dir)
+    # a plateau (weights restored, lr halved) inside the run: the checkpoint must carry the schedule too
+    kw = dict(epochs=4, device="cpu", model_config=TINY, evaluate=False, seed=3,
+              train_config=TrainConfig(windows_per_epoch=3000, improvement=0.2))
+    whole = train_cnn(c, "Country", "raw", tmp_path / "whole.pt", echo=lambda m: None, **kw)
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_epoch_3(msg):
+        if msg.startswith("  epoch   3"):
+            raise Killed                   # after epochs 1-2 were saved, as kill -9 would
+    cut = tmp_path / "cut.pt"
+    with pytest.raises(Killed):
+        train_cnn(c, "Country", "raw", cut, echo=kill_in_epoch_3, **kw)
+    assert checkpoint_path(cut).is_file() and not cut.exists()
+    said: list[str] = []
+    train_cnn(c, "Country", "raw", cut, echo=said.append, **kw)
+    trained = [m.split(":")[0].split()[1] for m in said if m.startswith("  epoch ")]
+    assert trained == ["3", "4"], said                       # not from epoch 1 again
+    assert any(m.startswith(f"  resuming after epoch 2 from {checkpoint_path(cut)}") for m in said), said
+    a, b = load_model(tmp_path / "whole.pt"), load_model(cut)
+    assert a.sha256 == b.sha256                              # bit-identical weights
+    strip = [{k: v for k, v in h.items() if k not in ("seconds", "windows_per_s")} for h in a.info["history"]]
+    assert strip == [{k: v for k, v in h.items() if k not in ("seconds", "windows_per_s")} for h in b.info["history"]]
+    assert [h["lr"] for h in a.info["history"]] != [0.1] * 4       # the schedule did halve: a real plateau
+    assert not checkpoint_path(cut).exists() and not checkpoint_path(whole).exists()   # served, removed
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(small_demo_corpus_dir, tmp_path):
+    from exvo.extract.cnn.files import checkpoint_path, load_model
+    from exvo.extract.cnn.train import TrainConfig, train_cnn
+
+    c = Corpus.from_dir(small_demo_corpus_dir)
+    kw = dict(epochs=2, device="cpu", model_config=TINY, evaluate=False,
+              train_config=TrainConfig(windows_per_epoch=2000))
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_epoch_2(msg):
+        if msg.startswith("  epoch   2"):
+            raise Killed
+    p = tmp_path / "m.pt"
+    with pytest.raises(Killed):
+        train_cnn(c, "Country", "raw", p, echo=kill_in_epoch_2, seed=1, **kw)
+    said: list[str] = []
+    train_cnn(c, "Country", "raw", p, echo=said.append, seed=2, **kw)          # another seed: another training
+    assert any("is the checkpoint of a training with other settings or clips; training from the first epoch" in m
+               for m in said), said
+    fresh = train_cnn(c, "Country", "raw", tmp_path / "fresh.pt", echo=lambda m: None, seed=2, **kw)
+    assert load_model(p).sha256 == load_model(fresh).sha256
+    assert not checkpoint_path(p).exists()

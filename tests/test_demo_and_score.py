@@ -126,3 +126,37 @@ def test_predict_on_a_fusion_run_points_to_its_test_csv(tmp_path, small_demo_cor
     res = runner.invoke(app, args)
     assert res.exit_code == 2
     assert f"Its Test predictions are {run / 'test.csv'}" in res.output.replace("\n", "")
+
+
+def test_readme_demo_figures_come_from_the_demos_own_records(tmp_path):
+    """scripts/demo_figures.py fills the README's marked blocks from demo_timings.json and the reduced tables."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("demo_figures", Path(__file__).parents[1] / "scripts" / "demo_figures.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    runs = tmp_path / "runs"
+    (runs / "report").mkdir(parents=True)
+    (runs / "report" / "demo_timings.json").write_text(json.dumps({
+        "seconds": {"corpus": 6, "extract": 300, "learn": 120, "fuse": 6, "papers": 900, "generate": 3, "report": 9},
+        "total_seconds": 1344, "load_1min_at_stage_end": {"start": 2.0, "corpus": 2.5, "papers": 6.1},
+        "load_1min_over_run": {"min": 1.7, "mean": 5.4, "max": 6.9, "every_seconds": 10},
+        "cores": 2, "seeds": 3}))
+    t = runs / "reproduce-idiap2022-reduced"
+    t.mkdir()
+    (t / "table.md").write_text("# Idiap ExVo-MultiTask 2022 (paper 001): Table 2 — reduced\n")
+    (t / "table.csv").write_text(
+        "row,system,source,paper S_MTL,paper Test S_MTL,ours S_MTL,ours ens. S_MTL,paper rank (S_MTL),ours rank (S_MTL),status\n"
+        "compare-sys1,ComParE Sys-1,T2,0.349,0.335,0.340 ± 0.020 †,0.356 †,1,1,done\n"
+        "trivial,constant predictor,–,,,undefined (CCC 0),,,,reference\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n<!-- demo:timings -->\nold\n<!-- /demo:timings -->\ny\n<!-- demo:papers -->\nold\n"
+                      "<!-- /demo:papers -->\nz\n")
+    assert mod.main([str(runs), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert ("A fresh `make demo` took 22.4 minutes on 2 cores at a 1-minute load average of 1.7–6.9, mean 5.4, with "
+            "other jobs running, 3 seeds per run; its stages, in minutes: corpus 0.1, extract 5.0, learn 2.0") in text
+    assert "| idiap2022 compare-sys1: ComParE Sys-1 | S_MTL 0.349 | 0.340 ± 0.020 † | 1 / 1 |" in text
+    assert "| idiap2022 trivial: constant predictor | – | undefined (CCC 0) | – |" in text
+    assert text.startswith("x\n") and text.endswith("z\n") and "old" not in text

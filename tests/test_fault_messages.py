@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import builtins
 import errno
-import json
 import os
 from pathlib import Path
 
@@ -16,10 +15,10 @@ import pytest
 from typer.testing import CliRunner
 
 import fault_extractor
-from fault_corpus import HEADER, good_corpus, row, tone, toy_learn_world, write_table, write_wav
+from fault_corpus import HEADER, good_corpus, row, toy_learn_world, write_table
 from exvo.cli import app
 from exvo.corpus import Corpus, CorpusError
-from exvo.extract.cache import CacheDtypeError, CacheError, EmbeddingCache, cache_path
+from exvo.extract.cache import CacheDtypeError, EmbeddingCache, cache_path
 from exvo.extract.cache_writer import CacheWriter
 from exvo.extract.run import extract
 from exvo.predictions import PredictionError, Predictions, score
@@ -123,7 +122,7 @@ def _cli_extract(corpus_root: Path, cache: Path, *extra) -> object:
 
 
 def test_case11_permission_denied_on_a_wav_is_named(tmp_path, monkeypatch):
-    import exvo.corpus as corpus_mod
+    import exvo.audio as audio_mod
 
     good_corpus(tmp_path / "c", 3)
     corpus = Corpus.from_dir(tmp_path / "c")
@@ -134,7 +133,7 @@ def test_case11_permission_denied_on_a_wav_is_named(tmp_path, monkeypatch):
             raise PermissionError(errno.EACCES, "Permission denied", file)
         return builtins.open(file, *a, **k)
 
-    monkeypatch.setattr(corpus_mod, "open", fake_open, raising=False)
+    monkeypatch.setattr(audio_mod, "open", fake_open, raising=False)
     s = extract(corpus, fault_extractor.RmsExtractor(), tmp_path / "k", progress=False)
     assert s.failures == [(corpus.ids[1], "permission denied: this user may not read the file; fix its permissions "
                                           "(e.g. chmod a+r) or run as a user who can read it")]
@@ -174,7 +173,8 @@ def test_case11_cache_pointing_at_a_file(tmp_path):
 
 
 def test_case11_partial_test_labels_blame_the_table(tmp_path):
-    rows = [row("[a]"), row("[b]", split="Val"), row("[c]", split="Test"), row("[d]", split="Test")]
+    rows = [row("[a]", speaker="S1"), row("[b]", split="Val", speaker="S2"), row("[c]", split="Test", speaker="S3"),
+            row("[d]", split="Test", speaker="S3")]
     rows[2].update({"Country": "1", "Age": "30", **{e: "0.5" for e in fault_extractor_emotions()}})
     write_table(tmp_path, rows, header=HEADER)
     c = Corpus.from_dir(tmp_path)
@@ -273,3 +273,46 @@ def test_case12_predict_out_is_a_folder_and_config_errors_name_the_file(learn_wo
     res = runner.invoke(app, ["predict", str(tmp / "runs" / "r"), "--split", "Val", *base])
     assert res.exit_code == 2 and str(tmp / "runs" / "r" / "config.json") in res.output
     assert "cannot be read as JSON" in res.output
+
+
+# ----------------------------------------------------------------------------- issue 27, case 13 (pending)
+def _second_toy_cache(root: Path, cache: Path, name: str, dim: int, dtype: str = "float32") -> None:
+    corpus = Corpus.from_dir(root)
+    rng = np.random.default_rng(1)
+    with CacheWriter(cache_path(cache, corpus.name, name), name, {"toy": dim}, dtype=dtype) as w:
+        for i in corpus.ids:
+            w.add(i, rng.standard_normal((1, dim)).astype(np.float32))
+        w.finalize(order=corpus.ids, files=[])
+
+
+PENDING_13 = "issue 27 case 13: exvo/learn/api.py predict_run (owner: exvo/learn) must check and say this"
+
+
+def test_case27_13_predict_with_model_files_of_another_run_says_so(learn_world):
+    import shutil
+
+    tmp, args = learn_world
+    root = args[args.index("--data") + 1]
+    _second_toy_cache(Path(root), tmp / "cache", "toy8", 8)
+    runs = ["--runs", str(tmp / "runs")]
+    assert runner.invoke(app, args + runs + ["--name", "a"]).exit_code == 0
+    other = [a if a != "toy" else "toy8" for a in args]
+    assert runner.invoke(app, other + runs + ["--name", "b"]).exit_code == 0
+    for f in ("stack.pt", "module.json"):
+        shutil.copy(tmp / "runs" / "b" / "models" / f, tmp / "runs" / "a" / "models" / f)
+    res = runner.invoke(app, ["predict", str(tmp / "runs" / "a"), "--split", "Val", "--data", root,
+                              "--cache", str(tmp / "cache")])
+    assert res.exit_code == 2 and res.exception.__class__ is SystemExit, res.output
+    assert f"the models in {tmp / 'runs' / 'a' / 'models'} do not take the 4 features" in res.output
+
+
+def test_case27_13_a_float16_cache_hint_names_cache_and_dtype(learn_world):
+    tmp, args = learn_world
+    root = args[args.index("--data") + 1]
+    assert runner.invoke(app, args + ["--runs", str(tmp / "runs"), "--name", "a"]).exit_code == 0
+    _second_toy_cache(Path(root), tmp / "c16", "toy", 4, dtype="float16")
+    res = runner.invoke(app, ["predict", str(tmp / "runs" / "a"), "--split", "Val", "--data", root,
+                              "--cache", str(tmp / "c16")])
+    assert res.exit_code == 2
+    assert (f"`exvo extract --model toy --data {root} --cache {tmp / 'c16'} --dtype float32 --overwrite`"
+            in res.output.replace("\n", " ")), res.output

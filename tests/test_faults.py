@@ -9,7 +9,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -73,10 +72,18 @@ def run_driver(corpus: Corpus, cache: Path, *args, timeout=60) -> subprocess.Com
 
 def start_driver(corpus: Corpus, cache: Path, *args) -> subprocess.Popen:
     p = subprocess.Popen([sys.executable, str(DRIVER), str(corpus.root), str(cache), *map(str, args)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     line = p.stdout.readline()
     assert line.strip() == "READY", (line, p.stderr.read() if p.poll() is not None else "")
     return p
+
+
+def read_until(p: subprocess.Popen, line: str) -> None:
+    """Read the driver's stdout up to ``line`` (the event it reports), failing if it ends first."""
+    for got in iter(p.stdout.readline, ""):
+        if got.strip() == line:
+            return
+    pytest.fail(f"the driver ended (exit {p.wait()}) before printing {line!r}: {p.stderr.read()[-2000:]}")
 
 
 def n_in_parts(cache: Path, corpus: Corpus) -> int:
@@ -93,17 +100,18 @@ def test_kill9_at_random_points_then_resume_equals_uninterrupted(corpus_and_refe
     corpus, ids, ref = corpus_and_reference
     cache = tmp_path / "cache"
     rng = random.Random(7)
-    kept = []
+    kept = [0]
     for kill in range(4):
-        p = start_driver(corpus, cache, "--delay", 0.04, "--part-size", 4)
-        # 60 clips x 40 ms = 2.4 s of work; 4 kills within 0.4 s each always land mid-run
-        time.sleep(rng.uniform(0.1, 0.4))
+        p = start_driver(corpus, cache, "--part-size", 4, "--pause-at", at := rng.randint(1, N - kept[-1] - 1))
+        read_until(p, f"PAUSED {at}")        # the run itself says where it is: `at` clips into this run
         p.send_signal(signal.SIGKILL)
         p.communicate(timeout=30)
         assert p.returncode == -signal.SIGKILL
         kept.append(n_in_parts(cache, corpus))
-    # work accumulated across kills and was never lost (counts are non-decreasing)
-    assert kept == sorted(kept) and kept[-1] > 0, kept
+        # nothing already saved was lost, every part this run filled is on disk, the rest died with it
+        assert kept[-1] == kept[-2] + at // 4 * 4, (kept, at)
+    kept = kept[1:]
+    assert kept[-1] > 0, kept
     r = run_driver(corpus, cache, "--part-size", 4)
     assert r.returncode == 0, r.stderr
     done, before = map(int, r.stdout.split("DONE")[1].split())
@@ -138,13 +146,14 @@ def test_kill9_inside_a_write_then_resume(corpus_and_reference, tmp_path, mode):
 def test_sigint_keeps_parts_and_resumes(corpus_and_reference, tmp_path):
     corpus, ids, ref = corpus_and_reference
     cache = tmp_path / "cache"
-    p = start_driver(corpus, cache, "--delay", 0.02)    # part size 64 > N: nothing flushed by size
-    time.sleep(0.5)
+    p = start_driver(corpus, cache, "--pause-at", 17)   # part size 64 > N: nothing flushed by size
+    read_until(p, "PAUSED 17")                          # the event: 17 clips computed, none on disk yet
+    assert n_in_parts(cache, corpus) == 0
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=30)
     assert p.returncode == 130 and "INTERRUPTED" in out, err
     k = n_in_parts(cache, corpus)
-    assert 0 < k < N                                 # what was computed was saved on the way out
+    assert k == 17                                   # what was computed was saved on the way out
     r = run_driver(corpus, cache)
     assert r.returncode == 0 and f"DONE {N - k} {k}" in r.stdout
     assert_same_cache(cache_path(cache, corpus.name, fault_extractor.NAME), ref)
@@ -205,8 +214,9 @@ def test_disk_full_while_writing_parts_then_resume(corpus_and_reference, tmp_pat
         return False
 
     _enospc_on(monkeypatch, when)
-    with pytest.raises(CacheError, match=r"could not write the cache .*No space left on device.*"
-                                         r"Free disk space .* run the same command again to resume"):
+    with pytest.raises(CacheError, match=r"could not write the cache .*No space left on device\); 14 of the 60 "
+                                         r"clips are saved and kept\. Free disk space .* run the same command again "
+                                         r"to resume"):
         extract(corpus, RmsExtractor(), tmp_path, progress=False, part_size=7)
     monkeypatch.undo()
     assert n_in_parts(tmp_path, corpus) == 14 and leftovers(tmp_path) == []
@@ -267,16 +277,13 @@ def test_an_extractor_oserror_is_not_called_a_disk_problem(corpus_and_reference,
 # ----------------------------------------------------------------------------- concurrency
 def test_second_writer_is_refused_while_first_runs(corpus_and_reference, tmp_path):
     corpus, ids, ref = corpus_and_reference
-    p = start_driver(corpus, tmp_path, "--delay", 0.05)   # 3 s of work: ample time to collide
+    p = start_driver(corpus, tmp_path, "--pause-at", 5)   # holds the lock, paused mid-run
     try:
-        lock = cache_path(tmp_path, corpus.name, fault_extractor.NAME).with_suffix(".lock")
-        t0 = time.time()
-        while not (lock.exists() and lock.read_text().strip() == str(p.pid)) and time.time() - t0 < 20:
-            time.sleep(0.02)
+        read_until(p, "PAUSED 5")
         with pytest.raises(CacheBusy, match=rf"another extraction \(pid {p.pid}\) is writing .*wait for it to finish"):
             extract(corpus, RmsExtractor(), tmp_path, progress=False)
     finally:
-        out, err = p.communicate(timeout=60)
+        out, err = p.communicate("go on\n", timeout=60)
     assert p.returncode == 0, err
     assert_same_cache(cache_path(tmp_path, corpus.name, fault_extractor.NAME), ref)
     # the lock dies with its holder: a later run gets it at once
@@ -286,12 +293,12 @@ def test_second_writer_is_refused_while_first_runs(corpus_and_reference, tmp_pat
 
 def test_lock_of_a_killed_writer_is_released(corpus_and_reference, tmp_path):
     corpus, ids, ref = corpus_and_reference
-    p = start_driver(corpus, tmp_path, "--delay", 0.05)
-    time.sleep(0.3)
+    p = start_driver(corpus, tmp_path, "--pause-at", 3)
+    read_until(p, "PAUSED 3")                       # it holds the lock now
     p.kill()
     p.communicate()
     s = extract(corpus, RmsExtractor(), tmp_path, progress=False)
-    assert s.n_cached_before + s.n_extracted == N
+    assert (s.n_cached_before, s.n_extracted) == (0, N)     # the lock was free; nothing was on disk yet
 
 
 # ----------------------------------------------------------------------------- settings
@@ -377,7 +384,8 @@ def test_flipped_bytes_in_features_are_caught_by_fletcher32(corpus_and_reference
         fh.seek(-1, 1)
         fh.write(bytes([byte[0] ^ 0x10]))
     c = EmbeddingCache(p)            # metadata is intact
-    with pytest.raises(CacheError, match=r"is damaged \(checksum or truncation.*rebuild with `exvo extract \.\.\. --overwrite`"):
+    with pytest.raises(CacheError, match=r"is damaged \(checksum or truncation.*run the `exvo extract` command that made it "
+                                         r"again \(same options, without --overwrite\): it checks every row"):
         c.layer(0)
 
 

@@ -214,7 +214,7 @@ def test_ties_are_broken_by_name_and_reported(setup):
     assert "tie on country (UAR 1.0000) between A0, B: took A0 by name order" in text
     rec = json.loads((res.path / "fusion.json").read_text())
     assert any("tie on country" in n for n in rec["subtasks"]["country"]["notes"])
-    assert not rec["subtasks"]["emotion"]["notes"]        # A0/B tie for 2nd place: no effect on top 1
+    assert not [n for n in rec["subtasks"]["emotion"]["notes"] if "tie" in n]   # A0/B tie for 2nd place: no effect on top 1
 
 
 def test_missing_test_csv_of_a_chosen_run(setup):
@@ -504,3 +504,28 @@ def test_pool_takes_every_seed_of_runs_that_differ_only_in_the_cnn_seed(tmp_path
         pool(corpus, runs, ["cr@0", "cr_pooled"], "bad", echo=quiet)
     with pytest.raises(ValueError, match="at least 2 runs"):
         pool(corpus, runs, ["cr@0"], "bad", echo=quiet)
+
+
+def test_what_chose_each_subtask_is_printed_and_kept_with_the_seed_means(tmp_path):
+    """Age: X's seeds are truth ± 4 (seed MAE 4, seed ensemble exact), Y's truth + 1 (MAE 1 both ways):
+    the ensemble score chooses X; the output says so and that the seed means would choose Y."""
+    corpus = write_corpus(tmp_path / "data")
+    runs = tmp_path / "runs"
+    v, t = val_preds(), make_test_preds()
+    write_seed_run(runs, "A", seeded(v["A"], [0, 0]), seeded(t["A"], [0, 0]))
+    write_seed_run(runs, "B", seeded(v["B"], [0, 0]), seeded(t["B"], [0, 0]))
+    write_seed_run(runs, "X", seeded(v["C"], [3, -5]), seeded(t["C"], [3, -5]))     # C's ages are truth + 1
+    write_seed_run(runs, "Y", seeded(v["C"], [0, 0]), seeded(t["C"], [0, 0]))
+    lines = []
+    res = fuse(corpus, runs_dir=runs, mode="hybrid", echo=lines.append)
+    assert res.chosen["age"] == ["X"]
+    text = "\n".join(lines)
+    assert ("age: chosen on each candidate's Val MAE of its seed ensemble (the scores above); seed mean ± std of "
+            "the same MAE: X 4.00 ± 0.00, Y 1.00 ± 0.00") in text
+    assert "the seed means would choose Y instead (Y 1.00 vs X 4.00: a gap of 3.00, beyond one seed-std)" in text
+    assert "emotion: chosen on each candidate's Val CCC of its seed ensemble" in text
+    rec = json.loads((res.path / "fusion.json").read_text())
+    assert any("would choose Y" in n for n in rec["subtasks"]["age"]["notes"])
+    # a plain mean chooses nothing: nothing to explain
+    res = fuse(corpus, runs_dir=runs, mode="mean", run_names=["A", "B"], echo=quiet)
+    assert not any("chosen on each candidate" in n for n in res.notes)

@@ -234,7 +234,8 @@ def test_cli_fid_and_table_end_to_end(gen_env, tmp_path):
     from exvo.generate.table import report_figures
 
     made, notes = report_figures(tmp_path / "runs", tmp_path / "rep")
-    assert [p.name for _, p in made] == [f"train_vs_val_{fx.NAME}_argmax.png"] and not notes
+    assert [p.name for _, p in made] == [f"train_vs_val_{fx.NAME}_argmax.png"]
+    assert [n.split(" bins")[0] for n in notes] == [f"train_vs_val_{fx.NAME}_argmax: Small samples: 13 of 15"]  # 2-5 clips < 6 dims
     # an unreadable generated clip is left out with a warning; the others give the same FID
     (gen / "zz_broken.wav").write_bytes(b"")
     r = _cli("fid", gen, "--emotion", emo, *common)
@@ -291,3 +292,22 @@ def test_cli_fid_in_a_learn_runs_shared_layer(gen_env, tmp_path):
     assert r.exit_code == 0, r.output
     rec = json.loads((tmp_path / "runs" / "fid" / "train_vs_val_clf_argmax.json").read_text())
     assert rec["views"] == 2 and rec["space"].startswith("last shared layer")
+
+
+def test_small_bins_carry_the_singular_covariance_caveat_on_the_figure_and_in_the_report(tmp_path):
+    from exvo.generate.table import heat_map, report_figures, small_sample_caveat
+
+    n_train = {e: 5 + 10 * k for k, e in enumerate(EMOTIONS)}       # 5 … 95 clips
+    n_val = {e: 64 for e in EMOTIONS}
+    rec = {"format": "exvo-fid-table/1", "emotions": list(EMOTIONS), "fid_mean": np.eye(10).tolist(),
+           "fid_std": np.zeros((10, 10)).tolist(), "views": 1, "n_train": n_train, "n_val": n_val,
+           "space": "egemaps (88 dims, standardised)", "bin_rule": "argmax", "dim": 88, "notes": []}
+    caveat = small_sample_caveat(rec)
+    assert caveat.startswith("Small samples: 19 of 20 bins hold fewer clips (5–85) than the 88 embedding dimensions, "
+                             "so their covariance is singular and their FID is biased upwards")
+    assert small_sample_caveat(rec | {"dim": 4}) is None
+    assert heat_map(rec, tmp_path / "h.png").stat().st_size > 0
+    (tmp_path / "runs" / "fid").mkdir(parents=True)
+    (tmp_path / "runs" / "fid" / "train_vs_val_egemaps_argmax.json").write_text(json.dumps(rec))
+    made, notes = report_figures(tmp_path / "runs", tmp_path / "rep")
+    assert len(made) == 1 and notes == [f"train_vs_val_egemaps_argmax: {caveat}"]

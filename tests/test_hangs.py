@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from fault_corpus import good_corpus
+from fault_watch import Lines, wait_until
 from procs import SESSION, live_where
 
 HERE = Path(__file__).resolve().parent
@@ -111,18 +112,24 @@ def _wait_for_a_part(p: subprocess.Popen, parts: Path, timeout: float = 90.0) ->
 def test_case8_two_ctrl_c_presses_exit_130_and_keep_the_parts(smile_corpus, tmp_path):
     parts = tmp_path / "c" / "hc" / "egemaps.parts"
     p = _start(smile_corpus, tmp_path / "c")
+    err_lines = Lines(p.stderr)
     try:
         _wait_for_a_part(p, parts)
         workers = _children(p.pid)
         os.killpg(p.pid, signal.SIGINT)
-        time.sleep(0.3)
-        os.killpg(p.pid, signal.SIGINT)
+        # the event: the run says it is saving and stopping (the second press must land in that cleanup)
+        assert err_lines.wait("interrupt: saving the finished clips"), err_lines.text()[-2000:]
+        try:
+            os.killpg(p.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass                          # it had already finished cleaning up: nothing left to break
         t = time.monotonic()
         try:
-            out, err = p.communicate(timeout=30)
+            p.wait(timeout=30)
         except subprocess.TimeoutExpired:
             pytest.fail("still running 30 s after two Ctrl-C presses (hang)")
         took = time.monotonic() - t
+        err = err_lines.text()
     finally:
         _end(p)
     assert p.returncode == 130, (p.returncode, err[-2000:])
@@ -130,8 +137,17 @@ def test_case8_two_ctrl_c_presses_exit_130_and_keep_the_parts(smile_corpus, tmp_
     assert "interrupted; the clips finished so far are saved" in err
     assert "Traceback" not in err, err[-3000:]                 # no worker tracebacks either
     assert _rows_in_parts(parts) >= 64
-    time.sleep(0.5)
-    assert not [w for w in workers if _alive(w)]
+    assert wait_until(lambda: not [w for w in workers if _alive(w)], timeout=10), "workers outlived the run"
+
+
+def _initialised(pid: int) -> bool:
+    """Whether worker ``pid`` ran exvo's initializer (it ignores SIGINT from then on: SigIgn bit 2)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    ign = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("SigIgn:")), "0")
+    return bool(int(ign, 16) & (1 << (signal.SIGINT - 1)))
 
 
 def test_case9_workers_exit_when_the_parent_is_killed(smile_corpus, tmp_path):
@@ -144,13 +160,13 @@ def test_case9_workers_exit_when_the_parent_is_killed(smile_corpus, tmp_path):
             time.sleep(0.05)
             # the pool's workers, whatever starts them: every child but the resource trackers
             workers = [w for w in _children(p.pid) if "resource_tracker" not in _cmdline(w)]
-        time.sleep(1.0)                   # their initializer has run
+        # the events: every worker ran its initializer (it ignores SIGINT now), and results flow (a part)
+        assert wait_until(lambda: all(_initialised(w) for w in workers), timeout=90), "workers never initialised"
+        _wait_for_a_part(p, tmp_path / "c" / "hc" / "egemaps.parts")
         everyone = _children(p.pid)       # workers and resource trackers: none may outlive the parent
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
-        t = time.monotonic()
-        while [w for w in everyone if _alive(w)] and time.monotonic() - t < 5:
-            time.sleep(0.1)
+        wait_until(lambda: not [w for w in everyone if _alive(w)], timeout=5, poll=0.1)
         left = [w for w in everyone if _alive(w)]
         assert not left, f"processes {left} ({[_cmdline(w)[:80] for w in left]}) outlived their parent"
     finally:

@@ -270,8 +270,8 @@ def test_mlp_learns_the_synthetic_task_and_writes_the_run(world, tmp_path):
     assert res.run_dir == run
     m = json.loads((run / "metrics.json").read_text())
     assert set(m) == {"split", "n", "ccc_convention", "summary", "per_seed", "ensemble", "ccc_per_emotion",
-                      "selection", "val_optimistic"}
-    assert m["selection"]["select_on"] == "holdout" and m["val_optimistic"] is False
+                      "selection", "val_optimistic", "oof"}                 # oof: the default speaker folds
+    assert m["selection"]["select_on"] == "folds" and m["val_optimistic"] is False
     assert m["split"] == "Val" and m["n"] == len(c.split_ids("Val")) and m["ccc_convention"] == "challenge"
     assert set(m["summary"]) == {"ccc", "uar", "mae", "s_mtl"} and set(m["summary"]["ccc"]) == {"mean", "std"}
     assert [p["seed"] for p in m["per_seed"]] == [0, 1, 2]
@@ -468,3 +468,24 @@ def test_mlp_fast_path_equals_autograd(world, combine):
         np.testing.assert_allclose(a, b, atol=1e-4)
     with pytest.raises(ValueError, match="fast path covers"):
         mlp_fast.make_grad_fn(LossConfig(emotions="ccc"))
+
+
+def test_a_val_speaker_also_in_train_is_warned_and_recorded(tmp_path):
+    import csv
+    import warnings
+
+    corpus, z = make_corpus(tmp_path / "corp", n_spk=16, per_spk=6)
+    rows = list(csv.reader(open(corpus.root / "data_info.csv")))
+    first_val = next(i for i, r in enumerate(rows) if r[1] == "Val")
+    rows[first_val][2] = "Speaker_0"                               # a Train speaker's clip in Val
+    with open(corpus.root / "data_info.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        corpus = Corpus.from_dir(corpus.root)
+    write_cache(tmp_path / "cache", corpus, "lin", z[:, None, :])
+    res = learn(corpus, _quick(seeds=1, epochs=2, stop_on="holdout"), cache_dir=tmp_path / "cache",
+                runs_dir=tmp_path / "runs", echo=lambda m: None)
+    assert ("warning: 1 speaker(s) have clips in both Train and Val (Speaker_0): its Val scores are not "
+            "new-speaker estimates") in res.notes
+    assert res.config["speaker_overlaps"] == {"Train/Val": ["Speaker_0"]}

@@ -74,7 +74,9 @@ def test_val_labels_never_change_a_default_run(world2, tmp_path):
         np.testing.assert_array_equal(pa.country_proba, pb.country_proba)
         np.testing.assert_array_equal(pa.age, pb.age)
     assert a.metrics["summary"]["s_mtl"] != b.metrics["summary"]["s_mtl"]
-    assert a.config["selection"]["on"] == "holdout" and not a.config["val_optimistic"]
+    assert a.config["selection"]["on"] == "folds" and not a.config["val_optimistic"]      # the default: speaker folds
+    np.testing.assert_array_equal(load_seed_predictions(a.run_dir, "OOF").emotions,
+                                  load_seed_predictions(b.run_dir, "OOF").emotions)   # OOF neither
 
 
 def test_the_layer_probe_ignores_val_labels_unless_told(world2):
@@ -175,7 +177,8 @@ def test_a_learner_written_only_as_a_module_trains_through_the_cli(world2, tmp_p
     run = tmp_path / "lin_toy"
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["learner"] == "toy" and cfg["learner_config"] == {"width": 5} and cfg["losses"]["emotions"] == "ccc"
-    assert torch.load(run / "models" / "stack.pt", weights_only=True)["params"]["body.0.weight"].shape == (2, 5, 8)
+    # the default selection: 2 seeds × 5 speaker folds in one stack
+    assert torch.load(run / "models" / "stack.pt", weights_only=True)["params"]["body.0.weight"].shape == (10, 5, 8)
     sp = load_seed_predictions(run, "Test")
     assert sp.seeds == [0, 1] and sp.emotions.shape[0] == 2
     r = CliRunner().invoke(app, ["predict", str(run), *common[:4]])
@@ -183,7 +186,7 @@ def test_a_learner_written_only_as_a_module_trains_through_the_cli(world2, tmp_p
     r = CliRunner().invoke(app, ["learn", "-f", "lin", "--learner", "toy", "--opt", "depth=2", *common])
     assert r.exit_code == 2 and "learner 'toy' has no option 'depth'; its options are: width" in r.output
     r = CliRunner().invoke(app, ["learn", "-f", "lin", "--learner", "svm", *common])
-    assert r.exit_code == 2 and "unknown learner 'svm'; choose one of ('mlp', 'xgb', 'burst2vec', 'toy')" in r.output
+    assert r.exit_code == 2 and "unknown learner 'svm'; choose one of ('mlp', 'xgb', 'burst2vec', 'wsum', 'toy')" in r.output
 
 
 def test_registry_refuses_a_taken_name_and_bad_outputs(world2, tmp_path, toy_learner):

@@ -103,3 +103,55 @@ def test_extraction_rates_leave_out_the_extractor_preparation():
     assert "in 110.0 s, of which 100.0 s preparing the extractor [20.0 clips/s, 5.0 audio-s/s]" in s.line()
     quick = ExtractionSummary("egemaps", "c.h5", 10, 0, 10, audio_seconds=5.0, wall_seconds=2.0, prepare_seconds=0.1)
     assert "in 2.0 s [5.3 clips/s, 2.6 audio-s/s]" in quick.line()
+    cached = ExtractionSummary("egemaps", "c.h5", 10, 10, 0, wall_seconds=0.1)      # a re-run: everything cached
+    assert "10/10 clips cached (0 new, 0 failed, 0 notes) in 0.1 s [all cached: nothing extracted] → c.h5" in cached.line()
+    assert "clips/s" not in cached.line()
+
+
+def test_a_running_recipe_step_is_never_silent_for_long():
+    """A step that prints nothing for a while gets "still running" lines with its latest output."""
+    import sys
+
+    from exvo.recipes.run import stream_process
+
+    lines: list[str] = []
+    child = "import time; print('epoch 1 done', flush=True); time.sleep(1.0); print('summary line')"
+    rc, out, every = stream_process([sys.executable, "-c", child], lines.append, quiet=True, heartbeat=0.2)
+    assert rc == 0 and out == ["epoch 1 done", "summary line"] and every == out
+    beats = [ln for ln in lines if "still running" in ln]
+    assert beats and all(re.fullmatch(r"    \[\d+ s\] still running; latest: epoch 1 done", b) for b in beats)
+    lines.clear()
+    stream_process([sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr)"], lines.append,
+                   quiet=False, heartbeat=30)
+    assert sorted(lines) == ["    err", "    out"]
+
+
+def test_nothing_to_do_says_so_without_zero_over_zero_or_an_unknown_eta():
+    out = io.StringIO()
+    p = LineProgress(0, "extract egemaps", interval=0.0, stream=out)
+    p.update(0)
+    p.close()
+    assert out.getvalue() == "extract egemaps: nothing to do (0 clips left)\n"
+
+
+def test_the_demos_in_process_learning_shows_a_line_at_a_steady_pace():
+    """The heartbeat prints on its own clock (not per message), with the latest message."""
+    import threading
+
+    from exvo.pipeline import Heartbeat
+
+    shown: list[str] = []
+    two = threading.Event()
+
+    def echo(line: str) -> None:
+        shown.append(line)
+        if len(shown) >= 2:
+            two.set()
+
+    with Heartbeat(echo, "egemaps_mlp_sys2: ", every=0.02) as beat:
+        beat("  epoch 3: selection score 0.3")
+        assert two.wait(10)
+    n = len(shown)
+    assert all(re.fullmatch(r"    \[\d+ s\] egemaps_mlp_sys2: still running(; latest: epoch 3: selection score 0\.3)?", x)
+               for x in shown)
+    assert shown[-1].endswith("latest: epoch 3: selection score 0.3") and len(shown) == n   # stopped with the block

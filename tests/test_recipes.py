@@ -104,15 +104,24 @@ def test_reproduce_runs_missing_steps_once_and_writes_the_table(small_demo_copy,
     out = execute(r, small_demo_copy, cache, runs, commands=command_table(app), echo=logs.append)
     assert [o.status for o in out] == ["done", "skipped", "unavailable", "missing"]
     assert out[0].steps_run == 2 and (runs / "reproduce-tiny-egemaps" / "metrics.json").is_file()
-    folder = write(r, out, runs, "small")
+    # declared the paper's corpus: Δ = ours (mean over seeds) minus the paper's S_MTL
+    folder = write(r, out, runs, "small", paper_corpus=True)
     rows = list(csv.reader((folder / "table.csv").open()))
     assert rows[0][:4] == ["row", "system", "source", "paper Emo-CCC"] and rows[0][-2:] == ["Δ S_MTL", "status"]
     eg = rows[1]
     assert rows[0][7] == "paper Test S_MTL" and rows[0][8] == "ours Emo-CCC"
     assert eg[0] == "egemaps" and eg[7] == "0.310" and " ± " in eg[8] and eg[-1] == "done"
-    # Δ is ours (mean over seeds) minus the paper's S_MTL
     assert float(eg[-2]) == pytest.approx(float(eg[11].split(" ± ")[0]) - 0.32, abs=1.5e-3)
     assert rows[3][-1] == "unavailable: not an exvo extractor"
+    # the trivial row: the learn run's constant predictor (Train mean / majority), S_MTL undefined (CCC 0)
+    const = json.loads((runs / "reproduce-tiny-egemaps" / "config.json").read_text())["constant_predictor_val"]
+    assert rows[-1][0] == "trivial" and rows[-1][8:12] == [f"{const['ccc']:.3f}", f"{const['uar']:.3f}",
+                                                           f"{const['mae']:.2f}", "undefined (CCC 0)"]
+    # any other corpus (a name, or split sizes that are not ExVo's): no Δ, the ranks of paper and ours
+    folder = write(r, out, runs, "small")
+    rows = list(csv.reader((folder / "table.csv").open()))
+    assert rows[0][-3:] == ["paper rank (S_MTL)", "ours rank (S_MTL)", "status"] and rows[1][-3:-1] == ["1", "1"]
+    assert "No Δ: the corpus's split sizes are unknown" in (folder / "table.md").read_text()
 
     # a second run does no work and writes the same table
     before = (folder / "table.md").read_text()
@@ -143,3 +152,108 @@ def test_cli_list_names_every_recipe():
     assert res.exit_code == 0, res.output
     for n in recipes.names():
         assert f"{n}: " in res.output
+
+
+MINI = """
+name = "mini"
+title = "Mini"
+paper = "none.txt"
+metrics = ["ccc", "s_mtl"]
+
+[[row]]
+id = "a"
+system = "A, stopped on Val"
+source = "T1"
+paper = {ccc = 0.40, s_mtl = 0.35}
+steps = ["learn --features egemaps --name {run}"]
+
+[[row]]
+id = "b"
+system = "B, remade since"
+source = "T1"
+paper = {ccc = 0.50, s_mtl = 0.30}
+steps = ["learn --features compare --name {run}"]
+
+[[row]]
+id = "m"
+system = "mean of A and B"
+source = "T1"
+paper = {s_mtl = 0.36}
+steps = ["fuse --mean reproduce-mini-a reproduce-mini-b --name {run}"]
+"""
+
+
+def _fake_run(folder, config: dict, metrics: dict):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def _summary(ccc, s_mtl, seeds):
+    per = [{"seed": k, "ccc": ccc, "s_mtl": s_mtl} for k in range(seeds)]
+    return {"split": "Val", "per_seed": per, "summary": {"ccc": {"mean": ccc, "std": 0.0 if seeds == 1 else 0.01},
+                                                         "s_mtl": {"mean": s_mtl, "std": 0.0 if seeds == 1 else 0.02}},
+            "ensemble": {"ccc": ccc + 0.01, "s_mtl": s_mtl + 0.01}}
+
+
+def test_table_marks_val_chosen_and_stale_rows_and_never_takes_delta_across_corpora(tmp_path):
+    """One flag (config val_optimistic) gives †, also to a plain mean of such a run; a stale row
+    keeps its figures (‡, the reason beside them); one seed is ± n/a; no Δ off the paper's corpus."""
+    from exvo.recipes.run import RowOutcome
+    from exvo.recipes.table import rows as table_rows
+
+    rp = tmp_path / "mini.toml"
+    rp.write_text(textwrap.dedent(MINI))
+    r = recipes.load(rp)
+    runs = tmp_path / "runs"
+    const = {"ccc": 0.0, "uar": 0.25, "mae": 4.37, "s_mtl": 0.0}
+    a = _fake_run(runs / "reproduce-mini-a", {"kind": "learn", "val_optimistic": True,
+                                              "constant_predictor_val": const}, _summary(0.45, 0.33, 1))
+    b = _fake_run(runs / "reproduce-mini-b", {"kind": "learn", "val_optimistic": False}, _summary(0.55, 0.31, 3))
+    m = _fake_run(runs / "reproduce-mini-m", {"kind": "fusion", "mode": "mean", "sources": [a.name, b.name]},
+                  _summary(0.52, 0.34, 3) | {"selection": {"select_on": "val", "optimistic": False}})
+    outcomes = [RowOutcome(r.rows[0], "done", run_dir=a),
+                RowOutcome(r.rows[1], "stale", "reproduce-mini-b exists but was made by another command", run_dir=b),
+                RowOutcome(r.rows[2], "done", run_dir=m)]
+    head, body = table_rows(r, outcomes, paper_corpus=False)
+    cols = {h: [row[k] for row in body] for k, h in enumerate(head)}
+    assert cols["ours Emo-CCC"][:3] == ["0.450 ± n/a †", "0.550 ± 0.010 ‡", "0.520 ± 0.010 †"]
+    assert cols["ours ens. S_MTL"][:3] == ["0.340 †", "0.320 ‡", "0.350 †"]
+    assert "Δ S_MTL" not in head
+    # ranks by S_MTL: the paper orders m, a, b; ours orders m, a, b as well
+    assert cols["paper rank (S_MTL)"][:3] == ["2", "3", "1"] and cols["ours rank (S_MTL)"][:3] == ["2", "3", "1"]
+    assert cols["status"][1] == "stale: reproduce-mini-b exists but was made by another command"
+    assert body[-1][0] == "trivial" and cols["ours S_MTL"][-1] == "undefined (CCC 0)"
+    head, body = table_rows(r, outcomes, paper_corpus=True)
+    assert head[-2] == "Δ S_MTL" and body[0][-2] == "-0.020" and body[2][-2] == "-0.020"
+
+
+def test_verify_table_names_its_test_queries_and_drops_the_empty_ensemble_column(tmp_path):
+    from exvo.recipes.run import RowOutcome
+    from exvo.recipes.table import rows as table_rows, splits_of
+
+    rp = tmp_path / "v.toml"
+    rp.write_text('name="v"\ntitle="V"\npaper="p"\nmetrics=["uar", "f1"]\n[[row]]\nid="namp"\nsystem="NAMP"\n'
+                  'source="T4"\npaper={uar=0.719, f1=0.7}\nsteps=["verify --features egemaps --name {run}"]\n')
+    r = recipes.load(rp)
+    run = _fake_run(tmp_path / "runs" / "verify" / "x", {"kind": "verify"},
+                    {"uar": {"mean": 0.9, "std": 0.01}, "f1_weighted": {"mean": 0.88, "std": 0.02}, "seeds": 3,
+                     "chance_uar": 0.5, "queries": {"split": "Test (labelled)", "n": 105}})
+    outcomes = [RowOutcome(r.rows[0], "done", run_dir=run)]
+    head, body = table_rows(r, outcomes)
+    assert not any(h.startswith("ours ens.") for h in head) and splits_of(outcomes) == ["Test"]
+    assert body[0][head.index("ours UAR")] == "0.900 ± 0.010" and body[-1][head.index("ours UAR")] == "0.500"
+
+
+def test_delta_only_on_the_papers_corpus():
+    from types import SimpleNamespace
+
+    from exvo.recipes.table import EXVO_SPLITS, is_paper_corpus
+
+    exvo = SimpleNamespace(split_ids=lambda s: [0] * EXVO_SPLITS[s])
+    demo = SimpleNamespace(split_ids=lambda s: [0] * {"Train": 600, "Val": 300, "Test": 300}[s])
+    assert is_paper_corpus(recipes.load("idiap2022"), exvo) == (True, "ExVo 2022 split sizes (59,201 clips)")
+    same, why = is_paper_corpus(recipes.load("idiap2022"), demo)
+    assert not same and why.endswith("this corpus has 600/300/300")
+    assert is_paper_corpus(recipes.load("enrol-verify"), exvo) == (False, "the paper used IEMOCAP")

@@ -227,6 +227,19 @@ def test_demo_pipeline_skips_what_is_missing_and_reuses_runs(small_demo_copy, tm
     assert "egemaps_mlp_sys2" in table and (runs / "zff_exvo_er_mlp_sys2").is_dir() and (runs / "report" / "report.md").is_file()
     assert calls["papers"] == [2] and calls["fid"] == [["egemaps", "zff_exvo_er"]]
     assert "5/7 papers" in text and "6/7 generate" in text
+    # every stage ends with its time and the load; the timings are kept for the README's script
+    import re as _re
+
+    for stage in ("corpus", "extract", "learn", "fuse", "papers", "generate", "report"):
+        assert _re.search(rf"^  \[{stage}: \d+ s, load (\d+\.\d|nan)\]$", text, _re.M), stage
+    assert _re.search(r"^demo finished in \d+ s \(\d+\.\d min: corpus \d+ s, extract \d+ s, .*report \d+ s; "
+                      r"1-min load average [\d.]+–[\d.]+, mean [\d.]+, on \d+ cores\)$", text, _re.M), lines[-1]
+    rec = json.loads((runs / "report" / "demo_timings.json").read_text())
+    assert set(rec["seconds"]) == {"corpus", "extract", "learn", "fuse", "papers", "generate", "report"}
+    assert rec["seeds"] == 2 and rec["cores"] >= 1 and set(rec["load_1min_over_run"]) >= {"min", "mean", "max"}
+    assert "EXVO_PROGRESS" not in __import__("os").environ       # the demo's line interval does not leak
+    # the fusions say what chose each subtask, on which quantity
+    assert "emotion: chosen on each candidate's Val CCC of its seed" in text
 
     lines.clear()
     run_demo(small_demo_copy, tmp_path / "cache", runs, seeds=2, echo=lines.append, commands=command_table(app))
@@ -423,7 +436,9 @@ def test_undefined_ensemble_s_mtl_is_not_shown_as_zero(small_demo_corpus_dir, tm
     write_seeded_run(runs, "flat", corpus, 2, 0.05, seed=1, flat_seeds=(0, 1))    # every seed: CCC 0
     text = make_report(runs, tmp_path / "rep", corpus=corpus)
     line = next(ln for ln in text.splitlines() if ln.split()[1:2] == ["flat"])
-    assert "undefined (0/2)" in line and line.rstrip().endswith("undefined") and "0.000" not in line.split("±")[-1]
+    ens_cell, oof_cell = line.rstrip().rsplit(None, 2)[1:]     # the last two columns: ens. S_MTL, OOF S_MTL
+    assert "undefined (0/2)" in line and ens_cell == "undefined" and oof_cell == "–"
+    assert "0.000" not in line.split("±")[-1]
     row = csv_rows(tmp_path / "rep")["flat"]
     assert row["ensemble_s_mtl"] == "" and row["ensemble_s_mtl_defined"] == "False" and row["s_mtl_mean"] == ""
 
@@ -441,3 +456,104 @@ def test_learn_summary_leaves_undefined_s_mtl_seeds_out():
     assert "S_MTL 0.700±0.100 (2/3 seeds defined)" in summary_line("r", m)
     m = metrics_json(per[1:2], [1], [None], per[1], "Val", 10)
     assert m["summary"]["s_mtl"]["mean"] is None and "S_MTL undefined (ensemble S_MTL undefined" in summary_line("r", m)
+
+
+# ----------------------------------------------------------------------- OOF, the trivial row, tracks, inherited †
+def _edit_json(path: Path, **changes) -> None:
+    d = json.loads(path.read_text())
+    d.update(changes)
+    path.write_text(json.dumps(d))
+
+
+def test_oof_estimate_column_and_the_constant_predictor_row(seeded_runs, tmp_path):
+    corpus, runs = seeded_runs
+    good = json.loads((runs / "good" / "metrics.json").read_text())
+    worse = json.loads((runs / "worse" / "metrics.json").read_text())
+    mae = (good["summary"]["mae"]["mean"] + worse["summary"]["mae"]["mean"]) / 2   # good beats it, worse does not
+    const = {"ccc": 0.0, "uar": 0.25, "mae": mae, "s_mtl": 0.0}
+    for r in ("good", "worse"):
+        _edit_json(runs / r / "config.json", constant_predictor_val=const)
+    oof = {"split": "OOF", "summary": {"s_mtl": {"mean": 0.3526, "std": 0.0036, "n_defined": 3}},
+           "per_seed": [{}, {}, {}], "ensemble": {"s_mtl": 0.368}, "ci95": {"s_mtl": [0.3203, 0.4227]}}
+    _edit_json(runs / "good" / "metrics.json", oof=oof)
+    out = tmp_path / "rep"
+    text = make_report(runs, out, corpus=corpus)
+    lines = text.splitlines()
+    assert lines[0].rstrip().endswith("OOF S_MTL") and "ens. S_MTL" in lines[0]
+    row = {ln.split()[1]: ln for ln in lines[2:5]}
+    assert row["good"].rstrip().endswith("0.353 ± 0.004 [0.320, 0.423]") and row["worse"].rstrip().endswith("–")
+    assert "✗" in row["worse"] and "✗" not in row["good"]
+    assert lines[4].split()[:3] == ["–", "constant", "predictor"] and f"{mae:.2f}" in lines[4]
+    assert "undefined (CCC 0)" in lines[4]
+    assert ("OOF S_MTL: the out-of-fold estimate from Train alone (`--stop-on folds`: every Train clip predicted by "
+            "the fold model that never trained on its speaker; Val never used)") in text
+    assert f"✗ no better than the constant predictor (seed mean, Val): Age-MAE (constant {mae:.3f}): 1 of 2 rows, worse " in text
+    rows = csv_rows(out)
+    assert float(rows["good"]["oof_s_mtl_mean"]) == 0.3526 and rows["good"]["oof_s_mtl_ci95_hi"] == "0.4227"
+    assert rows["worse"]["not_learned"] == "mae" and rows["worse"]["oof_s_mtl_mean"] == ""
+    assert float(rows["constant predictor"]["mae_mean"]) == pytest.approx(mae)
+
+
+def test_fewshot_runs_are_never_rows_of_the_multitask_table(seeded_runs, tmp_path):
+    corpus, runs = seeded_runs
+    fs = runs / "fewshot" / "fs_egemaps"
+    fs.mkdir(parents=True)
+    (fs / "config.json").write_text(json.dumps({"kind": "fewshot", "variant": "none", "features": [{"spec": "egemaps"}]}))
+    (fs / "metrics.json").write_text(json.dumps({"summary": {"ccc": {"mean": 0.5, "std": 0.01}}, "per_seed": [{}, {}],
+                                                 "ensemble": {"ccc": 0.512, "ci95": [0.48, 0.54]}}))
+    (fs / "val.csv").write_text("File_ID\n")
+    # `exvo report --runs runs/fewshot`: a clear message, not rows of "?"
+    with pytest.raises(FileNotFoundError, match=r"1 fewshot run\(s\) under .*fewshot \(fs_egemaps\) are not multitask "
+                                                r"runs .*`exvo report --runs .*runs` shows them in their own section"):
+        make_report(runs / "fewshot", tmp_path / "rep0", corpus=corpus)
+    # beside multitask runs: their own section, and the note
+    shutil.copytree(fs, runs / "fs_here")
+    text = make_report(runs, tmp_path / "rep", corpus=corpus)
+    assert "fs_here" not in [ln.split()[1] for ln in text.splitlines()[2:] if len(ln.split()) > 1]
+    assert "1 fewshot run(s) under" in text and "ExVo-FewShot" in text
+
+
+def test_a_mean_of_val_stopped_runs_keeps_their_dagger(seeded_runs, tmp_path):
+    from exvo.fusion.api import fuse
+
+    corpus, runs = seeded_runs
+    _edit_json(runs / "good" / "config.json", val_optimistic=True)
+    fuse(corpus, runs_dir=runs, mode="mean", run_names=["good", "worse"], name="avg", echo=lambda *_: None)
+    text = make_report(runs, tmp_path / "rep", corpus=corpus)
+    names = [ln.split()[1:3] for ln in text.splitlines()[2:5]]
+    assert ["avg", "†"] in names and ["good", "†"] in names and ["worse", "†"] not in names
+    assert "† avg fuses runs whose Val figures are optimistic, so its are too: good: its epochs were chosen on Val" in text
+    assert csv_rows(tmp_path / "rep")["avg"]["optimistic"] == "True"
+
+
+def test_long_titles_wrap_inside_the_figure(tmp_path):
+    """The headline number leads the title and a long run name wraps: nothing is drawn on the edges."""
+    import matplotlib.image as mpimg
+
+    from exvo.fusion import plots
+
+    rng = np.random.default_rng(0)
+    name = "reproduce-idiap2022-raw-er+zff-er-sys2_with_an_even_longer_suffix_than_usual"
+    true, pred = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    paths = [plots.country_confusion(true, pred, tmp_path / "c.png", f"Country UAR 0.512 (Val, seed ensemble, † Val "
+                                                                          f"chose it)\n{name}"),
+             plots.age_scatter(rng.normal(30, 5, 200), rng.normal(30, 5, 200), tmp_path / "a.png",
+                               f"Age MAE 4.37 years (Val, seed ensemble)\n{name}")]
+    for p in paths:
+        img = mpimg.imread(p)[..., :3]
+        edges = np.concatenate([img[:, :2].reshape(-1, 3), img[:, -2:].reshape(-1, 3), img[:2].reshape(-1, 3)])
+        assert edges.min() > 0.9, f"{p.name}: something is drawn on the figure's edge (a clipped title?)"
+    assert all(len(ln) <= 60 for ln in plots.fit_title("x " * 200, 5.6 * 0.85, 10).splitlines())
+
+
+def test_verify_curves_of_different_features_get_different_labels(tmp_path):
+    from exvo.verify.figures import curve_labels
+
+    met = {"loss": "namp", "task": ["Amusement", "Awkwardness"], "unseen": ["Awkwardness"], "encoder": "mlp"}
+    found = [(tmp_path / "a", {"features": [{"spec": "egemaps"}]}, met),
+             (tmp_path / "b", {"features": [{"spec": "compare"}]}, met),
+             (tmp_path / "c", {"features": [{"spec": "compare"}]}, met)]
+    labels = curve_labels(found)
+    assert labels[0] == "namp · egemaps (mlp) · Amusement vs Awkwardness (unseen Awkwardness)"
+    assert labels[1].startswith("namp · compare (mlp)") and labels[1].endswith("[b]") and labels[2].endswith("[c]")
+    assert len(set(labels)) == 3

@@ -17,7 +17,7 @@ import fault_extractor
 from fault_corpus import HEADER, row, tone, write_table, write_wav
 from fault_extractor import RmsExtractor
 from exvo.corpus import Corpus
-from exvo.extract import shard as S
+from exvo.extract import merge as M, shard as S
 from exvo.extract.cache import CacheError, EmbeddingCache, cache_path
 from exvo.extract.run import extract
 
@@ -38,7 +38,7 @@ def world(tmp_path_factory):
     secs = rng.permutation(np.arange(1, N + 1) / 10.0)
     rows = []
     for k, s in enumerate(secs):
-        rows.append(row(f"[s{k:03d}]", split=("Train", "Val")[k % 2], speaker=f"Speaker_{k % 5}"))
+        rows.append(row(f"[s{k:03d}]", split=("Train", "Val")[k % 2], speaker=f"Speaker_{k % 5 + 5 * (k % 2)}"))
         write_wav(root, f"s{k:03d}", tone(float(s), freq=150 + 20 * k, seed=k))
     write_table(root, rows, header=HEADER)
     corpus = Corpus.from_dir(root)
@@ -131,7 +131,7 @@ def test_two_shards_then_merge_equal_one_process(world, tmp_path):
         got.append(s.n_extracted)
         assert not _path(cache, corpus).exists()          # shards never write the .h5
     assert sum(got) == N and min(got) >= 1
-    r = S.merge(_path(cache, corpus), fault_extractor.NAME, corpus.ids)
+    r = M.merge(_path(cache, corpus), fault_extractor.NAME, corpus.ids)
     assert (r.n_shards, r.n_rows, r.failures) == (2, N, [])
     assert_same_cache(_path(cache, corpus), ref)
     assert not S.shards_root(_path(cache, corpus)).exists()          # shard folders removed after the merge
@@ -160,30 +160,98 @@ def test_merge_names_a_missing_shard_with_its_command(world, tmp_path):
     extract(corpus, RmsExtractor(), cache, shard=S.Shard(0, 3), command=cmd, progress=False)
     extract(corpus, RmsExtractor(), cache, shard=S.Shard(2, 3), command=cmd, progress=False)
     with pytest.raises(CacheError) as e:
-        S.merge(_path(cache, corpus), fault_extractor.NAME, corpus.ids)
+        M.merge(_path(cache, corpus), fault_extractor.NAME, corpus.ids)
     msg = str(e.value)
     assert "1 of 3 shards are missing or unfinished (1/3)" in msg
     assert "`exvo extract --model _test_rms --data D --cache C --shard 1/3`" in msg
     assert not _path(cache, corpus).exists()
 
 
-def test_merge_refuses_a_shard_with_another_config(world, tmp_path):
+CMD = "exvo extract --model _test_rms --data {data} --cache C{extra} --shard {{shard}}"
+
+
+def test_a_shard_with_other_options_than_its_siblings_is_refused_before_it_starts(world, tmp_path):
+    """Issue 27, case 6: `--dtype float16` on one of two shards is refused at its start, with the others' command."""
+    from exvo.extract.base import ExtractOptions
+
     corpus, ref = world
     cache = tmp_path / "c"
-    extract(corpus, RmsExtractor(), cache, shard=S.Shard(0, 2), progress=False)
-    extract(corpus, _V2(), cache, shard=S.Shard(1, 2), progress=False)
+    extract(corpus, RmsExtractor(), cache, shard=S.Shard(0, 2), progress=False,
+            command=CMD.format(data="D", extra=""))
     with pytest.raises(CacheError) as e:
-        S.merge(_path(cache, corpus), fault_extractor.NAME, corpus.ids)
+        extract(corpus, RmsExtractor(), cache, ExtractOptions(dtype="float16"), shard=S.Shard(1, 2), progress=False,
+                command=CMD.format(data="D", extra=" --dtype float16"))
+    d0 = S.shard_dir(_path(cache, corpus), S.Shard(0, 2))
+    assert str(e.value) == (
+        f"shard 1/2 of {_path(cache, corpus)} would not merge with shard 0/2, already in {d0} (storage_dtype: "
+        "cache='float32' requested='float16'; 'cache' is shard 0/2, 'requested' this one). Run it with the options "
+        "of the other shards: `exvo extract --model _test_rms --data D --cache C --shard 1/2`; or, to change the "
+        "settings, run every shard with --overwrite")
+    assert not S.shard_dir(_path(cache, corpus), S.Shard(1, 2)).exists()      # nothing extracted, nothing written
+    extract(corpus, RmsExtractor(), cache, shard=S.Shard(1, 2), progress=False)  # the fix works
+    M.merge(_path(cache, corpus), fault_extractor.NAME, corpus.ids)
+    assert_same_cache(_path(cache, corpus), ref)
+
+
+def test_a_shard_of_another_split_is_refused_before_it_starts(world, tmp_path):
+    corpus, _ = world
+    cache = tmp_path / "c"
+    extract(corpus, RmsExtractor(), cache, shard=S.Shard(0, 3), progress=False)
+    with pytest.raises(CacheError, match=r"holds shard 0/3 of a split into 3 shards; this is shard 1/2, and a merge "
+                                         r"needs the shards of one split"):
+        extract(corpus, RmsExtractor(), cache, shard=S.Shard(1, 2), progress=False)
+
+
+def test_merge_refuses_a_shard_with_another_config_and_hints_with_the_right_options(world, tmp_path):
+    corpus, ref = world
+    cache = tmp_path / "c"
+    extract(corpus, RmsExtractor(), cache, shard=S.Shard(0, 2), progress=False,
+            command=CMD.format(data="D", extra=""))
+    # a shard made elsewhere with other settings, copied in (the start check could not see it)
+    extract(corpus, _V2(), tmp_path / "elsewhere", shard=S.Shard(1, 2), progress=False,
+            command=CMD.format(data="D", extra=" --odd-option"))
+    import shutil
+
+    d1 = S.shard_dir(_path(cache, corpus), S.Shard(1, 2))
+    shutil.copytree(S.shard_dir(_path(tmp_path / "elsewhere", corpus), S.Shard(1, 2)), d1)
+    with pytest.raises(CacheError) as e:
+        M.merge(_path(cache, corpus), fault_extractor.NAME, corpus.ids)
     msg = str(e.value)
     assert "shard(s) 1/2 were made with other settings than shard 0/2" in msg
     assert "version: cache='1' requested='2'" in msg
-    assert f"Delete {S.shard_dir(_path(cache, corpus), S.Shard(1, 2))}" in msg
-    # the fix works: delete that shard, run it with the others' settings, merge
+    assert f"Delete {d1} and run `exvo extract --model _test_rms --data D --cache C --shard 1/2` (the options" in msg
+    assert "--odd-option" not in msg                       # the hint does not repeat the odd shard's mistake
+    shutil.rmtree(d1)
+    extract(corpus, RmsExtractor(), cache, shard=S.Shard(1, 2), progress=False)
+    M.merge(_path(cache, corpus), fault_extractor.NAME, corpus.ids)
+    assert_same_cache(_path(cache, corpus), ref)
+
+
+def test_merge_names_a_shard_of_another_corpus_with_the_same_name_and_hints_with_this_corpus(world, tmp_path):
+    """Issue 27, case 18: a foreign shard's hint runs the shard for the corpus being merged, not the foreign one."""
     import shutil
 
-    shutil.rmtree(S.shard_dir(_path(cache, corpus), S.Shard(1, 2)))
+    corpus, ref = world
+    other_root = tmp_path / "other" / corpus.root.name        # the same folder name: the same cache folder
+    shutil.copytree(corpus.root, other_root)
+    write_wav(other_root, "s000", tone(0.35, freq=999, seed=99))         # other audio: another split
+    other = Corpus.from_dir(other_root)
+    cache = tmp_path / "c"
+    extract(corpus, RmsExtractor(), cache, shard=S.Shard(0, 2), progress=False,
+            command=CMD.format(data=corpus.root, extra=""))
+    extract(other, RmsExtractor(), cache, shard=S.Shard(1, 2), progress=False,
+            command=CMD.format(data=other_root, extra=""))
+    with pytest.raises(CacheError) as e:
+        M.merge(_path(cache, corpus), fault_extractor.NAME, corpus.ids, corpus)
+    msg = str(e.value)
+    d1 = S.shard_dir(_path(cache, corpus), S.Shard(1, 2))
+    assert (f"shard(s) 1/2 were made from another clip list than the table of {corpus.root} (another table, audio "
+            f"that changed since, or another corpus with the same folder name: --data {other_root}). Delete {d1} "
+            f"and run them for this corpus: `exvo extract --model _test_rms --data {corpus.root} --cache C "
+            "--shard 1/2`") in msg, msg
+    shutil.rmtree(d1)
     extract(corpus, RmsExtractor(), cache, shard=S.Shard(1, 2), progress=False)
-    S.merge(_path(cache, corpus), fault_extractor.NAME, corpus.ids)
+    M.merge(_path(cache, corpus), fault_extractor.NAME, corpus.ids, corpus)
     assert_same_cache(_path(cache, corpus), ref)
 
 
@@ -210,7 +278,7 @@ def test_bad_files_are_reported_by_their_shard_and_by_the_merge(world, tmp_path)
         s = extract(c, RmsExtractor(), cache, shard=S.Shard(i, 2), progress=False)
         fails += [f[0] for f in s.failures]
     assert fails == [bad]
-    r = S.merge(_path(cache, c), fault_extractor.NAME, c.ids)
+    r = M.merge(_path(cache, c), fault_extractor.NAME, c.ids)
     assert [f[0] for f in r.failures] == [bad] and r.n_rows == N - 1
 
 
@@ -245,11 +313,11 @@ def test_a_shard_killed_mid_way_resumes(world, tmp_path):
     d = S.shard_dir(_path(cache, corpus), S.Shard(0, 2))
     assert len(list(d.glob("part-*.npz"))) == 2 and not (d / S.DONE).exists()
     with pytest.raises(CacheError, match=r"unfinished \(0/2, 1/2\)"):
-        S.merge(_path(cache, corpus), fault_extractor.NAME, corpus.ids)
+        M.merge(_path(cache, corpus), fault_extractor.NAME, corpus.ids)
     s = extract(corpus, RmsExtractor(), cache, shard=S.Shard(0, 2), progress=False)
     assert s.n_cached_before == 4 and s.n_extracted == s.n_clips - 4
     extract(corpus, RmsExtractor(), cache, shard=S.Shard(1, 2), progress=False)
-    S.merge(_path(cache, corpus), fault_extractor.NAME, corpus.ids)
+    M.merge(_path(cache, corpus), fault_extractor.NAME, corpus.ids)
     assert_same_cache(_path(cache, corpus), ref)
 
 
@@ -321,7 +389,7 @@ def test_overwrite_shards_rebuild_the_cache_on_merge(world, tmp_path):
     for i in range(2):
         extract(corpus, _V2(), cache, shard=S.Shard(i, 2), overwrite=True, progress=False)
     assert EmbeddingCache(_path(cache, corpus)).config["version"] == "1"     # untouched until the merge
-    S.merge(_path(cache, corpus), fault_extractor.NAME, corpus.ids)
+    M.merge(_path(cache, corpus), fault_extractor.NAME, corpus.ids)
     c = EmbeddingCache(_path(cache, corpus))
     assert c.config["version"] == "2" and c.ids == EmbeddingCache(ref).ids
     np.testing.assert_array_equal(c.all_layers(), EmbeddingCache(ref).all_layers())
@@ -344,7 +412,7 @@ def test_ssl_shards_with_kept_layers_equal_one_process(ssl_models, tiny_corpus, 
     one = extract(corpus, "wavlm", tmp_path / "one", opts, progress=False)
     for i in range(2):
         extract(corpus, "wavlm", tmp_path / "sh", opts, shard=S.Shard(i, 2), progress=False)
-    r = S.merge(cache_path(tmp_path / "sh", corpus.name, "wavlm"), "wavlm", corpus.ids)
+    r = M.merge(cache_path(tmp_path / "sh", corpus.name, "wavlm"), "wavlm", corpus.ids)
     assert r.n_rows == len(corpus) == len(EmbeddingCache(one.cache).ids)
     assert_same_cache(r.path, Path(one.cache))
     assert EmbeddingCache(r.path).layer_ids == [0, 2]

@@ -122,6 +122,37 @@ def test_stopping_early_leaves_no_worker_behind(tiny_corpus):
     assert not set(_live_children()) - before - _trackers()
 
 
+def test_the_pool_is_killed_with_ctrl_c_ignored_so_a_second_press_cannot_break_it(tiny_corpus, monkeypatch):
+    """Issue 27, case 19: without psutil loky runs `pgrep -P` (a process of our group) to kill each worker;
+    a second Ctrl-C killed it and the exit hung. During the kill this process and its children ignore it."""
+    import signal
+
+    from exvo.extract import smile
+
+    corpus = Corpus.from_dir(tiny_corpus)
+    items = [(i, corpus.audio_path(i)) for i in corpus.ids]
+    seen = []
+    real = smile.kill_pool
+
+    def watching(pool):
+        real_shutdown = pool.shutdown
+
+        def shutdown(*a, **k):
+            seen.append((signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), k.get("kill_workers")))
+            return real_shutdown(*a, **k)
+
+        pool.shutdown = shutdown
+        return real(pool)
+
+    monkeypatch.setattr(smile, "kill_pool", watching)
+    before = signal.getsignal(signal.SIGINT)
+    results = SmileExtractor("egemaps", ExtractOptions(workers=2)).run(items)
+    next(results)
+    results.close()                                   # what Ctrl-C does to the generator
+    assert seen == [(signal.SIG_IGN, signal.SIG_IGN, True)]
+    assert signal.getsignal(signal.SIGINT) is before      # the handler is back once the workers are gone
+
+
 def _trackers() -> set[int]:
     def cmd(pid):
         try:

@@ -10,7 +10,23 @@ from typing import List, Optional
 
 import typer
 
+def _plain_flags(params: list) -> list:
+    """Flags take no value: show no type (``<bool>``) after them in help."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
+class _Group(typer.core.TyperGroup):
+    """``exvo --help`` as users read it: no ``<bool>`` after ``--help``."""
+
+    def get_params(self, ctx):
+        return _plain_flags(super().get_params(ctx))
+
+
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     help="exvo: embeddings + small learners for vocal-burst research (ICML ExVo 2022 / HUME-VB).\n\n"
@@ -126,11 +142,7 @@ class _Command(typer.core.TyperCommand):
     """Help as users read it: ``PRED`` (not ``{pred}``) in usage lines, no ``<bool>`` after flags."""
 
     def get_params(self, ctx):
-        params = super().get_params(ctx)
-        for p in params:
-            if getattr(p, "is_flag", False) and p.metavar is None:
-                p.metavar = ""          # a flag takes no value: show no type
-        return params
+        return _plain_flags(super().get_params(ctx))
 
     def collect_usage_pieces(self, ctx) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []

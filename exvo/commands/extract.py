@@ -73,7 +73,9 @@ def extract(
     from exvo.extract import shard as S
 
     if merge:
-        return _print_merge(S.merge(cache_path_of(cache, corpus, model), model, corpus.ids))
+        from exvo.extract.merge import merge as merge_shards
+
+        return _print_merge(merge_shards(cache_path_of(cache, corpus, model), model, corpus.ids, corpus))
     the_shard = S.resolve_shard(shard)
     if the_shard is not None and the_shard.source == "torchrun":
         device, workers = S.rank_options(device, workers)
@@ -129,7 +131,7 @@ def _print_merge(r) -> None:
 
 def _extract_shard(corpus, model, cache, opts, shard, overwrite, max_failures):
     """One shard (exvo.extract.shard); under torchrun all ranks wait, then the last one merges."""
-    from exvo.extract import shard as S
+    from exvo.extract import merge as M, shard as S
     from exvo.extract.run import ExtractionAborted, extract as run_extract, interrupt_guard
 
     import shlex
@@ -170,7 +172,7 @@ def _extract_shard(corpus, model, cache, opts, shard, overwrite, max_failures):
         ok = dist.all_ok(code in (0, 1))
         if ok and dist.rank == dist.world - 1:
             try:
-                _print_merge(S.merge(path, model, corpus.ids))
+                _print_merge(M.merge(path, model, corpus.ids, corpus))
             except typer.Exit as e:
                 code = max(code, e.exit_code)
             except Exception as e:
@@ -179,14 +181,14 @@ def _extract_shard(corpus, model, cache, opts, shard, overwrite, max_failures):
         dist.barrier()     # other ranks exit only after the merge: the launcher stops all ranks at the first exit
         dist.close()
     elif shard.source == "slurm-array" and code in (0, 1):
-        left = S.pending(path)
+        left = M.pending(path)
         if left is not None and not left[1]:   # the last task to finish merges (the others find a shard unfinished)
             try:
-                _print_merge(S.merge(path, model, corpus.ids))
+                _print_merge(M.merge(path, model, corpus.ids, corpus))
             except typer.Exit as e:
                 code = max(code, e.exit_code)
             except S.C.CacheError:
-                if S.pending(path) is not None and not isinstance(sys.exc_info()[1], S.C.CacheBusy):
+                if M.pending(path) is not None and not isinstance(sys.exc_info()[1], S.C.CacheBusy):
                     raise
                 # another task is merging right now, or has just merged: nothing left to do here
     if code:

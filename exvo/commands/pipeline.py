@@ -21,34 +21,34 @@ def reproduce(
     checkpoint_dir: Optional[Path] = typer.Option(
         None, help="Folder of SSL weights named like their hub ids (DIR/microsoft/wavlm-large); rows whose "
                    "weights are missing are skipped with the download command."),
-    seeds: Optional[int] = typer.Option(None, help="Seeds of every step that takes --seeds (default: each command's own, 5)."),
-    reduced: bool = typer.Option(False, "--reduced", help="Only the rows `exvo demo` runs (minutes on a CPU)."),
+    seeds: Optional[int] = typer.Option(None, help="Seeds of every step that takes --seeds (default: each command's own, 5; "
+                                                   "with --reduced: 3, the demo's)."),
+    reduced: bool = typer.Option(False, "--reduced", help="Only the rows `exvo demo` runs (minutes on a CPU), with the "
+                                                          "demo's 3 seeds; their own table, reproduce-NAME-reduced/."),
     list_: bool = typer.Option(False, "--list", help="List the recipes, their rows and what each needs, and exit."),
 ):
     """Reproduce a paper's table: run the missing steps, then write paper vs ours side by side."""
     from exvo.recipes import load as recipes
-    from exvo.recipes.run import execute, plan
+    from exvo.recipes.run import REDUCED_SEEDS, execute, plan_lines
     from exvo.recipes.table import write
 
     if list_ or name is None:
         for n in recipes.names():
-            r = recipes.load(n)
-            p = plan(r, checkpoint_dir, command_table())
-            typer.echo(f"{n}: {r.title}\n  {len(r.rows)} rows; commands: {', '.join(r.commands())}; "
-                       f"weights: {', '.join(r.checkpoints()) or 'none'}")
-            for o in p.outcomes.values():
-                typer.echo(f"    {o.status} {o.row.id}: {o.detail}")
+            for line in plan_lines(recipes.load(n), checkpoint_dir, command_table()):
+                typer.echo(line)
         if name is None and not list_:
             fail_cli("name a recipe (see the list above), e.g. `exvo reproduce idiap2022`")
         return
     recipe = recipes.load(name)
     only = recipe.demo_rows() if reduced else None
+    if reduced and seeds is None:
+        seeds = REDUCED_SEEDS
     corpus = load_corpus(data)
     typer.echo(f"reproduce {recipe.name} on {corpus.root} ({len(only) if reduced else len(recipe.rows)} of "
-               f"{len(recipe.rows)} rows)")
+               f"{len(recipe.rows)} rows{f', {seeds} seeds' if seeds else ''})")
     outcomes = execute(recipe, Path(corpus.root), cache, runs, checkpoint_dir, commands=command_table(),
                        echo=typer.echo, seeds=seeds, only=only)
-    folder = write(recipe, outcomes, runs, corpus.name)
+    folder = write(recipe, outcomes, runs, corpus, reduced=reduced)
     typer.echo((folder / "table.md").read_text())
     counts = {s: sum(o.status == s for o in outcomes)
               for s in ("done", "skipped", "unavailable", "missing", "not run", "stale", "failed")}

@@ -18,7 +18,8 @@ from typing import Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
 
-from exvo.corpus import AudioError, Corpus, load_audio
+from exvo.audio import join_notes, read_audio
+from exvo.corpus import AudioError, Corpus
 
 
 @dataclass
@@ -119,14 +120,15 @@ class Extractor(ABC):
 
 def embed_one(ex: Extractor, cid: str, path: Path) -> ClipResult:
     try:
-        wav = load_audio(path)
+        wav, note = read_audio(path)
     except AudioError as e:
         return ClipResult(cid, error=e.reason)
     try:
         emb = ex.embed(wav)
     except Exception as e:  # one bad clip must not stop the run
         return ClipResult(cid, error=f"{type(e).__name__}: {e}", seconds=wav.size / 16000)
-    return ClipResult(cid, embedding=np.asarray(emb, dtype=np.float32), seconds=wav.size / 16000)
+    return ClipResult(cid, embedding=np.asarray(emb, dtype=np.float32), seconds=wav.size / 16000,
+                      note=join_notes(note))
 
 
 def mean_std(frames: np.ndarray) -> np.ndarray:

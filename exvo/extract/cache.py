@@ -112,14 +112,15 @@ def ids_digest(ids: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def _damaged(path: Path, e: BaseException) -> CacheError:
+def damaged_error(path: Path, e: BaseException) -> CacheError:
     return CacheError(
-        f"{path} is damaged (checksum or truncation: {type(e).__name__}: {e}); "
-        "delete it or rebuild with `exvo extract ... --overwrite`"
+        f"{path} is damaged (checksum or truncation: {type(e).__name__}: {e}); run the `exvo extract` command "
+        "that made it again (same options, without --overwrite): it checks every row and re-extracts only the "
+        "damaged ones"
     )
 
 
-def _lru_misses(seq: Sequence[int], capacity: int) -> int:
+def lru_misses(seq: Sequence[int], capacity: int) -> int:
     """Loads an LRU of ``capacity`` parts needs to serve part indices ``seq`` (negatives: not a part)."""
     cache: OrderedDict[int, None] = OrderedDict()
     misses = 0
@@ -225,6 +226,37 @@ class EmbeddingCache:
             )
         return np.fromiter((self._pos[i] for i in ids), dtype=np.int64, count=len(ids))
 
+    def damaged_rows(self) -> list[int]:
+        """Rows whose stored features fail their checksum (every row of a damaged chunk), in order.
+
+        Reads the whole ``features`` dataset once, in blocks of whole chunks of about
+        ``FINALIZE_BLOCK_BYTES``; a block that fails is read again chunk by chunk.
+        """
+        import h5py
+
+        bad: list[int] = []
+        n = len(self.ids)
+        try:
+            with h5py.File(self.path, "r") as f:
+                d = f["features"]
+                rows = int(d.chunks[0]) if d.chunks else max(1, n)
+                row_bytes = max(1, self.n_layers * self.dim * self.dtype.itemsize)
+                block = rows * max(1, FINALIZE_BLOCK_BYTES // (rows * row_bytes))
+                for s in range(0, n, block):
+                    try:
+                        d[s:s + block]
+                        continue
+                    except (OSError, RuntimeError, ValueError):
+                        pass
+                    for c in range(s, min(s + block, n), rows):
+                        try:
+                            d[c:c + rows]
+                        except (OSError, RuntimeError, ValueError):
+                            bad.extend(range(c, min(c + rows, n)))
+        except OSError as e:
+            raise damaged_error(self.path, e) from None
+        return bad
+
     def _read(self, sel) -> np.ndarray:
         import h5py
 
@@ -232,7 +264,7 @@ class EmbeddingCache:
             with h5py.File(self.path, "r") as f:
                 return f["features"][sel]
         except (OSError, RuntimeError, ValueError, KeyError) as e:
-            raise _damaged(self.path, e) from None
+            raise damaged_error(self.path, e) from None
 
     def layer(self, layer: int = -1, ids: Sequence[str] | None = None, dtype=np.float32) -> np.ndarray:
         """``(len(ids), F)`` matrix of one layer (negative counts from the last), rows aligned to ``ids``.

@@ -69,16 +69,17 @@ def load_part_features(p: Path, dtype: np.dtype) -> np.ndarray:
                            "run the extraction again (that part's clips are re-extracted)") from None
 
 
-def locate_rows(old_ids: Sequence[str], parts: Sequence[Path]
+def locate_rows(old_ids: Sequence[str], parts: Sequence[Path], skip: set[str] = frozenset()
                 ) -> tuple[dict[str, tuple[int, int]], list[Path], list[str]]:
     """Where each clip's row lives, given the old file's ``old_ids`` (row order) and the part files.
 
     Returns ``(loc, part_paths, part_order)``: ``loc[id]`` is ``(-1, row)`` in the old file or
     ``(k, row)`` in ``part_paths[k]``, the readable parts; ``part_order`` is their ids in order.
     Later entries win, so a part overrides the old file (a re-extraction of changed audio).
+    Old rows of ``skip`` (damaged on disk) are never located: a part replaces them, or they go.
     """
     loc: dict[str, tuple[int, int]] = {}
-    loc.update((i, (-1, k)) for k, i in enumerate(old_ids))
+    loc.update((i, (-1, k)) for k, i in enumerate(old_ids) if i not in skip)
     part_paths: list[Path] = []
     part_order: list[str] = []
     for p in parts:
@@ -123,7 +124,7 @@ def plan_layout(m: Merge) -> Layout:
     # are read through a small LRU. Parts in another order (e.g. length-sorted batches)
     # would make the LRU reload each part many times: their rows are first scattered
     # into a raw staging file, one part at a time, then read back block by block.
-    staged = C._lru_misses(seq, capacity) > 2 * len(m.part_paths) + 8
+    staged = C.lru_misses(seq, capacity) > 2 * len(m.part_paths) + 8
     return Layout(rows, block, row_bytes, capacity, staged)
 
 
@@ -171,8 +172,14 @@ def copy_old_rows(dset, picks: list[tuple[int, int]], out: np.ndarray, path: Pat
         else:
             order = np.argsort(rs)
             out[js[order]] = dset[np.unique(rs)][np.searchsorted(np.unique(rs), rs[order])]
-    except (OSError, RuntimeError, ValueError) as e:
-        raise C._damaged(path, e) from None
+    except (OSError, RuntimeError, ValueError):
+        # the slab spans a damaged chunk whose rows are not picked (they were re-extracted):
+        # read exactly the picked rows, which live in sound chunks
+        for j, r in picks:
+            try:
+                out[j] = dset[r]
+            except (OSError, RuntimeError, ValueError) as e:
+                raise C.damaged_error(path, e) from None
 
 
 def read_block(m: Merge, lay: Layout, s: int, sfd: int | None, parts: PartLRU, src) -> np.ndarray:

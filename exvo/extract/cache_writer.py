@@ -27,8 +27,6 @@ of the table that the old file held. Until then ``kept_old`` says why the old fi
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import io
 import json
 import os
@@ -42,8 +40,9 @@ import numpy as np
 
 from exvo.corpus import listing
 from exvo.extract import cache as C
-from exvo.extract.cache_assemble import Merge, locate_rows, merge_order, part_ids, plan_layout, write_cache
+from exvo.extract.cache_assemble import Merge, locate_rows, merge_order, plan_layout, write_cache
 from exvo.extract.identity import UNKNOWN, ClipIdentity, from_arrays, to_arrays
+from exvo.runs.store import LockHeld, drop_lock, take_lock
 
 REBUILD_MARKER = "REBUILD"
 
@@ -53,36 +52,15 @@ def acquire_writer_lock(lock_path: Path, target: Path) -> int:
 
     One writer per cache file (the utterance cache and the frame cache alike): a second one
     is refused with :class:`CacheBusy` naming the holder's pid. The lock file is removed by
-    :func:`release_writer_lock`; a file locked just as its holder removed it is not the one at
-    ``lock_path`` any more, so the lock is taken again on the current file.
+    :func:`release_writer_lock` (the run layer's :func:`~exvo.runs.store.take_lock`).
     """
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                try:
-                    holder = lock_path.read_text().strip()
-                except OSError:
-                    holder = "?"
-                raise C.CacheBusy(
-                    f"another extraction (pid {holder or '?'}) is writing {target}; wait for it to finish "
-                    f"(the lock is {lock_path}, released automatically when that process ends)"
-                ) from None
-            raise
-        try:
-            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)      # a writer that just finished removed this lock file: lock the current one
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
-    return fd
+    try:
+        return take_lock(lock_path)
+    except LockHeld as e:
+        raise C.CacheBusy(
+            f"another extraction (pid {e.holder}) is writing {target}; wait for it to finish "
+            f"(the lock is {lock_path}, released automatically when that process ends)"
+        ) from None
 
 
 def remove_stale_temporaries(path: Path, parts_dir: Path) -> None:
@@ -96,11 +74,7 @@ def remove_stale_temporaries(path: Path, parts_dir: Path) -> None:
 
 
 def release_writer_lock(fd: int, lock_path: Path) -> None:
-    # removed while still held, so no other writer can own it; acquire_writer_lock checks that
-    # the file it locked is still the one at lock_path
-    lock_path.unlink(missing_ok=True)
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    os.close(fd)
+    drop_lock(fd, lock_path)
 
 
 class CacheWriter:
@@ -148,6 +122,8 @@ class CacheWriter:
         """Set by a rebuild's :meth:`finalize` that did not replace the old file: why."""
         self.legacy_fingerprint: str | None = None
         """The ``fingerprint`` of a format-1 file (no per-clip identities), to adopt them."""
+        self.damaged: set[str] = set()
+        """Clips whose row in the ``.h5`` fails its checksum: not done (extracted again), never copied."""
 
     # ------------------------------------------------------------- lifecycle
     def __enter__(self) -> "CacheWriter":
@@ -213,6 +189,7 @@ class CacheWriter:
             self._shape = (old.n_layers, old.dim)
             if old.format != C.FORMAT:
                 self.legacy_fingerprint = old.fingerprint
+            self._check_rows(old)
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         if not cfg_file.exists():
             self._atomic_write(cfg_file, self.config_str.encode())
@@ -227,6 +204,22 @@ class CacheWriter:
             self.identity.update(zip(ids, idents))
         self._next_part = 1 + max((int(p.stem.split("-")[1]) for p in self._part_files()), default=-1)
         self._last_flush = time.monotonic()
+
+    def _check_rows(self, old: "C.EmbeddingCache") -> None:
+        """Verify every row's checksum (one read of the file): damaged rows are extracted again."""
+        bad = [old.ids[r] for r in old.damaged_rows()]
+        if not bad:
+            return
+        self.damaged = set(bad)
+        self.done -= self.damaged
+        self.messages.append(
+            f"{len(bad)} row(s) of {self.path} fail their checksum (damaged on disk); those clips are extracted "
+            f"again, the other rows are kept: {listing(bad, 10)}")
+
+    def saved(self, ids: Sequence[str]) -> int:
+        """How many of ``ids`` are on disk (in the ``.h5`` or in whole parts), not just computed."""
+        pending = set(self._buf_ids)
+        return sum(1 for i in set(ids) if i in self.done and i not in pending)
 
     # ------------------------------------------------------------- parts
     def _part_files(self) -> list[Path]:
@@ -337,12 +330,17 @@ class CacheWriter:
         self.flush()
         parts = self._part_files()
         old_ids = C.EmbeddingCache(self.path).ids if not self.rebuild and self.path.exists() else []
-        loc, part_paths, part_order = locate_rows(old_ids, parts)
+        loc, part_paths, part_order = locate_rows(old_ids, parts, skip=self.damaged)
         if self.rebuild and self._rebuild_lacks(order, loc):
             return self.path
         ids = merge_order(order, old_ids, part_order, loc)
-        if not ids or (not part_paths and not self._touched and not self.rebuild):
+        if not ids or (not part_paths and not self._touched and not self.rebuild and not self.damaged):
+            if not self.rebuild and not parts:
+                self.discard_parts()   # nothing new: no parts folder is left behind (its config.json either)
             return self.path      # nothing new: leave the file (possibly many GB) untouched
+        if lost := sorted(self.damaged - set(loc)):
+            self.messages.append(f"{len(lost)} damaged row(s) could not be extracted again (not in this table, or "
+                                 f"they failed) and are left out of {self.path}: {listing(lost, 10)}")
         m = Merge(self.path, ids, [self.identity.get(i, UNKNOWN) for i in ids], loc, part_paths,
                   self._shape, self.dtype, self.extractor, self.config_str, self.feature_names)
         write_cache(m, plan_layout(m))
@@ -374,8 +372,6 @@ class CacheWriter:
         if not self._part_files():
             self.discard_parts()
         self.rebuild = False
-
-    _part_ids = staticmethod(part_ids)   # exvo.extract.shard reads part ids through CacheWriter
 
     def discard_parts(self) -> None:
         shutil.rmtree(self.parts_dir, ignore_errors=True)

@@ -38,7 +38,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from exvo.extract.cache import CacheBusy, CacheError, CacheMismatch, config_diff, fsync_dir
+from exvo.extract.cache import CacheError, CacheMismatch, config_diff, fsync_dir
 from exvo.extract.cache import files_fingerprint, ids_digest
 from exvo.extract.cache_writer import acquire_writer_lock, release_writer_lock, remove_stale_temporaries
 

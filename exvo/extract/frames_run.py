@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exvo.corpus import AudioError, Corpus, load_audio
+from exvo.audio import join_notes, read_audio
+from exvo.corpus import AudioError, Corpus
 from exvo.extract.cache import CacheError
 from exvo.extract.frames import POOLING, FrameCache, FrameWriter, frames_path, pool_frames
 
@@ -69,8 +70,9 @@ def extract_frames(corpus: Corpus, model: str, cache_dir: str | Path = "cache", 
             s.n_cached_before = len(corpus.ids) - len(todo)
             for cid in tqdm(todo, desc=f"frames {model}@{li}/K{pool}", unit="clip", disable=not progress):
                 try:
-                    wav = load_audio(corpus.audio_path(cid))
+                    wav, audio_note = read_audio(corpus.audio_path(cid))
                     fr, note = ex.frames(wav, li)
+                    note = join_notes(audio_note, note)
                     w.add(cid, pool_frames(fr, int(pool)))
                 except (AudioError, CacheError, RuntimeError, ValueError) as e:
                     why = e.reason if isinstance(e, AudioError) else f"{type(e).__name__}: {e}"

@@ -18,14 +18,11 @@ SLURM_ARRAY_TASK_MIN`` / ``SLURM_ARRAY_TASK_COUNT``, with no flag). Every shard:
 * writes ``DONE.json`` (its clip list, the assignment's digest, failures) when it has
   tried every clip of its share.
 
-The merge (``exvo extract --model M --merge``, or under ``torchrun`` the last rank after a
-barrier, or under a SLURM array the last task to finish) checks that all N shards are done,
-share one config and one assignment, and that every clip of every shard is in its parts or
-the existing ``.h5`` (or reported failed), exactly once; it then finalizes the ``.h5``
-exactly like a single-process run (old rows ∪ part rows, table order, written to a
-temporary file and renamed), so the result is the same file, row for row. Only then are
-the shard folders deleted. A missing or unfinished shard is named with the command that
-produces it.
+A shard checks, before it writes anything, that it would merge with the shards already there
+(:func:`check_siblings`: one split, one config), and records its command line and corpus
+(``command.json`` in its folder) for the hints of the others and of the merge. The merge
+(``exvo extract --model M --merge``, or under ``torchrun`` the last rank after a barrier, or
+under a SLURM array the last task to finish) is :mod:`exvo.extract.merge`.
 """
 from __future__ import annotations
 
@@ -36,18 +33,19 @@ import heapq
 import json
 import os
 import re
-import shutil
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from exvo.corpus import listing
 from exvo.extract import cache as C
 from exvo.extract.cache_writer import REBUILD_MARKER, CacheWriter
 
 DONE = "DONE.json"
+RECORD = "command.json"
+"""In each shard's folder: the command line it ran (``{shard}`` for I/N) and its corpus, for hints."""
 FALLBACK_BYTES_PER_SECOND = 32000
 """Duration guess for a file whose header cannot be read (16 kHz, 16-bit mono): it only
 affects balance, the clip itself is then reported as bad by the shard that gets it."""
@@ -219,12 +217,14 @@ class ShardWriter(CacheWriter):
     writes it: :meth:`finalize` is refused; :func:`merge` does that once every shard is done.
     """
 
-    def __init__(self, path: str | Path, shard: Shard, extractor: str, config: dict, **kw):
+    def __init__(self, path: str | Path, shard: Shard, extractor: str, config: dict, *, command: str | None = None,
+                 data: str | None = None, **kw):
         super().__init__(path, extractor, config, **kw)
         self.shard = shard
         self.parts_dir = shard_dir(self.path, shard)
         self.lock_path = shards_root(self.path) / f"{shard.tag}.lock"
         self._main_fd: int | None = None
+        self.command, self.data = command, data
 
     def __enter__(self) -> "ShardWriter":
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -251,8 +251,11 @@ class ShardWriter(CacheWriter):
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
         try:
+            check_siblings(self.path, self.shard, self.config_str, self.overwrite)   # before anything is written
             (self.parts_dir / DONE).unlink(missing_ok=True)    # done again only once this run has tried every clip
             self._open_state()
+            self._atomic_write(self.parts_dir / RECORD, json.dumps({"command": self.command, "data": self.data,
+                                                                     "pid": os.getpid()}).encode())
         except BaseException:
             self._release()
             raise
@@ -276,168 +279,68 @@ class ShardWriter(CacheWriter):
         self._atomic_write(self.parts_dir / DONE, json.dumps(state).encode())
 
 
-def write_command(path: Path, shard: Shard, command: str | None) -> None:
-    """Keep the command line of a shard (with ``{shard}`` where I/N goes) for the merge's hints."""
-    if command:
-        root = shards_root(path)
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f"command.txt.tmp{os.getpid()}"
-        tmp.write_text(command)
-        os.replace(tmp, root / "command.txt")
-
-
-# ---------------------------------------------------------------- merge
-@dataclass
-class MergeResult:
-    path: Path
-    n_shards: int
-    n_rows: int
-    failures: list[tuple[str, str]]
-    messages: list[str]
-
-
-class _MergeWriter(CacheWriter):
-    """Finalizes the main parts and every shard's parts together (exclusive cache lock)."""
-
-    def __init__(self, path, extractor, config, shard_dirs: Sequence[Path], **kw):
-        super().__init__(path, extractor, config, **kw)
-        self._shard_dirs = list(shard_dirs)
-
-    def _part_files(self) -> list[Path]:
-        own = super()._part_files()
-        extra = [p for d in self._shard_dirs for p in sorted(d.glob("part-*.npz"))
-                 if re.fullmatch(r"part-\d+\.npz", p.name)]
-        return own + extra
-
-
-def _shard_command(root: Path, extractor: str, index: int, count: int) -> str:
-    try:
-        tmpl = (root / "command.txt").read_text().strip()
-    except OSError:
-        tmpl = f"exvo extract --model {extractor} --data DATA --cache CACHE --shard {{shard}}"
-    return tmpl.replace("{shard}", f"{index}/{count}")
-
-
-def pending(path: Path) -> tuple[int, list[int]] | None:
-    """``(N, shards not done)`` of the shard area of ``path``; None when there is none."""
+def shard_dirs(path: Path) -> dict[tuple[int, int], Path]:
+    """``{(I, N): folder}`` of every shard folder of the cache ``path``."""
     root = shards_root(path)
-    if not root.is_dir():
-        return None
-    found = [re.fullmatch(r"(\d+)-of-(\d+)", d.name) for d in root.iterdir() if d.is_dir()]
-    counts = sorted({int(m.group(2)) for m in found if m})
-    if len(counts) != 1:
-        return None if not counts else (counts[0], [-1])
-    n = counts[0]
-    return n, [i for i in range(n) if not (root / f"{i}-of-{n}" / DONE).is_file()]
-
-
-def merge(path: str | Path, extractor: str, order: Sequence[str]) -> MergeResult:
-    """Combine the shards of ``path`` into the ``.h5`` (see the module docstring); raises
-    :class:`~exvo.extract.cache.CacheError` naming what is missing or inconsistent and the fix."""
-    path = Path(path)
-    root = shards_root(path)
-    dirs = {}
+    out = {}
     if root.is_dir():
         for d in root.iterdir():
             m = re.fullmatch(r"(\d+)-of-(\d+)", d.name)
             if m and d.is_dir():
-                dirs[(int(m.group(1)), int(m.group(2)))] = d
-    if not dirs:
-        raise C.CacheError(f"no shards to merge for {path} (looked in {root}); extract them first with "
-                           f"`exvo extract --model {extractor} ... --shard I/N` (or under torchrun / a SLURM array)")
-    counts = sorted({n for _, n in dirs})
-    if len(counts) > 1:
-        raise C.CacheError(
-            f"{root} holds shards of {len(counts)} different splits (N = {', '.join(map(str, counts))}): "
-            f"{', '.join(sorted(d.name for d in dirs.values()))}. A merge needs the shards of one split; finish "
-            "one split and delete the folders of the others (their clips are then extracted again if needed)")
-    n = counts[0]
-    missing = [i for i in range(n) if (i, n) not in dirs or not (dirs[(i, n)] / DONE).is_file()]
-    if missing:
-        cmds = "; ".join(f"shard {i}: `{_shard_command(root, extractor, i, n)}`" for i in missing)
-        raise C.CacheError(
-            f"cannot merge {path}: {len(missing)} of {n} shards are missing or unfinished "
-            f"({', '.join(f'{i}/{n}' for i in missing)}). Run (or resume) them, then merge again: {cmds}")
-    cfgs = {i: (dirs[(i, n)] / "config.json").read_text() for i in range(n)}
-    ref = cfgs[0]
-    foreign = [i for i in range(n) if cfgs[i] != ref]
-    if foreign:
-        i = foreign[0]
-        raise C.CacheError(
-            f"cannot merge {path}: shard(s) {', '.join(f'{k}/{n}' for k in foreign)} were made with other settings "
-            f"than shard 0/{n} ({C.config_diff(json.loads(ref), json.loads(cfgs[i]))}, cache=shard 0, "
-            f"requested=shard {i}). Delete {dirs[(i, n)]} and run `{_shard_command(root, extractor, i, n)}` with "
-            "the same options as the other shards")
-    rebuild = [(dirs[(i, n)] / REBUILD_MARKER).exists() for i in range(n)]
-    if any(rebuild) and not all(rebuild):
-        raise C.CacheError(f"cannot merge {path}: some shards were run with --overwrite and others not; run the "
-                           "others with --overwrite too (or none)")
-    cfg = json.loads(ref)
-    dtype = cfg.pop("storage_dtype", "float32")
-    names = json.loads((dirs[(0, n)] / DONE).read_text()).get("feature_names")
-    w = _MergeWriter(path, extractor, cfg, [dirs[(i, n)] for i in range(n)], dtype=dtype,
-                     feature_names=names, overwrite=all(rebuild))
-    try:
-        w.__enter__()
-    except C.CacheBusy:
-        raise C.CacheBusy(f"cannot merge {path} now: a shard or another extraction is still writing it "
-                          f"(lock {path.with_suffix('.lock')}); merge once they have finished") from None
-    try:
-        # under the exclusive lock no shard runs or starts: what is checked now is what is merged
-        failures = _check_complete(path, root, extractor, dirs, n, all(rebuild))
-        w.finalize(order=list(order))
-        if not w.kept_old:      # still under the lock: no shard can start in a folder being deleted
-            shutil.rmtree(root, ignore_errors=True)
-    finally:
-        w.__exit__(None, None, None)
-    messages = list(w.messages)
-    if w.kept_old:
-        messages.append(w.kept_old)   # a rebuild that is not complete: the shards' parts stay for the next merge
-    rows = len(C.EmbeddingCache(path).ids) if path.exists() else 0
-    return MergeResult(path, n, rows, failures, messages)
+                out[(int(m.group(1)), int(m.group(2)))] = d
+    return out
 
 
-def _check_complete(path: Path, root: Path, extractor: str, dirs: dict, n: int,
-                    rebuild: bool) -> list[tuple[str, str]]:
-    """Every shard done, one assignment, every clip exactly once (parts, the .h5, or failed)."""
-    missing = [i for i in range(n) if not (dirs[(i, n)] / DONE).is_file()]
-    if missing:
-        raise C.CacheError(f"cannot merge {path}: shard(s) {', '.join(f'{i}/{n}' for i in missing)} started again "
-                           "while merging; merge once they have finished")
-    states = {i: json.loads((dirs[(i, n)] / DONE).read_text()) for i in range(n)}
-    if len({s["assignment"] for s in states.values()}) > 1:
-        raise C.CacheError(
-            f"cannot merge {path}: the shards split different clip lists (the table or its audio changed between "
-            f"shards). Run every shard again ({_shard_command(root, extractor, 0, n)} ... for I = 0..{n - 1}): each "
-            "resumes and keeps what it already extracted")
-    owner: dict[str, int] = {}
-    for i in range(n):
-        for p in sorted(dirs[(i, n)].glob("part-*.npz")):
-            for cid in CacheWriter._part_ids(p):
-                if owner.setdefault(cid, i) != i:
-                    raise C.CacheError(
-                        f"cannot merge {path}: clip {cid} was extracted by shards {owner[cid]}/{n} and {i}/{n}; "
-                        "the shards were split differently (table or audio changed). Delete "
-                        f"{root} and extract the shards again")
-    assigned: dict[str, int] = {}
-    for i, s in states.items():
-        for cid in s["ids"]:
-            if assigned.setdefault(cid, i) != i:
-                raise C.CacheError(f"cannot merge {path}: clip {cid} is assigned to shards {assigned[cid]} and {i}")
-    elsewhere: set[str] = set()          # rows the merge keeps from the .h5 or a single-process run's parts
-    if path.exists() and not rebuild:
-        elsewhere |= set(C.EmbeddingCache(path).ids)
-    for p in path.with_suffix(".parts").glob("part-*.npz"):
-        elsewhere |= set(CacheWriter._part_ids(p))
-    failures = [tuple(f) for s in states.values() for f in s["failures"]]
-    failed = {f[0] for f in failures}
-    for i, s in states.items():
-        lack = [c for c in s["ids"] if owner.get(c) != i and c not in elsewhere and c not in failed]
-        if lack:
-            raise C.CacheError(
-                f"cannot merge {path}: shard {i}/{n} lacks {len(lack)} of its clips ({listing(lack, 5)}); "
-                f"run it again: `{_shard_command(root, extractor, i, n)}`")
-    return failures
+def shard_record(folder: Path) -> dict:
+    """What a shard recorded of its run (``command`` with ``{shard}`` for I/N, ``data``); {} if nothing."""
+    try:
+        rec = json.loads((Path(folder) / RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
+def command_for(template: str | None, shard_text: str, data: str | None = None) -> str | None:
+    """A shard's recorded command for shard ``shard_text`` (I/N), with ``--data`` set to ``data`` if given."""
+    if not template:
+        return None
+    args = shlex.split(template)
+    for k, a in enumerate(args):
+        if data is not None and a == "--data" and k + 1 < len(args):
+            args[k + 1] = data
+        elif data is not None and a.startswith("--data="):
+            args[k] = f"--data={data}"
+    return " ".join(shard_text if a == "{shard}" else shlex.quote(a) for a in args)
+
+
+def check_siblings(path: Path, shard: Shard, config_str: str, overwrite: bool) -> None:
+    """Refuse to start ``shard`` when the shards already there would not merge with it: another split
+    (N), or other settings (a rebuild with --overwrite compares with the other rebuilding shards)."""
+    for (i, n), d in sorted(shard_dirs(path).items()):
+        if (i, n) == (shard.index, shard.count):
+            continue
+        if n != shard.count:
+            raise C.CacheMismatch(
+                f"{shards_root(path)} holds shard {i}/{n} of a split into {n} shards; this is shard {shard.text}, "
+                f"and a merge needs the shards of one split. Run the shards as --shard I/{n}, or delete "
+                f"{shards_root(path)} to split into {shard.count} instead (its clips are then extracted again)")
+        cfg = d / "config.json"
+        if not cfg.is_file():
+            continue
+        theirs, rebuilding = cfg.read_text(), (d / REBUILD_MARKER).exists()
+        if overwrite and not rebuilding:
+            continue           # a shard of the run being rebuilt: it is redone with --overwrite too
+        if theirs == config_str and rebuilding == overwrite:
+            continue
+        rec = shard_record(d)
+        fix = command_for(rec.get("command"), shard.text) or f"exvo extract ... --shard {shard.text}"
+        why = (f"shard {i}/{n} is a rebuild (--overwrite) and this one is not" if rebuilding != overwrite else
+               f"{C.config_diff(json.loads(theirs), json.loads(config_str))}; 'cache' is shard {i}/{n}, "
+               "'requested' this one")
+        raise C.CacheMismatch(
+            f"shard {shard.text} of {path} would not merge with shard {i}/{n}, already in {d} ({why}). Run it "
+            f"with the options of the other shards: `{fix}`; or, to change the settings, run every shard with "
+            "--overwrite")
 
 
 # ---------------------------------------------------------------- torchrun

@@ -2,7 +2,7 @@
 
 Each clip gives one functionals vector, stored as ``(1, F)`` float32: exactly what
 ``opensmile.Smile(feature_set, Functionals).process_signal(wav, 16000)`` returns for the
-16 kHz mono float32 signal of :func:`exvo.corpus.load_audio`.
+16 kHz mono float32 signal of :func:`exvo.audio.read_audio` (its note goes with the clip's).
 
 openSMILE is single-threaded, so :meth:`SmileExtractor.run` spreads chunks of clips over
 worker processes (``opts.workers``; 0 = every core), run by loky (joblib's process
@@ -23,7 +23,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from exvo.corpus import SAMPLE_RATE, AudioError, load_audio
+from exvo.audio import join_notes, read_audio
+from exvo.corpus import SAMPLE_RATE, AudioError
 from exvo.extract.base import ClipResult, ExtractOptions, Extractor, register
 
 FEATURE_SETS = {"compare": "ComParE_2016", "egemaps": "eGeMAPSv02"}
@@ -68,7 +69,7 @@ def _functionals(smile, wav: np.ndarray) -> tuple[np.ndarray, str | None]:
 def _clip(smile, cid: str, path: Path) -> ClipResult:
     """One clip, never raising: decoding and openSMILE errors become ``ClipResult.error``."""
     try:
-        wav = load_audio(path)
+        wav, audio_note = read_audio(path)
     except AudioError as e:
         return ClipResult(cid, error=e.reason)
     sec = wav.size / SAMPLE_RATE
@@ -76,7 +77,7 @@ def _clip(smile, cid: str, path: Path) -> ClipResult:
         v, note = _functionals(smile, wav)
     except Exception as e:
         return ClipResult(cid, error=f"{type(e).__name__}: {e}", seconds=sec)
-    return ClipResult(cid, embedding=v, seconds=sec, note=note)
+    return ClipResult(cid, embedding=v, seconds=sec, note=join_notes(audio_note, note))
 
 
 class WorkerError(ValueError):
@@ -246,10 +247,32 @@ class SmileExtractor(Extractor):
             # once. Waiting for running chunks could take minutes (and a second Ctrl-C during
             # that wait used to hang the exit); kill_workers SIGKILLs every worker and joins
             # it, so none is left behind when this returns
-            pool.shutdown(wait=True, kill_workers=True)
+            kill_pool(pool)
             raise
         else:
             pool.shutdown(wait=True)
+
+
+def kill_pool(pool) -> None:
+    """``pool.shutdown(kill_workers=True)`` that a second Ctrl-C cannot break.
+
+    Without psutil, loky finds each worker's children with ``pgrep -P``: a process of this
+    process group, so a Ctrl-C pressed meanwhile killed it; loky's manager thread then died
+    with a traceback and left a worker unreaped, and the exit hung joining it (seen once in
+    eight runs of two quick presses). Ignored signals stay ignored across exec: for the few
+    milliseconds of the shutdown, SIGINT and SIGTERM are ignored by this process and so by
+    every ``pgrep`` it starts; the handlers are back as soon as the workers are gone.
+    """
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        pool.shutdown(wait=True, kill_workers=True)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 @register("compare", "egemaps", help={

@@ -41,7 +41,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from exvo.corpus import SAMPLE_RATE, AudioError, load_audio
+from exvo.audio import join_notes, read_audio
+from exvo.corpus import SAMPLE_RATE, AudioError
 from exvo.device import resolve_device
 from exvo.extract.base import ClipResult, ExtractOptions, Extractor, hash_files, register
 from exvo.preprocess import check_level, rms_normalise
@@ -358,11 +359,13 @@ class SSLExtractor(Extractor):
     def _load(self, item: tuple[str, Path]) -> _Clip | ClipResult:
         cid, path = item
         try:
-            wav = load_audio(path)
+            wav, audio_note = read_audio(path)
         except AudioError as e:
             return ClipResult(cid, error=e.reason)
         try:
-            return self._prepare(cid, wav)
+            clip = self._prepare(cid, wav)
+            clip.note = join_notes(audio_note, clip.note)
+            return clip
         except Exception as e:
             return ClipResult(cid, error=f"{type(e).__name__}: {e}", seconds=wav.size / SAMPLE_RATE)
 

@@ -41,6 +41,7 @@ import torch
 
 from exvo.version import __version__
 from exvo.corpus import Corpus
+from exvo.device import resolve_device
 from exvo.fewshot import protocol as P
 from exvo.fewshot.models import FewShotNet, reversal_schedule
 from exvo.fewshot.registry import VARIANTS
@@ -119,7 +120,7 @@ def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache",
 
     fm, val_proto, test_proto = _load_inputs(corpus, cfg, specs, cache_dir, echo, note)
     d = _prepare(corpus, cfg, fm, val_proto, test_proto)
-    dev = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+    dev = torch.device(resolve_device(cfg.device))
     Xt = torch.from_numpy(d.X).to(dev)
     Yt = torch.from_numpy(np.nan_to_num(d.Y)).to(dev)
     _echo_plan(cfg, d, echo)

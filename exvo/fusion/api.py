@@ -24,6 +24,9 @@ Selection bias
 --------------
 ``select_on="val"`` chooses (or weights) on all of Val and reports the Val score of the
 result, which is optimistic: the choice was made on the very data that scores it.
+``select_on="oof"`` chooses (or weights) on the sources' out-of-fold Train predictions
+(learn runs made with ``--stop-on folds``): Val takes no part in the choice and its score is a
+clean held-out estimate; the predictions written use that same choice.
 ``select_on="cv"`` splits the Val speakers into two halves (:mod:`exvo.fusion.cv`),
 chooses on one half and scores on the other, both ways (both half scores and their mean
 are printed and kept in fusion.json). The run's scores are out-of-fold: each half
@@ -68,12 +71,12 @@ from exvo.runs.store import RunWriter, check_name, check_replaceable
 from exvo.metrics import EMOTIONS
 from exvo.fusion import seeds
 from exvo.fusion.steps import (SCORE_KEYS, Estimate, FusedTest, FusedVal, Options, ValCandidates, cv_estimate,
-                               fuse_full_val, fuse_test, val_candidates, val_estimate)
+                               fuse_full_val, fuse_test, oof_choices, val_candidates, val_estimate)
 from exvo.predictions import save_seed_predictions, save_split
 
 FORMAT = "exvo-fusion/1"
 MODES = ("hybrid", "mean")
-SELECT_ON = ("val", "cv")
+SELECT_ON = ("val", "cv", "oof")
 
 
 @dataclass
@@ -122,7 +125,7 @@ def _s_mtl(sc: dict) -> str:
 
 def default_name(mode: str, n_runs: int, top: int, weighted: bool, select_on: str) -> str:
     base = (f"hybrid_top{top}" if top > 1 else "hybrid") if mode == "hybrid" else f"mean_{n_runs}runs"
-    return base + ("_weighted" if weighted else "") + ("_cv" if select_on == "cv" else "")
+    return base + ("_weighted" if weighted else "") + ({"cv": "_cv", "oof": "_oof"}.get(select_on, ""))
 
 
 @dataclass
@@ -282,7 +285,8 @@ def fuse(corpus: Corpus, runs_dir: str | Path = "runs", run_names: list[str] | N
     runs_dir = Path(runs_dir)
     src = _resolve_sources(runs_dir, run_names, opts, name)
     cand = val_candidates(corpus, src.by_name, src.notes)
-    full = fuse_full_val(cand, opts, src.notes)
+    chosen_on_oof = oof_choices(corpus, src.by_name, opts) if select_on == "oof" else None
+    full = fuse_full_val(cand, opts, src.notes, chosen_on_oof)
     if select_on == "cv":
         est = cv_estimate(corpus, cand, full, opts)
     else:

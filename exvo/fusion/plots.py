@@ -20,6 +20,24 @@ def new_figure(w: float, h: float):
     return Figure(figsize=(w, h), dpi=DPI, layout="constrained")
 
 
+CHAR_EM = 0.62
+"""Width of an average title character in ems (DejaVu Sans runs at about 0.55-0.6; a margin on top)."""
+
+
+def fit_title(text: str, width_in: float, fontsize: float = 10.0) -> str:
+    """``text`` wrapped (each of its lines, at spaces, hyphens or mid-word) so that no line is wider
+    than ``width_in`` inches at ``fontsize`` points: a title never runs off the figure's edge."""
+    import textwrap
+
+    per_line = max(int(width_in * 72 / (fontsize * CHAR_EM)), 10)
+    return "\n".join("\n".join(textwrap.wrap(ln, per_line) or [""]) for ln in text.splitlines())
+
+
+def set_title(fig, ax, text: str, fontsize: float = 10.0) -> None:
+    """The axes title, wrapped to the figure's width (see :func:`fit_title`)."""
+    ax.set_title(fit_title(text, fig.get_figwidth() * 0.85, fontsize), fontsize=fontsize)
+
+
 def per_emotion_ccc(runs: list[tuple[str, dict[str, float], dict[str, float | None]]], path: Path) -> Path:
     """Grouped bars: per-emotion Val CCC, mean over seeds with ±1 std error bars.
 
@@ -44,7 +62,9 @@ def per_emotion_ccc(runs: list[tuple[str, dict[str, float], dict[str, float | No
     ax.set_xticks(x, EMOTIONS, rotation=30, ha="right")
     ax.axhline(0, color="black", lw=0.8)
     ax.set_ylabel("CCC (Val), mean ± std over seeds")
-    ax.set_title(f"Per-emotion CCC of the top {n} run{'s' if n > 1 else ''} (by S_MTL mean over seeds)")
+    dagger = "; † = chosen on Val, optimistic" if any("†" in name for name, _, _ in runs) else ""
+    set_title(fig, ax, f"Per-emotion CCC of the top {n} run{'s' if n > 1 else ''} (Val, by S_MTL mean over seeds"
+                       f"{dagger})", 12)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncols=min(n, 3), loc="upper left", bbox_to_anchor=(0, -0.25), frameon=False)
     fig.savefig(path)
@@ -70,7 +90,7 @@ def country_confusion(true: np.ndarray, pred: np.ndarray, path: Path, title: str
     ax.set_yticks(range(k), [c if rows[i, 0] else f"{c}\n(no clips)" for i, c in enumerate(COUNTRIES)])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title, fontsize=10)
+    set_title(fig, ax, title)
     fig.colorbar(im, ax=ax, label="recall (row fraction)", shrink=0.85)
     fig.savefig(path)
     return path
@@ -91,7 +111,7 @@ def age_scatter(true: np.ndarray, pred: np.ndarray, path: Path, title: str) -> P
     ax.set_aspect("equal")
     ax.set_xlabel("true age (years)")
     ax.set_ylabel("predicted age (years)")
-    ax.set_title(title, fontsize=10)
+    set_title(fig, ax, title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     fig.savefig(path)
@@ -139,7 +159,7 @@ def layer_curves(groups: dict[str, list[dict]], path: Path) -> Path:
     ax.set_ylim(mid - span / 2, mid + span / 2)
     ax.set_xlabel("layer (0 = input embeddings)")
     ax.set_ylabel("S_MTL (Val, mean ± std over seeds)")
-    ax.set_title(f"S_MTL per SSL layer (band: best layer ± 1 seed-std; y-range ≥ {MIN_LAYER_SPAN})", fontsize=10)
+    set_title(fig, ax, f"S_MTL per SSL layer (band: best layer ± 1 seed-std; y-range ≥ {MIN_LAYER_SPAN})")
     ax.grid(alpha=0.3)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=8)

@@ -30,7 +30,7 @@ from exvo.corpus import Corpus
 from exvo.fusion import seeds
 from exvo.runs import provenance
 from exvo.runs.reader import Run, feature_specs, resolve
-from exvo.runs.store import RunWriter
+from exvo.runs.store import RunWriter, check_name
 from exvo.predictions import (PredictionError, SeedPredictions, load_seed_predictions, save_seed_predictions,
                               save_split)
 
@@ -84,6 +84,7 @@ def _pooled(runs: list[Run], split: str, ids: list[str] | None) -> tuple[SeedPre
 def pool(corpus: Corpus, runs_dir: str | Path, run_names: list[str], name: str,
          echo: Callable[[str], None] = print) -> Path:
     """Write ``<runs_dir>/<name>/``, the pool of ``run_names`` (see the module docstring); returns its path."""
+    name = check_name(name)      # at the boundary: nothing is read or written under another name
     runs_dir = Path(runs_dir)
     runs, notes = resolve(runs_dir, run_names)
     _check_like(runs)

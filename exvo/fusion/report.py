@@ -20,6 +20,7 @@ and the sections of the other tracks and tools (each skipped when it has nothing
 * the paper-vs-ours tables of ``exvo reproduce`` (``<runs>/reproduce-*/table.md``; :mod:`exvo.recipes.table`)
 * task CNNs: the paper's Table 1 (clip-level Val UAR/WAR) and Fig. 2 (``cnn_filters.png``, first-layer
   frequency responses) for the CNNs behind the runs (:mod:`exvo.fusion.cnn_report`)
+* layer sweeps (``<runs>/layers/``) and the weights of ``wsum`` runs (:mod:`exvo.learn.layers_report`)
 * ExVo-FewShot table of ``<runs>/fewshot/`` runs (Val CCC, bootstrap CI; :mod:`exvo.fewshot.report`)
 
 * ``train_vs_val_*.png``    FID tables of ``exvo fid --table`` found in ``<runs>/fid/`` (:mod:`exvo.generate.table`)
@@ -37,8 +38,8 @@ from pathlib import Path
 from typing import Callable
 
 from exvo.corpus import Corpus
-from exvo.fusion.rows import METRICS, Row, layer_groups, make_rows
-from exvo.runs.reader import discover
+from exvo.fusion.rows import METRICS, MULTITASK_KINDS, Row, constant_predictor, layer_groups, make_rows
+from exvo.runs.reader import Run, discover
 from exvo.predictions import PredictionError
 
 TOP_EMOTION_RUNS = 5
@@ -61,7 +62,8 @@ SectionFn = Callable[[list[Row], Path, "Corpus | None", Path], "Section | None"]
 SECTIONS: list[SectionFn] = []
 """Extra report sections, called in order with ``(rows, out_dir, corpus, runs_dir)`` after the main table."""
 
-SECTION_PROVIDERS = ("exvo.recipes.table", "exvo.fusion.cnn_report", "exvo.fewshot.report", "exvo.verify.figures", "exvo.generate.table")
+SECTION_PROVIDERS = ("exvo.recipes.table", "exvo.fusion.cnn_report", "exvo.learn.layers_report", "exvo.fewshot.report",
+                     "exvo.verify.figures", "exvo.generate.table")
 """Modules whose ``report_section(rows, out_dir, corpus, runs_dir)`` adds a section (imported when a report is made)."""
 
 
@@ -95,19 +97,59 @@ def _marks(r: Row) -> str:
     return (" †" if r.optimistic else "") + (" ‡" if r.stale else "") + (" ≈" if r.probe_tie else "")
 
 
-def _cells(rank: int, r: Row) -> list[str]:
+def _oof_cell(r: Row) -> str:
+    """OOF S_MTL ``mean ± std [lo, hi]`` of a ``--stop-on folds`` run; ``–`` for runs without one."""
+    o = r.oof
+    if o is None or o["mean"] is None:
+        return "–" if o is None else "undefined"
+    cell = f"{o['mean']:.3f} ± " + ("n/a" if o["std"] is None else f"{o['std']:.3f}")
+    return cell + (f" [{o['ci95'][0]:.3f}, {o['ci95'][1]:.3f}]" if o["ci95"] else "")
+
+
+BETTER = {"ccc": 1, "uar": 1, "mae": -1}
+
+
+def not_learned(r: Row, const: dict | None) -> list[str]:
+    """Subtask metrics whose seed mean is no better than the constant predictor's (``ccc``, ``uar``, ``mae``)."""
+    if const is None:
+        return []
+    return [m for m, sign in BETTER.items() if r.mean[m] is not None and sign * (r.mean[m] - const[m]) <= 0]
+
+
+def _cells(rank: int, r: Row, const: dict | None = None) -> list[str]:
     ens = r.ensemble["s_mtl"]
+    bad = not_learned(r, const)
+
+    def cell(m: str, digits: int) -> str:
+        return _fmt(r, m, digits) + (" ✗" if m in bad else "")
+
     return [str(rank), r.system + _marks(r), r.features, r.dims, r.learner, r.seeds,
-            _fmt(r, "ccc", 3), _fmt(r, "uar", 3), _fmt(r, "mae", 2), _fmt(r, "s_mtl", 3),
-            "undefined" if r.ensemble_undefined else "?" if ens is None else f"{ens:.3f}"]
+            cell("ccc", 3), cell("uar", 3), cell("mae", 2), _fmt(r, "s_mtl", 3),
+            "undefined" if r.ensemble_undefined else "?" if ens is None else f"{ens:.3f}", _oof_cell(r)]
+
+
+CONSTANT_NAME = "constant predictor"
+
+
+def _constant_cells(const: dict) -> list[str]:
+    """The trivial row: Train mean emotions and age, majority country, scored on Val (no seeds, no spread)."""
+    s_mtl = "undefined (CCC 0)" if const["ccc"] <= 0 or const["uar"] <= 0 else f"{const['s_mtl']:.3f}"
+    return ["–", CONSTANT_NAME, "Train mean / majority", "0", "constant", "-", f"{const['ccc']:.3f}",
+            f"{const['uar']:.3f}", f"{const['mae']:.2f}", s_mtl, "–", "–"]
 
 
 HEADER = ["#", "system", "features", "dims", "learner", "seeds", "Emo-CCC", "Cou-UAR", "Age-MAE", "S_MTL ▼",
-          "ens. S_MTL"]
-RIGHT = {0, 3, 5, 6, 7, 8, 9, 10}
+          "ens. S_MTL", "OOF S_MTL"]
+RIGHT = {0, 3, 5, 6, 7, 8, 9, 10, 11}
 SORT_NOTE = ("sorted by S_MTL ▼ = the S_MTL mean over seeds (Val); Emo-CCC, Cou-UAR, Age-MAE, S_MTL: mean ± std "
              "over seeds (population std; n/a = one seed, std undefined); ens. S_MTL: S_MTL of the seed-averaged "
              "predictions (val.csv), a different quantity, never sorted on")
+OOF_NOTE = ("OOF S_MTL: the out-of-fold estimate from Train alone (`--stop-on folds`: every Train clip predicted by "
+            "the fold model that never trained on its speaker; Val never used), mean ± std over seeds, [95 % CI] = "
+            "speaker bootstrap of the seed ensemble's OOF predictions; – = run without folds (no OOF estimate)")
+CONSTANT_NOTE = ("constant predictor (last row): Train mean emotions and age, majority Train country, scored on Val "
+                 "(from the learn runs' config.json constant_predictor_val); its CCC is 0, so its S_MTL is undefined; "
+                 "✗ = a seed mean no better than it: that subtask did not learn")
 
 
 def _text_table(rows: list[list[str]]) -> str:
@@ -133,12 +175,18 @@ def _md_table(rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def _figures(rows: list[Row], out_dir: Path, corpus: Corpus | None) -> tuple[list[tuple[str, Path]], list[str]]:
+def _dagger(r: Row) -> str:
+    return ", † Val chose it" if r.optimistic else ""
+
+
+def _figures(rows: list[Row], out_dir: Path, corpus: Corpus | None,
+             const: dict | None = None) -> tuple[list[tuple[str, Path]], list[str]]:
     from exvo.fusion import plots
 
     made: list[tuple[str, Path]] = []
     notes: list[str] = []
-    top = [(r.system, r.ccc_per_emotion, r.ccc_per_emotion_std) for r in rows if r.ccc_per_emotion][:TOP_EMOTION_RUNS]
+    top = [(r.system + _marks(r), r.ccc_per_emotion, r.ccc_per_emotion_std) for r in rows
+           if r.ccc_per_emotion][:TOP_EMOTION_RUNS]
     if top:
         made.append(("Per-emotion CCC of the top runs (mean ± std over seeds)",
                      plots.per_emotion_ccc(top, out_dir / "per_emotion_ccc.png")))
@@ -159,12 +207,15 @@ def _figures(rows: list[Row], out_dir: Path, corpus: Corpus | None) -> tuple[lis
         else:
             from exvo.metrics import mae, uar
 
+            # the headline number first: a long run name wraps below it, never pushes it off the figure
             made.append((f"Country confusion of the top run ({best.system}, seed ensemble)", plots.country_confusion(
                 cou, pred.country, out_dir / "country_confusion.png",
-                f"Country, {best.system} (Val, seed ensemble, UAR {uar(cou, pred.country):.3f})")))
+                f"Country UAR {uar(cou, pred.country):.3f} (Val, seed ensemble{_dagger(best)})\n"
+                + (f"majority-class predictor: UAR {const['uar']:.3f}\n" if const else "") + best.system)))
             made.append((f"Age, true vs predicted, top run ({best.system}, seed ensemble)", plots.age_scatter(
                 age, pred.age, out_dir / "age_scatter.png",
-                f"Age, {best.system} (Val, seed ensemble, MAE {mae(age, pred.age):.2f} years)")))
+                f"Age MAE {mae(age, pred.age):.2f} years (Val, seed ensemble{_dagger(best)})\n"
+                + (f"Train-mean predictor: MAE {const['mae']:.2f} years\n" if const else "") + best.system)))
 
     groups = layer_groups(rows)
     if groups:
@@ -174,14 +225,46 @@ def _figures(rows: list[Row], out_dir: Path, corpus: Corpus | None) -> tuple[lis
     return made, notes
 
 
-def _notes(rows: list[Row]) -> list[str]:
-    notes = [SORT_NOTE]
-    if any(r.optimistic and r.kind == "fusion" for r in rows):
+def _optimism_notes(rows: list[Row]) -> list[str]:
+    """The † legend: learn runs stopped on Val, fusions chosen on Val, fusions that inherit a source's †."""
+    notes = []
+    own = {r.system: [w for w in r.optimistic_why if w.startswith(f"{r.system}: ")] for r in rows}
+    if any(own[r.system] and r.kind == "fusion" for r in rows):
         notes.append("† fusion chosen on Val and scored on Val: optimistic (fuse with --select-on cv for a "
                      "held-out estimate)")
     if any(r.optimistic and r.kind != "fusion" for r in rows):
         notes.append("† learn run whose epochs were chosen on Val (--stop-on val, e.g. --preset paper|baseline) "
                      "and scored on Val: optimistic (the default chooses on held-out Train speakers)")
+    for r in rows:
+        inherited = [w for w in r.optimistic_why if w not in own[r.system]]
+        if r.kind == "fusion" and inherited:
+            notes.append(f"† {r.system} fuses runs whose Val figures are optimistic, so its are too: "
+                         + "; ".join(inherited[:3]) + (" …" if len(inherited) > 3 else ""))
+    return notes
+
+
+def _learning_notes(rows: list[Row], const: dict | None) -> list[str]:
+    """The OOF legend, the constant row's legend and which runs did not beat it on which subtask."""
+    notes = [OOF_NOTE] if any(r.oof is not None for r in rows) else []
+    if const is None:
+        return notes
+    notes.append(CONSTANT_NOTE)
+    label = {"ccc": "Emo-CCC", "uar": "Cou-UAR", "mae": "Age-MAE"}
+    worse = []
+    for m in BETTER:
+        bad = [r for r in rows if m in not_learned(r, const)]
+        if bad:
+            worse.append(f"{label[m]} (constant {const[m]:.3f}): {len(bad)} of {len(rows)} rows, "
+                         + ", ".join(f"{r.system} {r.mean[m]:.3f}" for r in bad))
+    if worse:
+        notes.append(f"✗ no better than the constant predictor (seed mean, Val): {'; '.join(worse)}")
+    elif any(r.mean["ccc"] is not None for r in rows):
+        notes.append("every run with per-seed scores beats the constant predictor on all three subtasks (seed mean, Val)")
+    return notes
+
+
+def _notes(rows: list[Row], const: dict | None = None) -> list[str]:
+    notes = [SORT_NOTE] + _optimism_notes(rows) + _learning_notes(rows, const)
     if any(r.kind == "fusion" and r.run.record.get("select_on") == "cv" for r in rows):
         notes.append("cv fusion runs: each half of the Val speakers predicted by the runs chosen on the other half "
                      "(out-of-fold), scored on all of Val, per fused seed and for the seed ensemble; features "
@@ -210,22 +293,47 @@ def _notes(rows: list[Row]) -> list[str]:
     return notes
 
 
-def _write_csv(rows: list[Row], path: Path) -> None:
+CSV_HEADER = ["rank", "system", "kind", "features", "dims", "learner", "seeds",
+              *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")), "s_mtl_seeds_defined",
+              *(f"ensemble_{m}" for m in METRICS), "ensemble_s_mtl_defined", "optimistic", "stale", "probe_tie",
+              "oof_s_mtl_mean", "oof_s_mtl_std", "oof_s_mtl_ci95_lo", "oof_s_mtl_ci95_hi", "not_learned", "path"]
+
+
+def _write_csv(rows: list[Row], path: Path, const: dict | None) -> None:
     def num(v) -> str:
         return "" if v is None else repr(v)
 
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["rank", "system", "kind", "features", "dims", "learner", "seeds",
-                    *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")), "s_mtl_seeds_defined",
-                    *(f"ensemble_{m}" for m in METRICS), "ensemble_s_mtl_defined", "optimistic", "stale", "probe_tie",
-                    "path"])
+        w.writerow(CSV_HEADER)
         for k, r in enumerate(rows):
+            o = r.oof or {}
+            ci = o.get("ci95") or [None, None]
             w.writerow([k + 1, r.system, r.kind, r.features, r.dims, r.learner, r.seeds,
                         *(num(d[m]) for m in METRICS for d in (r.mean, r.std)), num(r.s_mtl_defined),
                         *(num(r.ensemble[m]) for m in METRICS), not r.ensemble_undefined, r.optimistic,
-                        "; ".join(r.stale), r.probe_tie,
-                        str(r.run.path)])
+                        "; ".join(r.stale), r.probe_tie, num(o.get("mean")), num(o.get("std")), num(ci[0]),
+                        num(ci[1]), " ".join(not_learned(r, const)), str(r.run.path)])
+        if const is not None:
+            w.writerow(["", CONSTANT_NAME, "constant", "Train mean / majority", 0, "constant", "",
+                        *(num(const[m]) if s == "mean" else "" for m in METRICS for s in ("mean", "std")), "",
+                        *([""] * (len(CSV_HEADER) - 16))])
+
+
+def _split_kinds(runs: list[Run], runs_dir: Path) -> tuple[list[Run], list[str]]:
+    """``(the multitask runs, notes)``: few-shot and verify runs found directly under ``runs_dir`` are
+    not rows of the multitask table (their metrics mean something else); the note says where they go."""
+    other: dict[str, list[str]] = {}
+    for r in runs:
+        if r.kind not in MULTITASK_KINDS:
+            other.setdefault(r.kind, []).append(r.name)
+    notes = []
+    for kind, names in other.items():
+        parent = runs_dir.parent if runs_dir.name == kind else runs_dir
+        notes.append(f"{len(names)} {kind} run(s) under {runs_dir} ({', '.join(names[:5])}{' …' if len(names) > 5 else ''}) "
+                     f"are not multitask runs and are not rows of this table: `exvo report --runs {parent}` shows "
+                     f"them in their own section (it reads {parent / kind})")
+    return [r for r in runs if r.kind in MULTITASK_KINDS], notes
 
 
 def make_report(runs_dir: str | Path, out_dir: str | Path, corpus: Corpus | None = None) -> str:
@@ -237,7 +345,8 @@ def make_report(runs_dir: str | Path, out_dir: str | Path, corpus: Corpus | None
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"{runs_dir} is not a folder; give the --runs folder that `exvo learn` wrote to")
-    runs = [r for r in discover(runs_dir) if r.path.resolve() != out_dir.resolve()]
+    found = [r for r in discover(runs_dir) if r.path.resolve() != out_dir.resolve()]
+    runs, kind_notes = _split_kinds(found, runs_dir)
     rows = make_rows(runs, corpus) if runs else []
     out_dir.mkdir(parents=True, exist_ok=True)
     # the other tracks (few-shot, verify, FID, recipes) report without any multitask run
@@ -245,12 +354,16 @@ def make_report(runs_dir: str | Path, out_dir: str | Path, corpus: Corpus | None
                 if s is not None]
     if not runs and not sections:
         raise FileNotFoundError(f"nothing to report under {runs_dir}: no multitask runs (`exvo learn --runs "
-                                f"{runs_dir}`) and no few-shot, verify, FID or reproduce results")
-    cells = [_cells(k + 1, r) for k, r in enumerate(rows)]
-    made, fig_notes = _figures(rows, out_dir, corpus) if rows else ([], [])
-    notes = _notes(rows) if rows else [f"no multitask runs under {runs_dir} (train some with `exvo learn`)"]
+                                f"{runs_dir}`) and no few-shot, verify, FID or reproduce results"
+                                + "".join(f"; {n}" for n in kind_notes))
+    const, const_notes = constant_predictor(runs)
+    cells = [_cells(k + 1, r, const) for k, r in enumerate(rows)]
+    cells += [_constant_cells(const)] if rows and const is not None else []
+    made, fig_notes = _figures(rows, out_dir, corpus, const) if rows else ([], [])
+    notes = (_notes(rows, const) + const_notes if rows else
+             [f"no multitask runs under {runs_dir} (train some with `exvo learn`)"]) + kind_notes
 
-    _write_csv(rows, out_dir / "report.csv")
+    _write_csv(rows, out_dir / "report.csv", const)
     md = [f"# exvo report: {runs_dir}", ""] + ([_md_table(cells), ""] if cells else [])
     md += [f"- {n}" for n in notes]
     if made or fig_notes:

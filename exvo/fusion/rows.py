@@ -9,7 +9,14 @@ Every row carries two kinds of score, never mixed in one column:
 * **seed ensemble**: the score of the seed-averaged predictions (``val.csv``); for
   ``--select-on cv`` fusions, the out-of-fold score of the ensemble.
 
-Flags: ``optimistic`` (a fusion, or a learn run's epochs, chosen and scored on Val, †), ``stale`` (‡: any run
+Beside them, for learn runs made with ``--stop-on folds``, the **out-of-fold (OOF) estimate**
+from Train alone (``metrics.json["oof"]``: each Train clip predicted by the fold model that did
+not train on its speaker; Val never used): S_MTL mean ± std over seeds and the 95 % speaker
+bootstrap interval of the seed ensemble. :func:`constant_predictor` gives the trivial row
+(Train mean emotions and age, majority country; ``config.json["constant_predictor_val"]``).
+
+Flags: ``optimistic`` (:func:`optimism`: a learn run's epochs chosen on Val, a fusion chosen or
+weighted on Val, or a fusion of any such run, scored on Val, †), ``stale`` (‡: any run
 whose labels, input caches or own files changed since it was made, or a fusion whose sources
 did, vanished, or that missed runs added since; :mod:`exvo.runs.provenance`) and
 ``probe`` notes for ``@best`` layers (the ridge probe's margin; ≈ when other layers lie
@@ -27,6 +34,9 @@ from exvo.runs.reader import Run, feature_specs, n_seeds, read_json
 from exvo.predictions import PredictionError, score as score_pred
 
 METRICS = seeds.METRICS
+MULTITASK_KINDS = ("learn", "fusion", "?")
+"""Run kinds that are rows of the multitask table (``?``: a folder with val.csv but no config.json);
+few-shot and verify runs have their own sections."""
 LAYER_SPEC = re.compile(r"^(?P<name>[^@]+)@(?P<layer>\d+)$")
 
 
@@ -52,6 +62,8 @@ class Row:
     probe_tie: bool = False
     note: str | None = None
     ensemble_undefined: bool = False               # the ensemble's S_MTL is undefined (CCC or UAR <= 0)
+    optimistic_why: list[str] = field(default_factory=list)    # why † (empty: clean)
+    oof: dict | None = None                        # OOF S_MTL {"mean", "std", "n", "ci95": [lo, hi] | None}
 
     @property
     def sort_key(self) -> float | None:
@@ -74,7 +86,7 @@ def learner_label(cfg: dict) -> str:
         s = mode + (f"-top{top}" if mode == "hybrid" and top > 1 else "")
         if cfg.get("weighted"):
             s += " (weighted)"
-        return s + (" cv" if cfg.get("select_on") == "cv" else "")
+        return s + (f" {cfg['select_on']}" if cfg.get("select_on") in ("cv", "oof") else "")
     learner = cfg.get("learner") or "?"
     arch = cfg.get("arch")
     return f"{learner}/{arch}" if arch else str(learner)
@@ -160,6 +172,67 @@ def _probe_notes(cfg: dict, s_mtl_std: float | None) -> tuple[list[str], bool]:
     return notes, tie
 
 
+def optimism(run: Run, seen: frozenset = frozenset()) -> list[str]:
+    """Why ``run``'s Val figures are optimistic (†): empty when Val chose nothing behind them.
+
+    One flag per run: a learn (or pool) run's ``config.json["val_optimistic"]`` (Val chose its
+    epochs; older runs: ``metrics.json``); a fusion's own choice or weights made on Val
+    (``metrics.json["selection"]["optimistic"]``), and every source it fused, recursively, so a
+    ``fuse --mean`` of Val-stopped runs keeps their †.
+    """
+    cfg, met = run.record, run.metrics
+    sel = met.get("selection") if isinstance(met.get("selection"), dict) else {}
+    why = []
+    if run.kind == "fusion":
+        if sel.get("optimistic") and cfg.get("mode") != "pool":
+            why.append(f"{run.name}: chosen/weighted on Val and scored on Val")
+        for name in cfg.get("sources") or []:
+            src = run.path.parent / str(name)
+            if src.resolve() in seen or not src.is_dir():
+                continue
+            why += optimism(Run.open(src), seen | {run.path.resolve()})
+    else:
+        flag = cfg.get("val_optimistic", met.get("val_optimistic", sel.get("optimistic")))
+        if flag:
+            why.append(f"{run.name}: its epochs were chosen on Val (--stop-on val)")
+    return list(dict.fromkeys(why))
+
+
+def oof_summary(met: dict) -> dict | None:
+    """The OOF S_MTL of a ``--stop-on folds`` run: ``{"mean", "std", "n", "ci95"}`` (None: no OOF)."""
+    oof = met.get("oof")
+    if not isinstance(oof, dict):
+        return None
+    s = ((oof.get("summary") or {}).get("s_mtl") or {}) if isinstance(oof.get("summary"), dict) else {}
+    ci = (oof.get("ci95") or {}).get("s_mtl") if isinstance(oof.get("ci95"), dict) else None
+    per = oof.get("per_seed") if isinstance(oof.get("per_seed"), list) else []
+    ci = [float(ci[0]), float(ci[1])] if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci else None
+    return {"mean": _num(s.get("mean")), "std": _num(s.get("std")) if len(per) != 1 else None,
+            "n": len(per), "ci95": ci}
+
+
+def constant_predictor(runs: list[Run]) -> tuple[dict | None, list[str]]:
+    """``(Val scores of the trivial predictor, notes)`` from the learn runs' records
+    (``config.json["constant_predictor_val"]``: Train mean emotions and age, majority country);
+    None when no run recorded it."""
+    found: dict[tuple, tuple[dict, list[str]]] = {}
+    for r in runs:
+        c = r.record.get("constant_predictor_val") if r.kind == "learn" else None
+        if isinstance(c, dict) and all(_num(c.get(m)) is not None for m in METRICS):
+            key = tuple(round(float(c[m]), 9) for m in METRICS)
+            found.setdefault(key, ({m: float(c[m]) for m in METRICS}, []))[1].append(r.name)
+    if not found:
+        return None, ["no constant-predictor row: no learn run records config.json constant_predictor_val "
+                      "(runs made before exvo recorded it; learn again to get it)"]
+    ranked = sorted(found.values(), key=lambda v: -len(v[1]))
+    notes = []
+    if len(ranked) > 1:
+        notes.append(f"the learn runs record {len(ranked)} different constant predictors (different corpora or "
+                     f"labels?); shown: the one of {len(ranked[0][1])} run(s), not that of "
+                     + ", ".join(n for _, names in ranked[1:] for n in names[:3]))
+    return ranked[0][0], notes
+
+
 def _from_per_seed(per: list[dict]) -> tuple[dict, dict, int, int, dict, dict]:
     summ = seeds.summarise(per)
     pe_mean, pe_std = seeds.per_emotion(per)
@@ -220,11 +293,11 @@ def make_row(run: Run, corpus: Corpus | None, learn_runs: list[Run]) -> Row:
         dim = cfg.get("feature_dim", cfg.get("dim"))
         dims = str(dim) if dim is not None else "?"
     seeds_cell = str(count) if count else ("-" if kind == "fusion" else "?")
-    sel = met.get("selection") if isinstance(met.get("selection"), dict) else {}
     stale = _stale(run, learn_runs)
     probe, tie = _probe_notes(cfg, std["s_mtl"]) if kind != "fusion" else ([], False)
+    why = optimism(run)
     return Row(run, run.name, kind, features, dims, learner_label(cfg), seeds_cell, mean, std, ensemble, count,
-               n_def, bool(sel.get("optimistic")), pe_mean, pe_std, stale, probe, tie, note, ens_undefined)
+               n_def, bool(why), pe_mean, pe_std, stale, probe, tie, note, ens_undefined, why, oof_summary(met))
 
 
 def make_rows(runs: list[Run], corpus: Corpus | None) -> list[Row]:

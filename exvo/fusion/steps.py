@@ -15,6 +15,7 @@ import numpy as np
 
 from exvo.corpus import Corpus
 from exvo.fusion import seeds
+from exvo.fusion.basis import basis_note, oof_spread, seed_spread
 from exvo.fusion.cv import speaker_halves
 from exvo.fusion.ensemble import compose
 from exvo.fusion.select import SUBTASKS, Choice, choose, subtask_score
@@ -168,10 +169,38 @@ def val_candidates(corpus: Corpus, by_name: dict[str, Run], notes: list[str]) ->
     return ValCandidates(val_ids, labels, preds, seed_preds, seed_sources)
 
 
-def fuse_full_val(cand: ValCandidates, opts: Options, notes: list[str]) -> FusedVal:
-    """Choose per subtask on all of Val and compose the predictions that are written: every
-    fused seed, and val.csv as their ensemble; appends the composition's notes to ``notes``."""
-    choices = _choose_all(cand.preds, cand.labels, None, opts.mode, opts.top, opts.weighted)
+def oof_choices(corpus: Corpus, by_name: dict[str, Run], opts: Options) -> dict[str, Choice]:
+    """``select_on="oof"``: the choice per subtask made on the sources' out-of-fold Train
+    predictions (``oof.csv``, runs made with ``exvo learn --stop-on folds``), so that Val stays
+    unseen by the choice; a PredictionError names the sources without them."""
+    lacking = sorted(n for n, r in by_name.items() if not r.has("OOF"))
+    if lacking:
+        raise PredictionError(f"--select-on oof: run(s) {', '.join(lacking)} have no out-of-fold Train predictions "
+                              "(oof.csv); train them with `exvo learn --stop-on folds`, or use --select-on cv")
+    train_ids = corpus.split_ids("Train")
+    preds = {n: r.load("OOF") for n, r in by_name.items()}
+    for n, pr in preds.items():
+        if set(pr.ids) != set(train_ids):
+            raise PredictionError(f"--select-on oof: {n}'s out-of-fold predictions cover {len(pr.ids)} clips, not the "
+                                  f"{len(train_ids)} Train clips of {corpus.root} (clips missing from its cache?)")
+    choices = _choose_all({n: pr.take(train_ids) for n, pr in preds.items()}, corpus.labels("Train"), None,
+                          opts.mode, opts.top, opts.weighted)
+    for sub in SUBTASKS if opts.selects else ():     # what chose, on which quantity (printed, kept in fusion.json)
+        choices[sub].notes.append(basis_note(choices[sub], oof_spread(by_name, sub), "out-of-fold Train"))
+    return choices
+
+
+def fuse_full_val(cand: ValCandidates, opts: Options, notes: list[str],
+                  choices: dict[str, Choice] | None = None) -> FusedVal:
+    """Choose per subtask on all of Val (or take ``choices`` made elsewhere: on the sources'
+    out-of-fold Train predictions) and compose the predictions that are written: every fused
+    seed, and val.csv as their ensemble; appends the composition's notes to ``notes``."""
+    if choices is None:
+        choices = _choose_all(cand.preds, cand.labels, None, opts.mode, opts.top, opts.weighted)
+        if opts.selects:     # what chose, on which quantity (printed under each subtask, kept in fusion.json)
+            for sub in SUBTASKS:
+                spread = seed_spread(cand.preds, cand.seed_preds, cand.labels, sub)
+                choices[sub].notes.append(basis_note(choices[sub], spread))
     weights = {s: choices[s].weights for s in SUBTASKS}
     pred, cnotes = compose(cand.preds, weights)
     notes += cnotes
@@ -183,13 +212,17 @@ def fuse_full_val(cand: ValCandidates, opts: Options, notes: list[str]) -> Fused
 
 
 def val_estimate(cand: ValCandidates, full: FusedVal, opts: Options) -> Estimate:
-    """``select_on="val"``: the run reports the full-Val scores of ``full`` (per fused seed and
-    of the seed ensemble), optimistic when anything was chosen or weighted on Val."""
+    """``select_on="val"`` or ``"oof"``: the run reports the full-Val scores of ``full`` (per
+    fused seed and of the seed ensemble), optimistic when anything was chosen or weighted on Val."""
     per_seed = [seeds.seed_row(k, seeds.score(p, cand.labels, None), cand.seed_sources[k])
                 for k, p in enumerate(full.seed_preds)]
-    note = ("--select-on val: the runs were chosen/weighted on Val, so the Val score is optimistic "
-            "(use --select-on cv for an honest estimate)" if opts.selects else
-            "--select-on val: plain average, nothing chosen on Val")
+    if opts.select_on == "oof":
+        note = ("--select-on oof: chosen/weighted on the sources' out-of-fold Train predictions; Val never took "
+                "part in the choice, so its score is a clean held-out estimate")
+    else:
+        note = ("--select-on val: the runs were chosen/weighted on Val, so the Val score is optimistic "
+                "(use --select-on oof or cv for an honest estimate)" if opts.selects else
+                "--select-on val: plain average, nothing chosen on Val")
     return Estimate(full.scores, per_seed, _reported(per_seed, full.scores), note)
 
 
@@ -222,7 +255,8 @@ def _cv_record(speakers: np.ndarray, halves: tuple[np.ndarray, np.ndarray], dire
               "mean_of_halves": halves_mean,
               "std_of_halves": {k: float(np.std([d["scores"][k] for d in directions])) for k in SCORE_KEYS},
               "out_of_fold": {k: oof_scores[k] for k in SCORE_KEYS}}
-    note = (f"--select-on cv: chose on one half of the Val speakers and scored on the other "
+    note = (f"--select-on cv: chose (on each candidate's seed-ensemble score of that half) on one half of the Val "
+            f"speakers and scored on the other "
             f"({len(spk_a)}/{len(spk_b)} speakers, {halves[0].size}/{halves[1].size} clips), both ways; "
             "reported: the out-of-fold scores on all of Val (each clip predicted by the choice made "
             "without it), per seed and of the seed ensemble; the full-Val score of val.csv is "

@@ -62,9 +62,12 @@ def load_trunk(run_dir: Path) -> tuple[Trunk, int, int]:
         raise ClassifierError(f"{run_dir} is a {cfg.get('learner')!r} run without a shared trunk; --classifier "
                               "needs an `exvo learn --learner mlp` run")
     params = {k[len("trunk."):]: v for k, v in stack.params.items() if k.startswith("trunk.")}
+    if getattr(fitted, "k", 1) > 1:
+        # a speaker-fold run keeps S × K models (seed-major): one embedding space per seed, its first fold's
+        params = {k: v[::fitted.k] for k, v in params.items()}
     dim = int(params["0.weight"].shape[-1])        # (S, out, in): nn.Linear weights with a seed dimension
     h2 = int(params["3.weight"].shape[-2])
-    S = stack.n
+    S = int(params["0.weight"].shape[0])
 
     @torch.no_grad()
     def trunk(X: np.ndarray, chunk: int = 4096) -> np.ndarray:

@@ -75,11 +75,29 @@ def write_table(table, out_dir: str | Path, tag: str) -> dict[str, Path]:
     return {"csv": base.with_suffix(".csv"), "json": base.with_suffix(".json"), "png": png}
 
 
+def small_sample_caveat(rec: dict) -> str | None:
+    """The warning a table with bins smaller than the embedding dimension needs (None: every bin is
+    large enough): such a bin's covariance is singular and its FID biased upwards."""
+    dim = rec.get("dim")
+    if not isinstance(dim, int) or dim <= 0:
+        return None
+    sizes = [(side, e, int(n)) for side in ("n_train", "n_val") for e, n in (rec.get(side) or {}).items()
+             if isinstance(n, (int, float)) and n >= 2]
+    small = [n for _, _, n in sizes if n < dim]
+    if not small:
+        return None
+    return (f"Small samples: {len(small)} of {len(sizes)} bins hold fewer clips ({min(small)}–{max(small)}) than the "
+            f"{dim} embedding dimensions, so their covariance is singular and their FID is biased upwards (it "
+            "falls as clips are added); compare cells of similar bin sizes only, not against the paper's FIDs")
+
+
 def heat_map(rec: dict, path: Path) -> Path:
     """Heat map of a table record (rows Train bins, columns Val bins, diagonal outlined)."""
     import matplotlib
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
+
+    from exvo.fusion.plots import fit_title, set_title
 
     M = np.array([[np.nan if v is None else v for v in row] for row in rec["fid_mean"]], dtype=float)
     emos = rec["emotions"]
@@ -102,8 +120,10 @@ def heat_map(rec: dict, path: Path) -> Path:
     ax.set_xlabel("Val bin (clips)")
     ax.set_ylabel("Train bin (clips)")
     seeds = f", mean over {rec['views']} seeds" if rec.get("views", 1) > 1 else ""
-    ax.set_title(f"FID between emotion bins, Train vs Val (bin: {rec['bin_rule']}{seeds})\n{rec['space']}",
-                 fontsize=10)
+    set_title(fig, ax, f"FID between emotion bins, Train vs Val (bin: {rec['bin_rule']}{seeds})\n{rec['space']}")
+    caveat = small_sample_caveat(rec)
+    if caveat:
+        fig.supxlabel(fit_title(caveat, fig.get_figwidth() * 0.9, 9), fontsize=9, color="#a00000")
     fig.savefig(path)
     return path
 
@@ -126,6 +146,8 @@ def report_figures(runs_dir: str | Path, out_dir: str | Path) -> tuple[list[tupl
             notes.append(f"{p.name} skipped: not a readable FID table ({e}); rebuild it with `exvo fid --table`")
             continue
         made.append((f"FID between emotion bins, Train vs Val ({rec['space']})", png))
+        if caveat := small_sample_caveat(rec):
+            notes.append(f"{p.stem}: {caveat}")
     return made, notes
 
 

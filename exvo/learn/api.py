@@ -22,7 +22,7 @@ from exvo.learn import folds, registry, runs
 from exvo.runs import provenance
 from exvo.runs.store import RunWriter, check_free, check_name
 from exvo.learn.config import LearnConfig
-from exvo.learn.features import (FeatureError, FeatureSpec, Scaler, load_features, parse_specs,
+from exvo.learn.features import (FeatureError, FeatureSpec, Scaler, block_spec, load_features, parse_specs,
                                  report_missing)
 from exvo.learn.probe import probe_layers
 from exvo.learn.selection import selection_folds
@@ -110,6 +110,9 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
     try:
         prep = prepare(corpus, cfg, specs, cache_dir, echo, note)
         echo_plan(cfg, lcfg, prep, threads, echo, note)
+        for (a, b), shared in corpus.speaker_overlaps().items():
+            note(f"warning: {len(shared)} speaker(s) have clips in both {a} and {b} ({', '.join(shared[:5])}"
+                 f"{' …' if len(shared) > 5 else ''}): its {b} scores are not new-speaker estimates")
         writer = RunWriter(runs_dir, name, overwrite=overwrite)
         t0 = time.perf_counter()
         fitted = fit_and_save(cfg, lcfg, prep, writer, device, threads, echo, note)
@@ -165,7 +168,7 @@ def echo_plan(cfg: LearnConfig, lcfg, prep: Prepared, threads: int, echo, note) 
     """Say what will be trained on what, and how models are chosen."""
     rows, fm, sel = prep.fm.rows, prep.fm, cfg.select
     arch = getattr(lcfg, "arch", None)
-    dims = " + ".join(f"{b.spec}[L{b.layer}]:{b.dim}" for b in fm.blocks)
+    dims = " + ".join(f"{b.spec}[{b.label}]:{b.width}" for b in fm.blocks)
     echo(f"features {dims} = {fm.dim} dims; Train {rows['Train'].size}, Val {rows['Val'].size}, "
          f"Test {rows['Test'].size if prep.do_test else 0} clips; {cfg.learner}"
          + (f" {arch}" if arch else "") + f", preset {cfg.preset}, seeds {cfg.seeds.list}, {threads} thread(s)")
@@ -183,7 +186,8 @@ def fit_and_save(cfg: LearnConfig, lcfg, prep: Prepared, writer: RunWriter, devi
     learner = registry.get(cfg.learner)
     models = writer.file("models/learner.json").parent
     t = prep.targets
-    data = registry.FitData(prep.fm.X, t, prep.fit_rows, prep.sel_rows, cfg.seeds.list, cfg.train,
+    X = prep.fm.layer_block() if "layers" in learner.uses else prep.fm.X     # (n, L, F) for layer-wise learners
+    data = registry.FitData(X, t, prep.fit_rows, prep.sel_rows, cfg.seeds.list, cfg.train,
                             cfg.loss_config(), cfg.select, device=device, threads=threads, echo=echo,
                             progress=cfg.progress)
     if cfg.select.on != "folds":
@@ -309,6 +313,7 @@ def run_record(corpus: Corpus, cfg: LearnConfig, lcfg, prep: Prepared, name: str
                   "test": int(rows["Test"].size) if prep.do_test else 0,
                   "missing_from_cache": {k: v for k, v in fm.missing.items() if v}},
         "std_over_seeds": "population (ddof=0)",
+        "speaker_overlaps": {f"{a}/{b}": v for (a, b), v in corpus.speaker_overlaps().items()},
         "constant_predictor_val": trivial,
         "seconds": seconds,
         "notes": notes,
@@ -338,18 +343,22 @@ def predict_run(run_dir: str | Path, corpus: Corpus, cache_dir: str | Path = "ca
     ids = corpus.split_ids(split)
     if not ids:
         raise CorpusError(f"{corpus.root} has no {split} rows to predict")
-    specs = [FeatureSpec(b["name"], int(b["layer"])) for b in cfg["features"]]
+    specs = [block_spec(b) for b in cfg["features"]]
     from exvo.learn.features import open_cache
 
     for b in cfg["features"]:
         c = open_cache(b["name"], corpus, cache_dir)
         if c.config != b["cache_config"]:
+            want = b["cache_config"]
+            other = sorted(k for k in set(c.config) | set(want)
+                           if k != "storage_dtype" and c.config.get(k) != want.get(k))
             raise CacheMismatch(
                 f"the {b['name']} cache of {corpus.name} ({c.path}) was built with other settings than the one "
-                f"{run_dir.name} was trained on ({config_diff(c.config, b['cache_config'])}; 'cache' is this "
-                f"corpus, 'requested' the run's). Re-extract with the run's settings "
-                f"(`exvo extract --model {b['name']} --data {corpus.root} --overwrite` with the same options)"
-            )
+                f"{run_dir.name} was trained on ({config_diff(c.config, want)}; 'cache' is this corpus, "
+                f"'requested' the run's). Re-extract it with the run's settings: `exvo extract --model {b['name']} "
+                f"--data {corpus.root} --cache {cache_dir} --dtype {want.get('storage_dtype', 'float32')} "
+                f"--overwrite`" + (f" with the options that made {', '.join(other)} as requested" if other else "")
+                + "; or pass --cache DIR naming the cache the run was trained on")
         if c.dim != b["dim"]:
             raise CacheMismatch(f"the {b['name']} cache has {c.dim} dims, the run was trained on {b['dim']}")
     fm = load_features(corpus, specs, cache_dir, echo=lambda m: None, need_train=False)
@@ -363,6 +372,14 @@ def predict_run(run_dir: str | Path, corpus: Corpus, cache_dir: str | Path = "ca
     scaler.apply_(X)
     age_mean, age_std = float(extra["age_mean"]), float(extra["age_std"])
     fitted = folds.load_fitted(run_dir / "models", registry.get(cfg["learner"]).load)
+    try:
+        fitted.predict(X[:1])        # the saved models must take the features the run's record names
+    except (RuntimeError, ValueError) as e:
+        raise FeatureError(
+            f"the models in {run_dir / 'models'} do not take the {X.shape[1]} features that "
+            f"{run_dir / 'config.json'} records ({', '.join(s.text for s in specs)}): {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else e!r}. The folder holds model files of another run; make "
+            "the run again with `exvo learn`, or predict with the run these models come from") from None
     emo, pro, agez = fitted.predict(X)
     pred = Predictions.from_proba(ids, *runs.ensemble(emo, pro, agez.astype(np.float64) * age_std + age_mean))
     out = Path(out) if out is not None else run_dir / f"predict_{corpus.name}_{split.lower()}.csv"

@@ -1,6 +1,7 @@
-"""Feature specs and loading: cached embeddings → one standardised, early-fused matrix.
+"""Feature loading: cached embeddings → one standardised, early-fused matrix.
 
-A feature spec names a cache (one extractor) and, for multi-layer (SSL) caches, a layer::
+A feature spec names a cache (one extractor) and, for multi-layer (SSL) caches, one layer or
+several (grammar in :mod:`exvo.learn.specs`)::
 
     egemaps          the only layer of an openSMILE cache
     wavlm            the last layer
@@ -8,17 +9,21 @@ A feature spec names a cache (one extractor) and, for multi-layer (SSL) caches, 
                      in a cache made with ``--layers``, which must have kept it)
     wavlm@-2         the second-to-last layer
     wavlm@best       the layer chosen by a closed-form ridge probe on Train → Val (see ``probe``)
+    wavlm@all        every stored layer; wavlm@3-8, wavlm@0,6,12: those layers
 
 ``--features a,b`` concatenates the sets column-wise (early fusion), rows aligned by ``File_ID``.
+A multi-layer set contributes its layers one after another (layer-major columns), so the
+per-column standardisation gives every layer its own Train statistics, and a learner that
+takes layers (``wsum``) sees the same memory as ``(n, L, F)`` (:meth:`FeatureMatrix.layer_block`,
+a view, no copy); any other learner gets the concatenation of the layers.
 
-Memory: the fused matrix ``(n_clips, sum of dims)`` float32 is allocated once; every
-set's layer is read once from HDF5 and copied into its column block, then the matrix is
+Memory: the fused matrix ``(n_clips, sum of widths)`` float32 is allocated once; every
+layer is read once from HDF5 and copied into its column block, then the matrix is
 standardised in place (Train mean/std), so a 59,000 × 2,048 float32 matrix costs its
-own 480 MB plus one set's layer while loading.
+own 480 MB plus one layer while loading (a 25-layer × 2,048 block of 20,000 clips: 4.1 GB).
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,60 +31,19 @@ from typing import Callable, Sequence
 import numpy as np
 
 from exvo.corpus import Corpus, listing
-from exvo.extract.cache import FORMAT, CacheError, EmbeddingCache, cache_path
+from exvo.extract.cache import FORMAT, EmbeddingCache, cache_path
+from exvo.learn.specs import (FeatureError, FeatureSpec, block_spec, layers_text, parse_spec, parse_specs,
+                              resolve_layer, resolve_layers)
 
-_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)(?:@(?P<layer>-?\d+|best))?$")
+__all__ = ["FeatureBlock", "FeatureError", "FeatureMatrix", "FeatureSpec", "Scaler", "StaleCacheError", "block_spec",
+           "check_identity", "extract_hint", "fused_matrix", "layers_text", "load_features", "make_block", "open_cache",
+           "parse_spec", "parse_specs", "report_missing", "resolve_layer", "resolve_layers", "split_rows"]
+"""The loading API; the spec names (parsing, layer resolution) live in :mod:`exvo.learn.specs`."""
 
-
-class FeatureError(CacheError):
-    """A feature spec or a feature cache cannot be used; the message says how to fix it."""
 
 
 class StaleCacheError(FeatureError):
     """Cached rows were made from audio that has changed since (see :func:`check_identity`)."""
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """``name`` of the cache (extractor); ``layer``: an int, ``"best"`` or None (= last)."""
-
-    name: str
-    layer: int | str | None = None
-
-    @property
-    def text(self) -> str:
-        return self.name if self.layer is None else f"{self.name}@{self.layer}"
-
-
-def parse_spec(text: str) -> FeatureSpec:
-    """``"wavlm@12"`` → ``FeatureSpec("wavlm", 12)``; raises :class:`FeatureError` on bad input."""
-    s = str(text).strip()
-    m = _SPEC.match(s)
-    if not m:
-        raise FeatureError(
-            f"bad feature spec {text!r}: expected NAME, NAME@LAYER (an integer, negative counts from the last) "
-            "or NAME@best, where NAME is an extractor cached with `exvo extract --model NAME` "
-            "(e.g. egemaps, wavlm@12, hubert@best)"
-        )
-    layer = m.group("layer")
-    if layer is not None and layer != "best":
-        layer = int(layer)
-    return FeatureSpec(m.group("name"), layer)
-
-
-def parse_specs(texts: Sequence[str] | str) -> list[FeatureSpec]:
-    """Parse a list (or one comma-separated string) of specs; duplicates and empties are refused."""
-    if isinstance(texts, str):
-        texts = [t for t in texts.split(",")]
-    items = [t.strip() for t in texts]
-    if not items or any(not t for t in items):
-        raise FeatureError(f"empty feature spec in {list(texts)!r}; give e.g. --features egemaps or --features wavlm@12,egemaps")
-    specs = [parse_spec(t) for t in items]
-    names = [s.name for s in specs]
-    dups = sorted({n for n in names if names.count(n) > 1})
-    if dups:
-        raise FeatureError(f"feature set(s) {dups} given more than once in {items}; each cache may appear once")
-    return specs
 
 
 @dataclass
@@ -88,17 +52,36 @@ class FeatureBlock:
 
     spec: str                 # as given, e.g. "wavlm@best"
     name: str                 # cache / extractor name
-    layer: int                # resolved layer index, 0..n_layers-1
-    layer_choice: str         # "only", "last", "given" or "best (ridge probe)"
+    layer: int | None         # resolved layer index, 0..n_layers-1 (None: several, see ``layers``)
+    layer_choice: str         # "only", "last", "given", "all" or "best (ridge probe)"
     n_layers: int
-    dim: int
+    dim: int                  # F, the width of one layer
     cache: str
     cache_config: dict
     cache_fingerprint: str
     probe: dict | None = None  # @best: {"layer_scores": {layer: s_mtl}, ...}
+    layers: list[int] | None = None   # multi-layer specs: the model's layer indices, in stored order
+
+    @property
+    def used(self) -> list[int]:
+        """The model's layer indices this block reads (one, or ``layers``)."""
+        return list(self.layers) if self.layers else [int(self.layer)]
+
+    @property
+    def width(self) -> int:
+        """Columns of this block in the fused matrix: ``len(used) × dim``."""
+        return len(self.used) * self.dim
+
+    @property
+    def label(self) -> str:
+        """``L12`` or ``L0-24`` (for messages)."""
+        return "L" + (layers_text(self.layers) if self.layers else str(self.layer))
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        if out["layers"] is None:
+            del out["layers"]           # single-layer blocks keep the record they always had
+        return out
 
 
 @dataclass
@@ -119,6 +102,25 @@ class FeatureMatrix:
     def dim(self) -> int:
         return int(self.X.shape[1])
 
+    @property
+    def layer_names(self) -> list[str]:
+        """``["wavlm@0", …]``: the layers of :meth:`layer_block`, in its order."""
+        return [f"{b.name}@{k}" if b.n_layers > 1 else b.name for b in self.blocks for k in b.used]
+
+    def layer_block(self) -> np.ndarray:
+        """``X`` seen as ``(n_rows, L, F)``: every layer of every block (a view, no copy).
+
+        Every block must have the same layer width ``F`` (e.g. ``wavlm@all``, or two caches of
+        one model size); other mixes are refused with their widths.
+        """
+        dims = sorted({b.dim for b in self.blocks})
+        if len(dims) != 1:
+            raise FeatureError(
+                "a layer-wise learner needs layers of one width; got "
+                + " + ".join(f"{b.spec} ({len(b.used)} × {b.dim})" for b in self.blocks)
+                + ". Give one multi-layer set (e.g. --features wavlm@all), or sets of the same width")
+        return self.X.reshape(self.X.shape[0], len(self.layer_names), dims[0])
+
 
 def extract_hint(name: str, corpus: Corpus, cache_dir: str | Path) -> str:
     return f"`exvo extract --model {name} --data {corpus.root} --cache {cache_dir}`"
@@ -134,38 +136,6 @@ def open_cache(spec: FeatureSpec | str, corpus: Corpus, cache_dir: str | Path) -
             f"make it with {extract_hint(name, corpus, cache_dir)}"
         )
     return EmbeddingCache(path)
-
-
-def resolve_layer(spec: FeatureSpec, cache: EmbeddingCache) -> tuple[int | None, str]:
-    """``(layer or None for @best, how it was chosen)``; out-of-range or not kept layers are refused.
-
-    Layers are the model's own indices (``wavlm@12`` = hidden state 12), also in a cache that
-    keeps a subset (``exvo extract --layers``): read it at ``cache.layer_ids.index(layer)``.
-    """
-    ids = cache.layer_ids
-    L = cache.n_layers
-    full = int(cache.config.get("n_layers", ids[-1] + 1)) if ids != list(range(L)) else L
-    if spec.layer is None:
-        return ids[-1], ("only" if L == 1 else "last" if ids[-1] == full - 1 else "last kept")
-    if spec.layer == "best":
-        if L == 1:   # accepting it would make a second, differently named run of the very same features
-            raise FeatureError(
-                f"feature spec {spec.text!r}: the {spec.name} cache has a single layer, so @best has nothing to "
-                f"choose; write {spec.name!r} (@LAYER and @best are for multi-layer SSL caches)")
-        return None, "best (ridge probe)"
-    k = int(spec.layer)
-    if not -full <= k < full:
-        raise FeatureError(
-            f"feature spec {spec.text!r}: layer {k} does not exist; the {spec.name} cache has {full} layer(s) "
-            f"(valid: 0..{full - 1}, or -1..-{full} from the end)"
-        )
-    if k % full not in ids:
-        raise FeatureError(
-            f"feature spec {spec.text!r}: layer {k % full} was not kept in the {spec.name} cache ({cache.path} "
-            f"stores layers {','.join(map(str, ids))}, made with `--layers`); use one of those, or extract again "
-            f"with --layers including {k % full} (or without --layers for all layers) and --overwrite"
-        )
-    return k % full, "given"
 
 
 def split_rows(corpus: Corpus, present: set[str], splits=("Train", "Val", "Test")):
@@ -233,48 +203,61 @@ def load_features(corpus: Corpus, specs: Sequence[FeatureSpec], cache_dir: str |
             f"no Train clip of {corpus.name} is in all of the caches {[c.path.name for c in caches]}; "
             f"extract them first, e.g. {extract_hint(specs[0].name, corpus, cache_dir)}"
         )
-    blocks: list[FeatureBlock] = []
-    for spec, c in zip(specs, caches):
-        layer, how = resolve_layer(spec, c)
-        info = None
-        if layer is None:
-            if probe_fn is None:
-                raise FeatureError(f"{spec.text}: @best needs a layer probe")
-            layer, info = probe_fn(c, corpus)
-            sc = info["layer_scores"]
-            runner_up = max((k for k in sc if k != layer), key=lambda k: sc[k], default=None)
-            # the margin tells a clear choice from a near-tie (`exvo report` compares it with the seed std)
-            margin = (f"; margin {sc[layer] - sc[runner_up]:.3f} over layer {runner_up}"
-                      if runner_up is not None else "")
-            echo(f"{spec.text}: layer {layer} of {c.n_layers} chosen by a closed-form ridge probe "
-                 f"({info.get('method', 'ridge probe')}"
-                 + ("; optimistic for Val" if info.get("selected_on", "val") == "val" else "") + f"){margin} — scores: "
-                 + " ".join(f"{k}:{v:.3f}" for k, v in sc.items()))
-        blocks.append(FeatureBlock(spec.text, spec.name, int(layer), how, c.n_layers, c.dim, str(c.path),
-                                   c.config, c.fingerprint, info))
-    dim = sum(b.dim for b in blocks)
-    X: np.ndarray | None = None
-    off = 0
-    for b, c in zip(blocks, caches):
-        A = c.layer(c.layer_ids.index(b.layer))    # (n_cache, F), cache order: one read
-        if c.ids == ids and len(blocks) == 1:
-            X = A if A.dtype == np.float32 and A.flags.c_contiguous else np.ascontiguousarray(A, np.float32)
-            break
-        if X is None:
-            X = np.empty((len(ids), dim), dtype=np.float32)
-        cpos = {i: k for k, i in enumerate(c.ids)}
-        src = np.fromiter((cpos[i] for i in ids), dtype=np.int64, count=len(ids))
-        for s in range(0, len(ids), 8192):        # chunks bound the temporary of the gather
-            X[s:s + 8192, off:off + b.dim] = A[src[s:s + 8192]]
-        off += b.dim
-        del A
-    if X is None:  # no clip of the corpus is in every cache
-        X = np.empty((0, dim), dtype=np.float32)
+    blocks = [make_block(spec, c, corpus, echo, probe_fn) for spec, c in zip(specs, caches)]
+    X = fused_matrix(blocks, caches, ids)
     if not np.isfinite(X).all():
         bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
         raise FeatureError(f"non-finite features for {len(bad)} clip(s): {listing(ids[k] for k in bad)}; "
                            "rebuild the cache with --overwrite")
     return FeatureMatrix(X, ids, rows, blocks, missing)
+
+
+def make_block(spec: FeatureSpec, c: EmbeddingCache, corpus: Corpus, echo: Callable[[str], None],
+               probe_fn=None) -> FeatureBlock:
+    """The :class:`FeatureBlock` of one spec on its cache: its layer(s) resolved (``@best`` probed)."""
+    if spec.multi:
+        layers, how = resolve_layers(spec, c)
+        return FeatureBlock(spec.text, spec.name, None, how, c.n_layers, c.dim, str(c.path), c.config,
+                            c.fingerprint, None, layers)
+    layer, how = resolve_layer(spec, c)
+    info = None
+    if layer is None:
+        if probe_fn is None:
+            raise FeatureError(f"{spec.text}: @best needs a layer probe")
+        layer, info = probe_fn(c, corpus)
+        sc = info["layer_scores"]
+        runner_up = max((k for k in sc if k != layer), key=lambda k: sc[k], default=None)
+        # the margin tells a clear choice from a near-tie (`exvo report` compares it with the seed std)
+        margin = (f"; margin {sc[layer] - sc[runner_up]:.3f} over layer {runner_up}"
+                  if runner_up is not None else "")
+        echo(f"{spec.text}: layer {layer} of {c.n_layers} chosen by a closed-form ridge probe "
+             f"({info.get('method', 'ridge probe')}"
+             + ("; optimistic for Val" if info.get("selected_on", "val") == "val" else "") + f"){margin} — scores: "
+             + " ".join(f"{k}:{v:.3f}" for k, v in sc.items()))
+    return FeatureBlock(spec.text, spec.name, int(layer), how, c.n_layers, c.dim, str(c.path), c.config,
+                        c.fingerprint, info)
+
+
+def fused_matrix(blocks: list[FeatureBlock], caches: Sequence[EmbeddingCache], ids: list[str]) -> np.ndarray:
+    """``(len(ids), Σ widths)`` float32: every block's layers side by side, rows aligned to ``ids``.
+
+    One HDF5 read per layer; a single one-layer block already in ``ids`` order is returned as read.
+    """
+    if len(blocks) == 1 and len(blocks[0].used) == 1 and caches[0].ids == ids:
+        A = caches[0].layer(caches[0].layer_ids.index(blocks[0].layer))
+        return A if A.dtype == np.float32 and A.flags.c_contiguous else np.ascontiguousarray(A, np.float32)
+    X = np.empty((len(ids), sum(b.width for b in blocks)), dtype=np.float32)
+    off = 0
+    for b, c in zip(blocks, caches):
+        cpos = {i: k for k, i in enumerate(c.ids)}
+        src = np.fromiter((cpos[i] for i in ids), dtype=np.int64, count=len(ids))
+        for layer in b.used:
+            A = c.layer(c.layer_ids.index(layer))    # (n_cache, F), cache order: one read
+            for s in range(0, len(ids), 8192):        # chunks bound the temporary of the gather
+                X[s:s + 8192, off:off + b.dim] = A[src[s:s + 8192]]
+            off += b.dim
+            del A
+    return X
 
 
 def report_missing(fm: FeatureMatrix, corpus: Corpus, cache_dir: str | Path, need: Sequence[str],

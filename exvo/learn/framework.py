@@ -153,18 +153,21 @@ def shuffled_batches(data: Batch, rows: np.ndarray, batch_size: int) -> Sampler:
     return sample
 
 
-def fold_batches(data: Batch, rows: list[np.ndarray], batch_size: int) -> Sampler:
+def fold_batches(data: Batch, rows: list[np.ndarray], batch_size: int, steps: int | None = None) -> Sampler:
     """A per-model sampler for models trained on different rows (``rows[j]``: model j's fit rows):
     every epoch a fresh ``randperm`` of model j's rows, of which the first ``steps × batch_size``
-    form ``steps`` full batches, ``steps`` set by the smallest row set, so that every model's
-    batch has the same shape at every step (what stacking needs). Rows left out differ from
-    epoch to epoch; a model trained alone with the same ``rows`` list draws the same batches."""
+    form ``steps`` full batches — by default as many as the smallest row set fills — so that
+    every model's batch has the same shape at every step (what stacking needs). Rows left out
+    differ from epoch to epoch. A model trained alone with ``rows=[its rows]`` and the stack's
+    ``steps`` draws the same batches as in the stack."""
     rows_t = [torch.as_tensor(r, dtype=torch.long) for r in rows]
     smallest = min(r.numel() for r in rows_t)
     if smallest < 1:
         raise ValueError("a fold has no rows to fit on")
     bs = min(int(batch_size), smallest)
-    steps = smallest // bs
+    steps = smallest // bs if steps is None else int(steps)
+    if steps * bs > smallest:
+        raise ValueError(f"{steps} batches of {bs} need {steps * bs} rows; the smallest fold has {smallest}")
 
     def sample(gen: torch.Generator, epoch: int, j: int) -> Iterator[Batch]:
         r = rows_t[j]

@@ -207,6 +207,10 @@ def _register_builtins() -> None:
 
     # its own optimisation settings and losses (the paper's); explicit shared options reach it by name
     register(Learner("burst2vec", b2v.HELP, Burst2VecConfig, b2v.fit, b2v.load, uses=frozenset({"epochs"})))
+    from exvo.learn import wsum
+
+    # takes the (n, L, F) block of a multi-layer feature set ("layers"); see docs/layers.md
+    register(Learner("wsum", wsum.HELP, wsum.WSumConfig, wsum.fit, wsum.load, uses=wsum.USES))
 
 
 def save_meta(folder: Path, learner: str, cfg) -> None:

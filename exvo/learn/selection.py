@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from exvo.config import SelectionConfig
+from exvo.config import DEFAULT_FOLDS, SelectionConfig
 from exvo.corpus import Corpus
 from exvo.splits import holdout_split, speaker_folds
 
@@ -50,14 +50,17 @@ def selection_folds(corpus: Corpus, ids: list[str], rows: dict[str, np.ndarray],
     train = rows["Train"]
     spk, cou = corpus_rows_speakers(corpus, ids, train)
     n_spk = np.unique(spk).size
-    if n_spk < sel.k:
-        raise ValueError(f"--folds {sel.k}: Train has {n_spk} speaker(s), too few for {sel.k} speaker folds; use "
+    k = sel.k if sel.k is not None else min(DEFAULT_FOLDS, n_spk)
+    if n_spk < max(k, 2):
+        raise ValueError(f"--folds {k}: Train has {n_spk} speaker(s), too few for {k} speaker folds; use "
                          f"--folds {max(2, n_spk)} (at least 2 speakers needed) or --stop-on val (Val scores then optimistic †)")
     per_country = [np.unique(spk[cou == c]).size for c in np.unique(cou[cou >= 0])]
-    stratified = bool(per_country) and min(per_country) >= sel.k
+    stratified = bool(per_country) and min(per_country) >= k
     if note is not None:
-        note(f"  {sel.k} speaker folds of {n_spk} Train speakers, " + (
+        fewer = (f" (only {n_spk} Train speakers, so fewer than {DEFAULT_FOLDS} folds)"
+                 if k < DEFAULT_FOLDS and sel.k is None else "")
+        note(f"  {k} speaker folds of {n_spk} Train speakers{fewer}, " + (
             "stratified by country" if stratified else
-            f"not stratified by country (a country has {min(per_country, default=0)} speaker(s) < {sel.k})"))
-    fold = speaker_folds(spk, sel.k, sel.holdout_seed, cou if stratified else None)
-    return [(train[fold != k], train[fold == k]) for k in range(sel.k)]
+            f"not stratified by country (a country has {min(per_country, default=0)} speaker(s) < {k})"))
+    fold = speaker_folds(spk, k, sel.holdout_seed, cou if stratified else None)
+    return [(train[fold != i], train[fold == i]) for i in range(k)]

@@ -34,6 +34,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from exvo.runs.store import check_name
+
 RECIPE_DIR = Path(__file__).parent
 KNOWN_METRICS = ("ccc", "uar", "mae", "s_mtl", "f1")
 
@@ -139,4 +141,16 @@ def load(name_or_path: str | Path) -> Recipe:
                         checkpoint=r.get("checkpoint"), unavailable=r.get("unavailable"), note=r.get("note"),
                         metrics_from=r.get("metrics_from"), extra=r.get("extra"),
                         needs_gpu=bool(r.get("needs_gpu", False)), demo=bool(r.get("demo", False))))
+    _check_names(p, raw["name"], [r.id for r in rows])
     return Recipe(raw["name"], raw["title"], raw["paper"], metrics, rows, list(raw.get("notes", [])), p)
+
+
+def _check_names(path: Path, name: str, row_ids: list[str]) -> None:
+    """The recipe's table folder ``reproduce-<name>`` and every row's run folder must be plain folder
+    names under ``--runs`` (a name from a file never writes outside the folder it belongs to)."""
+    for folder in [f"reproduce-{name}", *(f"reproduce-{name}-{i}" for i in row_ids)]:
+        try:
+            check_name(folder)
+        except ValueError as e:
+            raise RecipeError(f"{path}: {e}") from None
+

@@ -13,9 +13,11 @@ nor replaced: its row is reported ``stale`` with the fix.
 from __future__ import annotations
 
 import os
+import queue
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +110,24 @@ def plan(recipe: Recipe, checkpoint_dir: Path | None, commands: dict[str, set[st
             continue
         p.ready.append(row)
     return p
+
+
+def plan_lines(recipe: Recipe, checkpoint_dir: Path | None, commands: dict[str, set[str]]) -> list[str]:
+    """``exvo reproduce --list``'s lines for one recipe: the rows that will run (demo rows marked),
+    then the others grouped by the reason they will not (one line per reason, not per row)."""
+    p = plan(recipe, checkpoint_dir, commands)
+    demo = recipe.demo_rows()
+    lines = [f"{recipe.name}: {recipe.title}",
+             f"  {len(recipe.rows)} rows; commands: {', '.join(recipe.commands())}; "
+             f"weights: {', '.join(recipe.checkpoints()) or 'none'}"]
+    ready = [r.id + (" (demo)" if r.id in demo else "") for r in p.ready]
+    lines.append(f"    will run ({len(ready)}): {', '.join(ready)}" if ready else "    will run: none on this machine")
+    same: dict[tuple[str, str], list[str]] = {}
+    for o in p.outcomes.values():
+        same.setdefault((o.status, o.detail), []).append(o.row.id)
+    for (status, detail), ids in same.items():
+        lines.append(f"    {status} ({len(ids)}): {', '.join(ids)}: {detail}")
+    return lines
 
 
 def _argv(step: list[str], row: Row, recipe: Recipe, commands: dict[str, set[str]], data: Path, cache: Path,
@@ -221,16 +241,68 @@ def stale_reasons(folder: Path, cache: Path) -> list[str]:
     return load_run(folder, cache).stale
 
 
+HEARTBEAT_SECONDS = 25.0
+"""Longest silence of a running step: after this long without a line of output shown, a line says
+that it is still running, how long it has run and its latest output (a step can take minutes)."""
+REDUCED_SEEDS = 3
+"""Seeds of ``exvo reproduce NAME --reduced`` when ``--seeds`` is not given: the demo's, so a reduced
+run after ``exvo demo`` finds the demo's runs made by the very same command lines."""
+
+
+def _pump(stream, tag: str, q: "queue.Queue") -> None:
+    for ln in iter(stream.readline, ""):
+        q.put((tag, ln.rstrip("\n")))
+    q.put((tag, None))
+
+
+def stream_process(cmd: list[str], echo: Callable[[str], None], quiet: bool,
+                   heartbeat: float = HEARTBEAT_SECONDS) -> tuple[int, list[str], list[str]]:
+    """Run ``cmd``, showing its output as it comes (``quiet``: none of it) and, whenever nothing was
+    shown for ``heartbeat`` seconds, a line ``[N s] still running; latest: …``; returns ``(exit
+    code, its stdout lines, all its lines)``."""
+    p = subprocess.Popen(cmd, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         errors="replace", bufsize=1)
+    q: queue.Queue = queue.Queue()
+    for stream, tag in ((p.stdout, "out"), (p.stderr, "err")):
+        threading.Thread(target=_pump, args=(stream, tag, q), daemon=True).start()
+    out, every, open_streams = [], [], 2
+    t0 = last_shown = time.monotonic()
+    latest = ""
+    try:
+        while open_streams:
+            try:
+                tag, ln = q.get(timeout=max(0.05, heartbeat - (time.monotonic() - last_shown)))
+            except queue.Empty:
+                echo(f"    [{time.monotonic() - t0:.0f} s] still running"
+                     + (f"; latest: {latest.strip()[:160]}" if latest else ""))
+                last_shown = time.monotonic()
+                continue
+            if ln is None:
+                open_streams -= 1
+                continue
+            if ln.strip():
+                every.append(ln)
+                latest = ln
+                if tag == "out":
+                    out.append(ln)
+                if not quiet:
+                    echo(f"    {ln}")
+                    last_shown = time.monotonic()
+    except BaseException:        # Ctrl-C or an echo that failed: the step must not outlive us
+        p.kill()
+        p.wait()
+        raise
+    return p.wait(), out, every
+
+
 def _run_step(argv: list[str], quiet: bool, echo: Callable[[str], None]) -> int:
-    """One ``exvo`` command in its own process; ``quiet`` keeps its output unless it fails."""
-    cmd = [sys.executable, "-m", "exvo.cli", *argv]
-    if not quiet:
-        return subprocess.run(cmd, env=os.environ.copy()).returncode
-    p = subprocess.run(cmd, env=os.environ.copy(), capture_output=True, text=True, errors="replace")
-    lines = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()]
-    for ln in (lines[-12:] if p.returncode not in (0, 1) else [ln for ln in p.stdout.splitlines() if ln.strip()][-1:]):
-        echo(f"    {ln}")
-    return p.returncode
+    """One ``exvo`` command in its own process, never silent for more than :data:`HEARTBEAT_SECONDS`;
+    ``quiet`` shows only its last line (its last 12 lines when it fails) and the heartbeats."""
+    rc, out, every = stream_process([sys.executable, "-m", "exvo.cli", *argv], echo, quiet)
+    if quiet:
+        for ln in (every[-12:] if rc not in (0, 1) else out[-1:]):
+            echo(f"    {ln}")
+    return rc
 
 
 def _earlier(row: Row, recipe: Recipe, argvs: list[list[str]], data: Path, cache: Path, runs: Path,

@@ -16,13 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from exvo.fusion.plots import new_figure, set_title
 from exvo.metrics import EMOTIONS
-
-
-def new_figure(w: float, h: float):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(w, h), dpi=120, layout="constrained")
 
 
 def find_runs(verify_dir: Path) -> list[tuple[Path, dict, dict]]:
@@ -42,12 +37,31 @@ def find_runs(verify_dir: Path) -> list[tuple[Path, dict, dict]]:
     return out
 
 
-def label(met: dict) -> str:
-    return f"{met['loss']} · {' vs '.join(met['task'])} (unseen {', '.join(met['unseen'])})"
+def label(met: dict, cfg: dict | None = None) -> str:
+    """What tells one verify run from another: loss, features (and encoder), task and its unseen class."""
+    feats = "+".join(str(b.get("spec") or b.get("name") or "?") for b in (cfg or {}).get("features") or []
+                     if isinstance(b, dict))
+    enc = met.get("encoder")
+    what = f"{feats} ({enc})" if feats and enc else feats or (enc or "")
+    return f"{met['loss']}{f' · {what}' if what else ''} · {task_of(met)}"
 
 
-def np_curve(items: list[tuple[str, dict, dict | None]], path: Path, chance: float = 0.5) -> Path:
-    """``items``: ``(label, {N_p: {"mean", "std"}}, all-reference UAR {"mean", "std"} or None)``."""
+def task_of(met: dict) -> str:
+    return f"{' vs '.join(met['task'])} (unseen {', '.join(met['unseen'])})"
+
+
+def curve_labels(found: list[tuple[Path, dict, dict]], shared_task: bool = False) -> list[str]:
+    """One legend label per run, distinct: runs that :func:`label` cannot tell apart get their folder
+    name; ``shared_task``: leave out the task, which every run shares (the title says it)."""
+    labels = [label(m, c) for _, c, m in found]
+    if shared_task:
+        labels = [lab.removesuffix(f" · {task_of(m)}") for lab, (_, _, m) in zip(labels, found)]
+    return [f"{lab} [{p.name}]" if labels.count(lab) > 1 else lab for lab, (p, _, _) in zip(labels, found)]
+
+
+def np_curve(items: list[tuple[str, dict, dict | None]], path: Path, chance: float = 0.5, task: str = "") -> Path:
+    """``items``: ``(label, {N_p: {"mean", "std"}}, all-reference UAR {"mean", "std"} or None)``;
+    ``task``: what every curve shares (the task and its unseen class), said in the title."""
     import matplotlib
 
     fig = new_figure(8, 5.6)
@@ -69,9 +83,11 @@ def np_curve(items: list[tuple[str, dict, dict | None]], path: Path, chance: flo
         ax.set_xticks(all_ns, [str(n) for n in all_ns])
     ax.set_xlabel("enrolled clips per class, N_p")
     ax.set_ylabel("UAR of the queries")
-    ax.set_title("Enrol-to-verify: UAR against N_p (mean ± std over seeds; dashed: \"All\" classifier)")
+    set_title(fig, ax, "Enrol-to-verify: UAR of the queries against N_p" + (f", {task}" if task else "")
+              + " (mean ± std over seeds; dashed: the \"All\" classifier trained on the task's classes)", 11)
     ax.grid(alpha=0.3)
-    fig.legend(fontsize=7, loc="outside lower center", ncols=2)
+    longest = max([len(name) for name, _, _ in items] + [12])
+    fig.legend(fontsize=7, loc="outside lower center", ncols=1 if longest > 45 else 2)
     fig.savefig(path)
     return path
 
@@ -122,7 +138,7 @@ def projection(npz: Path, path: Path, title: str) -> Path:
                    label=f"{EMOTIONS[c]} enrolled prototype (projected mean)")
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
-    ax.set_title(title, fontsize=9)
+    set_title(fig, ax, title, 9)
     fig.legend(fontsize=7, loc="outside right center")
     ax.grid(alpha=0.3)
     fig.savefig(path)
@@ -136,10 +152,10 @@ def verify_figures(verify_dir: str | Path, out_dir: str | Path) -> tuple[list[tu
     if not found:
         return [], [f"verify figures skipped: no enrol-to-verify runs under {verify_dir} (make them with `exvo verify`)"]
     notes = []
-    for p, _, m in found:
+    for p, c, m in found:
         ref = m.get("all_reference")
         notes.append(
-            f"verify {p.name}: {label(m)}, enrol {m['enrol']}: UAR {m['uar']['mean']:.3f} ± {m['uar']['std']:.3f}, "
+            f"verify {p.name}: {label(m, c)}, enrol {m['enrol']}: UAR {m['uar']['mean']:.3f} ± {m['uar']['std']:.3f}, "
             f"weighted F1 {m['f1_weighted']['mean']:.3f} ± {m['f1_weighted']['std']:.3f}"
             + (f", {m['margin'].get('kind', 'learned')} m {m['margin']['mean']:.3f} ± {m['margin']['std']:.3f}"
                if m["margin"]["mean"] is not None else "")
@@ -147,17 +163,22 @@ def verify_figures(verify_dir: str | Path, out_dir: str | Path) -> tuple[list[tu
             + f" (mean ± std over {m['seeds']} seeds; queries: {m['queries']['split'].split(' (')[0]}, n = {m['queries']['n']})"
             + "".join(f"; {n}" for n in m.get("notes", [])))
     made = []
-    curves = [(label(m), m["np_curve"], (m.get("all_reference") or {}).get("uar")) for _, _, m in found if m.get("np_curve")]
+    shared = len({task_of(m) for _, _, m in found}) == 1
+    curves = [(lab, m["np_curve"], (m.get("all_reference") or {}).get("uar"))
+              for lab, (_, _, m) in zip(curve_labels(found, shared), found) if m.get("np_curve")]
     if curves:
         made.append(("Enrol-to-verify: UAR against enrolled clips per class",
-                     np_curve(curves[:10], out_dir / "verify_np_curve.png", found[0][2].get("chance_uar", 0.5))))
+                     np_curve(curves[:10], out_dir / "verify_np_curve.png", found[0][2].get("chance_uar", 0.5),
+                              task_of(found[0][2]) if shared else "")))
     # projection: a NAMP run if there is one (the paper's method), else the first
     pick = next((r for r in found if r[2]["loss"] == "namp"), found[0])
     if (pick[0] / "embeddings.npz").is_file():
         m = pick[2]
+        split = str((m.get('queries') or {}).get('split', '?')).split(' (')[0]
         made.append((f"Enrol-to-verify embeddings, PCA ({pick[0].name})", projection(
             pick[0] / "embeddings.npz", out_dir / "verify_projection.png",
-            f"{label(m)}\nseed-0 embeddings, PCA of unit vectors (UAR {m['uar']['mean']:.3f} ± {m['uar']['std']:.3f})")))
+            f"{label(m, pick[1])}\nseed-0 embeddings, PCA of unit vectors (UAR of the {split} queries "
+            f"{m['uar']['mean']:.3f} ± {m['uar']['std']:.3f} over {m['seeds']} seeds)")))
     return made, notes
 
 

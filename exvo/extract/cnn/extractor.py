@@ -34,7 +34,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from exvo.corpus import SAMPLE_RATE, AudioError, Corpus, load_audio
+from exvo.audio import join_notes, read_audio
+from exvo.corpus import SAMPLE_RATE, AudioError, Corpus
 from exvo.device import resolve_device
 from exvo.extract.base import ClipResult, ExtractOptions, Extractor, add_resolver, mean_std, register
 from exvo.extract.cnn.labels import EMOTION_LABEL
@@ -215,7 +216,7 @@ class WaveformCNNExtractor(Extractor):
         self._ready()
         for cid, path in items:
             try:
-                wav = load_audio(path)
+                wav, audio_note = read_audio(path)
             except AudioError as e:
                 yield ClipResult(cid, error=e.reason)
                 continue
@@ -225,7 +226,7 @@ class WaveformCNNExtractor(Extractor):
             except Exception as e:  # one bad clip must not stop the run
                 yield ClipResult(cid, error=f"{type(e).__name__}: {e}", seconds=sec)
                 continue
-            yield ClipResult(cid, embedding=emb, seconds=sec, note=note)
+            yield ClipResult(cid, embedding=emb, seconds=sec, note=join_notes(audio_note, note))
 
 
 @register(*BUILTIN, help={

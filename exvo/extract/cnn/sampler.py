@@ -127,6 +127,20 @@ class AllFramesSampler:
         self.order = rng.permutation(int(self.cum[-1]))
         self.pos = 0
 
+    def state(self) -> dict:
+        """Where the sampler is: ``{"pass": pass index, "pos": chunks of that pass already handed out}``."""
+        return {"pass": int(self.pass_index), "pos": int(self.pos)}
+
+    def restore(self, state: dict) -> None:
+        """Go back to a :meth:`state`: the same pass (its permutation is drawn from the seed and the
+        pass index alone), at the same place, so the batches that follow are the ones that would have."""
+        self.pass_index = int(state["pass"])
+        self._start_pass()
+        if not 0 <= int(state["pos"]) <= self.order.size:
+            raise ValueError(f"sampler position {state['pos']} is outside pass {self.pass_index} "
+                             f"({self.order.size} chunks)")
+        self.pos = int(state["pos"])
+
     def _locate(self, chunk_ids: np.ndarray) -> Batch:
         clips = np.searchsorted(self.cum, chunk_ids, side="right") - 1
         j = chunk_ids - self.cum[clips]

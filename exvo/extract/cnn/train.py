@@ -21,8 +21,6 @@ UAR = macro recall, WAR = accuracy. They are stored in the model's JSON as ``val
 from __future__ import annotations
 
 import copy
-import json
-import os
 import sys
 import time
 from contextlib import contextmanager
@@ -32,8 +30,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from exvo.corpus import SAMPLE_RATE, AudioError, Corpus, load_audio
+from exvo.audio import read_audio
+from exvo.corpus import SAMPLE_RATE, AudioError, Corpus
 from exvo.device import resolve_device
+from exvo.extract.cnn.files import (FORMAT, LoadedModel, checkpoint_key, checkpoint_path, load_checkpoint,
+                                    load_model, save_checkpoint, save_model)
 from exvo.extract.cnn.labels import task_labels
 from exvo.extract.cnn.model import CNNConfig, build_model, clip_logits, weights_sha256
 from exvo.extract.cnn.sampler import AllFramesSampler, FramePool, fixed_chunks
@@ -41,10 +42,12 @@ from exvo.extract.zff import ZFFConfig, zff
 from exvo.metrics import uar
 from exvo.splits import holdout_split
 
-FORMAT = "exvo-waveform-cnn/2"
 VERSION = "2"
 SIGNALS = ("raw", "zff")
 Echo = Callable[[str], None]
+__all__ = ["DEFAULT_THREADS", "FORMAT", "SIGNALS", "VERSION", "Echo", "LoadedModel", "PlateauHalving", "TrainConfig",
+           "evaluate_clips", "fit", "heldout_loss", "load_model", "load_signals", "prepare_signal", "save_model",
+           "torch_threads", "train_cnn"]
 
 DEFAULT_THREADS = 1
 """Intra-op CPU threads for training and extraction unless told otherwise. One thread:
@@ -156,10 +159,12 @@ def load_signals(corpus: Corpus, rows: Sequence[int], signal: str, zcfg: ZFFConf
     out, kept = [], []
     for r in tqdm(rows, desc=f"load {what}", unit="clip", disable=not (bar and sys.stderr.isatty()), leave=False):
         try:
-            wav = load_audio(corpus.audio_path(corpus.ids[r]))
+            wav, note = read_audio(corpus.audio_path(corpus.ids[r]))
         except AudioError as e:
             echo(f"  skipped {corpus.ids[r]} ({what}): {e.reason}")
             continue
+        if note:
+            echo(f"  note {corpus.ids[r]} ({what}): {note}")
         out.append(prepare_signal(wav, signal, zcfg).astype(dtype, copy=False))
         kept.append(int(r))
     return out, kept
@@ -217,10 +222,16 @@ def _recalibrate_bn(model, pool: FramePool, seed: int, n_windows: int, k: int, d
     model.eval()
 
 
-def fit(model, train: FramePool, held: FramePool, cfg: TrainConfig, device: str, echo: Echo) -> list[dict]:
-    """Train ``model`` in place (ends at the best cross-validation checkpoint); returns per-epoch history."""
-    from tqdm import tqdm
+def fit(model, train: FramePool, held: FramePool, cfg: TrainConfig, device: str, echo: Echo,
+        resume: Path | None = None, key: str = "") -> list[dict]:
+    """Train ``model`` in place (ends at the best cross-validation checkpoint); returns per-epoch history.
 
+    With ``resume`` (a path), the state after every epoch is saved there, and a training
+    killed after epoch k goes on from epoch k + 1 with the very weights, optimiser, schedule,
+    sampler position and random state it had: the result is bit-identical to an uninterrupted
+    run (same device and thread count). ``key``: the settings a checkpoint must have been
+    written with (:func:`~exvo.extract.cnn.files.checkpoint_key`).
+    """
     torch = _torch()
     k = cfg.frames_per_chunk
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr_start, momentum=cfg.momentum)
@@ -232,40 +243,28 @@ def fit(model, train: FramePool, held: FramePool, cfg: TrainConfig, device: str,
     best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
     epoch, history = 0, []
     per_epoch = cfg.windows_per_epoch or train.total_frames
-    echo(f"  {train.total_frames} training windows ({per_epoch} per epoch), {held.total_frames} cross-validation "
-         f"windows; loss before training {heldout_loss(model, held, device):.4f} "
-         f"(chance {np.log(model.cfg.n_classes):.4f})")
+    saved = load_checkpoint(resume, key, echo) if resume is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        best_state = (saved["best_model"], saved["best_opt"])
+        sched.lr, sched.best = saved["lr"], saved["best"]
+        sampler.restore(saved["sampler"])
+        torch.set_rng_state(saved["torch_rng"])
+        epoch, history = int(saved["epoch"]), list(saved["history"])
+        echo(f"  resuming after epoch {epoch} from {resume} (lr {sched.lr:.2e}, best cv loss {sched.best:.4f})")
+    else:
+        echo(f"  {train.total_frames} training windows ({per_epoch} per epoch), {held.total_frames} cross-validation "
+             f"windows; loss before training {heldout_loss(model, held, device):.4f} "
+             f"(chance {np.log(model.cfg.n_classes):.4f})")
     while not sched.done and (cfg.max_epochs is None or epoch < cfg.max_epochs):
         epoch += 1
-        t0 = time.perf_counter()
-        model.train()
-        tot, correct, n = 0.0, 0, 0
-        bar = tqdm(total=per_epoch, desc=f"epoch {epoch}", unit="win", leave=False, disable=not sys.stderr.isatty())
-        for b in sampler.epoch(cfg.windows_per_epoch):
-            if b.n_windows < 2 and model.cfg.batch_norm:   # BatchNorm needs two values per channel
-                continue
-            loss, logits, y = _frame_loss(model, train, b.clips, b.first, b.count, k, device)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            tot += float(loss.detach()) * y.numel()
-            correct += int((logits.argmax(1) == y).sum())
-            n += y.numel()
-            bar.update(y.numel())
-        bar.close()
-        train_s = time.perf_counter() - t0
-        _recalibrate_bn(model, train, cfg.seed, cfg.bn_windows, k, device)
-        lr = sched.lr
-        held_loss = heldout_loss(model, held, device)
-        improved = sched.step(held_loss)
-        rec = dict(epoch=epoch, lr=lr, windows=n, train_loss=tot / max(n, 1), train_acc=correct / max(n, 1),
-                   heldout_loss=held_loss, improved=improved, seconds=time.perf_counter() - t0,
-                   windows_per_s=n / max(train_s, 1e-9))
+        rec = _epoch(model, opt, sampler, train, held, cfg, device, epoch, per_epoch)
+        improved = sched.step(rec["heldout_loss"])
+        rec["improved"] = improved
         history.append(rec)
-        echo(f"  epoch {epoch:3d} lr {lr:.2e}: train loss {rec['train_loss']:.4f} acc {rec['train_acc']:.3f}, "
-             f"cv loss {held_loss:.4f}{' *' if improved else ''} [{rec['seconds']:.1f} s, "
+        echo(f"  epoch {epoch:3d} lr {rec['lr']:.2e}: train loss {rec['train_loss']:.4f} acc {rec['train_acc']:.3f}, "
+             f"cv loss {rec['heldout_loss']:.4f}{' *' if improved else ''} [{rec['seconds']:.1f} s, "
              f"{rec['windows_per_s']:.0f} windows/s]")
         if improved:
             best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
@@ -274,9 +273,48 @@ def fit(model, train: FramePool, held: FramePool, cfg: TrainConfig, device: str,
             opt.load_state_dict(best_state[1])
             for g in opt.param_groups:
                 g["lr"] = sched.lr
+        if resume is not None:
+            save_checkpoint(resume, key, {"model": model.state_dict(), "opt": opt.state_dict(),
+                                          "best_model": best_state[0], "best_opt": best_state[1],
+                                          "lr": sched.lr, "best": sched.best, "sampler": sampler.state(),
+                                          "torch_rng": torch.get_rng_state(), "epoch": epoch, "history": history})
     model.load_state_dict(best_state[0])
     model.eval()
     return history
+
+
+def _epoch(model, opt, sampler: AllFramesSampler, train: FramePool, held: FramePool, cfg: TrainConfig,
+           device: str, epoch: int, per_epoch: int) -> dict:
+    """One epoch of SGD, then the BatchNorm recalibration and the cross-validation loss: its record."""
+    from tqdm import tqdm
+
+    torch = _torch()
+    k = cfg.frames_per_chunk
+    t0 = time.perf_counter()
+    model.train()
+    lr = float(opt.param_groups[0]["lr"])
+    tot, correct, n = 0.0, 0, 0
+    bar = tqdm(total=per_epoch, desc=f"epoch {epoch}", unit="win", leave=False, disable=not sys.stderr.isatty())
+    for b in sampler.epoch(cfg.windows_per_epoch):
+        if b.n_windows < 2 and model.cfg.batch_norm:   # BatchNorm needs two values per channel
+            continue
+        loss, logits, y = _frame_loss(model, train, b.clips, b.first, b.count, k, device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        tot += float(loss.detach()) * y.numel()
+        correct += int((logits.argmax(1) == y).sum())
+        n += y.numel()
+        bar.update(y.numel())
+    bar.close()
+    train_s = time.perf_counter() - t0
+    _recalibrate_bn(model, train, cfg.seed, cfg.bn_windows, k, device)
+    held_loss = heldout_loss(model, held, device)
+    return dict(epoch=epoch, lr=lr, windows=n, train_loss=tot / max(n, 1), train_acc=correct / max(n, 1),
+                heldout_loss=held_loss, improved=False, seconds=time.perf_counter() - t0,
+                windows_per_s=n / max(train_s, 1e-9))
 
 
 def evaluate_clips(model, corpus: Corpus, rows: Sequence[int], labels: np.ndarray, signal: str,
@@ -353,12 +391,20 @@ def _train_cnn(corpus, label_column, signal, out_path, *, epochs, device, seed, 
     del sigs
     echo(f"  {len(train_pool)} clips for training, {len(held_pool)} for cross-validation "
          f"({np.unique(corpus.speakers[kept][held]).size} speaker(s))")
+    meta = {
+        "format": FORMAT, "code_version": VERSION, "signal": signal, "classes": labels.classes,
+        "label_column": labels.source, "trained_on": corpus.name,
+        "model_config": mcfg.to_json(), "train_config": asdict(tcfg),
+        "zff_config": zcfg.to_json() if zcfg else None, **(extra_meta or {}),
+    }
     torch.manual_seed(seed)
     model = build_model(mcfg).to(dev)
     rms = train_pool.rms()
     with torch.no_grad():
         model.input_scale.fill_(1.0 / rms if rms > 0 else 1.0)
-    history = fit(model, train_pool, held_pool, tcfg, dev, echo)
+    resume = checkpoint_path(out_path)      # each epoch's state: a killed training goes on from there
+    key = checkpoint_key(meta, [corpus.ids[r] for r in kept[~held]], [corpus.ids[r] for r in kept[held]])
+    history = fit(model, train_pool, held_pool, tcfg, dev, echo, resume=resume, key=key)
     train_seconds = time.perf_counter() - t_start
     del train_pool, held_pool
     metrics = {}
@@ -372,64 +418,12 @@ def _train_cnn(corpus, label_column, signal, out_path, *, epochs, device, seed, 
              f"WAR {metrics.get('window_war', float('nan')):.3f} | clip UAR {metrics.get('clip_uar', float('nan')):.3f} "
              f"WAR {metrics.get('clip_war', float('nan')):.3f} (chance UAR {1 / len(labels.classes):.3f})")
     model = model.cpu()
-    meta = {
-        "format": FORMAT, "code_version": VERSION, "signal": signal, "classes": labels.classes,
-        "label_column": labels.source, "trained_on": corpus.name,
-        "model_config": mcfg.to_json(), "train_config": asdict(tcfg),
-        "zff_config": zcfg.to_json() if zcfg else None, **(extra_meta or {}),
-    }
     info = {**meta, "weights_sha256": weights_sha256(model), "train_seconds": train_seconds,
             "speakers_seen": sorted(set(corpus.speakers[kept].tolist())),
             "n_train_clips": int((~held).sum()), "n_heldout_clips": int(held.sum()), "label_ties": labels.n_ties,
             "epochs_run": len(history), "best_heldout_loss": min([h["heldout_loss"] for h in history], default=None),
             "history": history, "val_metrics": metrics, "device": dev}
     save_model(model, meta, info, out_path)
+    resume.unlink(missing_ok=True)          # the model is whole: its checkpoint has served
     echo(f"  saved {out_path} ({train_seconds:.1f} s of training, {len(history)} epochs)")
     return Path(out_path)
-
-
-def save_model(model, meta: dict, info: dict, out_path: str | Path) -> None:
-    """Write ``out_path`` (weights + meta) and its ``.json`` (meta + training record), each atomically."""
-    torch = _torch()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for path, write in ((out.with_suffix(".json"), lambda p: p.write_text(json.dumps(info, indent=1))),
-                        (out, lambda p: torch.save({**meta, "state_dict": model.state_dict()}, p))):
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        write(tmp)
-        os.replace(tmp, path)
-
-
-@dataclass
-class LoadedModel:
-    model: object
-    meta: dict
-    sha256: str
-    path: Path
-
-    @property
-    def info(self) -> dict:
-        """The training record (``<model>.json``), or {} when absent."""
-        p = self.path.with_suffix(".json")
-        return json.loads(p.read_text()) if p.is_file() else {}
-
-
-def load_model(path: str | Path) -> LoadedModel:
-    """Load a saved CNN (CPU, eval mode); a wrong or damaged file raises ``ValueError`` saying so."""
-    torch = _torch()
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no trained CNN at {path}; train it with `exvo train-cnn` or `exvo extract`")
-    try:
-        d = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable exvo CNN ({type(e).__name__}: {e}); delete it and retrain") from None
-    if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an exvo waveform CNN (format {d.get('format') if isinstance(d, dict) else '?'}, "
-                         f"expected {FORMAT}); delete it and retrain")
-    mcfg = CNNConfig.from_dict(d["model_config"])
-    model = build_model(mcfg)
-    model.load_state_dict(d["state_dict"])
-    model.eval()
-    meta = {k: v for k, v in d.items() if k != "state_dict"}
-    return LoadedModel(model, meta, weights_sha256(model), path)
