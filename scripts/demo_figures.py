@@ -53,7 +53,6 @@ def papers_block(runs: Path, seeds: int) -> str:
         _, rows = _table_rows(path)
         head = list(rows[0]) if rows else []
         ours = [h for h in head if h.startswith("ours ") and not h.startswith("ours ens.") and "rank" not in h]
-        paper = [h for h in head if h.startswith("paper ") and "Test" not in h and "rank" not in h]
         if not ours:
             continue
         # the headline metric: S_MTL (multitask), CCC (few-shot), UAR (enrol-verify, the paper's first column)

@@ -218,3 +218,10 @@ def test_thread_default_backs_off_under_load(monkeypatch):
     assert threads.resolve_threads(0) == 3 and threads.resolve_threads(2) == 2
     with pytest.raises(ValueError, match="--threads must be >= 0"):
         threads.resolve_threads(-1)
+
+
+def test_an_option_of_the_wrong_type_says_what_was_expected():
+    with pytest.raises(ValueError, match=r"option epochs='many' of TrainConfig: expected an integer"):
+        registry.get("burst2vec").make_config({"epochs": "many"})
+    with pytest.raises(ValueError, match=r"option dropout='x' of Burst2VecConfig: expected a number"):
+        registry.get("burst2vec").make_config({"dropout": "x"})

@@ -119,7 +119,9 @@ def _convert(text: str, f: dataclasses.Field, cls: type):
             return tuple(float(x) for x in text.split(","))
         return typ(text)
     except ValueError:
-        raise ValueError(f"option {f.name}={text!r} of {cls.__name__}: expected a {typ.__name__}") from None
+        kind = {"int": "an integer", "float": "a number", "bool": "true or false", "tuple": "numbers like 1,2,3",
+                "str": "a string"}.get(typ.__name__, f"a {typ.__name__}")
+        raise ValueError(f"option {f.name}={text!r} of {cls.__name__}: expected {kind}") from None
 
 
 _REGISTRY: dict[str, Learner] = {}
