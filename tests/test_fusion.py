@@ -529,3 +529,16 @@ def test_what_chose_each_subtask_is_printed_and_kept_with_the_seed_means(tmp_pat
     # a plain mean chooses nothing: nothing to explain
     res = fuse(corpus, runs_dir=runs, mode="mean", run_names=["A", "B"], echo=quiet)
     assert not any("chosen on each candidate" in n for n in res.notes)
+
+
+def test_a_default_named_fusion_of_other_runs_is_refused_not_replaced(setup):
+    corpus, runs, *_ = setup
+    first = fuse(corpus, runs_dir=runs, run_names=["A", "B"], mode="mean", echo=quiet)
+    assert first.path.name == "mean_2runs"
+    before = (first.path / "val.csv").read_text()
+    with pytest.raises(ValueError, match=r"mean_2runs is a fusion of other runs \(A, B\); this one fuses A, C\. "
+                                         r"Pass --name NEW to keep both"):
+        fuse(corpus, runs_dir=runs, run_names=["A", "C"], mode="mean", echo=quiet)
+    assert (first.path / "val.csv").read_text() == before            # the first fusion is kept
+    again = fuse(corpus, runs_dir=runs, run_names=["B", "A"], mode="mean", echo=quiet)   # the same runs: re-made
+    assert again.path == first.path

@@ -65,9 +65,9 @@ from typing import Callable
 
 from exvo.corpus import Corpus
 from exvo.runs import provenance
-from exvo.runs.reader import Run, feature_specs, resolve
+from exvo.runs.reader import Run, feature_specs, read_json, resolve
 from exvo.fusion.select import METRIC_LABEL, SUBTASKS, Choice
-from exvo.runs.store import RunWriter, check_name, check_replaceable
+from exvo.runs.store import RunExists, RunWriter, check_name, check_replaceable
 from exvo.metrics import EMOTIONS
 from exvo.fusion import seeds
 from exvo.fusion.steps import (SCORE_KEYS, Estimate, FusedTest, FusedVal, Options, ValCandidates, cv_estimate,
@@ -168,6 +168,11 @@ def _resolve_sources(runs_dir: Path, run_names: list[str] | None, opts: Options,
     if dest.resolve() in {r.path.resolve() for r in runs}:
         raise ValueError(f"the output {dest} is one of the runs being fused; pass another --name")
     check_replaceable(dest, "fusion")
+    before = sorted((read_json(dest / "config.json") or {}).get("sources") or []) if dest.is_dir() else []
+    if name is None and before and before != sorted(by_name):
+        # a default name says only the mode and the count: two fusions of other runs must not replace each other
+        raise RunExists(f"{dest} is a fusion of other runs ({', '.join(before)}); this one fuses "
+                        f"{', '.join(sorted(by_name))}. Pass --name NEW to keep both, or delete {dest} to replace it")
     return _Sources(runs, by_name, notes, out_name, dest)
 
 
