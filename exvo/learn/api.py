@@ -27,7 +27,7 @@ from exvo.learn.features import (FeatureError, FeatureSpec, Scaler, block_spec, 
 from exvo.learn.probe import probe_layers
 from exvo.learn.selection import selection_folds
 from exvo.learn.targets import make_targets
-from exvo.learn.threads import resolve_threads
+from exvo.learn.threads import resolve_threads, torch_threads
 from exvo.predictions import Predictions
 from exvo.runs.reader import read_learn_record
 
@@ -85,8 +85,6 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
 
     An existing run of the same name is refused before training unless ``overwrite``.
     """
-    import torch
-
     from exvo.device import resolve_device
 
     t_start = time.perf_counter()
@@ -105,9 +103,7 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
         echo(msg)
 
     device, threads = resolve_device(cfg.device), resolve_threads(cfg.threads)
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         prep = prepare(corpus, cfg, specs, cache_dir, echo, note)
         echo_plan(cfg, lcfg, prep, threads, echo, note)
         for (a, b), shared in corpus.speaker_overlaps().items():
@@ -119,8 +115,6 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
         t_train = time.perf_counter() - t0
         metrics = predict_and_score(corpus, cfg, prep, fitted, writer, note)
         trivial = constant_baseline(corpus, prep.targets, prep.fm.rows)
-    finally:
-        torch.set_num_threads(old_threads)
     config = run_record(corpus, cfg, lcfg, prep, name, device, threads, trivial, notes,
                         {"load": round(prep.seconds, 2), "train": round(t_train, 2),
                          "total": round(time.perf_counter() - t_start, 2)})

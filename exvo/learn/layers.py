@@ -229,11 +229,9 @@ def run_sweep(corpus, cfg: LayersConfig, prep, device: str, threads: int, echo) 
 def sweep(corpus: Corpus, cfg: LayersConfig, cache_dir: str | Path = "cache", runs_dir: str | Path = "runs",
           name: str | None = None, echo: Callable[[str], None] = print, overwrite: bool = False) -> LayersResult:
     """Run the layer sweep of ``cfg.features`` and write ``<runs_dir>/layers/<name>/``."""
-    import torch
-
     from exvo.device import resolve_device
     from exvo.learn.api import input_caches, prepare
-    from exvo.learn.threads import resolve_threads
+    from exvo.learn.threads import resolve_threads, torch_threads
     from exvo.runs import provenance
     from exvo.runs.store import RunWriter, check_free, check_name
     from exvo.version import __version__
@@ -254,16 +252,12 @@ def sweep(corpus: Corpus, cfg: LayersConfig, cache_dir: str | Path = "cache", ru
         echo(msg)
 
     device, threads = resolve_device(cfg.device), resolve_threads(cfg.threads)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         prep = prepare(corpus, lc, [spec], Path(cache_dir), echo, note)
         if lc.select.optimistic:
             note("note: --stop-on val: Val chose the epochs and ranked the layers, so the sweep's Val scores are "
                  "optimistic (†)")
         rec = run_sweep(corpus, cfg, prep, device, threads, echo)
-    finally:
-        torch.set_num_threads(old)
     rec = {"kind": "layers", "name": name, "features": spec.text, "cache": prep.fm.blocks[0].name,
            "selection": {"on": lc.select.on, "description": lc.select.describe(), "optimistic": lc.select.optimistic},
            "seeds": lc.seeds.list, "head": lc.learner_config().arch, **rec, "notes": notes}

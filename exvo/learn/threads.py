@@ -9,6 +9,7 @@ at least 1 — and an explicit ``OMP_NUM_THREADS`` is respected as the user's ch
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 
 def usable_cores() -> int:
@@ -35,3 +36,16 @@ def resolve_threads(threads: int) -> int:
     if int(threads) < 0:
         raise ValueError(f"--threads must be >= 0 (0 = automatic), got {threads}")
     return int(threads) or auto_threads()
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` torch intra-op threads, then restore the previous count."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

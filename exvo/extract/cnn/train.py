@@ -39,6 +39,7 @@ from exvo.extract.cnn.labels import task_labels
 from exvo.extract.cnn.model import CNNConfig, build_model, clip_logits, weights_sha256
 from exvo.extract.cnn.sampler import AllFramesSampler, FramePool, fixed_chunks
 from exvo.extract.zff import ZFFConfig, zff
+from exvo.learn.threads import torch_threads as learn_threads
 from exvo.metrics import uar
 from exvo.splits import holdout_split
 
@@ -65,13 +66,8 @@ def _torch():
 @contextmanager
 def torch_threads(n: int | None):
     """Run the block with ``n`` intra-op threads (None or 0: :data:`DEFAULT_THREADS`), then restore."""
-    torch = _torch()
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(n) if n else DEFAULT_THREADS)
-    try:
+    with learn_threads(int(n) if n else DEFAULT_THREADS):
         yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def prepare_signal(wav: np.ndarray, signal: str, zff_config: ZFFConfig | None = None) -> np.ndarray:
