@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import textwrap
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -127,6 +129,11 @@ def test_reproduce_runs_missing_steps_once_and_writes_the_table(small_demo_copy,
     before = (folder / "table.md").read_text()
     again = execute(r, small_demo_copy, cache, runs, commands=command_table(app), echo=logs.append)
     assert [o.steps_run for o in again] == [0, 0, 0, 0]
+    # ... however the folders are spelled: relative here, and with a detour (issue 27.17)
+    for spelled in (Path(os.path.relpath(runs)), runs / ".." / "runs"):
+        same = execute(r, small_demo_copy, Path(os.path.relpath(cache)), spelled, commands=command_table(app),
+                       echo=logs.append)
+        assert [(o.status, o.steps_run) for o in same][:1] == [("done", 0)]
     write(r, again, runs, "small")
     assert (folder / "table.md").read_text() == before
 

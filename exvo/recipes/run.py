@@ -6,9 +6,10 @@ them. A step is skipped when its output already exists — a run folder ``{run}`
 ``config.json`` (runs are committed whole, so an existing folder is a finished run), or a
 cache that holds every clip of the corpus — so a second ``exvo reproduce`` does no work.
 Rows are independent: one failed step costs its own row only. Each run folder a step made is
-recorded with its command line in ``<runs>/reproduce-<name>/steps.json``; a run folder of the
-same name made by another command line (other ``--seeds``, say, or by hand) is never reused
-nor replaced: its row is reported ``stale`` with the fix.
+recorded with its command line in ``<runs>/.reproduce-<name>.steps.json`` (paths resolved, so
+``--runs runs`` and ``--runs /abs/runs`` are one command line); a run folder of the same name
+made by another command line (other ``--seeds``, say, or by hand) is never reused nor replaced:
+its row is reported ``stale`` with the fix.
 """
 from __future__ import annotations
 
@@ -157,7 +158,27 @@ def _ledger(runs: Path, recipe: Recipe) -> Path:
     return runs / f".reproduce-{recipe.name}.{LEDGER}"
 
 
+PATH_FLAGS = ("--data", "--cache", "--runs", "--checkpoint")
+"""Flags whose value is a path: the ledger keeps them resolved, so ``--runs runs`` and
+``--runs /abs/runs`` name one folder and one command line."""
+
+
+def canonical(argv: list[str]) -> list[str]:
+    """``argv`` with the value of every :data:`PATH_FLAGS` flag resolved (absolute, links followed).
+
+    A checkpoint given as a hub id (no such path here) stays as spelled."""
+    out = list(argv)
+    for k in range(len(out) - 1):
+        if out[k] in PATH_FLAGS:
+            p = Path(out[k + 1])
+            if out[k] != "--checkpoint" or p.exists():
+                out[k + 1] = str(p.resolve())
+    return out
+
+
 def _read_ledger(path: Path) -> dict[str, list[str]]:
+    """The ledger with its keys (run folders) and command lines in :func:`canonical` form; an entry
+    written before paths were resolved is read relative to the current folder."""
     import json
 
     # exvo 0.1 kept the ledger inside the table folder
@@ -169,13 +190,13 @@ def _read_ledger(path: Path) -> dict[str, list[str]]:
             continue
         if p == legacy:
             write_json(path, led)      # moved out before the table folder is next replaced
-        return led
+        return {str(Path(k).resolve()): canonical(v) for k, v in led.items()}
     return {}
 
 
 def _record(path: Path, folder: Path, argv: list[str]) -> None:
     led = _read_ledger(path)
-    led[str(folder)] = argv
+    led[str(folder.resolve())] = canonical(argv)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, led)
 
@@ -195,8 +216,8 @@ def _done(argv: list[str], data: Path, cache: Path, runs: Path, ledger: dict[str
     if folder is not None:
         if not (folder / "config.json").is_file():
             return False
-        made_by = (ledger or {}).get(str(folder))
-        if made_by != argv:
+        made_by = (ledger or {}).get(str(folder.resolve()))
+        if made_by != canonical(argv):
             raise StaleRun(f"{folder} exists but was made by "
                            + (f"`exvo {shlex.join(made_by)}`" if made_by else "another command")
                            + f", not `exvo {shlex.join(argv)}`; delete it (or use another --runs) to run this row")
