@@ -19,7 +19,8 @@ from exvo.corpus import Corpus
 from exvo.extract.cache import cache_path
 from exvo.extract.cache_writer import CacheWriter
 from exvo.fewshot import protocol as P
-from exvo.fewshot.api import fewshot, holdout_protocol
+from exvo.fewshot.api import fewshot
+from exvo.fewshot.select import holdout_protocol
 from exvo.fewshot.config import FewShotConfig
 from exvo.fewshot.report import fewshot_section
 from exvo.fewshot.models import FewShotNet, parse_heads, reversal_schedule
@@ -319,3 +320,52 @@ def test_cli_fewshot_writes_a_run(world, tmp_path):
     r = CliRunner().invoke(app, ["fewshot", "--features", "lin", "--variant", "maml", "--data", str(world.root),
                                  "--cache", str(world.root.parent / "cache"), "--runs", str(tmp_path / "runs")])
     assert r.exit_code == 2 and "unknown few-shot variant 'maml'" in r.output
+
+
+# ------------------------------------------------------------------ speaker folds (the default)
+def test_folds_hold_every_train_speaker_out_once_and_never_fit_on_it(world):
+    from exvo.config import SelectionConfig
+    from exvo.fewshot.select import make_parts
+    from exvo.learn.features import load_features, parse_specs
+
+    fm = load_features(world, parse_specs("lin"), world.root.parent / "cache", echo=lambda m: None)
+    spk = np.array([str(s) for s in world.speakers])[[world.ids.index(i) for i in fm.ids]]
+    notes = []
+    parts = make_parts(world, fm, spk, SelectionConfig(on="folds", k=4), notes.append)
+    held = [e.speaker for p in parts for e in p.eps]
+    assert len(parts) == 4 and sorted(held) == sorted(set(spk[fm.rows["Train"]].tolist()))    # each once
+    for p in parts:
+        assert not {e.speaker for e in p.eps} & set(spk[p.fit_rows].tolist())
+        assert all(e.support.size == 2 and e.query.size == 4 for e in p.eps)
+    assert "4 speaker folds of 8 Train speakers" in notes[0]
+
+
+def test_fold_selection_refits_for_the_median_epoch_and_val_labels_change_nothing(world, tmp_path):
+    import csv as _csv
+    import json
+    import shutil
+
+    cfg = quick(seeds=2, epochs=4, patience=4, folds=4)
+    a = fewshot(world, cfg, cache_dir=world.root.parent / "cache", runs_dir=tmp_path / "a", echo=lambda m: None)
+    hist = json.loads((a.run_dir / "history.json").read_text())
+    fold_epochs = [e for f in hist["folds"] for e in f["best_epoch"]]
+    assert len(hist["folds"]) == 4 and hist["epochs_run"] == max(1, int(np.floor(np.median(fold_epochs) + 0.5)))
+    oof = a.metrics["oof"]
+    assert oof["n_speakers"] == 8 and oof["n_query"] == 8 * 4 and len(oof["ccc"]["per_seed"]) == 2
+    assert oof["ensemble"]["ci95"][0] <= oof["ensemble"]["ccc"] <= oof["ensemble"]["ci95"][1]
+    assert a.config["protocol"]["selection"]["on"] == "folds"
+    # the same corpus with every Val label permuted: no prediction and no OOF figure moves
+    root = tmp_path / "perm" / world.root.name
+    shutil.copytree(world.root, root)
+    rows = list(_csv.reader(open(root / "data_info.csv")))
+    val = [k for k, r in enumerate(rows) if r[1] == "Val"]
+    emo = [rows[k][6:] for k in val]
+    for k, e in zip(val, emo[::-1]):
+        rows[k][6:] = e
+    with open(root / "data_info.csv", "w", newline="") as f:
+        _csv.writer(f).writerows(rows)
+    shutil.copytree(world.root.parent / "cache" / world.name, tmp_path / "perm" / "cache" / world.name)
+    b = fewshot(Corpus.from_dir(root), cfg, cache_dir=tmp_path / "perm" / "cache", runs_dir=tmp_path / "b",
+                echo=lambda m: None)
+    assert (a.run_dir / "val.csv").read_text() == (b.run_dir / "val.csv").read_text()
+    assert a.metrics["oof"] == b.metrics["oof"] and a.metrics["summary"] != b.metrics["summary"]

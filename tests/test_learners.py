@@ -88,6 +88,11 @@ def test_the_layer_probe_ignores_val_labels_unless_told(world2):
     la, ia = probe_layers(c, world2["corpus"])
     lb, ib = probe_layers(c, world2["permuted"])
     assert la == lb == 1 and ia["layer_scores"] == ib["layer_scores"] and ia["selected_on"] == "holdout"
+    # speaker folds (the default presets): out-of-fold over every Train clip, Val labels unused
+    fa, fia = probe_layers(c, world2["corpus"], SelectionConfig(on="folds", k=3))
+    fb, fib = probe_layers(c, world2["permuted"], SelectionConfig(on="folds", k=3))
+    assert fa == fb == 1 and fia["layer_scores"] == fib["layer_scores"] and fia["selected_on"] == "folds"
+    assert "3 speaker folds of Train, out-of-fold" in fia["method"] and fia["layer_scores"] != ia["layer_scores"]
     va = probe_layers(c, world2["corpus"], SelectionConfig(on="val"))[1]["layer_scores"]
     vb = probe_layers(c, world2["permuted"], SelectionConfig(on="val"))[1]["layer_scores"]
     assert va != vb                                   # with --stop-on val, Val labels do choose

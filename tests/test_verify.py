@@ -197,7 +197,13 @@ def test_verify_recognises_the_unseen_class_and_writes_the_run(world, tmp_path):
     assert z["seen_proto"].shape[0] == 4 and z["enrol_emb"].shape[0] == 10
     for f in ("config.json", "metrics.json", "history.json", "models/encoder.pt", "models/scaler.npz"):
         assert (res.run_dir / f).is_file(), f
-    assert json.loads((res.run_dir / "config.json").read_text())["kind"] == "verify"
+    cfg = json.loads((res.run_dir / "config.json").read_text())
+    assert cfg["kind"] == "verify" and cfg["selection"] == {"on": "folds", "parts": 5}
+    # epochs chosen per seed on each of 5 speaker folds; the final encoders trained for their median
+    hist = json.loads((res.run_dir / "history.json").read_text())
+    fold_epochs = [e for row in hist["fold_epochs"] for e in row]
+    assert len(hist["fold_epochs"]) == 5 and len(fold_epochs) == 10
+    assert hist["epochs_run"] == max(1, int(np.floor(np.median(fold_epochs) + 0.5))) == m["per_seed"][0]["best_epoch"]
     # the report's figures: the N_p curve and the projection, plus one summary line per run
     from exvo.verify.figures import verify_figures
 
@@ -266,3 +272,18 @@ def test_cli_verify_prints_json(world, tmp_path):
     last = plain.stdout.strip().splitlines()[-1]
     assert plain.exit_code == 0 and f"namp on {'/'.join(TASK)}" in last
     assert f"UAR {out['uar']['mean']:.3f}" in last and "mean ± std over 1 seeds; chance UAR" in last
+
+
+def test_selection_folds_hold_each_speaker_out_once_and_never_fit_on_it():
+    from exvo.verify.steps import selection_parts
+
+    rows = np.arange(100, 160)
+    spk = np.repeat([f"s{k}" for k in range(12)], 5)
+    parts = selection_parts(rows, spk, _cfg(folds=4))
+    assert len(parts) == 4
+    held = np.concatenate([h for _, h in parts])
+    assert sorted(held.tolist()) == rows.tolist()                  # every clip held out once
+    for f, h in parts:
+        assert not set(spk[f - 100]) & set(spk[h - 100]) and f.size + h.size == rows.size
+    (f, h), = selection_parts(rows, spk, _cfg(stop_on="holdout"))  # the one hold-out rule
+    assert not set(spk[f - 100]) & set(spk[h - 100]) and h.size == 10

@@ -26,7 +26,9 @@ def fewshot(
     patience: int = typer.Option(8, help="Early-stopping patience on held-out Train speakers (best epoch restored)."),
     batch_size: int = typer.Option(16, help="Batch size."),
     lr: float = typer.Option(1e-3, help="AdamW learning rate."),
-    holdout: float = typer.Option(0.2, help="Fraction of Train speakers held out for model selection (Val never chooses)."),
+    stop_on: str = typer.Option("folds", help="Where epochs are chosen (Val never chooses): folds (K speaker folds of Train, each speaker's queries scored by the fold model that held it out: the out-of-fold estimate; then one model per seed refitted on all of Train for the folds' median epoch) | holdout (one held-out fraction of the Train speakers, --holdout)."),
+    folds: Optional[int] = typer.Option(None, "--folds", help="With --stop-on folds: number of speaker folds (default 5, or the number of Train speakers when fewer)."),
+    holdout: float = typer.Option(0.2, help="With --stop-on holdout: fraction of Train speakers held out for model selection."),
     ft_steps: int = typer.Option(1, help="finetune: AdamW steps per speaker on its support clips (baseline: 1)."),
     ft_lr: float = typer.Option(1e-4, help="finetune: learning rate of those steps (baseline: 1e-4)."),
     ft_loss: str = typer.Option("mse", help="finetune: " + " | ".join(FT_LOSSES) + " (mse: the baseline's)."),
@@ -49,7 +51,7 @@ def fewshot(
     corpus = load_corpus(data)
     cfg = build(FewShotConfig, features=[f.strip() for f in features.split(",") if f.strip()], variant=variant,
                         heads=[h for h in heads.split(",") if h.strip()], seeds=seeds, epochs=epochs, patience=patience,
-                        batch_size=batch_size, lr=lr, holdout=holdout, ft_steps=ft_steps, ft_lr=ft_lr, ft_loss=ft_loss, ft_params=ft_params,
+                        batch_size=batch_size, lr=lr, stop_on=stop_on, folds=folds, holdout=holdout, ft_steps=ft_steps, ft_lr=ft_lr, ft_loss=ft_loss, ft_params=ft_params,
                         ft_select=ft_select,
                         znorm=znorm, support_seed=support_seed,
                         support_file=str(support_file) if support_file else None, device=device)
@@ -79,6 +81,8 @@ def verify(
     margin: float = typer.Option(0.3, help="namp/amproto: |m| at the start, in (0, 0.5); the sign comes from the loss."),
     fixed_margin: bool = typer.Option(False, "--fixed-margin", help="namp/amproto: keep m at --margin (the paper's Fig. 2 sweep) instead of learning it."),
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Also train the paper's \"All\" classifier on all Train clips of the task classes."),
+    stop_on: str = typer.Option("folds", help="Where epochs are chosen (Val holds the enrolment pools, never chooses): folds (K speaker folds of the Train clips, then one encoder per seed refitted on all of them for the folds' median epoch) | holdout (one held-out fraction of the Train speakers)."),
+    folds: Optional[int] = typer.Option(None, "--folds", help="With --stop-on folds: number of speaker folds (default 5, or the number of Train speakers when fewer)."),
     name: Optional[str] = typer.Option(None, help="Run folder name under <runs>/verify/ (default derived)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (for scripts) instead of one line."),
@@ -95,7 +99,7 @@ def verify(
     corpus = load_corpus(data)
     cfg = build(VerifyConfig, features=features, seen=seen.split(","), task=task.split(","), enrol=enrol, loss=loss,
                        encoder=encoder, seeds=seeds, epochs=epochs, n_per_class=n_per_class, reference=reference,
-                       device=device, loss_cfg=LossConfig(margin_init=margin, learn_margin=not fixed_margin))
+                       stop_on=stop_on, folds=folds, device=device, loss_cfg=LossConfig(margin_init=margin, learn_margin=not fixed_margin))
     result = run_verify(corpus, cfg, cache_dir=cache, runs_dir=runs, name=name,
                         echo=lambda m: typer.echo(m, err=True))
     typer.echo(json.dumps(result.summary(), indent=1) if as_json else result.line())

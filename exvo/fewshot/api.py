@@ -14,17 +14,20 @@ Variants (registry :data:`VARIANTS`):
 ``finetune`` options: ``ft_params`` all | head | bias (which weights move), ``ft_loss`` mse | ccc,
 and ``ft_select`` (choose weights/steps/lr from :data:`FT_GRID` on the held-out Train speakers).
 
-Model selection never looks at Val: a speaker-disjoint fraction ``select.holdout_frac`` (``--holdout``)
-of the Train speakers is held out, with the same protocol (first 2 clips = support, rest = query), and
-each seed keeps its best epoch by the hold-out query CCC. Val numbers are therefore not
-chosen on Val (except ``wavlm@best``-style layer choices, which probe Val).
+Model selection never looks at Val (:mod:`exvo.fewshot.select`): held-out Train speakers get the
+Val protocol (first 2 clips = support, rest = query) and epochs (and ``ft_select``'s settings) are
+chosen by their query CCC. By default (``--stop-on folds``) these are the K speaker folds of
+``exvo learn``: every Train speaker is held out once, the fold models' predictions are the run's
+out-of-fold estimate (``metrics.json["oof"]``), and each seed's final model is refitted on all of
+Train for the folds' median epoch. ``--stop-on holdout``: one held-out fraction
+``select.holdout_frac`` (``--holdout``), whose model is the final one.
 
 Run folder ``<runs>/fewshot/<name>/``::
 
     config.json     {"kind": "fewshot", ...} everything to reproduce the run
     metrics.json    Val query CCC (population): mean ± std over seeds, per seed, seed ensemble,
                     each with a 95 % bootstrap interval; "test" too when Test labels are known
-    history.json    per-epoch hold-out CCC and training loss per seed
+    history.json    per-epoch hold-out CCC and training loss per seed (per fold with folds)
     val.csv, test.csv          File_ID,<10 emotions> of the query clips (seed ensemble)
     per_seed/val.npz, test.npz ids, seeds, emotions (S, n, 10)
     models/fewshot.pt, models/scaler.npz
@@ -32,19 +35,17 @@ Run folder ``<runs>/fewshot/<name>/``::
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from exvo.version import __version__
 from exvo.corpus import Corpus
 from exvo.device import resolve_device
 from exvo.fewshot import protocol as P
 from exvo.fewshot.models import FewShotNet, reversal_schedule
-from exvo.fewshot.registry import VARIANTS
 from exvo.fewshot.train import (centre_speakers, episode_enrolment, finetune_episodes, predict_rows,
                                 train_sampler)
 from exvo.learn import runs
@@ -52,10 +53,12 @@ from exvo.learn.api import input_caches
 from exvo.runs import provenance
 from exvo.runs.store import RunWriter, check_name
 from exvo.learn.features import FeatureMatrix, FeatureSpec, Scaler, load_features, parse_specs, report_missing
+from exvo.learn.folds import median_epoch
 from exvo.learn.framework import SeedFit, train_seeds
 from exvo.learn.probe import probe_layers
-from exvo.splits import holdout_split
 from exvo.fewshot.config import FewShotConfig
+from exvo.fewshot import record as R
+from exvo.fewshot.select import Part, concat_parts, make_parts
 
 FT_GRID = [("all", 1, 1e-4), ("all", 10, 1e-4), ("all", 10, 1e-3), ("head", 10, 1e-3), ("head", 10, 1e-2),
            ("bias", 10, 1e-2), ("bias", 10, 5e-2)]
@@ -84,27 +87,6 @@ def derive_name(specs: list[str], variant: str, heads: list[str]) -> str:
     return runs.derive_name(specs, "fewshot", None) + f"_{variant}" + (f"_{h}" if h else "")
 
 
-def holdout_protocol(rows: np.ndarray, spk: np.ndarray, frac: float, seed: int = 0, shots: int = P.SHOTS):
-    """Speaker-disjoint ``(fit rows, hold-out episodes)`` of Train rows (feature-matrix rows).
-
-    The hold-out speakers get the Val protocol: first ``shots`` clips = support, rest = query.
-    """
-    speakers = list(dict.fromkeys(spk[rows].tolist()))
-    if len(speakers) < 2:
-        raise ValueError("few-shot training needs at least 2 Train speakers (one is held out for model selection)")
-    fit, held_rows = holdout_split(rows, spk[rows], None, frac, seed)     # the one hold-out rule
-    held = set(spk[held_rows].tolist())
-    eps = []
-    for s in speakers:
-        if s in held:
-            r = rows[spk[rows] == s]
-            if r.size > shots:
-                eps.append(P.Episode(str(s), r[:shots], r[shots:], np.zeros((shots, 10))))
-    if not eps:
-        raise ValueError(f"no held-out Train speaker has more than {shots} clips; the hold-out needs query clips")
-    return fit, eps
-
-
 def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache", runs_dir: str | Path = "runs",
             name: str | None = None, echo: Callable[[str], None] = print) -> FewShotResult:
     """Train ``cfg.seeds`` models on Train, personalise per Val/Test speaker, score Val queries, write the run."""
@@ -119,21 +101,23 @@ def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache",
         echo(msg)
 
     fm, val_proto, test_proto = _load_inputs(corpus, cfg, specs, cache_dir, echo, note)
-    d = _prepare(corpus, cfg, fm, val_proto, test_proto)
+    d = _prepare(corpus, cfg, fm, val_proto, test_proto, note)
     dev = torch.device(resolve_device(cfg.device))
     Xt = torch.from_numpy(d.X).to(dev)
     Yt = torch.from_numpy(np.nan_to_num(d.Y)).to(dev)
     _echo_plan(cfg, d, echo)
-    fit, t_train = _train(cfg, d, Xt, Yt, dev)
-    ft, ft_trials = _choose_finetune(cfg, d, fit, Xt, echo)
+    fit, fold_fits, t_train = _train(cfg, d, Xt, Yt, dev, echo)
+    ft, ft_trials = _choose_finetune(cfg, d, fold_fits, Xt, echo)
 
     t0 = time.perf_counter()
     vq, vpred = _personalise(cfg, fit, Xt, d.val_eps, ft)
-    metrics = _val_metrics(cfg, fit, d.Y[vq], vpred, len(d.val_eps))
+    metrics = R.val_metrics(cfg, fit, fold_fits, d.Y[vq], vpred, len(d.val_eps))
+    if cfg.select.on == "folds":
+        metrics["oof"] = _oof_metrics(cfg, d, fold_fits, Xt, ft)
     writer = RunWriter(Path(runs_dir) / RUN_SUBDIR, name)
     (writer.path / "per_seed").mkdir()
     (writer.path / "models").mkdir()
-    _write_predictions(writer.path, "val", [fm.ids[k] for k in vq], vpred, cfg.seeds.list)
+    R.write_predictions(writer.path, "val", [fm.ids[k] for k in vq], vpred, cfg.seeds.list)
     if d.test_eps:
         test = _personalise_test(corpus, cfg, d, fit, Xt, ft, writer.path)
         if test is not None:
@@ -143,10 +127,12 @@ def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache",
     d.scaler.save(writer.path / "models" / "scaler.npz")
     seconds = {"train": round(t_train, 2), "personalise_and_score": round(t_pred, 2),
                "total": round(time.perf_counter() - t_start, 2)}
-    config = _run_config(corpus, cfg, d, name, ft, ft_trials, int(vq.size), seconds, notes)
+    config = R.run_config(corpus, cfg, d, name, ft, ft_trials, int(vq.size), seconds, notes)
     writer.json("metrics.json", metrics)
     writer.json("history.json", {"holdout_ccc": fit.history, "train_loss": fit.train_loss,
-                                 "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run})
+                                 "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run,
+                                 "folds": [{"holdout_ccc": f.history, "best_epoch": f.best_epoch}
+                                           for f in fold_fits] if cfg.select.on == "folds" else None})
     final = writer.commit(config, provenance.inputs(corpus, caches=input_caches(fm.blocks, cache_dir)))
     return FewShotResult(final, metrics, config)
 
@@ -161,8 +147,9 @@ class _Prepared:
     test_proto: P.Protocol | None
     val_eps: list[P.Episode]
     test_eps: list[P.Episode]
-    hold_eps: list[P.Episode]        # held-out Train speakers, Val protocol, support_y from the corpus
-    fit_rows: np.ndarray             # (n_fit,) Train rows the models are fitted on
+    parts: list[Part]                # selection: K speaker folds or one hold-out (exvo.fewshot.select)
+    hold_eps: list[P.Episode]        # held-out Train speakers of every part, Val protocol, support_y from the corpus
+    fit_rows: np.ndarray             # (n_fit,) Train rows the final models are fitted on
     train_spk: list[str]             # the fit speakers, sorted: index = speaker code
     spk: np.ndarray                  # (N,) speaker of every row
     spk_code: np.ndarray             # (N,) int64 code among train_spk, 0 for every other speaker
@@ -170,13 +157,7 @@ class _Prepared:
     X: np.ndarray                    # (N, D) float32, standardised (and centred for znorm=features)
     scaler: Scaler
     znorm_feat: bool
-    hold_q: np.ndarray               # (n_hold,) query rows of hold_eps
-    hold_enr: np.ndarray             # (n_hold, 2) their enrolment (support) rows
-
-    @property
-    def hold_y(self) -> np.ndarray:
-        """``(n_hold, 10)`` labels of the hold-out queries."""
-        return self.Y[self.hold_q]
+    hold_q: np.ndarray               # (n_hold,) query rows of hold_eps, part after part
 
 
 def _load_inputs(corpus: Corpus, cfg: FewShotConfig, specs: list[FeatureSpec], cache_dir: str | Path,
@@ -206,10 +187,11 @@ def _load_inputs(corpus: Corpus, cfg: FewShotConfig, specs: list[FeatureSpec], c
 
 
 def _prepare(corpus: Corpus, cfg: FewShotConfig, fm: FeatureMatrix, val_proto: P.Protocol,
-             test_proto: P.Protocol | None) -> _Prepared:
-    """Move the episodes onto feature rows, hold out Train speakers for selection, standardise
-    ``fm.X`` ``(N, D)`` on the fit rows (a float32 copy; ``fm.X`` is untouched) and, for
-    ``znorm="features"``, centre every speaker on its support clips. Returns the shared state."""
+             test_proto: P.Protocol | None, note: Callable[[str], None]) -> _Prepared:
+    """Move the episodes onto feature rows, make the selection parts (folds or a hold-out),
+    standardise ``fm.X`` ``(N, D)`` on the final fit rows (a float32 copy; ``fm.X`` is untouched;
+    with folds all of Train: feature statistics only, no labels) and, for ``znorm="features"``,
+    centre every speaker on its support clips. Returns the shared state."""
     fpos = {i: k for k, i in enumerate(fm.ids)}
     row = np.array([fpos.get(i, -1) for i in corpus.ids], np.int64)   # corpus row → feature row
 
@@ -221,7 +203,9 @@ def _prepare(corpus: Corpus, cfg: FewShotConfig, fm: FeatureMatrix, val_proto: P
     crow = _corpus_rows(corpus, fm.ids)
     spk = np.array([str(s) for s in corpus.speakers[crow]])
     Y = corpus.emotions[crow].astype(np.float32)        # NaN for Test rows: never read (Test support from the file)
-    fit_rows, hold_eps = holdout_protocol(fm.rows["Train"], spk, cfg.select.holdout_frac, seed=cfg.select.holdout_seed)
+    parts = make_parts(corpus, fm, spk, cfg.select, note)
+    fit_rows = parts[0].fit_rows if cfg.select.on == "holdout" else fm.rows["Train"]
+    hold_eps = [e for p in parts for e in p.eps]
     for e in hold_eps:
         e.support_y = Y[e.support]
     scaler = Scaler.fit(fm.X, fit_rows)
@@ -238,64 +222,91 @@ def _prepare(corpus: Corpus, cfg: FewShotConfig, fm: FeatureMatrix, val_proto: P
             groups.append((r[:P.SHOTS], r))
         groups += [(e.support, np.concatenate([e.support, e.query])) for e in hold_eps + val_eps + test_eps]
         X = centre_speakers(X, groups)
-    hold_q, hold_enr = episode_enrolment(hold_eps)
     return _Prepared(fm=fm, val_proto=val_proto, test_proto=test_proto, val_eps=val_eps, test_eps=test_eps,
-                     hold_eps=hold_eps, fit_rows=fit_rows, train_spk=train_spk, spk=spk, spk_code=spk_code, Y=Y,
-                     X=X, scaler=scaler, znorm_feat=znorm_feat, hold_q=hold_q, hold_enr=hold_enr)
+                     parts=parts, hold_eps=hold_eps, fit_rows=fit_rows, train_spk=train_spk, spk=spk,
+                     spk_code=spk_code, Y=Y, X=X, scaler=scaler, znorm_feat=znorm_feat,
+                     hold_q=concat_parts(parts)[0])
 
 
 def _echo_plan(cfg: FewShotConfig, d: _Prepared, echo: Callable[[str], None]) -> None:
     """One line: features, clips and speakers of each part, variant, heads and seeds."""
     fm = d.fm
+    held = (f"+{len(d.hold_eps)} held out for selection" if cfg.select.on == "holdout" else
+            f"{len(d.parts)} speaker folds for selection, then refitted on all")
     echo(f"features {' + '.join(f'{b.spec}:{b.dim}' for b in fm.blocks)} = {fm.dim} dims; Train {d.fit_rows.size} clips of "
-         f"{len(d.train_spk)} speakers (+{len(d.hold_eps)} held out for selection), Val {len(d.val_eps)} speakers / "
+         f"{len(d.train_spk)} speakers ({held}), Val {len(d.val_eps)} speakers / "
          f"{sum(e.query.size for e in d.val_eps)} query clips; variant {cfg.variant}"
          + (f" heads {','.join(cfg.heads)}" if cfg.heads else "") + f"; seeds {cfg.seeds.list}")
 
 
-def _train(cfg: FewShotConfig, d: _Prepared, Xt: torch.Tensor, Yt: torch.Tensor,
-           dev: torch.device) -> tuple[SeedFit, float]:
-    """Train one :class:`FewShotNet` per seed on the fit rows (``Xt`` ``(N, D)``, ``Yt`` ``(N, 10)``),
-    each keeping its best epoch by the hold-out query CCC. Returns ``(fit, seconds)``."""
+def _train(cfg: FewShotConfig, d: _Prepared, Xt: torch.Tensor, Yt: torch.Tensor, dev: torch.device,
+           echo: Callable[[str], None]) -> tuple[SeedFit, list[SeedFit], float]:
+    """Train one :class:`FewShotNet` per seed (``Xt`` ``(N, D)``, ``Yt`` ``(N, 10)``) on each selection
+    part's fit rows, each seed keeping its best epoch by the part's held-out query CCC; with folds,
+    then one per seed on all of Train for the median over seeds × folds of those epochs (no early
+    stopping, the last epoch kept). Returns ``(final fit, the parts' fits, seconds)``."""
     enrol = cfg.variant == "enrol"
     hold, reach = cfg.reversal
+    codes = torch.from_numpy(d.spk_code).to(dev)
 
     def make():
         return FewShotNet(d.fm.dim, len(d.train_spk), enrol=enrol, heads=tuple(cfg.heads), hidden=cfg.hidden,
                           zdim=cfg.zdim, dropout=cfg.dropout)
 
-    sampler = train_sampler(Xt, Yt, torch.from_numpy(d.spk_code).to(dev), d.fit_rows, cfg.train.batch_size, enrol,
-                            lambda ep: reversal_schedule(ep, hold, reach), d.spk)
-    hy = d.hold_y
+    def fit_on(rows: np.ndarray, evaluate, train_cfg) -> SeedFit:
+        sampler = train_sampler(Xt, Yt, codes, rows, cfg.train.batch_size, enrol,
+                                lambda ep: reversal_schedule(ep, hold, reach), d.spk)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seeds.first)    # dropout draws from the global generator: seed it for reproducible runs
+            return train_seeds(make, sampler, evaluate, cfg.seeds.list, train_cfg, device=dev)
 
-    def evaluate(stack) -> np.ndarray:
-        pred = predict_rows(stack, Xt, d.hold_q, d.hold_enr if enrol else None, cfg.train.vectorise)
-        return np.array(_ccc_per_seed(hy, pred))
+    def scorer(part: Part):
+        hy = d.Y[part.q]
+        return lambda stack: np.array(R.ccc_per_seed(hy, predict_rows(stack, Xt, part.q, part.enr if enrol else None,
+                                                                     cfg.train.vectorise)))
 
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seeds.first)        # dropout draws from the global generator: seed it for reproducible runs
-        fit = train_seeds(make, sampler, evaluate, cfg.seeds.list, cfg.train, device=dev)
-    return fit, time.perf_counter() - t0
+    fits = []
+    for k, part in enumerate(d.parts):
+        fits.append(fit_on(part.fit_rows, scorer(part), cfg.train))
+        if cfg.select.on == "folds":
+            echo(f"  fold {k + 1}/{len(d.parts)}: fit {part.fit_rows.size} clips, best epochs {fits[-1].best_epoch} "
+                 f"by the query CCC of {len(part.eps)} held-out speakers")
+    if cfg.select.on == "holdout":
+        return fits[0], fits, time.perf_counter() - t0
+    epochs = max(1, median_epoch([e for f in fits for e in f.best_epoch]))
+    echo(f"  refit on all {d.fit_rows.size} Train clips for {epochs} epoch(s) (median over seeds × folds)")
+    fixed = replace(cfg.train, epochs=epochs, patience=epochs + 1, restore="last")
+    final = fit_on(d.fit_rows, lambda stack: np.zeros(stack.n), fixed)
+    return final, fits, time.perf_counter() - t0
 
 
-def _choose_finetune(cfg: FewShotConfig, d: _Prepared, fit: SeedFit, Xt: torch.Tensor,
+def _choose_finetune(cfg: FewShotConfig, d: _Prepared, fits: list[SeedFit], Xt: torch.Tensor,
                      echo: Callable[[str], None]) -> tuple[dict, list[dict]]:
     """``(fine-tuning settings {params, steps, lr}, trials)``: the given settings, or with
-    ``ft_select`` the :data:`FT_GRID` entry with the best hold-out query CCC (then one trial each)."""
+    ``ft_select`` the :data:`FT_GRID` entry with the best query CCC of the held-out Train speakers,
+    each personalised from the model of its part (fold) that did not see it (then one trial each)."""
     ft = {"params": cfg.ft_params, "steps": cfg.ft_steps, "lr": cfg.ft_lr}
     ft_trials = []
     if cfg.variant == "finetune" and cfg.ft_select:
         # choose the fine-tuning settings on the held-out Train speakers (Val never chooses)
-        hy = d.hold_y
+        hy = d.Y[d.hold_q]
         for tune, steps, lr in FT_GRID:
-            pred = finetune_episodes(fit.stack, Xt, d.hold_eps, lambda e: (e.support, e.query), steps, lr,
-                                     loss=cfg.ft_loss, vectorise=cfg.train.vectorise, tune=tune)
+            pred = np.concatenate([finetune_episodes(f.stack, Xt, part.eps, lambda e: (e.support, e.query), steps, lr,
+                                                     loss=cfg.ft_loss, vectorise=cfg.train.vectorise, tune=tune)
+                                   for f, part in zip(fits, d.parts)], axis=1)
             ft_trials.append({"params": tune, "steps": steps, "lr": lr, "holdout_ccc": P.fewshot_ccc(hy, pred.mean(0))[0]})
         best = max(ft_trials, key=lambda t: t["holdout_ccc"])
         ft = {k: best[k] for k in ("params", "steps", "lr")}
         echo(f"fine-tuning chosen on held-out Train speakers: {ft} (hold-out query CCC {best['holdout_ccc']:.3f})")
     return ft, ft_trials
+
+
+def _oof_metrics(cfg: FewShotConfig, d: _Prepared, fits: list[SeedFit], Xt: torch.Tensor, ft: dict) -> dict:
+    """``metrics.json["oof"]``: every Train speaker's query clips personalised (as the variant says)
+    by the fold model that never saw the speaker (:func:`exvo.fewshot.record.oof_metrics`)."""
+    pred = np.concatenate([_personalise(cfg, f, Xt, part.eps, ft)[1] for f, part in zip(fits, d.parts)], axis=1)
+    return R.oof_metrics(cfg, d.Y[d.hold_q], pred, len(d.hold_eps))
 
 
 def _personalise(cfg: FewShotConfig, fit: SeedFit, Xt: torch.Tensor, eps: list[P.Episode],
@@ -317,84 +328,24 @@ def _personalise(cfg: FewShotConfig, fit: SeedFit, Xt: torch.Tensor, eps: list[P
     return q, pred
 
 
-def _val_metrics(cfg: FewShotConfig, fit: SeedFit, vy: np.ndarray, vpred: np.ndarray, n_speakers: int) -> dict:
-    """metrics.json (without "test"): labels ``vy`` ``(n, 10)`` against ``vpred`` ``(S, n, 10)``,
-    per seed, mean ± std over seeds and the seed ensemble, with bootstrap intervals."""
-    per_seed = []
-    for j, sd in enumerate(cfg.seeds.list):
-        m, per = P.fewshot_ccc(vy, vpred[j])
-        per_seed.append({"seed": sd, "ccc": m, "ci95": list(P.bootstrap_ci(vy, vpred[j], cfg.resamples)),
-                         "ccc_per_emotion": dict(zip(P.EMOTIONS, per)), "best_epoch": int(fit.best_epoch[j]),
-                         "holdout_ccc": float(max(h[j] for h in fit.history)) if fit.history else None})
-    ens = vpred.mean(0)
-    m, per = P.fewshot_ccc(vy, ens)
-    return {
-        "track": "fewshot", "split": "Val", "n_query": int(vy.shape[0]), "n_speakers": n_speakers,
-        "ccc_convention": P.CONVENTION, "variant": cfg.variant, "heads": cfg.heads,
-        "summary": {"ccc": {"mean": float(np.mean([r["ccc"] for r in per_seed])),
-                            "std": float(np.std([r["ccc"] for r in per_seed]))}},
-        "per_seed": per_seed,
-        "ensemble": {"ccc": m, "ci95": list(P.bootstrap_ci(vy, ens, cfg.resamples)),
-                     "ccc_per_emotion": dict(zip(P.EMOTIONS, per))},
-        "ci": f"95 % percentile bootstrap over the Val query clips ({cfg.resamples} resamples, seed 0)",
-        "selection": "best epoch per seed by the query CCC of held-out Train speakers; Val never chooses",
-    }
-
-
-def _write_predictions(folder: Path, split: str, ids: list[str], pred: np.ndarray, seeds: list[int]) -> None:
-    """``<split>.csv`` (seed ensemble) and ``per_seed/<split>.npz`` of ``pred`` ``(S, n, 10)``."""
-    P.write_submission(folder / f"{split}.csv", ids, pred.mean(0))
-    np.savez(folder / "per_seed" / f"{split}.npz", ids=np.array(ids, dtype=str), seeds=np.array(seeds),
-             emotions=pred.astype(np.float32))
-
-
 def _personalise_test(corpus: Corpus, cfg: FewShotConfig, d: _Prepared, fit: SeedFit, Xt: torch.Tensor,
                       ft: dict, folder: Path) -> dict | None:
     """Predict the Test queries into ``folder``; returns metrics.json's "test" entry, or None
     when the corpus has no Test labels (the usual case)."""
     tq, tpred = _personalise(cfg, fit, Xt, d.test_eps, ft)
     tids = [d.fm.ids[k] for k in tq]
-    _write_predictions(folder, "test", tids, tpred, cfg.seeds.list)
+    R.write_predictions(folder, "test", tids, tpred, cfg.seeds.list)
     try:   # the demo corpus keeps its Test labels aside: score Test too (never used for any choice)
         ty = P.query_labels(corpus, d.test_proto)
         tpos = {i: k for k, i in enumerate(tids)}
         order = [tpos[i] for i in d.test_proto.query_ids(corpus)]
-        tm = _ccc_per_seed(ty, tpred[:, order])
+        tm = R.ccc_per_seed(ty, tpred[:, order])
         ens = tpred.mean(0)[order]
         return {"summary": {"ccc": {"mean": float(np.mean(tm)), "std": float(np.std(tm))}},
                 "ensemble": {"ccc": P.fewshot_ccc(ty, ens)[0], "ci95": list(P.bootstrap_ci(ty, ens, cfg.resamples))},
                 "n_query": len(order)}
     except P.FewShotError:
         return None
-
-
-def _run_config(corpus: Corpus, cfg: FewShotConfig, d: _Prepared, name: str, ft: dict, ft_trials: list[dict],
-                n_val_query: int, seconds: dict, notes: list[str]) -> dict:
-    """config.json (before provenance): everything needed to reproduce and describe the run."""
-    hold, reach = cfg.reversal
-    return {
-        "kind": "fewshot", "exvo_version": __version__, "name": name,
-        "corpus": {"name": corpus.name, "root": str(corpus.root)},
-        "features": [b.to_json() for b in d.fm.blocks], "dim": d.fm.dim,
-        "variant": cfg.variant, "variant_description": VARIANTS[cfg.variant], "heads": cfg.heads,
-        "seeds": cfg.seeds.list, "fewshot_config": asdict(cfg),
-        "finetune": ({"chosen": ft, "loss": cfg.ft_loss, "trials_on_holdout": ft_trials,
-                      "chosen_by": "held-out Train speakers" if ft_trials else "given"} if cfg.variant == "finetune" else None),
-        "reversal_warmup": {"hold_until_epoch": hold, "reach_epoch": reach} if cfg.heads else None,
-        "architecture": "MLP encoders over cached utterance embeddings (EIHW: CNN14/CNN10 on log-mels)",
-        "protocol": {"val": d.val_proto.to_json(corpus), "test": d.test_proto.to_json(corpus) if d.test_proto else None,
-                     "holdout_speakers": [e.speaker for e in d.hold_eps]},
-        "standardisation": "per-feature mean/std of the fit Train rows (models/scaler.npz)"
-                           + ("; then every speaker centred on its support clips' mean" if d.znorm_feat else ""),
-        "clips": {"fit": int(d.fit_rows.size), "holdout_query": int(d.hold_q.size), "val_query": n_val_query},
-        "std_over_seeds": "population (ddof=0)",
-        "seconds": seconds,
-        "notes": notes,
-    }
-
-
-def _ccc_per_seed(y: np.ndarray, pred: np.ndarray) -> list[float]:
-    return [P.fewshot_ccc(y, p)[0] for p in pred]
 
 
 def _corpus_rows(corpus: Corpus, ids: list[str]) -> np.ndarray:

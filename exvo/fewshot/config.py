@@ -10,8 +10,9 @@ from exvo.fewshot.registry import FT_LOSSES, FT_PARAMS, VARIANTS, ZNORM_MODES
 
 @dataclass
 class FewShotConfig:
-    """What to train. ``seeds``, ``train`` (AdamW, best epoch restored), ``select`` (the fraction of
-    Train speakers held out to choose epochs; those speakers get the Val protocol): the shared
+    """What to train. ``seeds``, ``train`` (AdamW, best epoch restored), ``select`` (where epochs are
+    chosen: K speaker folds of Train, the default, or one held-out fraction of the Train speakers;
+    held-out speakers get the Val protocol, :mod:`exvo.fewshot.select`): the shared
     pieces of :mod:`exvo.config`, with this track's defaults. ``rev_hold``/``rev_reach``: epochs
     of the reversal warm-up (default: epochs/12 and epochs/2, EIHW's 10 and 60 of 120). Make one
     from flat settings with ``exvo.config.build(FewShotConfig, features=[…], epochs=30, …)``."""
@@ -22,7 +23,7 @@ class FewShotConfig:
     seeds: Seeds = field(default_factory=Seeds)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30, patience=8, batch_size=16, lr=1e-3,
                                                                    weight_decay=1e-4, optimizer="adamw"))
-    select: SelectionConfig = field(default_factory=lambda: SelectionConfig(holdout_frac=0.2))
+    select: SelectionConfig = field(default_factory=lambda: SelectionConfig(on="folds", holdout_frac=0.2))
     hidden: int = 256
     zdim: int = 128
     dropout: float = 0.2
@@ -51,9 +52,9 @@ class FewShotConfig:
             raise ValueError(f"unknown --ft-params {self.ft_params!r}; choose one of {list(FT_PARAMS)}")
         if self.znorm not in ZNORM_MODES:
             raise ValueError(f"unknown --znorm {self.znorm!r}; choose one of {ZNORM_MODES}")
-        if self.select.on != "holdout":
-            raise ValueError("few-shot models are chosen on held-out Train speakers (Val is the personalisation "
-                             f"protocol's own data); got select.on={self.select.on!r}")
+        if self.select.on not in ("folds", "holdout"):
+            raise ValueError("few-shot models are chosen on held-out Train speakers (--stop-on folds or holdout; Val "
+                             f"is the personalisation protocol's own data); got --stop-on {self.select.on!r}")
         if int(self.resamples) < 10:
             raise ValueError(f"--resamples must be >= 10, got {self.resamples}")
         if self.device not in ("cpu", "cuda", "auto"):

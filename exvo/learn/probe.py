@@ -6,10 +6,12 @@ selection rows by the selection S_MTL (emotions clipped to [0, 1], country = arg
 outputs, age in years). A grid of 5 ridge strengths costs one eigendecomposition per layer
 (of XᵀX when dim ≤ n_fit, else of XXᵀ). The layer with the best score wins.
 
-The rows follow :mod:`exvo.learn.selection`, the same rule as the learners: by default the
-probe is fitted on Train minus a speaker-disjoint hold-out and scored on the hold-out, so Val
-labels never choose the layer; with ``on="val"`` it is fitted on Train and scored on Val
-(the choice is then optimistic for Val numbers, †).
+The rows follow :mod:`exvo.learn.selection`, the same rule and code as the learners: with
+``on="folds"`` (the default presets) the probe is fitted once per speaker fold of Train and its
+out-of-fold predictions on every Train clip are scored; with ``on="holdout"`` it is fitted on
+Train minus a speaker-disjoint hold-out and scored on the hold-out; either way Val labels never
+choose the layer. With ``on="val"`` it is fitted on Train and scored on Val (the choice is then
+optimistic for Val numbers, †).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from exvo.config import SelectionConfig
 from exvo.corpus import Corpus
 from exvo.extract.cache import EmbeddingCache
 from exvo.learn.features import Scaler
-from exvo.learn.selection import selection_rows
+from exvo.learn.selection import selection_folds
 from exvo.learn.targets import N_COUNTRIES, make_targets, selection_score
 
 ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -54,20 +56,25 @@ def probe_layers(cache: EmbeddingCache, corpus: Corpus, sel: SelectionConfig | N
     if sel.on == "val" and rows["Val"].size < 2:
         raise ValueError(f"@best with --stop-on val needs labelled Val clips in {cache.path.name}; found {rows['Val'].size}")
     t = make_targets(corpus, ids, rows)
-    tr, va = selection_rows(corpus, ids, rows, sel)
-    Y = np.concatenate([t.emotions[tr], np.eye(N_COUNTRIES)[t.country[tr]], t.age_z[tr, None]], axis=1)
+    folds = selection_folds(corpus, ids, rows, sel)     # [(fit, held)]: K folds, one hold-out, or Train → Val
+    va = np.concatenate([held for _, held in folds])    # with folds: every Train clip, once
+    Y = np.concatenate([t.emotions, np.eye(N_COUNTRIES)[np.maximum(t.country, 0)], t.age_z[:, None]], axis=1)
     scores, alphas = {}, {}
     for pos_, layer in enumerate(cache.layer_ids):    # the model's layer indices (a --layers cache keeps some)
         X = cache.layer(pos_, ids)
         Scaler.fit(X, rows["Train"]).apply_(X)
+        # per alpha, the predictions of the selection rows, each from the fit that did not see its speaker
+        per_fold = [ridge_val_scores(X[fit], Y[fit], X[held]) for fit, held in folds]
         best = (-1.0, None)
-        for a, P in zip(ALPHAS, ridge_val_scores(X[tr], Y, X[va])):
+        for j, a in enumerate(ALPHAS):
+            P = np.concatenate([f[j] for f in per_fold])
             s = selection_score(t.emotions[va], np.clip(P[:, :10], 0, 1), t.country[va],
                                 P[:, 10:10 + N_COUNTRIES].argmax(1), t.age[va], P[:, -1] * t.age_std + t.age_mean)
             if s > best[0]:
                 best = (s, a)
         scores[layer], alphas[layer] = round(best[0], 5), best[1]
     layer = max(scores, key=lambda k: scores[k])
-    where = "Train → Val" if sel.on == "val" else "Train minus hold-out → speaker-disjoint Train hold-out"
+    where = {"val": "Train → Val", "folds": f"{len(folds)} speaker folds of Train, out-of-fold",
+             "holdout": "Train minus hold-out → speaker-disjoint Train hold-out"}[sel.on]
     return layer, {"method": f"ridge probe, {where} selection S_MTL", "selected_on": sel.on,
                    "layer_scores": scores, "alpha": alphas}

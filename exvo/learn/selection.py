@@ -47,8 +47,17 @@ def selection_folds(corpus: Corpus, ids: list[str], rows: dict[str, np.ndarray],
     the one hold-out / Val pair of :func:`selection_rows`."""
     if sel.on != "folds":
         return [selection_rows(corpus, ids, rows, sel)]
-    train = rows["Train"]
-    spk, cou = corpus_rows_speakers(corpus, ids, train)
+    spk, cou = corpus_rows_speakers(corpus, ids, rows["Train"])
+    return folds_of_rows(rows["Train"], spk, cou, sel, note)
+
+
+def folds_of_rows(train: np.ndarray, spk: np.ndarray, cou: np.ndarray | None, sel: SelectionConfig,
+                  note=None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[(fit rows, held rows)]``: the K speaker folds of ``train`` ``(n,)`` whose speakers and
+    countries are ``spk``/``cou`` ``(n,)`` (``cou=None``: no country strata), as
+    :func:`selection_folds` says; for callers whose rows are not a corpus feature matrix."""
+    if cou is None:
+        cou = np.full(spk.shape[0], -1)
     n_spk = np.unique(spk).size
     k = sel.k if sel.k is not None else min(DEFAULT_FOLDS, n_spk)
     if n_spk < max(k, 2):
@@ -60,7 +69,7 @@ def selection_folds(corpus: Corpus, ids: list[str], rows: dict[str, np.ndarray],
         fewer = (f" (only {n_spk} Train speakers, so fewer than {DEFAULT_FOLDS} folds)"
                  if k < DEFAULT_FOLDS and sel.k is None else "")
         note(f"  {k} speaker folds of {n_spk} Train speakers{fewer}, " + (
-            "stratified by country" if stratified else
-            f"not stratified by country (a country has {min(per_country, default=0)} speaker(s) < {k})"))
+            "stratified by country" if stratified else "not stratified (no countries)" if not per_country else
+            f"not stratified by country (a country has {min(per_country)} speaker(s) < {k})"))
     fold = speaker_folds(spk, k, sel.holdout_seed, cou if stratified else None)
     return [(train[fold != i], train[fold == i]) for i in range(k)]

@@ -35,9 +35,9 @@ import torch
 from exvo.version import __version__
 from exvo.corpus import Corpus, CorpusError
 from exvo.device import resolve_device
-from exvo.splits import holdout_split
 from exvo.runs import provenance
 from exvo.runs.store import RunWriter
+from exvo.learn.folds import median_epoch
 from exvo.learn.framework import predict, train_seeds
 from exvo.metrics import EMOTIONS, uar
 from exvo.verify.encoder import VerifyModule
@@ -45,7 +45,7 @@ from exvo.verify.episodes import dominant_class, episodic_sampler, nearest_proto
 from exvo.verify.inputs import Inputs, load_inputs
 from exvo.verify.config import VerifyConfig
 from exvo.verify.steps import (Classes, Embedder, Rows, embedder, enrol_and_score, np_curve, over_seeds,
-                               pretrain_rows, pretrain_uar, task_rows)
+                               pretrain_rows, pretrain_uar, selection_parts, task_rows)
 
 @dataclass
 class VerifyResult:
@@ -98,10 +98,33 @@ def class_labels(corpus: Corpus, ids: list[str]) -> tuple[np.ndarray, bool]:
     return np.array([lab[pos[i]] for i in ids], dtype=np.int64), test_labelled
 
 
-def _train(inp: Inputs, labels: np.ndarray, fit: np.ndarray, held: np.ndarray, classes: list[int], loss: str,
-           cfg: VerifyConfig, device: str, echo: Callable[[str], None], select: str = "prototype"):
+def _fit_selected(inp: Inputs, labels: np.ndarray, fit: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray]],
+                  classes: list[int], loss: str, cfg: VerifyConfig, device: str, echo: Callable[[str], None],
+                  select: str = "prototype"):
+    """``(fit result, make, fold epochs)``: one encoder per seed, its epochs chosen on the selection
+    ``parts`` (:func:`exvo.verify.steps.selection_parts`). One hold-out: the model trained on its
+    fit rows, best epoch restored. Folds: one model per seed and fold, each stopped on its own
+    held-out speakers, then one per seed on ``fit`` (all of them) for the median over seeds × folds
+    of the chosen epochs, the last epoch kept."""
+    if cfg.select.on == "holdout":
+        res, make = _train(inp, labels, *parts[0], classes, loss, cfg, device, echo, select)
+        return res, make, None
+    fold_epochs = []
+    for k, (f, h) in enumerate(parts):
+        echo(f"  fold {k + 1}/{len(parts)}: fit {f.size} clips, epochs chosen on {h.size} held-out clips")
+        fold_epochs.append([int(e) for e in _train(inp, labels, f, h, classes, loss, cfg, device, echo, select)[0].best_epoch])
+    epochs = max(1, median_epoch([e for row in fold_epochs for e in row]))
+    echo(f"  refit on all {fit.size} clips for {epochs} epoch(s) (median over seeds × folds)")
+    res, make = _train(inp, labels, fit, None, classes, loss, cfg, device, echo, select, fixed_epochs=epochs)
+    return res, make, fold_epochs
+
+
+def _train(inp: Inputs, labels: np.ndarray, fit: np.ndarray, held: np.ndarray | None, classes: list[int], loss: str,
+           cfg: VerifyConfig, device: str, echo: Callable[[str], None], select: str = "prototype",
+           fixed_epochs: int | None = None):
     """Train one encoder per seed on ``fit`` rows of ``classes``; select epochs on ``held`` rows by the
-    UAR of the nearest fit-row prototype (``select="prototype"``) or of the classifier (``"classifier"``)."""
+    UAR of the nearest fit-row prototype (``select="prototype"``) or of the classifier (``"classifier"``);
+    or, with ``fixed_epochs`` (``held`` None), train that many epochs and keep the last."""
     K = len(classes)
     cidx = {c: k for k, c in enumerate(classes)}
     enc = cfg.encoder_cfg
@@ -111,6 +134,9 @@ def _train(inp: Inputs, labels: np.ndarray, fit: np.ndarray, held: np.ndarray, c
     vec = enc.kind == "mlp"
     # one episode (n_per_class clips of each class) is one batch; a GRU encoder cannot run under vmap
     tcfg = replace(cfg.train, batch_size=K * cfg.n_per_class, vectorise=cfg.train.vectorise and vec)
+    if fixed_epochs is not None:
+        tcfg = replace(tcfg, epochs=fixed_epochs, patience=fixed_epochs + 1, restore="last")
+        held = fit[:0]
     # prototypes for model selection from at most 2000 fit rows (fixed): bounded cost per epoch
     proto_rows = fit if fit.size <= 2000 else np.sort(np.random.default_rng(cfg.seeds.first).choice(fit, 2000, replace=False))
     held_y = np.array([cidx[c] for c in labels[held]])
@@ -120,6 +146,8 @@ def _train(inp: Inputs, labels: np.ndarray, fit: np.ndarray, held: np.ndarray, c
         return VerifyModule(inp.dim, K, loss, enc, cfg.loss_cfg)
 
     def evaluate(stack):
+        if fixed_epochs is not None:
+            return np.zeros(stack.n)
         if select == "classifier":
             lg = predict(stack, data, held, vectorise=vec)["logits"]
             return np.array([uar(held_y, lg[j].argmax(1)) for j in range(stack.n)])
@@ -181,9 +209,9 @@ def _reference(inp: Inputs, cl: Classes, rows: Rows, cfg: VerifyConfig, device: 
     echo("\"All\" reference: cross-entropy classifier on all Train clips of the task classes")
     train = inp.rows["Train"]
     task_train = train[np.isin(cl.labels[train], cl.task)]
-    rfit, rheld = holdout_split(task_train, cl.speakers[task_train], None, cfg.select.holdout_frac,
-                                cfg.select.holdout_seed)
-    rfitres, _ = _train(inp, cl.labels, rfit, rheld, cl.task, "sm", cfg, device, echo, select="classifier")
+    parts = selection_parts(task_train, cl.speakers[task_train], cfg)
+    rfit = parts[0][0] if cfg.select.on == "holdout" else task_train
+    rfitres, _, _ = _fit_selected(inp, cl.labels, rfit, parts, cl.task, "sm", cfg, device, echo, select="classifier")
     logits = predict(rfitres.stack, inp.data, rows.queries, vectorise=inp.kind == "mlp")["logits"]   # (S, q, K)
     rs = []
     for j in range(rfitres.stack.n):
@@ -192,7 +220,7 @@ def _reference(inp: Inputs, cl: Classes, rows: Rows, cfg: VerifyConfig, device: 
                    "f1_weighted": weighted_f1(cl.labels[rows.queries], pred)})
     return {"uar": over_seeds(r["uar"] for r in rs), "f1_weighted": over_seeds(r["f1_weighted"] for r in rs),
             "per_seed": rs, "train_clips": int(task_train.size),
-            "selection": "epochs chosen on held-out Train speakers of the task classes (classifier UAR)",
+            "selection": f"epochs chosen on held-out Train speakers of the task classes (classifier UAR; {cfg.select.on})",
             "note": "trained with the task's classes (unseen one included): an upper reference, not enrol-to-verify"}
 
 
@@ -216,7 +244,8 @@ def _metrics(cfg: VerifyConfig, inp: Inputs, cl: Classes, rows: Rows, per_seed: 
 
 
 def _write_run(writer: RunWriter, corpus: Corpus, cfg: VerifyConfig, inp: Inputs, cl: Classes, rows: Rows,
-               emb: Embedder, fitres, metrics: dict, cache_dir: str | Path, t_start: float) -> tuple[Path, dict]:
+               emb: Embedder, fitres, fold_epochs: list[list[int]] | None, metrics: dict, cache_dir: str | Path,
+               t_start: float) -> tuple[Path, dict]:
     """Write the run's files into ``writer`` and commit it; ``(final run folder, config.json dict)``."""
     tmp, fit = writer.path, rows.fit
     # the projection figure: seed 0's embeddings, with an even stride of ~400 fit rows to keep the file small
@@ -234,7 +263,8 @@ def _write_run(writer: RunWriter, corpus: Corpus, cfg: VerifyConfig, inp: Inputs
         "kind": "verify", "exvo_version": __version__, "name": writer.name,
         "corpus": {"name": corpus.name, "root": str(corpus.root)},
         "features": inp.info, "dim": inp.dim, "verify_config": asdict(cfg),
-        "clips": {"pretrain_fit": int(fit.size), "pretrain_held_out": int(rows.held.size),
+        "selection": {"on": cfg.select.on, "parts": len(rows.parts)},
+        "clips": {"pretrain_fit": int(fit.size), "pretrain_held_out": int(sum(h.size for _, h in rows.parts)),
                   "seen_train_counts": rows.counts, "enrol_pool": int(rows.pool.size),
                   "queries": int(rows.queries.size)},
         "standardisation": "per-feature mean/std of the pretraining (seen-class, fit) Train clips",
@@ -242,7 +272,8 @@ def _write_run(writer: RunWriter, corpus: Corpus, cfg: VerifyConfig, inp: Inputs
     }
     writer.json("metrics.json", metrics)
     writer.json("history.json", {"heldout_seen_uar": fitres.history, "train_loss": fitres.train_loss,
-                                 "best_epoch": fitres.best_epoch, "epochs_run": fitres.epochs_run})
+                                 "best_epoch": fitres.best_epoch, "epochs_run": fitres.epochs_run,
+                                 "fold_epochs": fold_epochs})
     final = writer.commit(config, provenance.inputs(corpus, caches=inp.cache_records(cache_dir)))
     return final, config
 
@@ -255,13 +286,14 @@ def verify(corpus: Corpus, cfg: VerifyConfig, cache_dir: str | Path = "cache", r
     device = resolve_device(cfg.device)
     # every check on the data comes before the run folder exists: a bad setting leaves nothing behind
     inp, cl = _load_classes(corpus, cfg, cache_dir, echo)
-    fit, held, counts = pretrain_rows(inp, cl, cfg, echo)
+    fit, parts, counts = pretrain_rows(inp, cl, cfg, echo)
     pool, queries, qsplit, qcount = task_rows(inp, cl, cfg, echo)
-    rows = Rows(fit, held, counts, pool, queries, qsplit, qcount)
+    rows = Rows(fit, parts, counts, pool, queries, qsplit, qcount)
 
     writer = RunWriter(Path(runs_dir) / "verify", name or _derive_name(cfg))
     with writer:
-        fitres, make = _train(inp, cl.labels, rows.fit, rows.held, cl.seen, cfg.loss, cfg, device, echo)
+        fitres, make, fold_epochs = _fit_selected(inp, cl.labels, rows.fit, rows.parts, cl.seen, cfg.loss, cfg,
+                                                  device, echo)
         mods = _seed_modules(fitres.stack, make)
         margins, scales = _criterion_values(mods)
         emb = embedder(fitres.stack, inp, rows)
@@ -274,7 +306,8 @@ def verify(corpus: Corpus, cfg: VerifyConfig, cache_dir: str | Path = "cache", r
         ref = _reference(inp, cl, rows, cfg, device, echo) if cfg.reference else None
         metrics = _metrics(cfg, inp, cl, rows, per_seed, margins, scales, mods[0].criterion.margin_kind(), pre,
                            curve, curve_notes, ref)
-        final, config = _write_run(writer, corpus, cfg, inp, cl, rows, emb, fitres, metrics, cache_dir, t_start)
+        final, config = _write_run(writer, corpus, cfg, inp, cl, rows, emb, fitres, fold_epochs, metrics, cache_dir,
+                                   t_start)
     return VerifyResult(final, metrics, config)
 
 

@@ -20,8 +20,9 @@ class VerifyConfig:
     ``enrol``: N_p clips per task class; ``n_per_class``: N clips per class in a training
     episode (paper 10); ``encoder``: auto (gru when a frame cache exists, else mlp) | mlp | gru;
     ``reference``: also train the "All" classifier. ``seeds``, ``train`` (Adam; its batch size is
-    set by the episodes: ``n_per_class`` × classes) and ``select`` (the fraction of seen-class
-    Train speakers held out to stop on): the shared pieces of :mod:`exvo.config`."""
+    set by the episodes: ``n_per_class`` × classes) and ``select`` (where epochs are chosen: K
+    speaker folds of the seen-class Train clips, then a refit for their median epoch — the default —
+    or one held-out fraction of the speakers): the shared pieces of :mod:`exvo.config`."""
 
     features: str
     seen: list[str]
@@ -32,7 +33,7 @@ class VerifyConfig:
     seeds: Seeds = field(default_factory=Seeds)
     n_per_class: int = 10
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, patience=10, lr=1e-3, weight_decay=1e-4))
-    select: SelectionConfig = field(default_factory=lambda: SelectionConfig(holdout_frac=0.15))
+    select: SelectionConfig = field(default_factory=lambda: SelectionConfig(on="folds", holdout_frac=0.15))
     curve: tuple[int, ...] = CURVE
     reference: bool = True
     device: str = "auto"
@@ -54,9 +55,9 @@ class VerifyConfig:
         if all(c in self.seen for c in self.task):
             raise ValueError(f"--task {','.join(self.task)}: every class is seen in pretraining; an enrol-to-verify "
                              "task needs at least one class missing from --seen")
-        if self.select.on != "holdout":
-            raise ValueError(f"verify stops on held-out Train speakers (Val holds the enrolment pools); got "
-                             f"select.on={self.select.on!r}")
+        if self.select.on not in ("folds", "holdout"):
+            raise ValueError(f"verify stops on held-out Train speakers (--stop-on folds or holdout; Val holds the "
+                             f"enrolment pools); got --stop-on {self.select.on!r}")
         for k in ("enrol", "n_per_class"):
             if int(getattr(self, k)) < 1:
                 raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(self, k)}")

@@ -13,6 +13,7 @@ import numpy as np
 
 from exvo.learn.framework import predict
 from exvo.metrics import EMOTIONS, uar
+from exvo.learn.selection import folds_of_rows
 from exvo.splits import holdout_split
 from exvo.verify.config import VerifyConfig
 from exvo.verify.episodes import draw_enrolment, nearest_prototype, prototypes, weighted_f1
@@ -39,13 +40,13 @@ class Classes:
 class Rows:
     """Row indices (1-D int arrays) of the protocol's parts.
 
-    ``fit``/``held``: the seen-class Train clips the encoder trains on / chooses epochs on
-    (speaker-disjoint); ``counts``: seen-class Train clips per class name; ``pool``: task-class
+    ``fit``: the seen-class Train clips the final encoder trains on; ``parts``: the
+    speaker-disjoint ``(fit, held)`` pairs epochs are chosen on; ``counts``: seen-class Train clips per class name; ``pool``: task-class
     clips enrolment draws from; ``queries``: task-class clips to verify, from split ``qsplit``
     (a description), ``qcount`` of them per class name."""
 
     fit: np.ndarray
-    held: np.ndarray
+    parts: list[tuple[np.ndarray, np.ndarray]]
     counts: dict[str, int]
     pool: np.ndarray
     queries: np.ndarray
@@ -63,10 +64,21 @@ def over_seeds(values: Iterable[float | None]) -> dict:
     return {"mean": float(v.mean()), "std": float(v.std())} if v.size else {"mean": None, "std": None}
 
 
+def selection_parts(rows: np.ndarray, speakers: np.ndarray, cfg: VerifyConfig,
+                    note: Callable[[str], None] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[(fit, held)]`` of ``rows`` by speaker (``speakers`` aligned with ``rows``): the K speaker
+    folds of ``exvo learn`` (``select.on="folds"``) or the one hold-out (``"holdout"``)."""
+    if cfg.select.on == "folds":
+        return folds_of_rows(rows, speakers, None, cfg.select, note)
+    return [holdout_split(rows, speakers, None, cfg.select.holdout_frac, cfg.select.holdout_seed)]
+
+
 def pretrain_rows(inp: Inputs, cl: Classes, cfg: VerifyConfig,
-                  echo: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """``(fit, held, counts)``: the Train clips of the seen classes, split by speaker into fit and
-    held-out rows, and their count per class name. Standardises ``inp`` on the fit rows, in place."""
+                  echo: Callable[[str], None]) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]], dict[str, int]]:
+    """``(fit, parts, counts)``: the Train clips of the seen classes the final encoders train on
+    (with a hold-out: all but the held-out speakers; with folds: all), the selection parts
+    ``[(fit, held)]`` split by speaker, and the clips per class name. Standardises ``inp`` on the
+    final fit rows, in place (feature statistics only)."""
     # only seen-class Train clips: an unseen class must shape neither the encoder nor the scaler
     train = inp.rows["Train"]
     seen_train = train[np.isin(cl.labels[train], cl.seen)]
@@ -75,13 +87,14 @@ def pretrain_rows(inp: Inputs, cl: Classes, cfg: VerifyConfig,
     if empty:
         raise ValueError(f"no Train clip has {', '.join(empty)} as its dominant emotion; choose other --seen classes "
                          f"(Train counts: {counts})")
-    fit, held = holdout_split(seen_train, cl.speakers[seen_train], None, cfg.select.holdout_frac,
-                              cfg.select.holdout_seed)
+    parts = selection_parts(seen_train, cl.speakers[seen_train], cfg, echo)
+    fit = parts[0][0] if cfg.select.on == "holdout" else seen_train
     inp.standardise(fit)
+    how = (f"+{parts[0][1].size} held out by speaker for epoch selection" if cfg.select.on == "holdout" else
+           f"epochs chosen on {len(parts)} speaker folds, then refitted on all")
     echo(f"{inp.describe()}; pretraining on {fit.size} Train clips of {len(cl.seen)} seen classes {counts} "
-         f"(+{held.size} held out by speaker for epoch selection); loss {cfg.loss}, encoder {inp.kind}, "
-         f"seeds {cfg.seeds.list}")
-    return fit, held, counts
+         f"({how}); loss {cfg.loss}, encoder {inp.kind}, seeds {cfg.seeds.list}")
+    return fit, parts, counts
 
 
 def task_rows(inp: Inputs, cl: Classes, cfg: VerifyConfig,
