@@ -8,7 +8,7 @@ from torch import nn
 
 from exvo.config import TrainConfig
 from exvo.learn import losses
-from exvo.learn.framework import LearnerModule, SeedStack, predict, shuffled_batches, train_seeds
+from exvo.learn.framework import LearnerModule, SeedStack, predict, predict_each, shuffled_batches, train_seeds
 
 
 # ------------------------------------------------------------------------------------------ losses
@@ -172,3 +172,18 @@ def test_learning_rate_schedule_known_answers(toy):
     assert steps == 10
     np.testing.assert_allclose(seen[:3], [0.01 * 1e-3, 0.01 * 0.1, 0.01 * 0.2], rtol=1e-6)
     np.testing.assert_allclose(seen[steps + 5], 0.01 * 0.5 * (1 + np.cos(np.pi * 0.5)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("vectorise", [True, False])
+def test_each_model_on_its_own_rows_equals_every_model_on_all_rows(toy, vectorise):
+    data, _, _ = toy
+    stack = _fit(toy, [0, 1, 2]).stack
+    rows = [np.arange(80, 120), np.array([5, 3, 99]), np.arange(0, 120, 7)]      # uneven lengths: padded
+    each = predict_each(stack, data, rows, eval_batch=7, vectorise=vectorise)   # several steps of 2 rows per model
+    for j, r in enumerate(rows):
+        full = predict(stack, data, r)
+        assert set(each[j]) == {"reg", "cls"} and each[j]["reg"].shape == (len(r), 2)
+        for k in ("reg", "cls"):
+            np.testing.assert_allclose(each[j][k], full[k][j], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="one row list per model: 2 lists for 3 models"):
+        predict_each(stack, data, rows[:2])

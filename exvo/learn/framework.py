@@ -298,6 +298,30 @@ def train_seeds(make: Callable[[], LearnerModule], sampler: Sampler, evaluate: C
     return SeedFit(stack, kept_epoch, history, train_loss, epoch, seconds)
 
 
+def predict_each(stack: SeedStack, data: Batch, rows: list[np.ndarray], eval_batch: int = 4096,
+                 vectorise: bool = True) -> list[dict[str, np.ndarray]]:
+    """Model ``j``'s outputs on its own ``rows[j]`` only (e.g. the held-out rows of its speaker
+    fold): ``[{name: (len(rows[j]), ...)}]``, one per model. One stacked pass: every model gets a
+    batch of its own rows (the shorter row lists padded by repeating rows, whose outputs are
+    dropped), ``eval_batch`` rows per step over all models together, so a stack of S models on
+    K folds reads each row once per model that holds it, not S times."""
+    if len(rows) != stack.n:
+        raise ValueError(f"predict_each needs one row list per model: {len(rows)} lists for {stack.n} models")
+    stack.base.eval()
+    n = max(len(r) for r in rows)
+    idx = torch.as_tensor(np.stack([np.resize(np.asarray(r, dtype=np.int64), n) for r in rows]))    # (S, n)
+    step = max(1, int(eval_batch) // stack.n)
+    parts: dict[str, list[torch.Tensor]] = {}
+    with torch.no_grad():
+        for i in range(0, n, step):
+            cols = idx[:, i:i + step]
+            out = stack.forward({k: v[cols].to(stack.device) for k, v in data.items()}, vectorise, stacked_batch=True)
+            for k, v in out.items():
+                parts.setdefault(k, []).append(v.float().cpu())
+    full = {k: torch.cat(v, 1).numpy() for k, v in parts.items()}
+    return [{k: v[j, :len(r)] for k, v in full.items()} for j, r in enumerate(rows)]
+
+
 def predict(stack: SeedStack, data: Batch, rows: np.ndarray, eval_batch: int = 4096,
             vectorise: bool = True) -> dict[str, np.ndarray]:
     """Outputs of every seed on ``rows`` of ``data``: ``{name: (S, len(rows), ...)}`` numpy arrays."""

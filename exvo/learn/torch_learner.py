@@ -20,7 +20,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from exvo.learn.framework import SeedStack, fold_batches, predict as stack_predict, shuffled_batches, train_seeds
+from exvo.learn.framework import (SeedStack, fold_batches, predict as stack_predict, predict_each, shuffled_batches,
+                                  train_seeds)
 from exvo.learn.multitask import LossConfig, MultitaskModule, check_outputs, data_tensors
 from exvo.learn.targets import selection_score
 from exvo.runs.store import load_torch, save_torch  # a full disk is an OSError, not a torch RuntimeError
@@ -96,10 +97,6 @@ def _selection(data, D: dict[str, torch.Tensor], folds: list[tuple[np.ndarray, n
     """``evaluate(stack) -> (n_models,)``: model ``j`` scored on fold ``j % K``'s selection rows
     by the selection S_MTL, or (``monitor="loss"``) minus its own loss on them."""
     t, K = data.targets, len(folds)
-    # one prediction pass over every selection row serves all models; a single fold keeps its order
-    rows = folds[0][1] if K == 1 else np.unique(np.concatenate([s for _, s in folds]))
-    at = {int(r): i for i, r in enumerate(rows)}
-    pos = [np.array([at[int(r)] for r in s]) for _, s in folds]
     dev = next(iter(D.values())).device
 
     def loss_of(stack: SeedStack, sel: np.ndarray) -> np.ndarray:
@@ -117,11 +114,15 @@ def _selection(data, D: dict[str, torch.Tensor], folds: list[tuple[np.ndarray, n
             for k, (_, sel) in enumerate(folds):
                 out[fold == k] = loss_of(stack, sel)[fold == k]
             return out
-        emo, pro, agez = TorchFitted(stack, {}, [], None, {}, vectorise, data.train.eval_batch).outputs(D, rows)
-        for j in range(stack.n):
-            r, q = folds[fold[j]][1], pos[fold[j]]
-            out[j] = selection_score(t.emotions[r], emo[j][q], t.country[r], pro[j][q].argmax(1), t.age[r],
-                                     agez[j][q] * t.age_std + t.age_mean)
+        if K == 1:     # every model on the same rows: one shared batch
+            o = stack_predict(stack, {"x": D["x"]}, folds[0][1], data.train.eval_batch, vectorise)
+            each = [{k: v[j] for k, v in o.items()} for j in range(stack.n)]
+        else:          # each model on its own fold's held-out rows only, in one stacked pass
+            each = predict_each(stack, {"x": D["x"]}, [folds[f][1] for f in fold], data.train.eval_batch, vectorise)
+        for j, o in enumerate(each):
+            r = folds[fold[j]][1]
+            out[j] = selection_score(t.emotions[r], o["emotions"], t.country[r], o["country"].argmax(1), t.age[r],
+                                     o["age"] * t.age_std + t.age_mean)
         return out
     return evaluate
 
