@@ -209,3 +209,20 @@ def test_fuse_select_on_oof_refuses_runs_without_folds(world, tmp_path):
     with pytest.raises(PredictionError, match=r"--select-on oof: run\(s\) noise_mlp_sys1 have no out-of-fold Train "
                                               r"predictions \(oof.csv\); train them with `exvo learn --stop-on folds`"):
         fuse(corpus, runs, ["lin_mlp_sys1", "noise_mlp_sys1"], select_on="oof", echo=lambda m: None)
+
+
+def test_oof_on_a_task_cnn_trained_on_these_train_labels_is_marked_optimistic():
+    from exvo.fusion.report import _oof_cell
+    from exvo.fusion.rows import oof_summary
+    from exvo.learn.features import train_label_leaks
+
+    cnn = {"spec": "raw_exvo_er", "cache_config": {"label_column": "Emotion", "trained_on": "corp", "crossfit": None}}
+    crossfit = {"spec": "raw_exvo_er", "cache_config": {"label_column": "Emotion", "trained_on": "corp", "crossfit": 5}}
+    other_corpus = {"spec": "raw_x", "cache_config": {"label_column": "Emotion", "trained_on": "elsewhere"}}
+    smile = {"spec": "egemaps", "cache_config": {"extractor": "egemaps"}}
+    why = train_label_leaks([smile, cnn, crossfit, other_corpus], "corp")
+    assert len(why) == 1 and why[0].startswith("raw_exvo_er: a task CNN trained on these Train labels without --crossfit")
+    met = {"oof": {"summary": {"s_mtl": {"mean": 0.4, "std": 0.01}}, "per_seed": [{}, {}], "optimistic": why}}
+    assert _oof_cell(type("R", (), {"oof": oof_summary(met)})()) == "0.400 ± 0.010 †"
+    met["oof"]["optimistic"] = None
+    assert _oof_cell(type("R", (), {"oof": oof_summary(met)})()) == "0.400 ± 0.010"

@@ -290,7 +290,7 @@ def fuse(corpus: Corpus, runs_dir: str | Path = "runs", run_names: list[str] | N
     runs_dir = Path(runs_dir)
     src = _resolve_sources(runs_dir, run_names, opts, name)
     cand = val_candidates(corpus, src.by_name, src.notes)
-    chosen_on_oof = oof_choices(corpus, src.by_name, opts) if select_on == "oof" else None
+    chosen_on_oof = oof_choices(corpus, src.by_name, opts, src.notes) if select_on == "oof" else None
     full = fuse_full_val(cand, opts, src.notes, chosen_on_oof)
     if select_on == "cv":
         est = cv_estimate(corpus, cand, full, opts)

@@ -103,7 +103,8 @@ def _oof_cell(r: Row) -> str:
     if o is None or o["mean"] is None:
         return "–" if o is None else "undefined"
     cell = f"{o['mean']:.3f} ± " + ("n/a" if o["std"] is None else f"{o['std']:.3f}")
-    return cell + (f" [{o['ci95'][0]:.3f}, {o['ci95'][1]:.3f}]" if o["ci95"] else "")
+    return (cell + (f" [{o['ci95'][0]:.3f}, {o['ci95'][1]:.3f}]" if o["ci95"] else "")
+            + (" †" if o.get("optimistic") else ""))
 
 
 BETTER = {"ccc": 1, "uar": 1, "mae": -1}
@@ -146,7 +147,8 @@ SORT_NOTE = ("sorted by S_MTL ▼ = the S_MTL mean over seeds (Val); Emo-CCC, Co
              "predictions (val.csv), a different quantity, never sorted on")
 OOF_NOTE = ("OOF S_MTL: the out-of-fold estimate from Train alone (`--stop-on folds`: every Train clip predicted by "
             "the fold model that never trained on its speaker; Val never used), mean ± std over seeds, [95 % CI] = "
-            "speaker bootstrap of the seed ensemble's OOF predictions; – = run without folds (no OOF estimate)")
+            "speaker bootstrap of the seed ensemble's OOF predictions; – = run without folds (no OOF estimate); "
+            "† = optimistic: a feature set is a task CNN trained on these Train labels without --crossfit")
 CONSTANT_NOTE = ("constant predictor (last row): Train mean emotions and age, majority Train country, scored on Val "
                  "(from the learn runs' config.json constant_predictor_val); its CCC is 0, so its S_MTL is undefined; "
                  "✗ = a seed mean no better than it: that subtask did not learn")

@@ -207,8 +207,9 @@ def oof_summary(met: dict) -> dict | None:
     ci = (oof.get("ci95") or {}).get("s_mtl") if isinstance(oof.get("ci95"), dict) else None
     per = oof.get("per_seed") if isinstance(oof.get("per_seed"), list) else []
     ci = [float(ci[0]), float(ci[1])] if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci else None
+    why = oof.get("optimistic")
     return {"mean": _num(s.get("mean")), "std": _num(s.get("std")) if len(per) != 1 else None,
-            "n": len(per), "ci95": ci}
+            "n": len(per), "ci95": ci, "optimistic": list(why) if isinstance(why, list) else []}
 
 
 def constant_predictor(runs: list[Run]) -> tuple[dict | None, list[str]]:

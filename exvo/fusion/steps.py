@@ -16,6 +16,7 @@ import numpy as np
 from exvo.corpus import Corpus
 from exvo.fusion import seeds
 from exvo.fusion.basis import basis_note, oof_spread, seed_spread
+from exvo.learn.features import train_label_leaks
 from exvo.fusion.cv import speaker_halves
 from exvo.fusion.ensemble import compose
 from exvo.fusion.select import SUBTASKS, Choice, choose, subtask_score
@@ -169,14 +170,20 @@ def val_candidates(corpus: Corpus, by_name: dict[str, Run], notes: list[str]) ->
     return ValCandidates(val_ids, labels, preds, seed_preds, seed_sources)
 
 
-def oof_choices(corpus: Corpus, by_name: dict[str, Run], opts: Options) -> dict[str, Choice]:
+def oof_choices(corpus: Corpus, by_name: dict[str, Run], opts: Options, notes: list[str]) -> dict[str, Choice]:
     """``select_on="oof"``: the choice per subtask made on the sources' out-of-fold Train
     predictions (``oof.csv``, runs made with ``exvo learn --stop-on folds``), so that Val stays
-    unseen by the choice; a PredictionError names the sources without them."""
+    unseen by the choice; a PredictionError names the sources without them. A source whose OOF
+    predictions are optimistic (a task CNN's features trained on these Train labels) is named in
+    ``notes``: the choice favours it, though Val, never used, stays a clean score."""
     lacking = sorted(n for n, r in by_name.items() if not r.has("OOF"))
     if lacking:
         raise PredictionError(f"--select-on oof: run(s) {', '.join(lacking)} have no out-of-fold Train predictions "
                               "(oof.csv); train them with `exvo learn --stop-on folds`, or use --select-on cv")
+    for n, r in by_name.items():
+        for why in train_label_leaks(r.record.get("features") or [], corpus.name):
+            notes.append(f"warning: {n}'s out-of-fold predictions are optimistic ({why}); the choice on them "
+                         "favours it")
     train_ids = corpus.split_ids("Train")
     preds = {n: r.load("OOF") for n, r in by_name.items()}
     for n, pr in preds.items():

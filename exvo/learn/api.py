@@ -23,7 +23,7 @@ from exvo.runs import provenance
 from exvo.runs.store import RunWriter, check_free, check_name
 from exvo.learn.config import LearnConfig
 from exvo.learn.features import (FeatureError, FeatureSpec, Scaler, block_spec, load_features, parse_specs,
-                                 report_missing)
+                                 report_missing, train_label_leaks)
 from exvo.learn.probe import probe_layers
 from exvo.learn.selection import selection_folds
 from exvo.learn.targets import make_targets
@@ -263,6 +263,9 @@ def out_of_fold_scores(corpus: Corpus, prep: Prepared, fitted, seeds: list[int],
     spk = corpus.speakers[corpus.indices("Train")]
     out["ci95"] = speaker_bootstrap(emo, want.emotions, cou, want.country, age, want.age, spk)
     out["fold_epochs"] = getattr(fitted, "fold_epochs", None)
+    out["optimistic"] = train_label_leaks(fm.blocks, corpus.name) or None
+    for why in out["optimistic"] or []:
+        note(f"note: the out-of-fold estimate is optimistic (†): {why}")
     return out
 
 

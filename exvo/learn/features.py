@@ -84,6 +84,22 @@ class FeatureBlock:
         return out
 
 
+def train_label_leaks(blocks: Sequence[dict | FeatureBlock], corpus_name: str) -> list[str]:
+    """Why out-of-fold scores on these feature blocks are optimistic, one reason per block: a
+    task CNN (its cache config names a ``label_column``) trained on this corpus's Train labels
+    without ``--crossfit`` embedded every Train clip with a model that had fitted that very
+    clip's label, so a learner's out-of-fold Train predictions on it look better than they are.
+    ``blocks``: :class:`FeatureBlock` or their ``to_json()`` records (a run's config.json)."""
+    out = []
+    for b in blocks:
+        b = b.to_json() if isinstance(b, FeatureBlock) else b
+        cfg = b.get("cache_config") or {}
+        if cfg.get("label_column") and cfg.get("trained_on") == corpus_name and not cfg.get("crossfit"):
+            out.append(f"{b.get('spec', b.get('name'))}: a task CNN trained on these Train labels without --crossfit, "
+                       "so its Train embeddings have seen them; extract it with --crossfit K for an honest estimate")
+    return out
+
+
 @dataclass
 class FeatureMatrix:
     """``X`` ``(n_rows, dim)`` float32; ``ids`` of its rows; ``rows[split]`` indices into ``X``.
