@@ -27,7 +27,8 @@ def main() -> None:
     ap.add_argument("--features", default="egemaps,compare,raw_exvo_er")
     ap.add_argument("--learners", default="mlp,xgb")
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="0: automatic (backs off under load)")
+    ap.add_argument("--markdown", action="store_true", help="end with the results as a markdown table")
     a = ap.parse_args()
 
     import exvo
@@ -38,6 +39,8 @@ def main() -> None:
     corpus = exvo.Corpus.from_dir(a.data)
     print(f"# {corpus.name}: {len(corpus)} clips; machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
     protocols = [("holdout", "ensemble"), ("folds", "ensemble"), ("folds", "refit"), ("val", "ensemble")]
+    table = ["| features | learner | `--stop-on` | Val S_MTL | Emo-CCC | UAR | MAE | OOF S_MTL [95 % CI] | time | × hold-out |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for feat in a.features.split(","):
         t0 = time.perf_counter()
         exvo.extract(corpus, feat, cache_dir=a.cache)
@@ -60,6 +63,14 @@ def main() -> None:
                       f"{s['s_mtl']['std']:.3f} (ens {e['s_mtl']:.3f}; CCC {s['ccc']['mean']:.3f} UAR "
                       f"{s['uar']['mean']:.3f} MAE {s['mae']['mean']:.2f}) {o}  {sec:6.1f} s "
                       f"({sec / base:.2f}× hold-out)", flush=True)
+                proto = {"holdout": "holdout", "val": "val †"}.get(on, f"folds, {final}")
+                oo = f"{oof['ensemble']['s_mtl']:.3f} [{oof['ci95']['s_mtl'][0]:.3f}, {oof['ci95']['s_mtl'][1]:.3f}]" \
+                    + (" †" if oof.get("optimistic") else "") if oof else "—"
+                table.append(f"| {feat} | {learner} | {proto} | {s['s_mtl']['mean']:.3f} ± {s['s_mtl']['std']:.3f} "
+                             f"({e['s_mtl']:.3f}) | {s['ccc']['mean']:.3f} | {s['uar']['mean']:.3f} | "
+                             f"{s['mae']['mean']:.2f} | {oo} | {sec:.1f} s | {sec / base:.2f} |")
+    if a.markdown:
+        print("\n".join(table))
 
 
 if __name__ == "__main__":

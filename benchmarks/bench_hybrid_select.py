@@ -45,6 +45,8 @@ def main() -> None:
         r = exvo.load_run(runs / n)
         t = score(r.predictions("Test"), corpus, "Test")
         print(f"  source {n:36s} Val S_MTL {r.metrics['ensemble']['s_mtl']:.3f}  Test S_MTL {t['s_mtl']:.3f}")
+    table = ["| `--select-on` | Val CCC | Val UAR | Val MAE | Val S_MTL | Test CCC | Test UAR | Test MAE | Test S_MTL | "
+             "chosen |", "|---|---|---|---|---|---|---|---|---|---|"]
     for on in ("val", "cv", "oof"):
         t0 = time.perf_counter()
         fused = exvo.fuse(corpus, runs=[runs / n for n in names], runs_dir=runs, mode="hybrid", select_on=on,
@@ -55,9 +57,13 @@ def main() -> None:
         v = score(fused.predictions("Val"), corpus, "Val")
         t = score(fused.predictions("Test"), corpus, "Test")
         mark = " †" if on == "val" else ""
+        table.append(f"| {on}{mark} | {v['ccc']:.3f} | {v['uar']:.3f} | {v['mae']:.2f} | {v['s_mtl']:.3f} | "
+                     f"{t['ccc']:.3f} | {t['uar']:.3f} | {t['mae']:.2f} | {t['s_mtl']:.3f} | "
+                     + "; ".join(f"{k}: {', '.join(c or [])}" for k, c in chosen.items()) + " |")
         print(f"{on:4s} Val  CCC {v['ccc']:.3f} UAR {v['uar']:.3f} MAE {v['mae']:.2f} S_MTL {v['s_mtl']:.3f}{mark}"
               f" | Test CCC {t['ccc']:.3f} UAR {t['uar']:.3f} MAE {t['mae']:.2f} S_MTL {t['s_mtl']:.3f}"
               f"  [{sec:.1f} s]  chose {json.dumps(chosen)}", flush=True)
+    print("\n".join(table))
 
 
 if __name__ == "__main__":
