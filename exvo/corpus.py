@@ -1,9 +1,20 @@
 """The ExVo corpus layout: ``data_info.csv`` + ``wav/`` → :class:`Corpus` (audio loading: :mod:`exvo.audio`).
 
-A corpus is a folder::
+A corpus is a folder, in the ExVo layout::
 
     DIR/data_info.csv     one row per clip, read by column name
     DIR/wav/00000.wav     audio of File_ID "[00000]"
+
+or in the A-VB 2022 layout (as the organisers released it)::
+
+    DIR/labels/data_info.csv         File_ID, Split, Subject_ID (and any other columns)
+    DIR/labels/<task>_info.csv       File_ID, Split, the task's label columns (high, two, culture, type)
+    DIR/audio/wav/00000.wav
+
+Which label columns are read depends on the task (:mod:`exvo.tasks`; ExVo-MTL by default): each is
+looked up by name in ``data_info.csv``, then in every ``labels/*_info.csv`` (joined on File_ID).
+``Corpus.labels(split)`` returns the task's labels: ``(intensities (n, k), class codes (n,),
+value (n,))`` (ExVo: emotions, country, age; a group the task lacks is filled with 0).
 
 Labels are held as arrays aligned with ``Corpus.ids``:
 ``emotions`` ``(n_clips, 10)`` in [0, 1] (official order), ``country`` ``(n_clips,)``
@@ -31,6 +42,8 @@ __all__ = ["AGE_RANGE", "HIDDEN_LABELS_FILE", "OPTIONAL_COLUMNS", "RATE_RANGE", 
 SPLITS: tuple[str, ...] = ("Train", "Val", "Test")
 REQUIRED_COLUMNS: tuple[str, ...] = ("File_ID", "Split", "Subject_ID", "Country", "Age", *EMOTIONS)
 OPTIONAL_COLUMNS: tuple[str, ...] = ("Country_string",)
+BASE_COLUMNS: tuple[str, ...] = ("File_ID", "Split", "Subject_ID")
+"""What every table needs whatever the task (the task's label columns are checked by :mod:`exvo.task_labels`)."""
 HIDDEN_LABELS_FILE = "hidden_test_labels.csv"
 """Side file with Test labels (written by the demo corpus generator, never by ExVo)."""
 
@@ -68,6 +81,16 @@ class Corpus:
     age: np.ndarray               # (n,) float64 years, NaN where unknown
     emotions: np.ndarray          # (n, 10) float64 in [0, 1], NaN where unknown
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # other CSV columns, as str
+    task: object = None           # exvo.tasks.TaskSpec whose labels `labels` returns (None: ExVo-MTL)
+    task_labels: tuple | None = None  # (intensities (n, k), class (n,) int64 -1 unknown, value (n,)); None: ExVo's
+    layout: str = "exvo"          # exvo | avb
+
+    def __post_init__(self):
+        from exvo.tasks import get_task
+
+        self.task = get_task(self.task)
+        if self.task_labels is None:
+            self.task_labels = (self.emotions, self.country, self.age)
 
     @property
     def name(self) -> str:
@@ -79,7 +102,7 @@ class Corpus:
 
     @property
     def wav_dir(self) -> Path:
-        return self.root / "wav"
+        return self.root / "audio" / "wav" if self.layout == "avb" else self.root / "wav"
 
     def audio_path(self, file_id: str) -> Path:
         return self.wav_dir / f"{file_stem(file_id)}.wav"
@@ -93,9 +116,21 @@ class Corpus:
     def split_ids(self, split: str) -> list[str]:
         return [self.ids[i] for i in self.indices(split)]
 
+    def _known(self) -> np.ndarray:
+        """``(n,)`` bool: rows with every label of the task known."""
+        reg, cls, val = self.task_labels
+        ok = np.ones(len(self.ids), dtype=bool)
+        if self.task.has("value"):
+            ok &= np.isfinite(val)
+        if self.task.has("class"):
+            ok &= cls >= 0
+        if self.task.has("intensities"):
+            ok &= np.isfinite(reg).all(axis=1)
+        return ok
+
     def has_labels(self, split: str) -> bool:
         idx = self.indices(split)
-        return idx.size > 0 and bool(np.isfinite(self.age[idx]).all())
+        return idx.size > 0 and bool(self._known()[idx].all())
 
     def labels(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(emotions (n, 10), country (n,), age (n,))`` of one split.
@@ -105,7 +140,7 @@ class Corpus:
         """
         idx = self.indices(split)
         if not self.has_labels(split):
-            have = np.isfinite(self.age[idx])
+            have = self._known()[idx]
             if have.any():
                 lacking = [self.ids[i] for i in idx[~have]]
                 raise CorpusError(
@@ -114,19 +149,21 @@ class Corpus:
                     f"{split} clip labelled: fill in the missing labels (or remove the labels so that "
                     f"{HIDDEN_LABELS_FILE} is used)")
             hidden = self.root / HIDDEN_LABELS_FILE
+            if (self.layout == "avb" or self.task.name != "exvo-mtl") and (self.root / "labels" / HIDDEN_LABELS_FILE).exists():
+                hidden = self.root / "labels" / HIDDEN_LABELS_FILE      # the A-VB labels' own hidden file
             if not hidden.exists():
                 raise CorpusError(
                     f"split {split!r} of {self.root} has no labels (ExVo Test labels are not public); "
                     f"score on 'Val' instead, or add {HIDDEN_LABELS_FILE} with the full columns"
                 )
-            h = Corpus.from_dir(self.root, table=hidden)
+            h = Corpus.from_dir(self.root, table=hidden, task=self.task)
             pos = {i: k for k, i in enumerate(h.ids)}
             missing = [self.ids[i] for i in idx if self.ids[i] not in pos]
             if missing:
                 raise CorpusError(f"{hidden} lacks labels for {len(missing)} ids: {listing(missing)}")
             hidx = np.array([pos[self.ids[i]] for i in idx], dtype=np.int64)
-            return h.emotions[hidx], h.country[hidx], h.age[hidx]
-        return self.emotions[idx], self.country[idx], self.age[idx]
+            return tuple(a[hidx] for a in h.task_labels)
+        return tuple(a[idx] for a in self.task_labels)
 
     def audio_files(self) -> list[tuple[str, Path]]:
         """``(File_ID, path)`` for every row, in CSV order (paths may not exist)."""
@@ -154,8 +191,11 @@ class Corpus:
         return out
 
     @classmethod
-    def from_dir(cls, root: str | Path, table: str | Path | None = None) -> "Corpus":
-        """Read ``root/data_info.csv`` (or ``table``) by column name and validate it.
+    def from_dir(cls, root: str | Path, table: str | Path | None = None, task=None) -> "Corpus":
+        """Read ``root/data_info.csv`` (or ``table``; or ``root/labels/data_info.csv`` in the A-VB
+        layout) by column name and validate it, with the label columns of ``task`` (a name, TOML
+        file or :class:`~exvo.tasks.TaskSpec`; None → ExVo-MTL, whose columns are all required, or
+        A-VB High for a folder in the A-VB layout).
 
         Raises :class:`CorpusError` naming the rows (CSV line numbers, header = 1)
         for: a missing folder/table/column, duplicate or empty ids, unknown split
@@ -169,8 +209,16 @@ class Corpus:
                 f"corpus folder {root} does not exist; pass --data DIR (a folder with data_info.csv and wav/), "
                 "set $EXVO_DATA, or create the demo corpus with `exvo demo-corpus DIR`"
             )
-        path = Path(table) if table is not None else root / "data_info.csv"
-        header, rows, lines, ragged = _read_table(path)
+        from exvo.tasks import get_task
+
+        layout = "avb" if (not (root / "data_info.csv").is_file() and (root / "labels" / "data_info.csv").is_file()) \
+            else "exvo"
+        # the default task: ExVo-MTL, or A-VB High for a folder in the A-VB layout (which has no ExVo labels)
+        task = get_task(task if task is not None else ("avb-high" if layout == "avb" else None))
+        path = Path(table) if table is not None else root / ("labels" if layout == "avb" else "") / "data_info.csv"
+        exvo_labels = task.name == "exvo-mtl"
+        header, rows, lines, ragged = _read_table(path, REQUIRED_COLUMNS if exvo_labels else BASE_COLUMNS, task)
+        exvo_labels = exvo_labels or all(c in header for c in REQUIRED_COLUMNS)
         problems: list[str] = []
         if ragged:
             problems.append(f"wrong number of cells (the header has {len(header)}) on line(s) {listing(ragged)}")
@@ -182,16 +230,28 @@ class Corpus:
             problems.append(f"unknown Split value on line(s) {listing(lines[n] for n in unknown)} (values "
                             f"{sorted({splits[n] for n in unknown})[:5]}; expected one of {list(SPLITS)})")
         labelled = np.isin(splits, ("Train", "Val"))
-        emo, age, cou_f, label_problems = _labels(rows, lines, labelled)
+        if exvo_labels:
+            emo, age, cou_f, label_problems = _labels(rows, lines, labelled)
+        else:
+            emo, age, cou_f, label_problems = (np.full((len(rows), len(EMOTIONS)), np.nan), np.full(len(rows), np.nan),
+                                               np.full(len(rows), np.nan), [])
         speakers = np.array([r["Subject_ID"].strip() for r in rows])
         problems += label_problems + _speaker_problems(speakers, lines, labelled)
         if problems:
             raise CorpusError(f"{path} has problems:\n  - " + "\n  - ".join(problems))
         known = set(REQUIRED_COLUMNS)
         extra = {c: np.array([r[c] for r in rows], dtype=object) for c in header if c not in known}
+        country = np.where(np.isfinite(cou_f), cou_f, -1).astype(np.int64)
+        if "Country" in header and not exvo_labels:     # A-VB data_info.csv: country codes or names, for folds
+            country = np.array([_country_code(r.get("Country", "")) for r in rows], dtype=np.int64)
+        task_labels = None
+        if task.name != "exvo-mtl":
+            from exvo.tasks.labels import read_task_labels
+
+            task_labels = read_task_labels(task, root, path, header, rows, lines, ids, labelled, layout)
         corpus = cls(root=root, ids=ids, splits=splits.astype(str), speakers=speakers,
-                     country=np.where(np.isfinite(cou_f), cou_f, -1).astype(np.int64), age=age, emotions=emo,
-                     extra=extra)
+                     country=country, age=age, emotions=emo,
+                     extra=extra, task=task, task_labels=task_labels, layout=layout)
         warn_speaker_overlaps(corpus, path)
         return corpus
 
@@ -212,7 +272,16 @@ def warn_speaker_overlaps(corpus: Corpus, path: Path) -> None:
                   "that these scores are not clean estimates", SpeakerOverlapWarning, stacklevel=3)
 
 
-def _read_table(path: Path) -> tuple[list[str], list[dict[str, str]], list[int], list[int]]:
+def _country_code(cell: str) -> int:
+    """An A-VB ``Country`` cell (a code 0-3 or a country name) → its code, -1 if neither."""
+    c = cell.strip()
+    if c in COUNTRIES:
+        return COUNTRIES.index(c)
+    return int(c) if c.isdigit() and int(c) < len(COUNTRIES) else -1
+
+
+def _read_table(path: Path, required: tuple[str, ...] | None = None, task=None
+                ) -> tuple[list[str], list[dict[str, str]], list[int], list[int]]:
     """``(header, rows as {column: cell}, CSV line of each row, lines with the wrong number of cells)``;
     :class:`CorpusError` for a missing or unreadable table, missing or duplicate columns, or no rows."""
     if not path.is_file():
@@ -238,12 +307,18 @@ def _read_table(path: Path) -> tuple[list[str], list[dict[str, str]], list[int],
         raise CorpusError(f"{path} is not a readable UTF-8 CSV file ({e})") from None
     except OSError as e:
         raise CorpusError(f"{path} could not be read ({e.strerror or e}); check its permissions") from None
-    missing_cols = [c for c in REQUIRED_COLUMNS if c not in header]
+    required = REQUIRED_COLUMNS if required is None else required
+    missing_cols = [c for c in required if c not in header]
     if missing_cols:
-        raise CorpusError(
-            f"{path} lacks column(s) {missing_cols}; found {header}. "
-            f"An ExVo table needs {list(REQUIRED_COLUMNS)} (read by name, any order)"
-        )
+        if required == REQUIRED_COLUMNS:
+            hint = ("" if task is None or any(c in header for c in ("Age", *EMOTIONS)) else
+                    "; for another task's labels pass --task (e.g. avb-high, or a .toml task file)")
+            raise CorpusError(
+                f"{path} lacks column(s) {missing_cols}; found {header}. "
+                f"An ExVo table needs {list(REQUIRED_COLUMNS)} (read by name, any order){hint}"
+            )
+        raise CorpusError(f"{path} lacks column(s) {missing_cols}; found {header}. The table needs "
+                          f"{list(required)} (read by name, any order)")
     dup_cols = sorted({h for h in header if header.count(h) > 1})
     if dup_cols:
         raise CorpusError(f"{path} has duplicate column name(s) {dup_cols}; each column must appear once")

@@ -187,13 +187,26 @@ def _synth(kind: str, emo: np.ndarray, spk: Speaker, rng: np.random.Generator) -
     return np.clip(y, -0.99, 0.99).astype(np.float32)
 
 
+LAYOUTS = ("exvo", "avb", "both")
+
+
 def make_demo_corpus(out_dir: str | Path, speakers: int = 60, clips_per_speaker: int = 20,
-                     seed: int = 0, progress: bool = True) -> Path:
+                     seed: int = 0, progress: bool = True, layout: str = "exvo") -> Path:
     """Write a demo corpus to ``out_dir`` (``data_info.csv``, ``wav/``, hidden Test labels).
+
+    ``layout``: ``exvo`` (the ExVo layout above), ``avb`` (the A-VB 2022 release's layout:
+    ``labels/data_info.csv``, ``labels/{high,two,culture,type}_info.csv``, ``audio/wav/``; see
+    :mod:`exvo.demo_avb`) or ``both`` (the ExVo layout plus the A-VB ``labels/*_info.csv`` files:
+    one folder, one feature cache, all five tasks). The audio and ExVo labels are the same for a
+    given seed whatever the layout.
 
     ``speakers`` must be at least 8 (so every split gets speakers of several countries).
     Returns the folder. Deterministic for a given seed.
     """
+    from exvo import demo_avb
+
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown demo layout {layout!r}; choose one of {LAYOUTS}")
     import soundfile as sf
     from scipy.signal import resample_poly
     from tqdm import tqdm
@@ -213,7 +226,9 @@ def make_demo_corpus(out_dir: str | Path, speakers: int = 60, clips_per_speaker:
                 f"{' …' if len(present) > 5 else ''}); the demo corpus is only written to a new or empty folder, "
                 "so that no audio or table there is overwritten. Choose another folder or delete this one"
             )
-    (out / "wav").mkdir(parents=True, exist_ok=True)
+    wav_dir = out / "audio" / "wav" if layout == "avb" else out / "wav"
+    wav_dir.mkdir(parents=True, exist_ok=True)
+    avb = demo_avb.AVBLabels(seed)
     rng = np.random.default_rng(seed)
     spk = _speakers(speakers, rng)
     order = rng.permutation(speakers)
@@ -233,10 +248,11 @@ def make_demo_corpus(out_dir: str | Path, speakers: int = 60, clips_per_speaker:
             kind = kinds[rng.choice(len(kinds), p=prefs / prefs.sum())]
             emo = _emotions(kind, rng, sp)
             y = _synth(kind, emo, sp, rng)
+            true_emo = emo
             # the audio follows the true mix; the labels carry rater disagreement on top
             emo = np.clip(emo + rng.normal(0, 0.1, size=emo.size), 0.0, 1.0).round(4)
             stem = f"{k:05d}"
-            path = out / "wav" / f"{stem}.wav"
+            path = wav_dir / f"{stem}.wav"
             r = rng.random()
             if r < 0.04:      # some stereo files, as in HUME-VB
                 sf.write(path, np.stack([y, 0.9 * y], axis=1), SR, subtype="PCM_16")
@@ -245,6 +261,7 @@ def make_demo_corpus(out_dir: str | Path, speakers: int = 60, clips_per_speaker:
             else:
                 sf.write(path, y, SR, subtype="PCM_16")
             split = split_of[s]
+            avb.add(f"[{stem}]", split, sp, kind, true_emo, emo)
             full = [f"[{stem}]", split, sp.id, sp.country, sp.age, COUNTRIES[sp.country], *emo.tolist()]
             if split == "Test":
                 hidden.append(full)
@@ -260,6 +277,10 @@ def make_demo_corpus(out_dir: str | Path, speakers: int = 60, clips_per_speaker:
         seen[r[2]] = seen.get(r[2], 0) + 1
         if seen[r[2]] <= SUPPORT_SHOTS:
             support.append(r)
+    if layout != "exvo":
+        avb.write(out / "labels", base=layout == "avb")
+    if layout == "avb":
+        return out
     for name, body in (("data_info.csv", rows), (HIDDEN_LABELS_FILE, hidden), (SUPPORT_FILE, support)):
         with open(out / name, "w", newline="") as f:
             w = csv.writer(f)

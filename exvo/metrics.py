@@ -152,45 +152,84 @@ def s_mtl(ccc_value: float, uar_value: float, mae_value: float) -> float:
 
 def score_all(
     emo_true, emo_pred, country_true, country_pred, age_true, age_pred,
-    convention: CCCConvention = "challenge",
+    convention: CCCConvention = "challenge", task=None,
 ) -> dict:
-    """All ExVo scores at once.
+    """All scores of a task at once (``task``: a :class:`exvo.tasks.TaskSpec`; None → ExVo-MTL).
 
-    Shapes: emotions ``(n, 10)`` in the official order, country ``(n,)`` int
-    codes, age ``(n,)`` years. Returns a JSON-able dict with keys ``ccc``,
-    ``uar``, ``mae``, ``s_mtl``, ``ccc_per_emotion`` and ``ccc_convention``.
+    Shapes: the task's intensities ``(n, k)`` in its column order (ExVo: the 10 emotions),
+    class ``(n,)`` int codes, value ``(n,)`` (ExVo: age in years); a group the task lacks is
+    ignored. Returns a JSON-able dict with keys ``ccc``, ``uar``, ``mae`` (those of the task's
+    groups), the combined score (``s_mtl`` for ExVo, ``score`` otherwise), ``ccc_per_emotion``
+    (per intensities column) and ``ccc_convention``.
     """
-    m, per = mean_ccc(emo_true, emo_pred, convention)
-    u = uar(country_true, country_pred)
-    a = mae(age_true, age_pred)
-    names = EMOTIONS if len(per) == len(EMOTIONS) else tuple(f"emo{j}" for j in range(len(per)))
-    return {
-        "ccc": m,
-        "uar": u,
-        "mae": a,
-        "s_mtl": s_mtl(m, u, a),
-        "ccc_per_emotion": dict(zip(names, per)),
-        "ccc_convention": convention,
-    }
+    from exvo.tasks import get_task
+
+    task = get_task(task)
+    out: dict = {}
+    per: list[float] = []
+    if task.has("intensities"):
+        out["ccc"], per = mean_ccc(emo_true, emo_pred, convention)
+    if task.has("class"):
+        out["uar"] = uar(country_true, country_pred)
+    if task.has("value"):
+        out["mae"] = mae(age_true, age_pred)
+    out[task.score_name] = combined_score(task, out)
+    if task.has("intensities"):
+        cols = task.reg_columns
+        names = cols if len(per) == len(cols) else tuple(f"emo{j}" for j in range(len(per)))
+        out["ccc_per_emotion"] = dict(zip(names, per))
+    out["ccc_convention"] = convention
+    return out
+
+
+def combined_score(task, m: dict, floor: float | None = None) -> float:
+    """The task's one score from its group metrics ``m`` (keys ``ccc``/``uar``/``mae``).
+
+    ``harmonic``: ``G / (Σ 1/m_higher + Σ MAE)`` (S_MTL for ExVo's three groups; undefined, 0.0 with a
+    warning, when a higher-is-better metric is <= 0); ``mean``: the mean of the groups' metrics.
+    ``floor`` (selection): higher-is-better metrics are first raised to ``floor`` so that the score is
+    always defined and monotone in each metric.
+    """
+    hi = [m[k] for k in ("ccc", "uar") if k in m]
+    if floor is not None:
+        hi = [max(v, floor) for v in hi]
+    if task.combine == "mean":
+        return float(sum(hi) / len(hi))
+    if floor is None and set(m) == {"ccc", "uar", "mae"}:
+        return s_mtl(m["ccc"], m["uar"], m["mae"])
+    if not all(v > 0 for v in hi):
+        warnings.warn(f"{task.score_name} undefined for " + ", ".join(f"{k.upper()}={m[k]:.4f}" for k in ("ccc", "uar")
+                      if k in m) + " (all must be > 0); reporting 0.0", RuntimeWarning, stacklevel=2)
+        return 0.0
+    den = 0.0
+    for v in hi:
+        den += 1.0 / v
+    if "mae" in m:
+        den += m["mae"]
+    return (len(hi) + ("mae" in m)) / den
 
 
 def speaker_bootstrap(emo_true, emo_pred, country_true, country_pred, age_true, age_pred, speakers,
-                      resamples: int = 500, level: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]]:
+                      resamples: int = 500, level: float = 0.95, seed: int = 0,
+                      task=None) -> dict[str, tuple[float, float]]:
     """Percentile ``level`` intervals of CCC, UAR, MAE and S_MTL over ``resamples`` draws of the
     speakers with replacement (a speaker's clips stay together: clips of one speaker are not
     independent). Shapes as :func:`score_all`, ``speakers`` ``(n,)``; CCC in the population
-    convention."""
+    convention. ``task``: the task whose scores these are (None → ExVo-MTL)."""
+    from exvo.tasks import get_task
+
+    task = get_task(task)
     speakers = np.asarray(speakers)
     uniq, inv = np.unique(speakers, return_inverse=True)
     members = [np.flatnonzero(inv == i) for i in range(uniq.size)]
     rng = np.random.default_rng(seed)
-    vals: dict[str, list[float]] = {k: [] for k in ("ccc", "uar", "mae", "s_mtl")}
+    vals: dict[str, list[float]] = {k: [] for k in task.metric_keys}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)      # an undefined S_MTL in one draw counts as 0
         for _ in range(int(resamples)):
             idx = np.concatenate([members[i] for i in rng.integers(0, uniq.size, uniq.size)])
             s = score_all(emo_true[idx], emo_pred[idx], country_true[idx], country_pred[idx], age_true[idx],
-                          age_pred[idx], "population")
+                          age_pred[idx], "population", task)
             for k in vals:
                 vals[k].append(s[k])
     q = (1.0 - level) / 2

@@ -1,12 +1,15 @@
-"""Predictions in the ExVo submission format, their files, and scoring them.
+"""Predictions of a task in its submission format, their files, and scoring them.
 
-Submission file (one row per clip)::
+The task (:mod:`exvo.tasks`; ExVo-MTL by default) decides the columns. ExVo-MTL's file (one row
+per clip)::
 
     File_ID,Country,Age,Awe,Excitement,...,Surprise
 
 ``Country`` is the integer code 0-3, ``Age`` in years, emotions in [0, 1] in the
-official order. Run folders also keep the country probabilities beside it
-(``<split>_country_proba.csv``: ``File_ID,China,South Africa,United States,Venezuela``)
+official order. A-VB's are ``File_ID,<10 emotions>`` (High), ``File_ID,Valence,Arousal`` (Two),
+``File_ID,<40 culture columns>`` (Culture), ``File_ID,Voc_Type`` with type names (Type). Run folders
+also keep the class probabilities beside it (``<split>_<class group>_proba.csv``, ExVo:
+``<split>_country_proba.csv``: ``File_ID,China,South Africa,United States,Venezuela``)
 so that late fusion can average them.
 """
 from __future__ import annotations
@@ -22,6 +25,7 @@ from exvo.corpus import Corpus, CorpusError, listing
 from exvo.metrics import COUNTRIES, EMOTIONS, CCCConvention, score_all
 
 SUBMISSION_COLUMNS: tuple[str, ...] = ("File_ID", "Country", "Age", *EMOTIONS)
+"""ExVo-MTL's submission columns (another task's: ``("File_ID", *task.submission)``)."""
 
 
 class PredictionError(ValueError):
@@ -30,10 +34,13 @@ class PredictionError(ValueError):
 
 @dataclass
 class Predictions:
-    """Predictions for a list of clips.
+    """Predictions of a task for a list of clips (fields named after ExVo-MTL's slots, see
+    :class:`exvo.learn.targets.Targets`).
 
-    ``emotions`` ``(n, 10)``, ``country`` ``(n,)`` int codes, ``age`` ``(n,)`` years,
-    ``country_proba`` ``(n, 4)`` or None (then ``country`` alone is known).
+    ``emotions`` ``(n, k)`` the task's intensities (ExVo: 10 emotions), ``country`` ``(n,)`` class
+    codes, ``age`` ``(n,)`` the value (ExVo: years), ``country_proba`` ``(n, n_classes)`` or None
+    (then ``country`` alone is known). ``task`` None → ExVo-MTL; a group the task lacks holds zeros
+    (and no probabilities).
     """
 
     ids: list[str]
@@ -41,19 +48,27 @@ class Predictions:
     country: np.ndarray
     age: np.ndarray
     country_proba: np.ndarray | None = None
+    task: object = None
 
     def __post_init__(self):
+        from exvo.tasks import get_task
+
+        self.task = get_task(self.task)
         n = len(self.ids)
-        self.emotions = np.asarray(self.emotions, dtype=np.float64).reshape(n, len(EMOTIONS))
+        self.emotions = np.asarray(self.emotions, dtype=np.float64).reshape(n, self.task.n_reg)
         self.country = np.asarray(self.country, dtype=np.int64).reshape(n)
         self.age = np.asarray(self.age, dtype=np.float64).reshape(n)
+        if not self.task.has("class"):
+            self.country, self.country_proba = np.zeros(n, dtype=np.int64), None
+        if not self.task.has("value"):
+            self.age = np.zeros(n)
         if self.country_proba is not None:
-            self.country_proba = np.asarray(self.country_proba, dtype=np.float64).reshape(n, len(COUNTRIES))
+            self.country_proba = np.asarray(self.country_proba, dtype=np.float64).reshape(n, self.task.n_classes)
 
     @classmethod
-    def from_proba(cls, ids, emotions, country_proba, age) -> "Predictions":
+    def from_proba(cls, ids, emotions, country_proba, age, task=None) -> "Predictions":
         p = np.asarray(country_proba, dtype=np.float64)
-        return cls(list(ids), emotions, p.argmax(axis=1), age, p)
+        return cls(list(ids), emotions, p.argmax(axis=1), age, p, task)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -67,8 +82,27 @@ class Predictions:
         idx = np.array([pos[i] for i in ids], dtype=np.int64)
         return Predictions(
             list(ids), self.emotions[idx], self.country[idx], self.age[idx],
-            None if self.country_proba is None else self.country_proba[idx],
+            None if self.country_proba is None else self.country_proba[idx], self.task,
         )
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The submission file's header."""
+        return ("File_ID", *self.task.submission)
+
+    def _cells(self, k: int) -> list:
+        t = self.task
+        reg = {c: j for j, c in enumerate(t.reg_columns)}
+        cls = t.group("class")
+        out = []
+        for c in t.submission:
+            if c in reg:
+                out.append(repr(float(self.emotions[k, reg[c]])))
+            elif cls is not None and c == cls.columns[0]:
+                out.append(int(self.country[k]) if t.class_codes else cls.classes[int(self.country[k])])
+            else:
+                out.append(repr(float(self.age[k])))
+        return out
 
     # ---------------------------------------------------------------- files
     def write(self, path: str | Path) -> None:
@@ -77,39 +111,43 @@ class Predictions:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(SUBMISSION_COLUMNS)
+            w.writerow(self.columns)
             for k, i in enumerate(self.ids):
-                w.writerow([i, int(self.country[k]), repr(float(self.age[k]))]
-                           + [repr(float(v)) for v in self.emotions[k]])
+                w.writerow([i] + self._cells(k))
 
     def write_proba(self, path: str | Path) -> None:
         if self.country_proba is None:
-            raise PredictionError("these predictions carry no country probabilities")
+            raise PredictionError("these predictions carry no class probabilities")
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(("File_ID", *COUNTRIES))
+            w.writerow(("File_ID", *self.task.classes))
             for k, i in enumerate(self.ids):
                 w.writerow([i] + [repr(float(v)) for v in self.country_proba[k]])
 
     @classmethod
-    def read(cls, path: str | Path, proba_path: str | Path | None = None) -> "Predictions":
-        """Read a submission CSV by column name (and optionally its probabilities)."""
+    def read(cls, path: str | Path, proba_path: str | Path | None = None, task=None) -> "Predictions":
+        """Read a submission CSV of ``task`` (None → ExVo-MTL) by column name (and optionally its probabilities)."""
+        from exvo.tasks import get_task
+
+        task = get_task(task)
+        columns = ("File_ID", *task.submission)
         path = Path(path)
         if not path.is_file():
             raise PredictionError(f"prediction file {path} not found")
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
         if not rows:
-            raise PredictionError(f"{path} is empty; expected a header {','.join(SUBMISSION_COLUMNS)}")
+            raise PredictionError(f"{path} is empty; expected a header {','.join(columns)}")
         header = [h.strip() for h in rows[0]]
-        missing = [c for c in SUBMISSION_COLUMNS if c not in header]
-        extra = [c for c in header if c not in SUBMISSION_COLUMNS]
+        missing = [c for c in columns if c not in header]
+        extra = [c for c in header if c not in columns]
         if missing or extra:
             raise PredictionError(
                 f"{path} has the wrong columns: missing {missing}, unexpected {extra}; "
-                f"expected exactly {','.join(SUBMISSION_COLUMNS)}"
+                f"expected exactly {','.join(columns)}"
+                + ("" if task.name == "exvo-mtl" else f" (task {task.name}; another task's file? pass its --task)")
             )
-        col = {c: header.index(c) for c in SUBMISSION_COLUMNS}
+        col = {c: header.index(c) for c in columns}
         body = rows[1:]
         short = [n + 2 for n, r in enumerate(body) if len(r) != len(header)]
         if short:
@@ -118,39 +156,57 @@ class Predictions:
         dups = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
         if dups:
             raise PredictionError(f"{path} has duplicate File_ID(s): {listing(dups)}")
+        g = task.group("class")
+        named = g is not None and not task.class_codes
+        numeric = [c for c in columns[1:] if not (named and c == g.columns[0])]
         try:
-            num = np.array([[float(r[col[c]]) for c in SUBMISSION_COLUMNS[1:]] for r in body], dtype=np.float64)
+            num = np.array([[float(r[col[c]]) for c in numeric] for r in body], dtype=np.float64)
         except ValueError as e:
             raise PredictionError(f"{path}: a non-numeric prediction ({e})") from None
-        num = num.reshape(len(body), len(SUBMISSION_COLUMNS) - 1)
+        num = num.reshape(len(body), len(numeric))
         if not np.isfinite(num).all():
             lines = [n + 2 for n in np.flatnonzero(~np.isfinite(num).all(axis=1))]
             raise PredictionError(f"{path}: NaN/inf predictions on line(s) {listing(lines)}")
-        cou = num[:, 0]
-        if not np.isin(cou, np.arange(len(COUNTRIES))).all():
-            lines = [n + 2 for n in np.flatnonzero(~np.isin(cou, np.arange(len(COUNTRIES))))]
-            raise PredictionError(f"{path}: Country must be an integer code 0-3 (line(s) {listing(lines)})")
+        at = {c: j for j, c in enumerate(numeric)}
+        cou = np.zeros(len(body))
+        if g is not None and named:
+            names = [r[col[g.columns[0]]].strip() for r in body]
+            if bad := [n + 2 for n, v in enumerate(names) if v not in g.classes]:
+                raise PredictionError(f"{path}: {g.columns[0]} must be one of {', '.join(g.classes)} "
+                                      f"(line(s) {listing(bad)})")
+            cou = np.array([g.classes.index(v) for v in names], dtype=np.float64)
+        elif g is not None:
+            cou = num[:, at[g.columns[0]]]
+            k = len(g.classes)
+            if not np.isin(cou, np.arange(k)).all():
+                lines = [n + 2 for n in np.flatnonzero(~np.isin(cou, np.arange(k)))]
+                raise PredictionError(f"{path}: {g.columns[0]} must be an integer code 0-{k - 1} "
+                                      f"(line(s) {listing(lines)})")
+        emo = num[:, [at[c] for c in task.reg_columns]]
+        age = num[:, at[task.group("value").columns[0]]] if task.has("value") else np.zeros(len(body))
         proba = None
-        if proba_path is not None and Path(proba_path).is_file():
-            proba = read_proba(proba_path, ids, path)
-        return cls(ids, num[:, 2:], cou.astype(np.int64), num[:, 1], proba)
+        if g is not None and proba_path is not None and Path(proba_path).is_file():
+            proba = read_proba(proba_path, ids, path, task.classes)
+        return cls(ids, emo, cou.astype(np.int64), age, proba, task)
 
 
 PROBA_SUM_TOL = 1e-3
 """How far a row of country probabilities may sum from 1 (files hold full float precision)."""
 
 
-def check_proba(proba: np.ndarray, where: str, rows: Sequence[str] | None = None) -> np.ndarray:
-    """Validate country probabilities ``(..., n, 4)``: finite, in [0, 1], rows summing to 1.
+def check_proba(proba: np.ndarray, where: str, rows: Sequence[str] | None = None,
+                classes: Sequence[str] = COUNTRIES) -> np.ndarray:
+    """Validate class probabilities ``(..., n, len(classes))`` (ExVo: the 4 countries): finite, in
+    [0, 1], rows summing to 1.
 
     ``where`` names the file in messages; ``rows`` labels the rows (e.g. ``line 7``).
     Raises :class:`PredictionError` saying what was found and what is expected.
     """
     p = np.asarray(proba, dtype=np.float64)
-    if p.ndim < 2 or p.shape[-1] != len(COUNTRIES):
-        raise PredictionError(f"{where}: country probabilities have shape {p.shape}; expected (n, {len(COUNTRIES)}) "
-                              f"columns {', '.join(COUNTRIES)}")
-    flat = p.reshape(-1, len(COUNTRIES))
+    if p.ndim < 2 or p.shape[-1] != len(classes):
+        raise PredictionError(f"{where}: country probabilities have shape {p.shape}; expected (n, {len(classes)}) "
+                              f"columns {', '.join(classes)}")
+    flat = p.reshape(-1, len(classes))
     label = (lambda k: rows[k % len(rows)]) if rows else (lambda k: f"row {k % max(1, p.shape[-2]) + 1}")
     bad = np.flatnonzero(~np.isfinite(flat).all(axis=1))
     if bad.size:
@@ -169,15 +225,17 @@ def check_proba(proba: np.ndarray, where: str, rows: Sequence[str] | None = None
     return p
 
 
-def read_proba(proba_path: str | Path, ids: Sequence[str], sub_path: str | Path) -> np.ndarray:
-    """``(n, 4)`` probabilities of ``<split>_country_proba.csv`` aligned to ``ids`` (validated)."""
+def read_proba(proba_path: str | Path, ids: Sequence[str], sub_path: str | Path,
+               classes: Sequence[str] = COUNTRIES) -> np.ndarray:
+    """``(n, len(classes))`` probabilities of ``<split>_country_proba.csv`` (or another class group's)
+    aligned to ``ids`` (validated)."""
     proba_path = Path(proba_path)
     try:
         with open(proba_path, newline="", encoding="utf-8-sig") as f:
             prow = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise PredictionError(f"{proba_path} cannot be read ({e})") from None
-    expected = ["File_ID", *COUNTRIES]
+    expected = ["File_ID", *classes]
     if not prow or [h.strip() for h in prow[0]] != expected:
         raise PredictionError(f"{proba_path}: header {prow[0] if prow else '(empty file)'}; expected {','.join(expected)}")
     body = prow[1:]
@@ -194,30 +252,50 @@ def read_proba(proba_path: str | Path, ids: Sequence[str], sub_path: str | Path)
         raise PredictionError(f"{proba_path} ids differ from {sub_path}: {len(miss)} missing [{listing(miss)}], "
                               f"{len(extra)} extra [{listing(extra)}]")
     try:
-        vals = np.array([[float(v) for v in r[1:]] for r in body], dtype=np.float64).reshape(len(body), len(COUNTRIES))
+        vals = np.array([[float(v) for v in r[1:]] for r in body], dtype=np.float64).reshape(len(body), len(classes))
     except ValueError as e:
         raise PredictionError(f"{proba_path}: a non-numeric probability ({e})") from None
-    check_proba(vals, str(proba_path), [f"line {n + 2}" for n in range(len(body))])
+    check_proba(vals, str(proba_path), [f"line {n + 2}" for n in range(len(body))], classes)
     pos = {i: k for k, i in enumerate(pids)}
-    return vals[[pos[i] for i in ids]] if ids else np.zeros((0, len(COUNTRIES)))
+    return vals[[pos[i] for i in ids]] if ids else np.zeros((0, len(classes)))
 
 
-def split_files(run_dir: str | Path, split: str) -> tuple[Path, Path]:
-    """``(submission csv, country-probability csv)`` of ``split`` in a run folder."""
+def run_task(run_dir: str | Path):
+    """The task a run folder's ``config.json`` records (runs made before tasks existed: ExVo-MTL)."""
+    import json
+
+    from exvo.tasks import get_task
+
+    cfg = Path(run_dir) / "config.json"
+    try:
+        rec = json.loads(cfg.read_text()) if cfg.is_file() else {}
+    except (OSError, ValueError):
+        rec = {}
+    return get_task(rec.get("task") if isinstance(rec, dict) else None)
+
+
+def split_files(run_dir: str | Path, split: str, task=None) -> tuple[Path, Path]:
+    """``(submission csv, class-probability csv)`` of ``split`` in a run folder (ExVo:
+    ``<split>_country_proba.csv``)."""
+    from exvo.tasks import get_task
+
+    g = get_task(task).group("class")
     run_dir = Path(run_dir)
-    return run_dir / f"{split.lower()}.csv", run_dir / f"{split.lower()}_country_proba.csv"
+    return run_dir / f"{split.lower()}.csv", run_dir / f"{split.lower()}_{g.name if g else 'class'}_proba.csv"
 
 
 def save_split(pred: Predictions, run_dir: str | Path, split: str) -> None:
-    sub, proba = split_files(run_dir, split)
+    sub, proba = split_files(run_dir, split, pred.task)
     pred.write(sub)
     if pred.country_proba is not None:
         pred.write_proba(proba)
 
 
-def load_split(run_dir: str | Path, split: str) -> Predictions:
-    sub, proba = split_files(run_dir, split)
-    return Predictions.read(sub, proba)
+def load_split(run_dir: str | Path, split: str, task=None) -> Predictions:
+    """A run's ``<split>.csv`` (and probabilities); ``task`` None → the one the run records."""
+    task = run_task(run_dir) if task is None else task
+    sub, proba = split_files(run_dir, split, task)
+    return Predictions.read(sub, proba, task)
 
 
 def _split_hint(ids: set[str], corpus: Corpus, split: str) -> str:
@@ -237,11 +315,14 @@ def _split_hint(ids: set[str], corpus: Corpus, split: str) -> str:
 
 def score(pred: Predictions, corpus: Corpus, split: str = "Val",
           convention: CCCConvention = "challenge") -> dict:
-    """Score predictions against one split's labels.
+    """Score predictions against one split's labels of the corpus's task (``corpus.task``).
 
     The prediction ids must be exactly the split's ids (order free); missing and
-    extra ids are named in the error.
+    extra ids are named in the error; predictions of another task are refused.
     """
+    if pred.task != corpus.task:
+        raise PredictionError(f"these predictions are for task {pred.task.name!r} but the corpus was read for task "
+                              f"{corpus.task.name!r}; pass the same --task to both")
     want = corpus.split_ids(split)
     got = set(pred.ids)
     missing = [i for i in want if i not in got]
@@ -259,7 +340,7 @@ def score(pred: Predictions, corpus: Corpus, split: str = "Val",
         raise PredictionError(str(e)) from None
     p = pred.take(want)
     _warn_out_of_range(p, split)
-    out = score_all(emo, p.emotions, cou, p.country, age, p.age, convention)
+    out = score_all(emo, p.emotions, cou, p.country, age, p.age, convention, corpus.task)
     out["split"] = split
     out["n"] = len(want)
     return out
@@ -269,13 +350,16 @@ def _warn_out_of_range(p: Predictions, split: str) -> None:
     """Scores are computed as given, but values no label can take are counted in a warning."""
     import warnings
 
-    emo_bad = (p.emotions < 0) | (p.emotions > 1)
+    g = p.task.group("intensities")
+    lo, hi = g.range if g else (0.0, 1.0)
+    emo_bad = (p.emotions < lo) | (p.emotions > hi)
     if emo_bad.any():
-        warnings.warn(f"{int(emo_bad.sum())} predicted emotion value(s) in {int(emo_bad.any(axis=1).sum())} of "
-                      f"{len(p)} {split} clips are outside [0, 1] (range {p.emotions.min():.4g} to "
-                      f"{p.emotions.max():.4g}); intensities are in [0, 1]: clip them, or check the columns",
+        what, rng = ("emotion", "[0, 1]") if p.task.is_exvo else ("intensity", f"[{lo:g}, {hi:g}]")
+        warnings.warn(f"{int(emo_bad.sum())} predicted {what} value(s) in {int(emo_bad.any(axis=1).sum())} of "
+                      f"{len(p)} {split} clips are outside {rng} (range {p.emotions.min():.4g} to "
+                      f"{p.emotions.max():.4g}); intensities are in {rng}: clip them, or check the columns",
                       stacklevel=3)
-    age_bad = p.age < 0
+    age_bad = p.age < 0 if p.task.is_exvo else np.zeros(0, bool)
     if age_bad.any():
         warnings.warn(f"{int(age_bad.sum())} of {len(p)} {split} clips have a negative predicted Age "
                       f"(smallest {p.age.min():.4g}); ages are in years", stacklevel=3)
@@ -296,22 +380,28 @@ class SeedPredictions:
     emotions: np.ndarray
     country_proba: np.ndarray
     age: np.ndarray
+    task: object = None
 
     def __post_init__(self):
+        from exvo.tasks import get_task
+
+        self.task = get_task(self.task)
         S, n = len(self.seeds), len(self.ids)
-        for name, arr, shape in (("emotions", self.emotions, (S, n, len(EMOTIONS))),
-                                 ("country_proba", self.country_proba, (S, n, 4)), ("age", self.age, (S, n))):
+        for name, arr, shape in (("emotions", self.emotions, (S, n, self.task.n_reg)),
+                                 ("country_proba", self.country_proba, (S, n, self.task.n_classes)),
+                                 ("age", self.age, (S, n))):
             if tuple(arr.shape) != shape:
                 raise PredictionError(f"per-seed {name} has shape {tuple(arr.shape)}, expected {shape} "
                                       f"({S} seeds × {n} clips)")
 
     def seed(self, j: int) -> Predictions:
         """Seed ``j``'s predictions (index into ``seeds``, not the seed value)."""
-        return Predictions.from_proba(self.ids, self.emotions[j], self.country_proba[j], self.age[j])
+        return Predictions.from_proba(self.ids, self.emotions[j], self.country_proba[j], self.age[j], self.task)
 
     def ensemble(self) -> Predictions:
         """The seed average (country probabilities averaged, then argmax)."""
-        return Predictions.from_proba(self.ids, self.emotions.mean(0), self.country_proba.mean(0), self.age.mean(0))
+        return Predictions.from_proba(self.ids, self.emotions.mean(0), self.country_proba.mean(0), self.age.mean(0),
+                                      self.task)
 
 
 def seed_file(run_dir: str | Path, split: str) -> Path:
@@ -328,18 +418,20 @@ def save_seed_predictions(sp: SeedPredictions, run_dir: str | Path, split: str) 
     return path
 
 
-def load_seed_predictions(run_dir: str | Path, split: str) -> SeedPredictions | None:
-    """The per-seed predictions of ``split``, or None for a run that has none (older runs)."""
+def load_seed_predictions(run_dir: str | Path, split: str, task=None) -> SeedPredictions | None:
+    """The per-seed predictions of ``split``, or None for a run that has none (older runs); ``task``
+    None → the one the run records."""
     path = seed_file(run_dir, split)
     if not path.is_file():
         return None
+    task = run_task(run_dir) if task is None else task
     try:
         with np.load(path) as z:
             sp = SeedPredictions([str(i) for i in z["ids"]], [int(s) for s in z["seeds"]], z["emotions"],
-                                 z["country_proba"], z["age"])
+                                 z["country_proba"], z["age"], task)
     except PredictionError as e:
         raise PredictionError(f"{path}: {e}") from None
     except (OSError, KeyError, ValueError) as e:
         raise PredictionError(f"{path} cannot be read ({type(e).__name__}: {e}); the run folder is damaged") from None
-    check_proba(sp.country_proba, str(path))
+    check_proba(sp.country_proba, str(path), classes=sp.task.classes)
     return sp

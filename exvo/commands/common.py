@@ -40,6 +40,7 @@ DEMO_DIR = Path("demo_data")
 DataOpt = typer.Option(None, "--data", help="Corpus folder (data_info.csv + wav/). Default: $EXVO_DATA, else ./demo_data (created if absent).")
 CacheOpt = typer.Option(Path("cache"), "--cache", help="Embedding cache folder; files go to <cache>/<corpus>/<extractor>.h5.")
 RunsOpt = typer.Option(Path("runs"), "--runs", help="Folder of learn/fuse run folders.")
+TaskOpt = typer.Option(None, "--task", help="The task: exvo-mtl (default: 10 emotions CCC, country UAR, age MAE; S_MTL) | avb-high | avb-two | avb-culture | avb-type | a .toml task file (docs/api.md 'Tasks').")
 
 
 def command_table(typer_app: typer.Typer = app) -> dict[str, set[str]]:
@@ -132,10 +133,11 @@ def resolve_data(data: Optional[Path]) -> Path:
     return DEMO_DIR
 
 
-def load_corpus(data: Optional[Path]):
+def load_corpus(data: Optional[Path], task: Optional[str] = None):
+    """The corpus at ``--data`` (or the default), with the labels of ``--task`` (None: ExVo-MTL)."""
     from exvo.corpus import Corpus
 
-    return Corpus.from_dir(resolve_data(data))
+    return Corpus.from_dir(resolve_data(data), task=task)
 
 
 class _Command(typer.core.TyperCommand):

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from exvo.commands.common import app, friendly, fail_cli, DataOpt, load_corpus
+from exvo.commands.common import app, friendly, fail_cli, DataOpt, TaskOpt, load_corpus
 
 
 # --------------------------------------------------------------------------- corpus
@@ -19,12 +19,13 @@ def demo_corpus(
     speakers: int = typer.Option(60, help="Number of speakers (split 50/25/25 % into Train/Val/Test)."),
     clips_per_speaker: int = typer.Option(20, help="Clips per speaker."),
     seed: int = typer.Option(0, help="Random seed (same seed, same corpus)."),
+    layout: str = typer.Option("exvo", help="exvo (data_info.csv + wav/) | avb (the A-VB 2022 release: labels/data_info.csv, labels/<task>_info.csv, audio/wav/) | both (the ExVo layout plus the A-VB labels/: one folder and cache for all five tasks)."),
 ):
-    """Write a procedural demo corpus in the exact ExVo layout."""
+    """Write a procedural demo corpus in the exact ExVo layout (or the A-VB 2022 layout: --layout avb)."""
     from exvo.demo import make_demo_corpus
 
     make_demo_corpus(out, speakers=speakers, clips_per_speaker=clips_per_speaker, seed=seed,
-                     progress=sys.stderr.isatty())
+                     progress=sys.stderr.isatty(), layout=layout)
     typer.echo(f"wrote {speakers * clips_per_speaker} clips to {out}/")
 
 
@@ -38,13 +39,16 @@ def score(
     track: str = typer.Option("multitask", help="multitask (File_ID,Country,Age,<emotions>) | fewshot (File_ID,<emotions> of the query clips; population CCC + 95 % bootstrap CI)."),
     support_seed: Optional[int] = typer.Option(None, help="fewshot, Val: random support clips with this seed (default: each speaker's first 2)."),
     support_file: Optional[Path] = typer.Option(None, help="fewshot: labelled support file (data_info.csv columns); Test default <data>/fewshot_support.csv."),
+    task: Optional[str] = TaskOpt,
 ):
-    """Score a prediction file; prints JSON (ccc, uar, mae, s_mtl, ccc_per_emotion)."""
+    """Score a prediction file of a task; prints JSON (ExVo: ccc, uar, mae, s_mtl, ccc_per_emotion)."""
     import warnings
 
     from exvo.predictions import Predictions, score as score_fn
 
-    corpus = load_corpus(data)
+    corpus = load_corpus(data, task)
+    if track == "fewshot" and corpus.task.name != "exvo-mtl":
+        fail_cli("the fewshot track scores the ExVo emotions; drop --task")
     if track == "fewshot":
         from exvo.fewshot.protocol import protocol_for, read_submission, score_submission
 
@@ -55,7 +59,7 @@ def score(
         fail_cli(f"unknown --track {track!r}; choose multitask or fewshot")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = score_fn(Predictions.read(pred), corpus, split, convention)  # type: ignore[arg-type]
+        result = score_fn(Predictions.read(pred, task=corpus.task), corpus, split, convention)  # type: ignore[arg-type]
     for w in caught:
         typer.secho(f"warning: {w.message}", fg=typer.colors.YELLOW, err=True)
     typer.echo(json.dumps(result, indent=2))

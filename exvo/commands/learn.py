@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from exvo.commands.common import app, friendly, fail_cli, DataOpt, CacheOpt, RunsOpt, load_corpus
+from exvo.commands.common import app, friendly, fail_cli, DataOpt, CacheOpt, RunsOpt, TaskOpt, load_corpus
 
 
 # --------------------------------------------------------------------------- stage 2
@@ -54,6 +54,7 @@ def learn(
     name: Optional[str] = typer.Option(None, help="Run folder name (default derived from features/learner/arch)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run of the same name (refused otherwise)."),
+    task: Optional[str] = TaskOpt,
     data: Optional[Path] = DataOpt,
     cache: Path = CacheOpt,
     runs: Path = RunsOpt,
@@ -79,7 +80,7 @@ def learn(
             weights = tuple(float(x) for x in loss_weights.split(","))
         except ValueError:
             fail_cli(f"--loss-weights expects 3 numbers like 1,0.5,0.5, got {loss_weights!r}")
-    corpus = load_corpus(data)
+    corpus = load_corpus(data, task)
     cfg = build(LearnConfig, features=[f.strip() for f in features.split(",") if f.strip()], learner=learner,
                 preset=preset, arch=arch, seeds=seeds, loss=loss, emotion_loss=emotion_loss, age_loss=age_loss,
                 loss_weights=weights, epochs=epochs, patience=patience, batch_size=batch_size, lr=lr,
@@ -155,11 +156,13 @@ def predict(
     cache: Path = CacheOpt,
     split: str = typer.Option("Test", help="Split to predict (Train, Val or Test)."),
     out: Optional[Path] = typer.Option(None, help="Output CSV (default: <run>/predict_<corpus>_<split>.csv)."),
+    task: Optional[str] = typer.Option(None, "--task", help="The run's task (default: the one its config.json records)."),
 ):
     """Apply a saved learn run to a corpus (same extractors cached) and write a submission file."""
     from exvo.learn.api import predict_run
+    from exvo.predictions import run_task
 
-    corpus = load_corpus(data)
+    corpus = load_corpus(data, task if task is not None else run_task(run))
     path = predict_run(run, corpus, cache_dir=cache, split=split, out=out)
     typer.echo(f"wrote {path}")
 
@@ -176,15 +179,16 @@ def fuse(
     weighted: bool = typer.Option(False, help="With --mean (or --hybrid --top K): weight runs per subtask by their Val score (CCC, UAR, 1/MAE)."),
     select_on: str = typer.Option("val", help="val (choose on all of Val; optimistic †) | oof (choose on the runs' out-of-fold Train predictions, from `learn --stop-on folds`; Val stays clean) | cv (choose on half the Val speakers, score on the other half)."),
     name: Optional[str] = typer.Option(None, help="Output run name."),
+    task: Optional[str] = TaskOpt,
     data: Optional[Path] = DataOpt,
     runs: Path = RunsOpt,
 ):
-    """Late fusion of learn runs: hybrid per-subtask selection or averaging ensembles."""
+    """Late fusion of learn runs (of one task): hybrid per-subtask selection or averaging ensembles."""
     from exvo.fusion.api import fuse as run_fuse
 
     if hybrid + mean + pool != 1:
         fail_cli("choose exactly one of --hybrid, --mean or --pool")
-    corpus = load_corpus(data)
+    corpus = load_corpus(data, task)
     if pool:
         from exvo.fusion.pool import pool as run_pool
 
@@ -203,11 +207,12 @@ def fuse(
 def report(
     runs: Path = RunsOpt,
     out: Optional[Path] = typer.Option(None, help="Output folder for report.md, report.csv and PNG figures (default: <runs>/report)."),
+    task: Optional[str] = TaskOpt,
     data: Optional[Path] = DataOpt,
 ):
-    """Table of every run (mean ± std over seeds and the seed-ensemble score, sorted by the S_MTL seed mean) plus figures."""
+    """Table of every run of a task (mean ± std over seeds and the seed-ensemble score, sorted by the task score's seed mean, S_MTL for ExVo) plus figures."""
     from exvo.fusion.report import make_report
 
-    corpus = load_corpus(data)
+    corpus = load_corpus(data, task)
     table = make_report(runs, out or runs / "report", corpus=corpus)
     typer.echo(table)

@@ -66,12 +66,11 @@ from typing import Callable
 from exvo.corpus import Corpus
 from exvo.runs import provenance
 from exvo.runs.reader import Run, feature_specs, read_json, resolve
-from exvo.fusion.select import METRIC_LABEL, SUBTASKS, Choice
+from exvo.fusion.select import METRIC_LABEL, Choice
 from exvo.runs.store import RunExists, RunWriter, check_name, check_replaceable
-from exvo.metrics import EMOTIONS
 from exvo.fusion import seeds
-from exvo.fusion.steps import (SCORE_KEYS, Estimate, FusedTest, FusedVal, Options, ValCandidates, cv_estimate,
-                               fuse_full_val, fuse_test, oof_choices, val_candidates, val_estimate)
+from exvo.fusion.steps import (Estimate, FusedTest, FusedVal, Options, ValCandidates, cv_estimate,
+                               fuse_full_val, fuse_test, oof_choices, score_keys, val_candidates, val_estimate)
 from exvo.predictions import save_seed_predictions, save_split
 
 FORMAT = "exvo-fusion/1"
@@ -109,18 +108,23 @@ class FusionResult:
         over = (f"mean ± std over {self.n_seeds} fused seeds" if self.n_seeds > 1
                 else "1 fused seed, std undefined" if self.n_seeds == 1
                 else "seed ensemble only: the sources have no per-seed predictions")
-        ens = (f"; seed-ensemble S_MTL {_s_mtl(self.ensemble)}" if self.n_seeds and self.ensemble else "")
-        return (f"{self.name}: Emo-CCC {cell('ccc', 3)}  Cou-UAR {cell('uar', 3)}  Age-MAE {cell('mae', 2)}  "
-                f"S_MTL {cell('s_mtl', 3)} [{how}; {over}{ens}]; "
+        top = seeds.keys_of(self.reported)[-1]
+        label = "S_MTL" if top == "s_mtl" else top
+        ens = (f"; seed-ensemble {label} {_s_mtl(self.ensemble, top)}" if self.n_seeds and self.ensemble else "")
+        cells = {"ccc": "Emo-CCC" if top == "s_mtl" else "CCC", "uar": "Cou-UAR" if top == "s_mtl" else "UAR",
+                 "mae": "Age-MAE" if top == "s_mtl" else "MAE", top: label}
+        shown = "  ".join(f"{cells[k]} {cell(k, 2 if k == 'mae' else 3)}" for k in seeds.keys_of(self.reported))
+        return (f"{self.name}: {shown} [{how}; {over}{ens}]; "
                 f"{'val.csv + test.csv' if self.test_written else 'val.csv only (no test.csv)'} in {self.path}")
 
     def _selects(self) -> bool:
         return self.mode == "hybrid" or self.weighted
 
 
-def _s_mtl(sc: dict) -> str:
-    """S_MTL to 3 decimals, or "undefined" where CCC or UAR <= 0 (the score dict then holds 0.0)."""
-    return f"{sc['s_mtl']:.3f}" if seeds.s_mtl_defined(sc) else "undefined"
+def _s_mtl(sc: dict, top: str = "s_mtl") -> str:
+    """S_MTL (or the task's ``top`` score) to 3 decimals, or "undefined" where CCC or UAR <= 0 (the
+    score dict then holds 0.0)."""
+    return f"{sc[top]:.3f}" if seeds.s_mtl_defined(sc) else "undefined"
 
 
 def default_name(mode: str, n_runs: int, top: int, weighted: bool, select_on: str) -> str:
@@ -153,10 +157,30 @@ def _check_options(mode: str, select_on: str, top: int, name: str | None) -> Non
         check_name(name)
 
 
-def _resolve_sources(runs_dir: Path, run_names: list[str] | None, opts: Options, name: str | None) -> _Sources:
+def _same_task(runs: list[Run], run_names: list[str] | None, notes: list[str], task) -> list[Run]:
+    """The runs of ``task`` (the corpus' task): named runs of another task are refused; of every
+    learn run under the folder (no names), the other tasks' are left out with a note."""
+    from exvo.predictions import run_task
+
+    other = {r.name: run_task(r.path).name for r in runs if run_task(r.path) != task}
+    if other and run_names is not None:
+        raise ValueError(f"runs of different tasks cannot be fused: {', '.join(f'{n} ({t})' for n, t in other.items())} "
+                         f"{'is' if len(other) == 1 else 'are'} not of task {task.name!r}, the task given (--task); "
+                         "fuse each task's runs separately")
+    if other:
+        notes.append(f"left out {len(other)} run(s) of other tasks: " + ", ".join(f"{n} ({t})" for n, t in other.items()))
+    kept = [r for r in runs if r.name not in other]
+    if not kept:
+        raise ValueError(f"none of the runs is of task {task.name!r}; pass the runs' --task")
+    return kept
+
+
+def _resolve_sources(runs_dir: Path, run_names: list[str] | None, opts: Options, name: str | None,
+                     task=None) -> _Sources:
     """The runs to fuse (:func:`exvo.runs.reader.resolve`) and the output folder, refused
     before any work when it is one of them or another kind of run."""
     runs, notes = resolve(runs_dir, run_names)
+    runs = _same_task(runs, run_names, notes, task)
     for r in runs:
         if r.stale:     # the fusion will be stale too (its source is): say why now, not only in the report
             notes.append(f"source {r.name} is stale: {r.stale[0]}")
@@ -180,7 +204,7 @@ def _config(opts: Options, src: _Sources, run_names: list[str] | None, cand: Val
     """``config.json`` of the fusion run (without its provenance)."""
     return {
         "kind": "fusion", "mode": opts.mode, "top": opts.top, "weighted": opts.weighted, "select_on": opts.select_on,
-        "cv_seed": opts.cv_seed, "sources": sorted(src.by_name),
+        "cv_seed": opts.cv_seed, "sources": sorted(src.by_name), "task": cand_task(cand).to_dict(),
         "features": sorted({f for r in src.runs for f in feature_specs(r.record)}),
         "feature_dim": None, "learner": "fusion", "arch": opts.mode if opts.top == 1 else f"{opts.mode}-top{opts.top}",
         "seeds": list(range(cand.n_seeds)) or None, "seed_sources": cand.seed_sources, "ccc_convention": "challenge",
@@ -192,14 +216,16 @@ def _config(opts: Options, src: _Sources, run_names: list[str] | None, cand: Val
 def _metrics(opts: Options, cand: ValCandidates, full: FusedVal, est: Estimate) -> dict:
     """``metrics.json`` in the learn-run format, plus the optimistic ``full_val_ensemble``."""
     per_seed, ens = est.per_seed, est.ensemble
+    keys = score_keys(cand)
+    cols = cand_task(cand).reg_columns
     return {
         "split": "Val", "n": len(cand.ids), "ccc_convention": "challenge",
         "summary": est.reported, "per_seed": per_seed,
         "summary_over": "seeds" if per_seed else "none: the seed ensemble's score (sources lack per-seed files)",
-        "ensemble": {k: ens[k] for k in (*SCORE_KEYS, "ccc_per_emotion")},
-        "full_val_ensemble": {k: full.scores[k] for k in SCORE_KEYS},
+        "ensemble": {k: ens[k] for k in (*keys, "ccc_per_emotion") if k in ens},
+        "full_val_ensemble": {k: full.scores[k] for k in keys},
         "ccc_per_emotion": (seeds.per_emotion(per_seed)[0] if per_seed
-                            else {e: float(ens["ccc_per_emotion"][e]) for e in EMOTIONS}),
+                            else {e: float(ens["ccc_per_emotion"][e]) for e in cols}),
         "selection": {"select_on": opts.select_on, "optimistic": opts.optimistic, "note": est.note},
     }
 
@@ -211,12 +237,12 @@ def _record(opts: Options, src: _Sources, cand: ValCandidates, full: FusedVal, e
     return {
         "format": FORMAT, "mode": opts.mode, "top": opts.top, "weighted": opts.weighted, "select_on": opts.select_on,
         "optimistic": opts.optimistic, "selection_note": est.note,
-        "subtasks": {s: full.choices[s].to_json() for s in SUBTASKS},
-        "val": {k: full.scores[k] for k in SCORE_KEYS}, "cv": est.cv,
+        "subtasks": {s: full.choices[s].to_json() for s in full.choices},
+        "val": {k: full.scores[k] for k in score_keys(cand)}, "cv": est.cv,
         "test": {"written": test.pred is not None, "note": test.note, "runs_with_test": test.have_test},
         "seed_by_seed": {"n_seeds": cand.n_seeds, "pairing": "by index, up to the smallest seed count",
                          "seed_sources": cand.seed_sources},
-        "notes": src.notes + [n for s in SUBTASKS for n in full.choices[s].notes],
+        "notes": src.notes + [n for s in full.choices for n in full.choices[s].notes],
     }
 
 
@@ -244,8 +270,17 @@ def _write_run(corpus: Corpus, runs_dir: Path, run_names: list[str] | None, opts
 
 
 def _score_line(sc: dict) -> str:
-    """The four scores of a score dict, as printed."""
-    return f"CCC {sc['ccc']:.3f} UAR {sc['uar']:.3f} MAE {sc['mae']:.2f} S_MTL {_s_mtl(sc)}"
+    """The scores of a score dict (ExVo: CCC, UAR, MAE, S_MTL), as printed."""
+    if "s_mtl" in sc:
+        return f"CCC {sc['ccc']:.3f} UAR {sc['uar']:.3f} MAE {sc['mae']:.2f} S_MTL {_s_mtl(sc)}"
+    from exvo.learn.runs import score_text
+
+    return score_text(sc)
+
+
+def cand_task(cand: ValCandidates):
+    """The task of the fused runs."""
+    return next(iter(cand.preds.values())).task
 
 
 def _tell_choice(echo: Callable[[str], None], s: str, c: Choice) -> None:
@@ -264,13 +299,12 @@ def _tell(echo: Callable[[str], None], opts: Options, src: _Sources, full: Fused
     """Print what was fused, chosen and scored, and the notes."""
     echo(f"fusion {src.name} ({opts.mode}{f', top {opts.top}' if opts.mode == 'hybrid' else ''}"
          f"{', weighted' if opts.weighted else ''}) of {len(src.runs)} run(s):")
-    for s in SUBTASKS:
+    for s in full.choices:
         _tell_choice(echo, s, full.choices[s])
     if est.cv:
         for d in est.cv["directions"]:
-            echo(f"  cv {d['direction']}: emotion {', '.join(d['chosen']['emotion'])}; "
-                 f"country {', '.join(d['chosen']['country'])}; age {', '.join(d['chosen']['age'])} → "
-                 f"{_score_line(d['scores'])}")
+            echo(f"  cv {d['direction']}: " + "; ".join(f"{s} {', '.join(c)}" for s, c in d["chosen"].items())
+                 + f" → {_score_line(d['scores'])}")
         echo(f"  cv mean of the two half scores: {_score_line(est.cv['mean_of_halves'])}")
         echo(f"  cv out-of-fold score of the seed ensemble on all of Val: {_score_line(est.cv['out_of_fold'])}")
     echo(f"  full-Val score of val.csv{' (optimistic)' if opts.select_on == 'cv' else ''}: {_score_line(full.scores)}")
@@ -288,7 +322,7 @@ def fuse(corpus: Corpus, runs_dir: str | Path = "runs", run_names: list[str] | N
     _check_options(mode, select_on, top, name)
     opts = Options(mode, top, weighted, select_on, cv_seed)
     runs_dir = Path(runs_dir)
-    src = _resolve_sources(runs_dir, run_names, opts, name)
+    src = _resolve_sources(runs_dir, run_names, opts, name, corpus.task)
     cand = val_candidates(corpus, src.by_name, src.notes)
     chosen_on_oof = oof_choices(corpus, src.by_name, opts, src.notes) if select_on == "oof" else None
     full = fuse_full_val(cand, opts, src.notes, chosen_on_oof)
@@ -299,7 +333,8 @@ def fuse(corpus: Corpus, runs_dir: str | Path = "runs", run_names: list[str] | N
     test = fuse_test(corpus, src.by_name, full, cand.n_seeds, src.notes)
     record, replaced = _write_run(corpus, runs_dir, run_names, opts, src, cand, full, est, test)
     _tell(echo, opts, src, full, est, replaced)
-    return FusionResult(src.name, src.dest, mode, select_on, {s: full.choices[s].chosen for s in SUBTASKS},
-                        {k: full.scores[k] for k in SCORE_KEYS}, est.reported, test.pred is not None,
-                        record["notes"], weighted=weighted, ensemble={k: est.ensemble[k] for k in SCORE_KEYS},
+    keys = score_keys(cand)
+    return FusionResult(src.name, src.dest, mode, select_on, {s: full.choices[s].chosen for s in full.choices},
+                        {k: full.scores[k] for k in keys}, est.reported, test.pred is not None,
+                        record["notes"], weighted=weighted, ensemble={k: est.ensemble[k] for k in keys},
                         n_seeds=cand.n_seeds)

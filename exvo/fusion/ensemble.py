@@ -14,8 +14,8 @@ from exvo.metrics import COUNTRIES
 from exvo.predictions import Predictions
 
 
-def _one_hot(country: np.ndarray) -> np.ndarray:
-    out = np.zeros((country.size, len(COUNTRIES)))
+def _one_hot(country: np.ndarray, k: int = len(COUNTRIES)) -> np.ndarray:
+    out = np.zeros((country.size, k))
     out[np.arange(country.size), country] = 1.0
     return out
 
@@ -23,9 +23,13 @@ def _one_hot(country: np.ndarray) -> np.ndarray:
 def compose(preds: dict[str, Predictions], weights: dict[str, dict[str, float]]) -> tuple[Predictions, list[str]]:
     """``(predictions, notes)`` from ``preds`` {run: Predictions, all aligned to the same ids}.
 
-    ``weights`` = ``{"emotion": {run: w}, "country": {...}, "age": {...}}``, each summing to 1.
+    ``weights`` = ``{"emotion": {run: w}, "country": {...}, "age": {...}}``, each summing to 1; a
+    subtask the task lacks (:func:`exvo.fusion.select.subtasks`) has no entry and stays empty.
     """
     first = next(iter(preds.values()))
+    weights = dict(weights)
+    for sub in ("emotion", "country", "age"):
+        weights.setdefault(sub, {next(iter(preds)): 1.0})     # absent from the task: the (empty) slot of one run
     ids = list(first.ids)
     for n, p in preds.items():
         if list(p.ids) != ids:
@@ -55,6 +59,7 @@ def compose(preds: dict[str, Predictions], weights: dict[str, dict[str, float]])
         no_proba = sorted(n for n in weights["country"] if preds[n].country_proba is None)
         if no_proba:
             notes.append(f"run(s) {', '.join(no_proba)} have no country probabilities: their Country counts as one-hot")
-        proba = mix("country", lambda p: p.country_proba if p.country_proba is not None else _one_hot(p.country))
+        k = first.task.n_classes
+        proba = mix("country", lambda p: p.country_proba if p.country_proba is not None else _one_hot(p.country, k))
         country = proba.argmax(axis=1)
-    return Predictions(ids, emotions, country, age, proba), notes
+    return Predictions(ids, emotions, country, age, proba, first.task), notes

@@ -25,10 +25,20 @@ from exvo.metrics import EMOTIONS, score_all
 from exvo.predictions import Predictions, SeedPredictions
 
 METRICS = ("ccc", "uar", "mae", "s_mtl")
+ALL_KEYS = ("ccc", "uar", "mae", "s_mtl", "score")
+"""Every score key a task can have (:attr:`exvo.tasks.TaskSpec.metric_keys`), in display order."""
+
+
+def keys_of(scores: dict) -> list[str]:
+    """The score keys a score dict holds (ExVo: ccc, uar, mae, s_mtl)."""
+    return [k for k in ALL_KEYS if k in scores]
 
 
 def s_mtl_defined(scores: dict) -> bool:
-    """True when the seed's S_MTL is defined (CCC > 0 and UAR > 0, as :func:`exvo.metrics.s_mtl`)."""
+    """True when the seed's S_MTL is defined (CCC > 0 and UAR > 0, as :func:`exvo.metrics.s_mtl`); a
+    task scored by another rule (``score``) counts as defined."""
+    if "s_mtl" not in scores and "score" in scores:
+        return True
     try:
         return float(scores["ccc"]) > 0 and float(scores["uar"]) > 0
     except (KeyError, TypeError, ValueError):
@@ -57,7 +67,7 @@ def ensemble_views(sources: dict[str, SeedPredictions], n_seeds: int, ids: list[
     out = {}
     for n, sp in sources.items():
         sub = SeedPredictions(sp.ids, sp.seeds[:n_seeds], sp.emotions[:n_seeds], sp.country_proba[:n_seeds],
-                              sp.age[:n_seeds])
+                              sp.age[:n_seeds], sp.task)
         out[n] = sub.ensemble().take(ids)
     return out
 
@@ -68,28 +78,30 @@ def stack(preds: list[Predictions], seeds: list[int]) -> SeedPredictions:
     proba = []
     for p in preds:
         if p.country_proba is None:     # a single-source copy of a run without probabilities: one-hot
-            oh = np.zeros((len(p), 4))
+            oh = np.zeros((len(p), p.task.n_classes))
             oh[np.arange(len(p)), p.country] = 1.0
             proba.append(oh)
         else:
             proba.append(p.country_proba)
     return SeedPredictions(ids, list(seeds), np.stack([p.emotions for p in preds]), np.stack(proba),
-                           np.stack([p.age for p in preds]))
+                           np.stack([p.age for p in preds]), preds[0].task)
 
 
 def score(pred: Predictions, labels, idx: np.ndarray | None = None) -> dict:
-    """ExVo scores of ``pred`` (aligned with ``labels``), optionally on rows ``idx`` only."""
+    """The task's scores of ``pred`` (aligned with ``labels``), optionally on rows ``idx`` only."""
     emo, cou, age = labels
     sel = slice(None) if idx is None else idx
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)   # undefined S_MTL: counted by summarise()
-        return score_all(emo[sel], pred.emotions[sel], cou[sel], pred.country[sel], age[sel], pred.age[sel])
+        return score_all(emo[sel], pred.emotions[sel], cou[sel], pred.country[sel], age[sel], pred.age[sel],
+                         task=pred.task)
 
 
 def seed_row(k: int, sc: dict, sources: dict[str, int] | None = None) -> dict:
     """One ``metrics.json`` ``per_seed`` entry (the learn format, plus ``s_mtl_defined``)."""
-    row = {"seed": int(k), **{m: float(sc[m]) for m in METRICS}, "s_mtl_defined": s_mtl_defined(sc),
-           "ccc_per_emotion": {e: float(sc["ccc_per_emotion"][e]) for e in EMOTIONS}}
+    row = {"seed": int(k), **{m: float(sc[m]) for m in keys_of(sc)}, "s_mtl_defined": s_mtl_defined(sc)}
+    if "ccc_per_emotion" in sc:
+        row["ccc_per_emotion"] = {e: float(v) for e, v in sc["ccc_per_emotion"].items()}
     if sources is not None:
         row["sources"] = sources
     return row
@@ -102,7 +114,7 @@ def summarise(per_seed: list[dict]) -> dict:
     is, its mean is None. Standard deviations use ``ddof = 0`` as the learn runs do.
     """
     out = {}
-    for m in METRICS:
+    for m in keys_of(per_seed[0]) if per_seed else METRICS:
         rows = [r for r in per_seed if m != "s_mtl" or s_mtl_defined(r)]
         vals = [float(r[m]) for r in rows if r.get(m) is not None]
         out[m] = {"mean": float(np.mean(vals)) if vals else None,
@@ -113,7 +125,8 @@ def summarise(per_seed: list[dict]) -> dict:
 def per_emotion(per_seed: list[dict]) -> tuple[dict[str, float], dict[str, float | None]]:
     """Per-emotion CCC mean and std over seeds (std None for one seed)."""
     mean, std = {}, {}
-    for e in EMOTIONS:
+    first = next((r["ccc_per_emotion"] for r in per_seed if isinstance(r.get("ccc_per_emotion"), dict)), None)
+    for e in (EMOTIONS if first is None else list(first)):
         vals = [float(r["ccc_per_emotion"][e]) for r in per_seed
                 if isinstance(r.get("ccc_per_emotion"), dict) and e in r["ccc_per_emotion"]]
         if vals:

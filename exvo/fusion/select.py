@@ -25,6 +25,13 @@ from exvo.metrics import CCCConvention, mean_ccc, mae, uar
 from exvo.predictions import Predictions
 
 SUBTASKS: tuple[str, ...] = ("emotion", "country", "age")
+SLOT = {"emotion": "intensities", "country": "class", "age": "value"}
+"""The task slot (:mod:`exvo.tasks`) each subtask fuses: another task fuses the subtasks of its slots."""
+
+
+def subtasks(task) -> tuple[str, ...]:
+    """The subtasks of ``task`` (ExVo-MTL: all three; A-VB High: emotion; A-VB Type: country)."""
+    return tuple(s for s in SUBTASKS if task.has(SLOT[s]))
 METRIC = {"emotion": "ccc", "country": "uar", "age": "mae"}
 METRIC_LABEL = {"emotion": "CCC", "country": "UAR", "age": "MAE"}
 HIGHER_BETTER = {"emotion": True, "country": True, "age": False}

@@ -19,11 +19,16 @@ from exvo.fusion.basis import basis_note, oof_spread, seed_spread
 from exvo.learn.features import train_label_leaks
 from exvo.fusion.cv import speaker_halves
 from exvo.fusion.ensemble import compose
-from exvo.fusion.select import SUBTASKS, Choice, choose, subtask_score
+from exvo.fusion.select import Choice, choose, subtask_score, subtasks
 from exvo.predictions import PredictionError, Predictions, SeedPredictions, load_seed_predictions
 from exvo.runs.reader import Run, check_same_ids
 
 SCORE_KEYS = ("ccc", "uar", "mae", "s_mtl")
+"""ExVo-MTL's score keys; a fusion of another task's runs has that task's (:func:`score_keys`)."""
+
+
+def score_keys(cand: "ValCandidates") -> tuple[str, ...]:
+    return next(iter(cand.preds.values())).task.metric_keys
 
 
 @dataclass(frozen=True)
@@ -105,19 +110,19 @@ def _out_of_fold(template: Predictions, parts: list[tuple[np.ndarray, Prediction
     """Rows ``idx`` of each ``(idx, pred)`` put together (all aligned with ``template``)."""
     emo, cou, age = template.emotions.copy(), template.country.copy(), template.age.copy()
     has_proba = all(p.country_proba is not None for _, p in parts)
-    proba = np.zeros((len(template), 4)) if has_proba else None
+    proba = np.zeros((len(template), template.task.n_classes)) if has_proba else None
     for idx, p in parts:
         emo[idx], cou[idx], age[idx] = p.emotions[idx], p.country[idx], p.age[idx]
         if has_proba:
             proba[idx] = p.country_proba[idx]
-    return Predictions(list(template.ids), emo, cou, age, proba)
+    return Predictions(list(template.ids), emo, cou, age, proba, template.task)
 
 
 def _choose_all(preds: dict[str, Predictions], labels, idx, mode, top, weighted) -> dict[str, Choice]:
     """``{subtask: Choice}`` from the scores of ``preds`` (aligned with ``labels``) on rows ``idx``
     (None: every row)."""
     out = {}
-    for sub in SUBTASKS:
+    for sub in subtasks(next(iter(preds.values())).task):
         scores = {n: subtask_score(sub, p, labels, idx) for n, p in preds.items()}
         out[sub] = choose(sub, scores, mode, top, weighted)
     return out
@@ -128,7 +133,7 @@ def _reported(per_seed: list[dict], ensemble: dict) -> dict:
     if per_seed:
         return seeds.summarise(per_seed)
     # no seeds to average: the estimate is the seed ensemble's score, with no std
-    return {k: {"mean": float(ensemble[k]), "std": None, "n": 0} for k in SCORE_KEYS}
+    return {k: {"mean": float(ensemble[k]), "std": None, "n": 0} for k in seeds.keys_of(ensemble)}
 
 
 def _load_val(corpus: Corpus, by_name: dict[str, Run]) -> tuple[dict[str, Predictions], list[str]]:
@@ -192,7 +197,7 @@ def oof_choices(corpus: Corpus, by_name: dict[str, Run], opts: Options, notes: l
                                   f"{len(train_ids)} Train clips of {corpus.root} (clips missing from its cache?)")
     choices = _choose_all({n: pr.take(train_ids) for n, pr in preds.items()}, corpus.labels("Train"), None,
                           opts.mode, opts.top, opts.weighted)
-    for sub in SUBTASKS if opts.selects else ():     # what chose, on which quantity (printed, kept in fusion.json)
+    for sub in choices if opts.selects else ():     # what chose, on which quantity (printed, kept in fusion.json)
         choices[sub].notes.append(basis_note(choices[sub], oof_spread(by_name, sub), "out-of-fold Train"))
     return choices
 
@@ -205,10 +210,10 @@ def fuse_full_val(cand: ValCandidates, opts: Options, notes: list[str],
     if choices is None:
         choices = _choose_all(cand.preds, cand.labels, None, opts.mode, opts.top, opts.weighted)
         if opts.selects:     # what chose, on which quantity (printed under each subtask, kept in fusion.json)
-            for sub in SUBTASKS:
+            for sub in choices:
                 spread = seed_spread(cand.preds, cand.seed_preds, cand.labels, sub)
                 choices[sub].notes.append(basis_note(choices[sub], spread))
-    weights = {s: choices[s].weights for s in SUBTASKS}
+    weights = {s: choices[s].weights for s in choices}
     pred, cnotes = compose(cand.preds, weights)
     notes += cnotes
     fused = fuse_seeds(cand.seed_preds, weights)
@@ -238,15 +243,15 @@ def _cv_direction(cand: ValCandidates, sel: np.ndarray, ev: np.ndarray, label: s
     """Choose on Val rows ``sel``, score on rows ``ev``: ``(the fusion.json direction, the
     composed Val predictions (n,) rows, the fused seeds)``; only rows ``ev`` are held out."""
     ch = _choose_all(cand.preds, cand.labels, sel, opts.mode, opts.top, opts.weighted)
-    w = {s: ch[s].weights for s in SUBTASKS}
+    w = {s: ch[s].weights for s in ch}
     pred, _ = compose(cand.preds, w)
     sc = seeds.score(pred, cand.labels, ev)
     direction = {
         "direction": label,
         "n_select": int(sel.size), "n_score": int(ev.size),
-        "chosen": {s: ch[s].chosen for s in SUBTASKS},
+        "chosen": {s: ch[s].chosen for s in ch},
         "weights": w,
-        "scores": {k: sc[k] for k in SCORE_KEYS},
+        "scores": {k: sc[k] for k in seeds.keys_of(sc)},
     }
     return direction, pred, fuse_seeds(cand.seed_preds, w)
 
@@ -255,13 +260,13 @@ def _cv_record(speakers: np.ndarray, halves: tuple[np.ndarray, np.ndarray], dire
                oof_scores: dict, cv_seed: int) -> tuple[dict, str]:
     """``(fusion.json "cv", the selection note)`` from the two directions and the
     out-of-fold scores; ``speakers`` (n,) of the Val rows, ``halves`` their row indices."""
-    halves_mean = {k: float(np.mean([d["scores"][k] for d in directions])) for k in SCORE_KEYS}
+    halves_mean = {k: float(np.mean([d["scores"][k] for d in directions])) for k in seeds.keys_of(oof_scores)}
     spk_a = sorted(set(speakers[halves[0]].tolist()))
     spk_b = sorted(set(speakers[halves[1]].tolist()))
     record = {"seed": cv_seed, "speakers_a": spk_a, "speakers_b": spk_b, "directions": directions,
               "mean_of_halves": halves_mean,
-              "std_of_halves": {k: float(np.std([d["scores"][k] for d in directions])) for k in SCORE_KEYS},
-              "out_of_fold": {k: oof_scores[k] for k in SCORE_KEYS}}
+              "std_of_halves": {k: float(np.std([d["scores"][k] for d in directions])) for k in seeds.keys_of(oof_scores)},
+              "out_of_fold": {k: oof_scores[k] for k in seeds.keys_of(oof_scores)}}
     note = (f"--select-on cv: chose (on each candidate's seed-ensemble score of that half) on one half of the Val "
             f"speakers and scored on the other "
             f"({len(spk_a)}/{len(spk_b)} speakers, {halves[0].size}/{halves[1].size} clips), both ways; "
@@ -314,7 +319,7 @@ def fuse_test(corpus: Corpus, by_name: dict[str, Run], full: FusedVal, n_seeds: 
     """Test predictions with ``full``'s weights, only when every run they use has a test.csv
     (Test predictions that Val never scored are worse than none); appends to ``notes`` which
     runs lack it."""
-    used = sorted({n for s in SUBTASKS for n in full.weights[s]})
+    used = sorted({n for s in full.weights for n in full.weights[s]})
     have_test = [n for n in sorted(by_name) if by_name[n].has("Test")]
     lacking = [n for n in used if n not in have_test]
     pred = seed_stack = None

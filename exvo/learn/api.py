@@ -44,16 +44,18 @@ class LearnResult:
 
 
 def constant_baseline(corpus: Corpus, t, rows) -> dict:
-    """Scores of predicting the Train mean emotions/age and the majority country on Val."""
+    """Scores of the trivial predictor on Val: the Train mean intensities/value (ExVo: emotions, age)
+    and the majority class (ExVo: country); keys as the task's scores (:attr:`TaskSpec.metric_keys`)."""
     from exvo.learn.runs import score_quiet
 
     tr = rows["Train"]
     n = len(corpus.split_ids("Val"))
+    C = t.task.n_classes
     emo = np.repeat(t.emotions[tr].mean(0, keepdims=True), n, 0)
-    proba = np.zeros((n, 4)); proba[:, np.bincount(t.country[tr], minlength=4).argmax()] = 1.0
+    proba = np.zeros((n, C)); proba[:, np.bincount(t.country[tr], minlength=C).argmax()] = 1.0
     age = np.full(n, float(np.mean(t.age[tr])))
-    s, _ = score_quiet(Predictions.from_proba(corpus.split_ids("Val"), emo, proba, age), corpus, "Val")
-    return {k: s[k] for k in ("ccc", "uar", "mae", "s_mtl")}
+    s, _ = score_quiet(Predictions.from_proba(corpus.split_ids("Val"), emo, proba, age, t.task), corpus, "Val")
+    return {k: s[k] for k in t.task.metric_keys}
 
 
 @dataclass
@@ -93,6 +95,7 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
     specs = parse_specs(cfg.features)
     if not corpus.has_labels("Val"):
         raise CorpusError(f"{corpus.root} has no labelled Val clips; learning needs Val for its scores")
+    registry.check_task(cfg.learner, corpus.task)
     name = check_name(name or run_name(cfg, specs, lcfg))
     runs_dir, cache_dir = Path(runs_dir), Path(cache_dir)
     check_free(runs_dir, name, overwrite)
@@ -122,8 +125,7 @@ def learn(corpus: Corpus, cfg: LearnConfig, cache_dir: str | Path = "cache", run
     if fitted.history is not None:
         writer.json("history.json", fitted.history)
     final = writer.commit(config, provenance.inputs(corpus, caches=input_caches(prep.fm.blocks, cache_dir)))
-    echo(f"mean/majority predictor on Val: CCC {trivial['ccc']:.3f} UAR {trivial['uar']:.3f} "
-         f"MAE {trivial['mae']:.2f} S_MTL {trivial['s_mtl']:.3f}")
+    echo("mean/majority predictor on Val: " + runs.score_text(trivial))
     return LearnResult(final, metrics, config, notes)
 
 
@@ -206,6 +208,8 @@ def predict_and_score(corpus: Corpus, cfg: LearnConfig, prep: Prepared, fitted, 
     fm, t, seeds, sel = prep.fm, prep.targets, cfg.seeds.list, cfg.select
     learner = registry.get(cfg.learner)
 
+    task = t.task
+
     def outputs(split: str):
         e, p, az = fitted.predict(fm.X[fm.rows[split]])
         return [fm.ids[k] for k in fm.rows[split]], e, p, az.astype(np.float64) * t.age_std + t.age_mean
@@ -213,24 +217,24 @@ def predict_and_score(corpus: Corpus, cfg: LearnConfig, prep: Prepared, fitted, 
     val_ids, emo, pro, age = outputs("Val")
     per_seed, warns = [], []
     for j in range(len(seeds)):
-        s, w = runs.score_quiet(Predictions.from_proba(val_ids, emo[j], pro[j], age[j]), corpus, "Val")
+        s, w = runs.score_quiet(Predictions.from_proba(val_ids, emo[j], pro[j], age[j], task), corpus, "Val")
         per_seed.append(s); warns += w
-    ens_pred = Predictions.from_proba(val_ids, *runs.ensemble(emo, pro, age))
+    ens_pred = Predictions.from_proba(val_ids, *runs.ensemble(emo, pro, age), task)
     ens, w = runs.score_quiet(ens_pred, corpus, "Val")
     for msg in sorted(set(warns + w)):
         note(f"warning: {msg}")
     # "epochs": a learner with its own epoch loop (burst2vec) reports its best epochs too
     best_epochs = fitted.best_epoch if {"train", "epochs"} & learner.uses else [None] * len(seeds)
-    metrics = runs.metrics_json(per_seed, seeds, best_epochs, ens, "Val", len(val_ids))
+    metrics = runs.metrics_json(per_seed, seeds, best_epochs, ens, "Val", len(val_ids), task)
     # same shape as a fusion run's "selection", so the report marks both kinds with †
     metrics["selection"] = {"select_on": sel.on, "optimistic": sel.optimistic, "note": sel.describe()}
     metrics["val_optimistic"] = sel.optimistic
     save_split(ens_pred, writer.path, "Val")
-    save_seed_predictions(SeedPredictions(val_ids, seeds, emo, pro, age), writer.path, "Val")
+    save_seed_predictions(SeedPredictions(val_ids, seeds, emo, pro, age, task), writer.path, "Val")
     if prep.do_test:
         te_ids, e, p, a = outputs("Test")
-        save_split(Predictions.from_proba(te_ids, *runs.ensemble(e, p, a)), writer.path, "Test")
-        save_seed_predictions(SeedPredictions(te_ids, seeds, e, p, a), writer.path, "Test")
+        save_split(Predictions.from_proba(te_ids, *runs.ensemble(e, p, a), task), writer.path, "Test")
+        save_seed_predictions(SeedPredictions(te_ids, seeds, e, p, a, task), writer.path, "Test")
     if getattr(fitted, "oof", None) is not None:
         metrics["oof"] = out_of_fold_scores(corpus, prep, fitted, seeds, writer, note)
     return metrics
@@ -244,24 +248,25 @@ def out_of_fold_scores(corpus: Corpus, prep: Prepared, fitted, seeds: list[int],
     from exvo.predictions import SeedPredictions, save_seed_predictions, save_split
 
     fm, t = prep.fm, prep.targets
+    task = t.task
     ids = [fm.ids[k] for k in fm.rows["Train"]]
     e, p, az = fitted.oof
     a = az.astype(np.float64) * t.age_std + t.age_mean
-    ens = Predictions.from_proba(ids, *runs.ensemble(e, p, a))
+    ens = Predictions.from_proba(ids, *runs.ensemble(e, p, a), task)
     save_split(ens, writer.path, "OOF")
-    save_seed_predictions(SeedPredictions(ids, seeds, e, p, a), writer.path, "OOF")
+    save_seed_predictions(SeedPredictions(ids, seeds, e, p, a, task), writer.path, "OOF")
     if fm.missing.get("Train"):
         note(f"note: {len(fm.missing['Train'])} Train clip(s) are not in the cache: the out-of-fold predictions "
              "cover the others and are not scored")
         return None
-    per_seed = [runs.score_quiet(Predictions.from_proba(ids, e[j], p[j], a[j]), corpus, "Train")[0]
+    per_seed = [runs.score_quiet(Predictions.from_proba(ids, e[j], p[j], a[j], task), corpus, "Train")[0]
                 for j in range(len(seeds))]
     ens_s, _ = runs.score_quiet(ens, corpus, "Train")
-    out = runs.metrics_json(per_seed, seeds, [None] * len(seeds), ens_s, "OOF", len(ids))
+    out = runs.metrics_json(per_seed, seeds, [None] * len(seeds), ens_s, "OOF", len(ids), task)
     want = ens.take(corpus.split_ids("Train"))
     emo, cou, age = corpus.labels("Train")
     spk = corpus.speakers[corpus.indices("Train")]
-    out["ci95"] = speaker_bootstrap(emo, want.emotions, cou, want.country, age, want.age, spk)
+    out["ci95"] = speaker_bootstrap(emo, want.emotions, cou, want.country, age, want.age, spk, task=task)
     out["fold_epochs"] = getattr(fitted, "fold_epochs", None)
     out["optimistic"] = train_label_leaks(fm.blocks, corpus.name) or None
     for why in out["optimistic"] or []:
@@ -283,6 +288,7 @@ def run_record(corpus: Corpus, cfg: LearnConfig, lcfg, prep: Prepared, name: str
         "kind": "learn",
         "exvo_version": __version__,
         "name": name,
+        "task": t.task.to_dict(),
         "corpus": {"name": corpus.name, "root": str(corpus.root)},
         "features": [b.to_json() for b in fm.blocks],
         "dim": fm.dim,
@@ -333,6 +339,12 @@ def predict_run(run_dir: str | Path, corpus: Corpus, cache_dir: str | Path = "ca
     if out is not None and Path(out).is_dir():
         raise ValueError(f"--out {out} is a folder; give the CSV file to write, e.g. --out {Path(out) / (split.lower() + '.csv')}")
     cfg = read_learn_record(run_dir)
+    from exvo.predictions import run_task
+
+    task = run_task(run_dir)
+    if task != corpus.task:
+        raise ValueError(f"{run_dir} learned task {task.name!r} but the corpus was read for task {corpus.task.name!r}; "
+                         f"pass --task {task.name if task.name in _builtin_names() else '<its task file>'}")
     if "finetune" in cfg:
         raise ValueError(f"{run_dir} is an `exvo finetune` run (audio in, no feature cache); `exvo predict` applies "
                          "runs over cached features. Extract with its encoder (`exvo extract --checkpoint "
@@ -378,8 +390,15 @@ def predict_run(run_dir: str | Path, corpus: Corpus, cache_dir: str | Path = "ca
             f"{str(e).splitlines()[0] if str(e) else e!r}. The folder holds model files of another run; make "
             "the run again with `exvo learn`, or predict with the run these models come from") from None
     emo, pro, agez = fitted.predict(X)
-    pred = Predictions.from_proba(ids, *runs.ensemble(emo, pro, agez.astype(np.float64) * age_std + age_mean))
+    pred = Predictions.from_proba(ids, *runs.ensemble(emo, pro, agez.astype(np.float64) * age_std + age_mean), task)
     out = Path(out) if out is not None else run_dir / f"predict_{corpus.name}_{split.lower()}.csv"
     pred.write(out)
-    pred.write_proba(out.with_name(out.stem + "_country_proba.csv"))
+    if pred.country_proba is not None:
+        pred.write_proba(out.with_name(out.stem + f"_{task.group('class').name}_proba.csv"))
     return out
+
+
+def _builtin_names() -> list[str]:
+    from exvo.tasks import names
+
+    return names()

@@ -23,7 +23,9 @@ def batch_ccc(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``1 − mean_j CCC_j`` over the emotion columns of one batch (scalar)."""
+    """``1 − mean_j CCC_j`` over the emotion columns of one batch (scalar; 0 for no columns)."""
+    if pred.shape[-1] == 0:
+        return pred.sum()
     return 1.0 - batch_ccc(pred, target).mean()
 
 

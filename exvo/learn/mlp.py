@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from exvo.learn.multitask import N_EMO, LossConfig, MultitaskModule
-from exvo.learn.targets import N_COUNTRIES
+from exvo.learn.multitask import LossConfig, MultitaskModule, head_sizes, scale_intensities
 
 ARCHS = {"sys1": (128, 64, 32), "sys2": (256, 128, 64)}
-HEADS = (("emotions", N_EMO), ("country", N_COUNTRIES), ("age", 1))
+HEADS = head_sizes()
+"""ExVo-MTL's heads; another task's are :func:`~exvo.learn.multitask.head_sizes` of it."""
 LN_EPS = 1e-5       # LayerNorm default
 
 
@@ -48,17 +48,17 @@ class MLPConfig:
 
 class MultitaskMLP(MultitaskModule):
     """``outputs({"x": (B, D)})`` → emotions ``(B, 10)`` in [0, 1], country logits ``(B, 4)``,
-    standardised age ``(B,)``."""
+    standardised age ``(B,)`` (another task: its heads, see :mod:`exvo.learn.multitask`)."""
 
-    def __init__(self, dim: int, arch: str = "sys2", loss_cfg: LossConfig | None = None):
-        super().__init__(loss_cfg)
+    def __init__(self, dim: int, arch: str = "sys2", loss_cfg: LossConfig | None = None, task=None):
+        super().__init__(loss_cfg, task)
         h1, h2, hh = ARCHS[arch]
         self.trunk = nn.Sequential(nn.Linear(dim, h1), nn.LayerNorm(h1, eps=LN_EPS), nn.LeakyReLU(),
                                    nn.Linear(h1, h2), nn.LayerNorm(h2, eps=LN_EPS), nn.LeakyReLU())
         self.heads = nn.ModuleList(nn.Sequential(nn.Linear(h2, hh), nn.LeakyReLU(), nn.Linear(hh, k))
-                                   for _, k in HEADS)
+                                   for _, k in head_sizes(self.task))
 
     def outputs(self, batch):
         z = self.trunk(batch["x"])
-        return {"emotions": torch.sigmoid(self.heads[0](z)), "country": self.heads[1](z),
+        return {"emotions": scale_intensities(self.heads[0](z), self.task), "country": self.heads[1](z),
                 "age": self.heads[2](z)[..., 0]}

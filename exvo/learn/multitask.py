@@ -1,8 +1,11 @@
-"""The ExVo multitask contract shared by every torch learner: batch keys, outputs, losses.
+"""The multitask contract shared by every torch learner: batch keys, outputs, losses.
 
-A multitask learner's ``outputs(batch)`` returns, for one seed and a batch of ``B`` clips::
+The three keys are the task's slots (:mod:`exvo.tasks`), named after ExVo-MTL's; shapes below are
+ExVo's, another task's follow its spec (``k`` intensities, ``C`` classes; a slot the task lacks has
+width 0 / one placeholder class, and its loss is left out). A multitask learner's
+``outputs(batch)`` returns, for one seed and a batch of ``B`` clips::
 
-    "emotions"  (B, 10)  intensities in [0, 1] (after a sigmoid)
+    "emotions"  (B, 10)  intensities in [0, 1] (after a sigmoid; another range is scaled to it)
     "country"   (B, 4)   logits (softmax gives the country probabilities)
     "age"       (B,)     standardised age, (years − Train mean) / Train std
 
@@ -66,11 +69,19 @@ class LossConfig:
 
 
 class MultitaskModule(LearnerModule):
-    """Base class of ExVo learners: implement ``outputs``; the loss comes from ``loss_cfg``."""
+    """Base class of multitask learners: implement ``outputs``; the loss comes from ``loss_cfg``.
+    ``task`` (:class:`exvo.tasks.TaskSpec`, None → ExVo-MTL) sizes the heads (see :func:`head_sizes`)
+    and says which of the three losses count."""
 
-    def __init__(self, loss_cfg: LossConfig | None = None):
+    def __init__(self, loss_cfg: LossConfig | None = None, task=None):
+        from exvo.tasks import get_task
+
         super().__init__()
         self.loss_cfg = loss_cfg or LossConfig()
+        self.task = get_task(task)
+        present = [self.task.has(s) for s in SLOTS]
+        # None when every slot is present (ExVo-MTL), so that its loss is computed exactly as before
+        self._present = None if all(present) else [i for i, p in enumerate(present) if p]
         # one per task, used only by the uncertainty combination (a parameter either way so
         # that the saved state has the same keys whatever the loss)
         self.log_vars = nn.Parameter(torch.full((3,), S_INIT))
@@ -85,7 +96,33 @@ class MultitaskModule(LearnerModule):
     def loss(self, out: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         c = self.loss_cfg
         w = torch.tensor(c.weights, dtype=out["age"].dtype, device=out["age"].device) if c.combine == "fixed" else None
-        return losses.combine(self.task_losses(out, batch), c.combine, log_vars=self.log_vars, weights=w)
+        tl = self.task_losses(out, batch)
+        if self._present is None:
+            return losses.combine(tl, c.combine, log_vars=self.log_vars, weights=w)
+        keep = self._present           # the task's slots only: an absent slot's loss is not trained
+        return losses.combine(tl[keep], c.combine, log_vars=self.log_vars[keep],
+                              weights=None if w is None else w[keep])
+
+
+SLOTS = ("intensities", "class", "value")
+"""The task slots in the order of ``task_losses`` (emotions, country, age)."""
+
+
+def head_sizes(task=None) -> tuple[tuple[str, int], ...]:
+    """``(("emotions", k), ("country", C), ("age", 1))`` of a task (ExVo: 10, 4, 1)."""
+    from exvo.tasks import get_task
+
+    t = get_task(task)
+    return (("emotions", t.n_reg), ("country", t.n_classes), ("age", 1))
+
+
+def scale_intensities(z: torch.Tensor, task) -> torch.Tensor:
+    """Sigmoid of the intensities head, scaled to the task's range ([0, 1]: the plain sigmoid)."""
+    g = task.group("intensities")
+    s = torch.sigmoid(z)
+    if g is None or g.range == (0.0, 1.0):
+        return s
+    return g.range[0] + (g.range[1] - g.range[0]) * s
 
 
 def data_tensors(X: np.ndarray, t: Targets, device: str | torch.device = "cpu") -> Batch:
@@ -97,9 +134,10 @@ def data_tensors(X: np.ndarray, t: Targets, device: str | torch.device = "cpu") 
             "age": torch.as_tensor(np.nan_to_num(t.age_z), dtype=torch.float32, device=device)}
 
 
-def check_outputs(out: dict[str, torch.Tensor], B: int) -> None:
-    """Raise if a learner's outputs break the contract above (checked once per fit)."""
-    want = {"emotions": (B, N_EMO), "country": (B, N_COUNTRIES), "age": (B,)}
+def check_outputs(out: dict[str, torch.Tensor], B: int, task=None) -> None:
+    """Raise if a learner's outputs break the contract above for ``task`` (checked once per fit)."""
+    (_, k), (_, c), _ = head_sizes(task)
+    want = {"emotions": (B, k), "country": (B, c), "age": (B,)}
     for k, shape in want.items():
         if k not in out:
             raise ValueError(f"the learner's outputs() returned {sorted(out)}; a multitask learner must return "

@@ -22,7 +22,7 @@ from exvo.corpus import Corpus
 from exvo.extract.cache import EmbeddingCache
 from exvo.learn.features import Scaler
 from exvo.learn.selection import selection_folds
-from exvo.learn.targets import N_COUNTRIES, make_targets, selection_score
+from exvo.learn.targets import make_targets, selection_score
 
 ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 """Ridge strengths relative to n_train (the mean eigenvalue of XᵀX for standardised X)."""
@@ -58,7 +58,9 @@ def probe_layers(cache: EmbeddingCache, corpus: Corpus, sel: SelectionConfig | N
     t = make_targets(corpus, ids, rows)
     folds = selection_folds(corpus, ids, rows, sel)     # [(fit, held)]: K folds, one hold-out, or Train → Val
     va = np.concatenate([held for _, held in folds])    # with folds: every Train clip, once
-    Y = np.concatenate([t.emotions, np.eye(N_COUNTRIES)[np.maximum(t.country, 0)], t.age_z[:, None]], axis=1)
+    k, C = t.task.n_reg, t.task.n_classes                 # the task's widths (ExVo: 10 emotions, 4 countries)
+    lo, hi = t.task.group("intensities").range if t.task.has("intensities") else (0.0, 1.0)
+    Y = np.concatenate([t.emotions, np.eye(C)[np.maximum(t.country, 0)], t.age_z[:, None]], axis=1)
     scores, alphas = {}, {}
     for pos_, layer in enumerate(cache.layer_ids):    # the model's layer indices (a --layers cache keeps some)
         X = cache.layer(pos_, ids)
@@ -68,8 +70,8 @@ def probe_layers(cache: EmbeddingCache, corpus: Corpus, sel: SelectionConfig | N
         best = (-1.0, None)
         for j, a in enumerate(ALPHAS):
             P = np.concatenate([f[j] for f in per_fold])
-            s = selection_score(t.emotions[va], np.clip(P[:, :10], 0, 1), t.country[va],
-                                P[:, 10:10 + N_COUNTRIES].argmax(1), t.age[va], P[:, -1] * t.age_std + t.age_mean)
+            s = selection_score(t.emotions[va], np.clip(P[:, :k], lo, hi), t.country[va],
+                                P[:, k:k + C].argmax(1), t.age[va], P[:, -1] * t.age_std + t.age_mean, t.task)
             if s > best[0]:
                 best = (s, a)
         scores[layer], alphas[layer] = round(best[0], 5), best[1]

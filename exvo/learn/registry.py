@@ -178,14 +178,41 @@ def module_learner(name: str, help: str, config: type,
     """
     from exvo.learn import torch_learner
 
+    takes_task = _takes_task(make)
+
+    def build(dim, cfg, loss, task):
+        if takes_task:
+            return make(dim, cfg, loss, task)
+        if task.name != "exvo-mtl":
+            raise ValueError(f"learner {name!r} builds ExVo-MTL heads only (its make(dim, cfg, loss) takes no task); "
+                             f"it cannot learn task {task.name!r}: give make a fourth argument, the task "
+                             "(see docs/learners.md), or use --learner mlp")
+        return make(dim, cfg, loss)
+
     def fit(data: FitData, cfg) -> Fitted:
+        task = data.targets.task
         g = grad_fn(cfg, data.loss) if grad_fn is not None else None
-        return torch_learner.fit_module(lambda dim: make(dim, cfg, data.loss), data, cfg, vectorise, grad_fn=g)
+        if g is not None and task.name != "exvo-mtl":
+            raise ValueError(f"the hand-derived fast path (fast_path=true) computes ExVo-MTL's gradients only; "
+                             f"drop --opt fast_path=true to learn task {task.name!r}")
+        return torch_learner.fit_module(lambda dim: build(dim, cfg, data.loss, task), data, cfg, vectorise, grad_fn=g)
 
     def load(folder: Path, device: str) -> Fitted:
-        return torch_learner.load_module(folder, device, lambda dim, c, loss: make(dim, config(**c), loss), vectorise)
+        return torch_learner.load_module(folder, device, lambda dim, c, loss, task: build(dim, config(**c), loss, task),
+                                         vectorise)
 
     return Learner(name, help, config, fit, load, uses=frozenset({"train", "loss", "folds"}))
+
+
+def _takes_task(make: Callable) -> bool:
+    """Whether a module factory takes the task: ``make(dim, cfg, loss, task)``."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(make).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "task" or p.kind == p.VAR_POSITIONAL for p in params) or len(params) >= 4
 
 
 def _mlp_fast_path(cfg, loss: LossConfig):
@@ -201,7 +228,8 @@ def _register_builtins() -> None:
     from exvo.learn import xgb
 
     register(module_learner("mlp", "the ExVo baseline multitask MLP (sys1 128/64, sys2 256/128), all seeds at once",
-                            MLPConfig, lambda dim, c, loss: MultitaskMLP(dim, c.arch, loss), grad_fn=_mlp_fast_path))
+                            MLPConfig, lambda dim, c, loss, task: MultitaskMLP(dim, c.arch, loss, task),
+                            grad_fn=_mlp_fast_path))
     register(Learner("xgb", "XGBoost: one booster per task and seed (emotions multi-output, country softprob, age)",
                      xgb.XGBConfig, xgb.fit, xgb.load, uses=frozenset({"loss.age"})))
     from exvo.learn import burst2vec_learner as b2v
@@ -213,6 +241,17 @@ def _register_builtins() -> None:
 
     # takes the (n, L, F) block of a multi-layer feature set ("layers"); see docs/layers.md
     register(Learner("wsum", wsum.HELP, wsum.WSumConfig, wsum.fit, wsum.load, uses=wsum.USES))
+
+
+EXVO_ONLY = {"burst2vec": "its adversarial country/age branches and task ids are ExVo-MTL's by design"}
+"""Learners that learn ExVo-MTL only, and why (docs/api.md 'Tasks')."""
+
+
+def check_task(learner: str, task) -> None:
+    """Refuse an ExVo-only learner for another task, before anything is trained."""
+    if learner in EXVO_ONLY and task.name != "exvo-mtl":
+        raise ValueError(f"--learner {learner} learns the ExVo-MTL task only ({EXVO_ONLY[learner]}); task "
+                         f"{task.name!r} can use: " + ", ".join(n for n in names() if n not in EXVO_ONLY))
 
 
 def save_meta(folder: Path, learner: str, cfg) -> None:

@@ -23,6 +23,10 @@
      "selection": {"select_on": "holdout" | "val", "optimistic": bool, "note": str},
      "val_optimistic": bool}
 
+Another task (:mod:`exvo.tasks`) has its own score keys (``TaskSpec.metric_keys``, e.g. ``ccc``,
+``score`` for A-VB High; ``uar``, ``score`` for A-VB Type) in place of ccc/uar/mae/s_mtl, and
+``ccc_per_emotion`` holds its intensity columns (absent when it has none).
+
 Standard deviations are over seeds with ``ddof = 0`` (as ``np.std``). A seed whose CCC or UAR
 is <= 0 has no defined S_MTL (its ``per_seed`` entry says 0.0): the S_MTL summary is over the
 ``n_defined`` other seeds (mean and std None when there are none). ``optimistic`` /
@@ -65,34 +69,58 @@ def score_quiet(pred: Predictions, corpus: Corpus, split: str) -> tuple[dict, li
     return s, [str(w.message) for w in caught]
 
 
+def defined(task, s: dict) -> bool:
+    """Whether the combined score of one score dict is defined (a harmonic score needs CCC, UAR > 0)."""
+    return task.combine != "harmonic" or (s.get("ccc", 1) > 0 and s.get("uar", 1) > 0)
+
+
 def metrics_json(per_seed: list[dict], seeds: Sequence[int], best_epochs: Sequence[int | None],
-                 ens: dict, split: str, n: int) -> dict:
-    """Assemble ``metrics.json`` (exact schema in the module docstring)."""
+                 ens: dict, split: str, n: int, task=None) -> dict:
+    """Assemble ``metrics.json`` (exact schema in the module docstring); ``task`` None → ExVo-MTL."""
+    from exvo.tasks import get_task
+
+    task = get_task(task)
+    keys, cols, top = task.metric_keys, task.reg_columns, task.score_name
+
     def pick(s: dict) -> dict:
-        return {k: float(s[k]) for k in METRICS} | {"ccc_per_emotion": {e: float(s["ccc_per_emotion"][e]) for e in EMOTIONS}}
+        return {k: float(s[k]) for k in keys} | ({"ccc_per_emotion": {e: float(s["ccc_per_emotion"][e]) for e in cols}}
+                                                 if cols else {})
 
     rows = [{"seed": int(sd), **pick(s), "best_epoch": (None if be is None else int(be))}
             for sd, s, be in zip(seeds, per_seed, best_epochs)]
     summary = {}
-    for k in METRICS:
+    for k in keys:
         # S_MTL is undefined for a seed with CCC or UAR <= 0 (scored 0.0): left out, not averaged in as 0
-        vals = [r[k] for r in rows if k != "s_mtl" or (r["ccc"] > 0 and r["uar"] > 0)]
+        vals = [r[k] for r in rows if k != top or defined(task, r)]
         summary[k] = {"mean": float(np.mean(vals)) if vals else None, "std": float(np.std(vals)) if vals else None}
-    summary["s_mtl"]["n_defined"] = sum(r["ccc"] > 0 and r["uar"] > 0 for r in rows)
-    return {
+    summary[top]["n_defined"] = sum(defined(task, r) for r in rows)
+    out = {
         "split": split, "n": int(n), "ccc_convention": "challenge",
         "summary": summary,
         "per_seed": rows,
         "ensemble": pick(ens),
-        "ccc_per_emotion": {e: float(np.mean([r["ccc_per_emotion"][e] for r in rows])) for e in EMOTIONS},
     }
+    if cols:
+        out["ccc_per_emotion"] = {e: float(np.mean([r["ccc_per_emotion"][e] for r in rows])) for e in cols}
+    if task.name != "exvo-mtl":
+        out["task"] = task.name
+    return out
 
 
-def _ens(e: dict) -> str:
+LABELS = {"ccc": ("CCC", 3), "uar": ("UAR", 3), "mae": ("MAE", 2), "s_mtl": ("S_MTL", 3), "score": ("score", 3)}
+
+
+def score_text(s: dict) -> str:
+    """``CCC 0.512 UAR 0.401 MAE 4.20 S_MTL 0.300``: the scores a dict holds (any task), in order."""
+    return " ".join(f"{LABELS.get(k, (k, 3))[0]} {s[k]:.{LABELS.get(k, (k, 3))[1]}f}" for k in LABELS if k in s)
+
+
+def _ens(e: dict, top: str = "s_mtl") -> str:
     """The ensemble's S_MTL, or "S_MTL undefined" where CCC or UAR <= 0 (metrics.json then holds 0.0)."""
-    if e.get("ccc", 1) <= 0 or e.get("uar", 1) <= 0:
-        return "S_MTL undefined"
-    return f"{e['s_mtl']:.3f}"
+    name = LABELS.get(top, (top, 3))[0]
+    if top == "s_mtl" and (e.get("ccc", 1) <= 0 or e.get("uar", 1) <= 0):
+        return f"{name} undefined"
+    return f"{e[top]:.3f}"
 
 
 def summary_line(run_dir: Path | str, metrics: dict) -> str:
@@ -108,6 +136,7 @@ def summary_line(run_dir: Path | str, metrics: dict) -> str:
         return f"{s[k]['mean']:.{d}f}" + ("" if one else f"±{s[k]['std']:.{d}f}") + part
 
     split = metrics["split"] + ("†" if metrics.get("val_optimistic") else "")
-    return (f"{run_dir}: {split} CCC {f('ccc')} UAR {f('uar')} MAE {f('mae', 2)} "
-            f"S_MTL {f('s_mtl')} (ensemble {_ens(metrics['ensemble'])}; "
+    top = [k for k in LABELS if k in s][-1]
+    shown = " ".join(f"{LABELS[k][0]} {f(k, LABELS[k][1])}" for k in LABELS if k in s)
+    return (f"{run_dir}: {split} {shown} (ensemble {_ens(metrics['ensemble'], top)}; "
             + ("one seed, std undefined)" if one else f"mean ± std over {len(metrics['per_seed'])} seeds)"))

@@ -73,7 +73,7 @@ def fit_module(make: Callable[[int], MultitaskModule], data, cfg, vectorise: boo
         raise TypeError(f"a module learner must build a MultitaskModule, got {type(probe).__name__}")
     with torch.no_grad():
         rows2 = torch.as_tensor(folds[0][0][:2])
-        check_outputs(probe.to(dev).outputs({k: v[rows2] for k, v in D.items()}), min(2, folds[0][0].size))
+        check_outputs(probe.to(dev).outputs({k: v[rows2] for k, v in D.items()}), min(2, folds[0][0].size), t.task)
     del probe
     evaluate = _selection(data, D, folds, vectorise)
     what = "−loss" if data.selection.monitor == "loss" else "selection score"
@@ -87,7 +87,8 @@ def fit_module(make: Callable[[int], MultitaskModule], data, cfg, vectorise: boo
     history = {"selection": data.selection.on, "monitor": data.selection.monitor,
                "selection_history": fit.history, "train_loss": fit.train_loss, "epochs_run": fit.epochs_run,
                "seconds_per_epoch": fit.seconds_per_epoch, "best_epoch": fit.best_epoch}
-    meta = {"dim": int(dim), "config": asdict(cfg), "loss": asdict(data.loss), "seeds": seeds}
+    meta = {"dim": int(dim), "config": asdict(cfg), "loss": asdict(data.loss), "seeds": seeds,
+            "task": t.task.to_dict()}
     return TorchFitted(fit.stack, meta, fit.best_epoch, history, {"epochs_run": fit.epochs_run}, vectorise,
                        data.train.eval_batch)
 
@@ -122,7 +123,7 @@ def _selection(data, D: dict[str, torch.Tensor], folds: list[tuple[np.ndarray, n
         for j, o in enumerate(each):
             r = folds[fold[j]][1]
             out[j] = selection_score(t.emotions[r], o["emotions"], t.country[r], o["country"].argmax(1), t.age[r],
-                                     o["age"] * t.age_std + t.age_mean)
+                                     o["age"] * t.age_std + t.age_mean, t.task)
         return out
     return evaluate
 
@@ -139,11 +140,15 @@ def load_stack(folder: Path, meta_name: str, make: Callable[[dict], torch.nn.Mod
     return SeedStack.from_state(lambda: make(meta), state, device), meta
 
 
-def load_module(folder: Path, device: str, make: Callable[[int, dict, LossConfig], MultitaskModule],
+def load_module(folder: Path, device: str, make: Callable[[int, dict, LossConfig, object], MultitaskModule],
                 vectorise: bool = True) -> TorchFitted:
+    """Rebuild a :func:`fit_module` run: ``make(dim, config dict, loss, task)`` builds one seed's module
+    (``task`` from the saved meta; runs made before tasks existed: ExVo-MTL)."""
+    from exvo.tasks import get_task
+
     def build(meta: dict) -> MultitaskModule:
         loss = LossConfig(**{k: (tuple(v) if k == "weights" else v) for k, v in meta["loss"].items()})
-        return make(int(meta["dim"]), meta["config"], loss)
+        return make(int(meta["dim"]), meta["config"], loss, get_task(meta.get("task")))
 
     stack, meta = load_stack(folder, TorchFitted.META, build, device,
                              "the run was made by an older exvo (before the learner framework). Re-run `exvo learn` "

@@ -33,7 +33,8 @@ from torch import nn
 
 from exvo.config import from_dict
 from exvo.learn.mlp import ARCHS, MultitaskMLP
-from exvo.learn.multitask import TASKS, LossConfig
+from exvo.learn.multitask import TASKS, LossConfig, scale_intensities
+from exvo.tasks import get_task
 from exvo.learn.torch_learner import TorchFitted, fit_module, load_stack
 
 HELP = ("softmax-weighted sum of the layers of a multi-layer set (NAME@all, @a-b, @a,b,c) in front of the MLP; "
@@ -70,8 +71,8 @@ class WeightedSumMLP(MultitaskMLP):
     """``outputs({"x": (B, L, F)})`` → emotions ``(B, 10)``, country logits ``(B, 4)``, standardised
     age ``(B,)``; ``layer_logits`` ``(T, L)`` (T = 1 shared, 3 per task)."""
 
-    def __init__(self, n_layers: int, dim: int, cfg: WSumConfig, loss_cfg: LossConfig | None = None):
-        super().__init__(dim, cfg.arch, loss_cfg)            # the MLP first: its init = the MLP's
+    def __init__(self, n_layers: int, dim: int, cfg: WSumConfig, loss_cfg: LossConfig | None = None, task=None):
+        super().__init__(dim, cfg.arch, loss_cfg, task)      # the MLP first: its init = the MLP's
         self.n_layers, self.dim, self.shared = int(n_layers), int(dim), cfg.weights == "shared"
         self.scale = float(cfg.logit_scale)
         self.layer_logits = nn.Parameter(torch.zeros(1 if self.shared else len(TASKS), self.n_layers))
@@ -92,7 +93,7 @@ class WeightedSumMLP(MultitaskMLP):
         else:
             z = self.trunk(torch.einsum("tl,blf->tbf", w, x))       # (3, B, h2): the trunk on each task's mix
             zs = (z[0], z[1], z[2])
-        return {"emotions": torch.sigmoid(self.heads[0](zs[0])), "country": self.heads[1](zs[1]),
+        return {"emotions": scale_intensities(self.heads[0](zs[0]), self.task), "country": self.heads[1](zs[1]),
                 "age": self.heads[2](zs[2])[..., 0]}
 
 
@@ -144,7 +145,7 @@ def fit(data, cfg: WSumConfig) -> WSumFitted:
     """Train every seed (× fold) on ``data.X`` ``(n, L, F)`` (a :class:`~exvo.learn.registry.FitData`)."""
     X = as_block(data.X)
     L, F = X.shape[1:]
-    f = fit_module(lambda _dim: WeightedSumMLP(L, F, cfg, data.loss), replace(data, X=X), cfg)
+    f = fit_module(lambda _dim: WeightedSumMLP(L, F, cfg, data.loss, data.targets.task), replace(data, X=X), cfg)
     meta = f.meta | {"dim": int(F), "n_layers": int(L)}
     out = WSumFitted(f.stack, meta, f.best_epoch, f.history, f.info, f.vectorise, f.eval_batch)
     if L > 1:
@@ -159,7 +160,7 @@ def fit(data, cfg: WSumConfig) -> WSumFitted:
 def load(folder: Path, device: str) -> WSumFitted:
     def build(meta: dict) -> WeightedSumMLP:
         return WeightedSumMLP(int(meta["n_layers"]), int(meta["dim"]), WSumConfig(**meta["config"]),
-                              from_dict(LossConfig, meta["loss"]))
+                              from_dict(LossConfig, meta["loss"]), get_task(meta.get("task")))
 
     stack, meta = load_stack(folder, TorchFitted.META, build, device,
                              "the folder holds no wsum models; re-run `exvo learn --learner wsum`")

@@ -24,9 +24,9 @@ from typing import Callable
 
 import numpy as np
 
-from exvo.learn.targets import N_COUNTRIES
-
 TASKS = ("emo", "cou", "age")
+SLOT_OF = {"emo": "intensities", "cou": "class", "age": "value"}
+"""The booster of each task slot (:mod:`exvo.tasks`); a slot the task lacks has no booster."""
 
 
 @dataclass
@@ -58,15 +58,22 @@ def _params(cfg: XGBConfig, seed: int, task: str) -> dict:
 
 def train_xgb(X: np.ndarray, fit_rows: np.ndarray, stop_rows: np.ndarray, emotions: np.ndarray,
               country: np.ndarray, age_z: np.ndarray, seeds, cfg: XGBConfig,
-              echo: Callable[[str], None] | None = None, age_loss: str = "mse") -> list[dict]:
-    """Fit the three boosters for every seed. Returns ``[{"emo": model, "cou": ..., "age": ...,
-    "best_iteration": {...}}]`` per seed. Labels are indexed by the rows of ``X``."""
+              echo: Callable[[str], None] | None = None, age_loss: str = "mse", task=None) -> list[dict]:
+    """Fit the boosters of ``task``'s slots (None → ExVo-MTL: all three) for every seed. Returns
+    ``[{"emo": model, "cou": ..., "age": ..., "best_iteration": {...}}]`` per seed. Labels are
+    indexed by the rows of ``X``."""
     import xgboost as xgb
 
+    from exvo.tasks import get_task
+
+    task = get_task(task)
+    use = [k for k in TASKS if task.has(SLOT_OF[k])]
+    n_cls = task.n_classes
     present = np.unique(country[fit_rows])
-    if present.size != N_COUNTRIES or not np.array_equal(present, np.arange(N_COUNTRIES)):
-        # multi:softprob needs every class in the fitted rows to keep 4 outputs
-        raise ValueError(f"the XGBoost fit rows contain countries {present.tolist()}; all of 0-{N_COUNTRIES - 1} "
+    if "cou" in use and (present.size != n_cls or not np.array_equal(present, np.arange(n_cls))):
+        # multi:softprob needs every class in the fitted rows to keep all outputs
+        what = "countries" if task.is_exvo else "classes"
+        raise ValueError(f"the XGBoost fit rows contain {what} {present.tolist()}; all of 0-{n_cls - 1} "
                          "are needed (too few Train speakers?)")
     if stop_rows.size == 0:
         raise ValueError("XGBoost early stopping needs selection rows; none were given")
@@ -76,47 +83,64 @@ def train_xgb(X: np.ndarray, fit_rows: np.ndarray, stop_rows: np.ndarray, emotio
         return {} if cfg.rounds is not None else {"eval_set": [(Xs, y[stop_rows])]}
     out = []
     for seed in seeds:
-        m_emo = xgb.XGBRegressor(multi_strategy="one_output_per_tree", **_params(cfg, seed, "emo"))
-        m_emo.fit(Xf, emotions[fit_rows], verbose=False, **ev(emotions))
-        m_cou = xgb.XGBClassifier(objective="multi:softprob", num_class=N_COUNTRIES, **_params(cfg, seed, "cou"))
-        m_cou.fit(Xf, country[fit_rows], verbose=False, **ev(country))
-        m_age = xgb.XGBRegressor(objective="reg:absoluteerror" if age_loss == "mae" else "reg:squarederror",
-                                 **_params(cfg, seed, "age"))
-        m_age.fit(Xf, age_z[fit_rows], verbose=False, **ev(age_z))
+        m = {}
+        if "emo" in use:
+            m["emo"] = xgb.XGBRegressor(multi_strategy="one_output_per_tree", **_params(cfg, seed, "emo"))
+            m["emo"].fit(Xf, emotions[fit_rows], verbose=False, **ev(emotions))
+        if "cou" in use:
+            m["cou"] = xgb.XGBClassifier(objective="multi:softprob", num_class=n_cls, **_params(cfg, seed, "cou"))
+            m["cou"].fit(Xf, country[fit_rows], verbose=False, **ev(country))
+        if "age" in use:
+            m["age"] = xgb.XGBRegressor(objective="reg:absoluteerror" if age_loss == "mae" else "reg:squarederror",
+                                        **_params(cfg, seed, "age"))
+            m["age"].fit(Xf, age_z[fit_rows], verbose=False, **ev(age_z))
         best = {t: (int(cfg.rounds[t]) - 1 if cfg.rounds is not None else
-                    int(getattr(m, "best_iteration", cfg.n_estimators - 1)))
-                for t, m in zip(TASKS, (m_emo, m_cou, m_age))}
+                    int(getattr(m[t], "best_iteration", cfg.n_estimators - 1)))
+                for t in use}
         if echo:
             echo(f"  seed {seed}: best iterations " + ", ".join(f"{k} {v}" for k, v in best.items()))
-        out.append({"emo": m_emo, "cou": m_cou, "age": m_age, "best_iteration": best})
+        out.append(m | {"best_iteration": best})
     return out
 
 
-def predict_xgb(models: list[dict], X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(emotions (S,n,10), country probabilities (S,n,4), standardised age (S,n))``."""
-    emo = np.stack([np.clip(m["emo"].predict(X), 0.0, 1.0).reshape(len(X), -1) for m in models])
-    pro = np.stack([m["cou"].predict_proba(X) for m in models])
-    age = np.stack([m["age"].predict(X) for m in models])
+def predict_xgb(models: list[dict], X: np.ndarray, task=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(emotions (S,n,k), class probabilities (S,n,C), standardised age (S,n))`` (ExVo: k=10, C=4); a
+    slot the task lacks: width 0, one placeholder class (probability 1), zeros."""
+    from exvo.tasks import get_task
+
+    task = get_task(task)
+    n = len(X)
+    lo, hi = task.group("intensities").range if task.has("intensities") else (0.0, 1.0)
+    emo = np.stack([np.clip(m["emo"].predict(X), lo, hi).reshape(n, -1) if "emo" in m else np.zeros((n, 0))
+                    for m in models])
+    pro = np.stack([m["cou"].predict_proba(X) if "cou" in m else np.ones((n, 1)) for m in models])
+    age = np.stack([m["age"].predict(X) if "age" in m else np.zeros(n) for m in models])
     return emo.astype(np.float32), pro.astype(np.float32), age.astype(np.float32)
 
 
-def save_xgb(models: list[dict], folder: Path, seeds, cfg: XGBConfig) -> None:
+def save_xgb(models: list[dict], folder: Path, seeds, cfg: XGBConfig, task=None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for seed, m in zip(seeds, models):
         for t in TASKS:
-            m[t].save_model(folder / f"xgb_seed{seed}_{t}.ubj")
-    (folder / "xgb.json").write_text(json.dumps({"seeds": list(seeds), "config": asdict(cfg),
-                                                 "best_iteration": [m["best_iteration"] for m in models]}, indent=1))
+            if t in m:
+                m[t].save_model(folder / f"xgb_seed{seed}_{t}.ubj")
+    rec = {"seeds": list(seeds), "config": asdict(cfg), "best_iteration": [m["best_iteration"] for m in models]}
+    if task is not None and task.name != "exvo-mtl":
+        rec["task"] = task.to_dict()
+    (folder / "xgb.json").write_text(json.dumps(rec, indent=1))
 
 
 def load_xgb(folder: Path) -> list[dict]:
     import xgboost as xgb
 
+    from exvo.tasks import get_task
+
     meta = json.loads((folder / "xgb.json").read_text())
+    task = get_task(meta.get("task"))
     out = []
     for seed in meta["seeds"]:
         m = {}
-        for t in TASKS:
+        for t in (t for t in TASKS if task.has(SLOT_OF[t])):
             m[t] = xgb.XGBClassifier() if t == "cou" else xgb.XGBRegressor()
             m[t].load_model(folder / f"xgb_seed{seed}_{t}.ubj")
         out.append(m)
@@ -124,17 +148,17 @@ def load_xgb(folder: Path) -> list[dict]:
 
 
 class XGBFitted:
-    def __init__(self, models: list[dict], seeds, cfg: XGBConfig):
-        self.models, self.seeds, self.cfg = models, list(seeds), cfg
+    def __init__(self, models: list[dict], seeds, cfg: XGBConfig, task=None):
+        self.models, self.seeds, self.cfg, self.task = models, list(seeds), cfg, task
         self.best_epoch = [None] * len(self.seeds)
         self.history = None
         self.info = {"best_iteration": [m.get("best_iteration") for m in models]}
 
     def predict(self, X: np.ndarray):
-        return predict_xgb(self.models, X)
+        return predict_xgb(self.models, X, self.task)
 
     def save(self, folder: Path) -> None:
-        save_xgb(self.models, folder, self.seeds, self.cfg)
+        save_xgb(self.models, folder, self.seeds, self.cfg, self.task)
 
 
 def fit(data, cfg: XGBConfig) -> XGBFitted:
@@ -145,12 +169,14 @@ def fit(data, cfg: XGBConfig) -> XGBFitted:
     cfg = replace(cfg, device="cuda" if data.device == "cuda" else "cpu", n_jobs=cfg.n_jobs or int(data.threads))
     t = data.targets
     models = train_xgb(data.X, data.fit_rows, data.select_rows, t.emotions, t.country, t.age_z, data.seeds, cfg,
-                       echo=data.echo, age_loss=data.loss.age)
-    return XGBFitted(models, data.seeds, cfg)
+                       echo=data.echo, age_loss=data.loss.age, task=t.task)
+    return XGBFitted(models, data.seeds, cfg, t.task)
 
 
 def load(folder: Path, device: str = "cpu") -> XGBFitted:
     meta = json.loads((Path(folder) / "xgb.json").read_text())
     known = {f.name for f in fields(XGBConfig)}      # runs of older versions saved other keys too
+    from exvo.tasks import get_task
+
     return XGBFitted(load_xgb(Path(folder)), meta["seeds"],
-                     XGBConfig(**{k: v for k, v in meta["config"].items() if k in known}))
+                     XGBConfig(**{k: v for k, v in meta["config"].items() if k in known}), get_task(meta.get("task")))
