@@ -48,18 +48,19 @@ def per_emotion_ccc(runs: list[tuple[str, dict[str, float], dict[str, float | No
     ax = fig.add_subplot()
     n = len(runs)
     width = 0.8 / n
-    x = np.arange(len(EMOTIONS))
+    cols = list(EMOTIONS) if set(runs[0][1]) <= set(EMOTIONS) else list(runs[0][1])   # another task's columns
+    x = np.arange(len(cols))
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10"]
     for k, (name, per, std) in enumerate(runs):
-        vals = [per.get(e, np.nan) for e in EMOTIONS]
-        errs = [np.nan if std.get(e) is None else std[e] for e in EMOTIONS]
+        vals = [per.get(e, np.nan) for e in cols]
+        errs = [np.nan if std.get(e) is None else std[e] for e in cols]
         has_err = not np.all(np.isnan(errs))
         ax.bar(x - 0.4 + width * (k + 0.5), vals, width, color=cmap(k % 10),
                yerr=np.nan_to_num(errs) if has_err else None, capsize=2, error_kw={"lw": 0.8},
                label=name if has_err else f"{name} (no std)")
-    ax.set_xticks(x, EMOTIONS, rotation=30, ha="right")
+    ax.set_xticks(x, cols, rotation=30 if len(cols) <= 12 else 90, ha="right", fontsize=None if len(cols) <= 12 else 6)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_ylabel("CCC (Val), mean ± std over seeds")
     dagger = "; † = chosen on Val, optimistic" if any("†" in name for name, _, _ in runs) else ""
@@ -71,8 +72,10 @@ def per_emotion_ccc(runs: list[tuple[str, dict[str, float], dict[str, float | No
     return path
 
 
-def country_confusion(true: np.ndarray, pred: np.ndarray, path: Path, title: str) -> Path:
-    """Row-normalised confusion matrix (rows: true country, cells: % of the row and count)."""
+def country_confusion(true: np.ndarray, pred: np.ndarray, path: Path, title: str,
+                      classes: tuple[str, ...] = COUNTRIES) -> Path:
+    """Row-normalised confusion matrix (rows: true class, ExVo: country; cells: % of the row and count)."""
+    COUNTRIES = classes     # noqa: N806 (the task's classes; ExVo's countries by default)
     k = len(COUNTRIES)
     cm = np.zeros((k, k), dtype=np.int64)
     np.add.at(cm, (np.asarray(true, int), np.asarray(pred, int)), 1)

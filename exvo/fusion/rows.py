@@ -102,7 +102,7 @@ def _fusion_features(run: Run) -> str:
         return "pool of " + ", ".join(run.record.get("sources") or ["?"])
     if not subs:
         return "fusion of " + ", ".join(run.record.get("sources", []) or ["?"])
-    short = {"emotion": "emo", "country": "cou", "age": "age"}
+    short = {s: k for s, k in (("emotion", "emo"), ("country", "cou"), ("age", "age")) if s in subs}
     dirs = (rec.get("cv") or {}).get("directions") or []
     if rec.get("select_on") == "cv" and len(dirs) == 2:
         # the score is out of fold: half A is predicted by the choice made on B and vice versa
@@ -113,7 +113,7 @@ def _fusion_features(run: Run) -> str:
     else:
         chosen = {s: "+".join((subs.get(s) or {}).get("chosen") or ["?"]) for s in short}
     if len(set(chosen.values())) == 1:
-        return f"all:{chosen['emotion']}"
+        return f"all:{next(iter(chosen.values()))}"
     return " ".join(f"{short[s]}:{c}" for s, c in chosen.items())
 
 
@@ -212,16 +212,30 @@ def oof_summary(met: dict) -> dict | None:
             "n": len(per), "ci95": ci, "optimistic": list(why) if isinstance(why, list) else []}
 
 
+def canon(d):
+    """A score record of another task with its combined ``score`` under ``s_mtl``, the report's
+    one sort column (marked defined: only S_MTL is ever undefined), recursively; ExVo's unchanged."""
+    if isinstance(d, list):
+        return [canon(v) for v in d]
+    if not isinstance(d, dict):
+        return d
+    out = {("s_mtl" if k == "score" and "s_mtl" not in d else k): canon(v) for k, v in d.items()}
+    if "score" in d and "s_mtl" not in d and not isinstance(d["score"], dict):
+        out.setdefault("s_mtl_defined", True)
+    return out
+
+
 def constant_predictor(runs: list[Run]) -> tuple[dict | None, list[str]]:
     """``(Val scores of the trivial predictor, notes)`` from the learn runs' records
     (``config.json["constant_predictor_val"]``: Train mean emotions and age, majority country);
     None when no run recorded it."""
     found: dict[tuple, tuple[dict, list[str]]] = {}
     for r in runs:
-        c = r.record.get("constant_predictor_val") if r.kind == "learn" else None
-        if isinstance(c, dict) and all(_num(c.get(m)) is not None for m in METRICS):
-            key = tuple(round(float(c[m]), 9) for m in METRICS)
-            found.setdefault(key, ({m: float(c[m]) for m in METRICS}, []))[1].append(r.name)
+        c = canon(r.record.get("constant_predictor_val")) if r.kind == "learn" else None
+        if isinstance(c, dict) and _num(c.get("s_mtl")) is not None:
+            key = tuple(round(float(c[m]), 9) if _num(c.get(m)) is not None else None for m in METRICS)
+            found.setdefault(key, ({m: (float(c[m]) if _num(c.get(m)) is not None else None) for m in METRICS},
+                                   []))[1].append(r.name)
     if not found:
         return None, ["no constant-predictor row: no learn run records config.json constant_predictor_val "
                       "(runs made before exvo recorded it; learn again to get it)"]
@@ -237,12 +251,13 @@ def constant_predictor(runs: list[Run]) -> tuple[dict | None, list[str]]:
 def _from_per_seed(per: list[dict]) -> tuple[dict, dict, int, int, dict, dict]:
     summ = seeds.summarise(per)
     pe_mean, pe_std = seeds.per_emotion(per)
-    return ({m: summ[m]["mean"] for m in METRICS}, {m: summ[m]["std"] for m in METRICS}, len(per),
+    none = {"mean": None, "std": None}         # a metric the task does not have
+    return ({m: summ.get(m, none)["mean"] for m in METRICS}, {m: summ.get(m, none)["std"] for m in METRICS}, len(per),
             summ["s_mtl"]["n"], pe_mean, pe_std)
 
 
 def make_row(run: Run, corpus: Corpus | None, learn_runs: list[Run]) -> Row:
-    cfg, met = run.record, run.metrics
+    cfg, met = run.record, canon(run.metrics)
     kind = run.kind
     summ = met.get("summary") if isinstance(met.get("summary"), dict) else {}
     per = [r for r in (met.get("per_seed") or []) if isinstance(r, dict)] if isinstance(met.get("per_seed"), list) else []
@@ -283,7 +298,8 @@ def make_row(run: Run, corpus: Corpus | None, learn_runs: list[Run]) -> Row:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 sc = score_pred(run.load("Val"), corpus, "Val")
-            ensemble = {m: sc[m] for m in METRICS}
+            sc = canon(sc)
+            ensemble = {m: sc.get(m) for m in METRICS}
             note = "no metrics.json: val.csv scored (seed-ensemble score only)"
         except (PredictionError, ValueError) as e:
             note = f"unscored: {e}"

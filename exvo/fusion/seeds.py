@@ -39,6 +39,8 @@ def s_mtl_defined(scores: dict) -> bool:
     task scored by another rule (``score``) counts as defined."""
     if "s_mtl" not in scores and "score" in scores:
         return True
+    if isinstance(scores.get("s_mtl_defined"), bool):
+        return scores["s_mtl_defined"]
     try:
         return float(scores["ccc"]) > 0 and float(scores["uar"]) > 0
     except (KeyError, TypeError, ValueError):

@@ -70,11 +70,15 @@ def train_xgb(X: np.ndarray, fit_rows: np.ndarray, stop_rows: np.ndarray, emotio
     use = [k for k in TASKS if task.has(SLOT_OF[k])]
     n_cls = task.n_classes
     present = np.unique(country[fit_rows])
-    if "cou" in use and (present.size != n_cls or not np.array_equal(present, np.arange(n_cls))):
+    full = present.size == n_cls and np.array_equal(present, np.arange(n_cls))
+    if "cou" in use and not full and task.name == "exvo-mtl":
         # multi:softprob needs every class in the fitted rows to keep all outputs
-        what = "countries" if task.is_exvo else "classes"
-        raise ValueError(f"the XGBoost fit rows contain {what} {present.tolist()}; all of 0-{n_cls - 1} "
+        raise ValueError(f"the XGBoost fit rows contain countries {present.tolist()}; all of 0-{n_cls - 1} "
                          "are needed (too few Train speakers?)")
+    # another task's class absent from the fit rows: the booster learns the present ones (codes mapped to
+    # 0..P-1) and predicts probability 0 for the others
+    cls_rows = stop_rows[np.isin(country[stop_rows], present)]
+    y_cls = np.searchsorted(present, country).clip(0, max(present.size - 1, 0))
     if stop_rows.size == 0:
         raise ValueError("XGBoost early stopping needs selection rows; none were given")
     Xf, Xs = X[fit_rows], X[stop_rows]
@@ -87,9 +91,14 @@ def train_xgb(X: np.ndarray, fit_rows: np.ndarray, stop_rows: np.ndarray, emotio
         if "emo" in use:
             m["emo"] = xgb.XGBRegressor(multi_strategy="one_output_per_tree", **_params(cfg, seed, "emo"))
             m["emo"].fit(Xf, emotions[fit_rows], verbose=False, **ev(emotions))
-        if "cou" in use:
+        if "cou" in use and full:
             m["cou"] = xgb.XGBClassifier(objective="multi:softprob", num_class=n_cls, **_params(cfg, seed, "cou"))
             m["cou"].fit(Xf, country[fit_rows], verbose=False, **ev(country))
+        elif "cou" in use:
+            m["cou"] = xgb.XGBClassifier(objective="multi:softprob", num_class=present.size, **_params(cfg, seed, "cou"))
+            m["cou"].fit(Xf, y_cls[fit_rows], verbose=False,
+                         **({} if cfg.rounds is not None else {"eval_set": [(X[cls_rows], y_cls[cls_rows])]}))
+            m["classes"] = present.tolist()
         if "age" in use:
             m["age"] = xgb.XGBRegressor(objective="reg:absoluteerror" if age_loss == "mae" else "reg:squarederror",
                                         **_params(cfg, seed, "age"))
@@ -113,9 +122,19 @@ def predict_xgb(models: list[dict], X: np.ndarray, task=None) -> tuple[np.ndarra
     lo, hi = task.group("intensities").range if task.has("intensities") else (0.0, 1.0)
     emo = np.stack([np.clip(m["emo"].predict(X), lo, hi).reshape(n, -1) if "emo" in m else np.zeros((n, 0))
                     for m in models])
-    pro = np.stack([m["cou"].predict_proba(X) if "cou" in m else np.ones((n, 1)) for m in models])
+    pro = np.stack([_proba(m, X, task.n_classes) if "cou" in m else np.ones((n, 1)) for m in models])
     age = np.stack([m["age"].predict(X) if "age" in m else np.zeros(n) for m in models])
     return emo.astype(np.float32), pro.astype(np.float32), age.astype(np.float32)
+
+
+def _proba(m: dict, X: np.ndarray, n_cls: int) -> np.ndarray:
+    """``(n, n_cls)`` class probabilities; classes the booster never saw (``m["classes"]``) get 0."""
+    p = m["cou"].predict_proba(X)
+    if "classes" not in m:
+        return p
+    out = np.zeros((len(X), n_cls), dtype=p.dtype)
+    out[:, m["classes"]] = p
+    return out
 
 
 def save_xgb(models: list[dict], folder: Path, seeds, cfg: XGBConfig, task=None) -> None:
@@ -127,6 +146,7 @@ def save_xgb(models: list[dict], folder: Path, seeds, cfg: XGBConfig, task=None)
     rec = {"seeds": list(seeds), "config": asdict(cfg), "best_iteration": [m["best_iteration"] for m in models]}
     if task is not None and task.name != "exvo-mtl":
         rec["task"] = task.to_dict()
+        rec["classes"] = [m.get("classes") for m in models]
     (folder / "xgb.json").write_text(json.dumps(rec, indent=1))
 
 
@@ -143,6 +163,8 @@ def load_xgb(folder: Path) -> list[dict]:
         for t in (t for t in TASKS if task.has(SLOT_OF[t])):
             m[t] = xgb.XGBClassifier() if t == "cou" else xgb.XGBRegressor()
             m[t].load_model(folder / f"xgb_seed{seed}_{t}.ubj")
+        if (meta.get("classes") or [None] * len(meta["seeds"]))[len(out)] is not None:
+            m["classes"] = meta["classes"][len(out)]
         out.append(m)
     return out
 
