@@ -11,7 +11,8 @@ The Python API (``docs/api.md``)::
 from exvo.version import __version__
 
 _API = ("Corpus", "Run", "extract", "fewshot", "fuse", "learn", "load_features", "load_run", "report", "verify")
-__all__ = ["__version__", *_API]
+_TASKS = ("TaskSpec", "get_task")
+__all__ = ["__version__", *_API, *_TASKS]
 
 
 def __getattr__(name: str):
@@ -21,6 +22,10 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module(f"exvo.{name}")
+    if name in _TASKS:
+        from exvo import tasks
+
+        return getattr(tasks, name)
     if name in _API:
         from exvo import api
 

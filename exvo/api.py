@@ -18,6 +18,8 @@ def _echo(progress: bool):
 
 
 def _corpus(corpus: Corpus | str | Path) -> Corpus:
+    """A corpus as given, or read from a folder with its default task (``Corpus.from_dir(path, task=…)``
+    for another task's labels)."""
     return corpus if isinstance(corpus, Corpus) else Corpus.from_dir(corpus)
 
 

@@ -90,6 +90,9 @@ def derive_name(specs: list[str], variant: str, heads: list[str]) -> str:
 def fewshot(corpus: Corpus, cfg: FewShotConfig, cache_dir: str | Path = "cache", runs_dir: str | Path = "runs",
             name: str | None = None, echo: Callable[[str], None] = print) -> FewShotResult:
     """Train ``cfg.seeds`` models on Train, personalise per Val/Test speaker, score Val queries, write the run."""
+    from exvo.tasks import require_exvo
+
+    require_exvo(corpus, "the ExVo-FewShot track")
     t_start = time.perf_counter()
     cfg.validate()
     specs = parse_specs(cfg.features)

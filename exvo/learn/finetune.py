@@ -258,6 +258,9 @@ def finetune(corpus: Corpus, cfg: FinetuneConfig, runs_dir: str | Path = "runs",
     """
     from exvo.extract.ssl import DEFAULT_CHECKPOINTS, receptive_field, load_checkpoint
 
+    from exvo.tasks import require_exvo
+
+    require_exvo(corpus, "exvo finetune (Burst2Vec end to end)")
     cfg.validate()
     t_start = time.perf_counter()
     if not corpus.has_labels("Train"):

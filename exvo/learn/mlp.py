@@ -15,6 +15,7 @@ combination come from :class:`~exvo.learn.multitask.LossConfig`. Training is
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -55,8 +56,11 @@ class MultitaskMLP(MultitaskModule):
         h1, h2, hh = ARCHS[arch]
         self.trunk = nn.Sequential(nn.Linear(dim, h1), nn.LayerNorm(h1, eps=LN_EPS), nn.LeakyReLU(),
                                    nn.Linear(h1, h2), nn.LayerNorm(h2, eps=LN_EPS), nn.LeakyReLU())
-        self.heads = nn.ModuleList(nn.Sequential(nn.Linear(h2, hh), nn.LeakyReLU(), nn.Linear(hh, k))
-                                   for _, k in head_sizes(self.task))
+        with warnings.catch_warnings():
+            # a slot the task lacks has a 0-wide head (its init is a no-op, which torch warns about)
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors", UserWarning)
+            self.heads = nn.ModuleList(nn.Sequential(nn.Linear(h2, hh), nn.LeakyReLU(), nn.Linear(hh, k))
+                                       for _, k in head_sizes(self.task))
 
     def outputs(self, batch):
         z = self.trunk(batch["x"])

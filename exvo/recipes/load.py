@@ -37,7 +37,8 @@ from pathlib import Path
 from exvo.runs.store import check_name
 
 RECIPE_DIR = Path(__file__).parent
-KNOWN_METRICS = ("ccc", "uar", "mae", "s_mtl", "f1")
+KNOWN_METRICS = ("ccc", "uar", "mae", "s_mtl", "f1", "score")
+"""``score``: a task's combined score (:mod:`exvo.tasks`; the A-VB tasks' mean CCC or UAR)."""
 
 
 class RecipeError(ValueError):

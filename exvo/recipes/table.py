@@ -31,7 +31,7 @@ from exvo.runs import provenance
 from exvo.runs.reader import Run, read_json
 from exvo.runs.store import RunWriter
 
-LABELS = {"ccc": "Emo-CCC", "uar": "UAR", "mae": "Age-MAE", "s_mtl": "S_MTL", "f1": "F1"}
+LABELS = {"ccc": "Emo-CCC", "uar": "UAR", "mae": "Age-MAE", "s_mtl": "S_MTL", "f1": "F1", "score": "task score"}
 DIGITS = {"mae": 2}
 LOWER_BETTER = {"mae"}
 
@@ -152,6 +152,8 @@ def trivial_row(recipe: Recipe, outcomes: list[RowOutcome]) -> list[str] | None:
     emotions/age and majority country (the learn runs' ``constant_predictor_val``), the constant
     CCC 0 for emotion-only recipes, chance UAR for enrol-to-verify."""
     keys = recipe.metrics
+    if "score" in keys:
+        return _per_task_trivial(keys, outcomes)
     for o in outcomes:
         if o.run_dir is None:
             continue
@@ -167,7 +169,22 @@ def trivial_row(recipe: Recipe, outcomes: list[RowOutcome]) -> list[str] | None:
     return None
 
 
-TRIVIAL = {"s_mtl": "constant predictor: Train mean emotions and age, majority Train country (scored like the rows)",
+def _per_task_trivial(keys: list[str], outcomes: list[RowOutcome]) -> list[str] | None:
+    """A recipe over several tasks (``score``): each task's trivial predictor (its learn runs'
+    ``constant_predictor_val``), the distinct values of a column joined by " / "."""
+    found: dict[str, list[str]] = {k: [] for k in keys}
+    for o in outcomes:
+        const = (read_json(o.run_dir / "config.json") or {}).get("constant_predictor_val") if o.run_dir else None
+        for k in keys:
+            if isinstance(const, dict) and isinstance(const.get(k), (int, float)) and _f(const[k], k) not in found[k]:
+                found[k].append(_f(const[k], k))
+    if not any(found.values()):
+        return None
+    return [" / ".join(v) or "–" for v in found.values()]
+
+
+TRIVIAL = {"score": "each task's trivial predictor: Train mean intensities (CCC 0), majority Train type (UAR)",
+           "s_mtl": "constant predictor: Train mean emotions and age, majority Train country (scored like the rows)",
            "uar": "chance: UAR of always answering one class (1 / number of task classes)",
            "ccc": "constant predictor (Train mean emotions): CCC 0 by definition"}
 

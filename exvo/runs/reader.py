@@ -84,11 +84,12 @@ class Run:
     @property
     def scores(self):
         """``pandas.DataFrame`` indexed by seed (then ``mean``, ``std``; ``ensemble`` where the
-        run has one) with its Val metrics (``ccc``, ``uar``, ``mae``, ``s_mtl`` for multitask runs)."""
+        run has one) with its Val metrics (``ccc``, ``uar``, ``mae``, ``s_mtl`` for ExVo-MTL runs; another
+        task's: its groups' and ``score``)."""
         import pandas as pd
 
         rows = [r for r in self.metrics.get("per_seed") or [] if isinstance(r, dict)]
-        keys = [k for k in ("ccc", "uar", "mae", "s_mtl", "hmean_uar", "uar_seen", "uar_unseen")
+        keys = [k for k in ("ccc", "uar", "mae", "s_mtl", "score", "hmean_uar", "uar_seen", "uar_unseen")
                 if any(isinstance(r.get(k), (int, float)) for r in rows)]
         df = pd.DataFrame([{k: r.get(k) for k in keys} for r in rows],
                           index=pd.Index([r.get("seed", i) for i, r in enumerate(rows)], name="seed"), dtype=float)

@@ -56,6 +56,13 @@ AVB_FILES: dict[str, str] = {"avb-high": "high_info.csv", "avb-two": "two_info.c
 """The A-VB release's label file (under ``labels/``) of each A-VB task."""
 
 
+def require_exvo(corpus, what: str) -> None:
+    """Refuse an ExVo-only track (``what``) for a corpus read for another task."""
+    if corpus.task.name != DEFAULT_TASK:
+        raise TaskError(f"{what} works on the ExVo-MTL labels (10 emotions, country, age) by design; the corpus was "
+                        f"read for task {corpus.task.name!r}. Read it with the default task (no --task)")
+
+
 def names() -> list[str]:
     return list(BUILTIN)
 

@@ -281,6 +281,9 @@ def _write_run(writer: RunWriter, corpus: Corpus, cfg: VerifyConfig, inp: Inputs
 def verify(corpus: Corpus, cfg: VerifyConfig, cache_dir: str | Path = "cache", runs_dir: str | Path = "runs",
            name: str | None = None, echo: Callable[[str], None] = print) -> VerifyResult:
     """Run the enrol-to-verify protocol (module docstring); write ``<runs_dir>/verify/<name>``."""
+    from exvo.tasks import require_exvo
+
+    require_exvo(corpus, "enrol-to-verify")
     t_start = time.perf_counter()
     cfg.validate()
     device = resolve_device(cfg.device)
