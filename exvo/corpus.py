@@ -23,7 +23,6 @@ emotions/age and -1 for country.
 """
 from __future__ import annotations
 
-import csv
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import numpy as np
 
 from exvo.audio import RATE_RANGE, SAMPLE_RATE, AudioError, load_audio, read_audio
 from exvo.metrics import COUNTRIES, EMOTIONS
+from exvo.tables import HIDDEN_LABELS_FILE, CorpusError, listing, read_csv_rows
 
 __all__ = ["AGE_RANGE", "HIDDEN_LABELS_FILE", "OPTIONAL_COLUMNS", "RATE_RANGE", "REQUIRED_COLUMNS", "SAMPLE_RATE",
            "SPLITS", "AudioError", "Corpus", "CorpusError", "SpeakerOverlapWarning", "file_stem", "listing",
@@ -43,22 +43,8 @@ SPLITS: tuple[str, ...] = ("Train", "Val", "Test")
 REQUIRED_COLUMNS: tuple[str, ...] = ("File_ID", "Split", "Subject_ID", "Country", "Age", *EMOTIONS)
 OPTIONAL_COLUMNS: tuple[str, ...] = ("Country_string",)
 BASE_COLUMNS: tuple[str, ...] = ("File_ID", "Split", "Subject_ID")
-"""What every table needs whatever the task (the task's label columns are checked by :mod:`exvo.task_labels`)."""
-HIDDEN_LABELS_FILE = "hidden_test_labels.csv"
-"""Side file with Test labels (written by the demo corpus generator, never by ExVo)."""
-
+"""What every table needs whatever the task (the task's label columns are checked by :mod:`exvo.tasks.labels`)."""
 AGE_RANGE = (1.0, 120.0)
-MAX_LISTED = 10
-
-
-class CorpusError(ValueError):
-    """The corpus table or folder is unusable; the message says what to fix."""
-
-
-def listing(items, limit: int = MAX_LISTED) -> str:
-    items = list(items)
-    shown = ", ".join(str(i) for i in items[:limit])
-    return shown + (f" … (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
 def file_stem(file_id: str) -> str:
@@ -284,29 +270,7 @@ def _read_table(path: Path, required: tuple[str, ...] | None = None, task=None
                 ) -> tuple[list[str], list[dict[str, str]], list[int], list[int]]:
     """``(header, rows as {column: cell}, CSV line of each row, lines with the wrong number of cells)``;
     :class:`CorpusError` for a missing or unreadable table, missing or duplicate columns, or no rows."""
-    if not path.is_file():
-        raise CorpusError(f"{path} not found; a corpus folder needs data_info.csv next to wav/")
-    header: list[str] = []
-    rows: list[dict[str, str]] = []
-    lines: list[int] = []       # CSV line number of each row (header = 1), for messages
-    ragged: list[int] = []
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            for cells in reader:
-                if not header:
-                    header = [h.strip() for h in cells]
-                    continue
-                if not cells or (len(cells) == 1 and not cells[0].strip()):
-                    continue  # blank line
-                if len(cells) != len(header):
-                    ragged.append(reader.line_num)
-                rows.append(dict(zip(header, cells + [""] * (len(header) - len(cells)))))
-                lines.append(reader.line_num)
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise CorpusError(f"{path} is not a readable UTF-8 CSV file ({e})") from None
-    except OSError as e:
-        raise CorpusError(f"{path} could not be read ({e.strerror or e}); check its permissions") from None
+    header, rows, lines, ragged = read_csv_rows(path, "a corpus folder needs data_info.csv next to wav/")
     required = REQUIRED_COLUMNS if required is None else required
     missing_cols = [c for c in required if c not in header]
     if missing_cols:

@@ -154,7 +154,8 @@ def score_all(
     emo_true, emo_pred, country_true, country_pred, age_true, age_pred,
     convention: CCCConvention = "challenge", task=None,
 ) -> dict:
-    """All scores of a task at once (``task``: a :class:`exvo.tasks.TaskSpec`; None → ExVo-MTL).
+    """All scores of a task at once (``task``: a :class:`exvo.tasks.TaskSpec`; None → ExVo-MTL's three
+    groups and S_MTL).
 
     Shapes: the task's intensities ``(n, k)`` in its column order (ExVo: the 10 emotions),
     class ``(n,)`` int codes, value ``(n,)`` (ExVo: age in years); a group the task lacks is
@@ -162,20 +163,18 @@ def score_all(
     groups), the combined score (``s_mtl`` for ExVo, ``score`` otherwise), ``ccc_per_emotion``
     (per intensities column) and ``ccc_convention``.
     """
-    from exvo.tasks import get_task
-
-    task = get_task(task)
+    has = (lambda slot: True) if task is None else task.has
     out: dict = {}
     per: list[float] = []
-    if task.has("intensities"):
+    if has("intensities"):
         out["ccc"], per = mean_ccc(emo_true, emo_pred, convention)
-    if task.has("class"):
+    if has("class"):
         out["uar"] = uar(country_true, country_pred)
-    if task.has("value"):
+    if has("value"):
         out["mae"] = mae(age_true, age_pred)
-    out[task.score_name] = combined_score(task, out)
-    if task.has("intensities"):
-        cols = task.reg_columns
+    out["s_mtl" if task is None else task.score_name] = combined_score(task, out)
+    if has("intensities"):
+        cols = EMOTIONS if task is None else task.reg_columns
         names = cols if len(per) == len(cols) else tuple(f"emo{j}" for j in range(len(per)))
         out["ccc_per_emotion"] = dict(zip(names, per))
     out["ccc_convention"] = convention
@@ -188,17 +187,18 @@ def combined_score(task, m: dict, floor: float | None = None) -> float:
     ``harmonic``: ``G / (Σ 1/m_higher + Σ MAE)`` (S_MTL for ExVo's three groups; undefined, 0.0 with a
     warning, when a higher-is-better metric is <= 0); ``mean``: the mean of the groups' metrics.
     ``floor`` (selection): higher-is-better metrics are first raised to ``floor`` so that the score is
-    always defined and monotone in each metric.
+    always defined and monotone in each metric. ``task`` None → ExVo-MTL (harmonic, S_MTL).
     """
     hi = [m[k] for k in ("ccc", "uar") if k in m]
     if floor is not None:
         hi = [max(v, floor) for v in hi]
-    if task.combine == "mean":
+    combine, name = ("harmonic", "s_mtl") if task is None else (task.combine, task.score_name)
+    if combine == "mean":
         return float(sum(hi) / len(hi))
     if floor is None and set(m) == {"ccc", "uar", "mae"}:
         return s_mtl(m["ccc"], m["uar"], m["mae"])
     if not all(v > 0 for v in hi):
-        warnings.warn(f"{task.score_name} undefined for " + ", ".join(f"{k.upper()}={m[k]:.4f}" for k in ("ccc", "uar")
+        warnings.warn(f"{name} undefined for " + ", ".join(f"{k.upper()}={m[k]:.4f}" for k in ("ccc", "uar")
                       if k in m) + " (all must be > 0); reporting 0.0", RuntimeWarning, stacklevel=2)
         return 0.0
     den = 0.0
@@ -216,14 +216,12 @@ def speaker_bootstrap(emo_true, emo_pred, country_true, country_pred, age_true, 
     speakers with replacement (a speaker's clips stay together: clips of one speaker are not
     independent). Shapes as :func:`score_all`, ``speakers`` ``(n,)``; CCC in the population
     convention. ``task``: the task whose scores these are (None → ExVo-MTL)."""
-    from exvo.tasks import get_task
-
-    task = get_task(task)
     speakers = np.asarray(speakers)
     uniq, inv = np.unique(speakers, return_inverse=True)
     members = [np.flatnonzero(inv == i) for i in range(uniq.size)]
     rng = np.random.default_rng(seed)
-    vals: dict[str, list[float]] = {k: [] for k in task.metric_keys}
+    vals: dict[str, list[float]] = {k: [] for k in (("ccc", "uar", "mae", "s_mtl") if task is None
+                                                   else task.metric_keys)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)      # an undefined S_MTL in one draw counts as 0
         for _ in range(int(resamples)):

@@ -79,11 +79,11 @@ def test_combine_rules_known_answers():
 def test_score_all_of_another_task_by_hand():
     rng = np.random.default_rng(0)
     t, p = rng.random((30, 2)), rng.random((30, 2))
-    s = score_all(t, p, None, None, None, None, task="avb-two")
+    s = score_all(t, p, None, None, None, None, task=get_task("avb-two"))
     want = (ccc(t[:, 0], p[:, 0]) + ccc(t[:, 1], p[:, 1])) / 2
     assert math.isclose(s["ccc"], want) and s["score"] == s["ccc"] and set(s["ccc_per_emotion"]) == {"Valence", "Arousal"}
     c_t, c_p = rng.integers(0, 8, 40), rng.integers(0, 8, 40)
-    s = score_all(np.zeros((40, 0)), np.zeros((40, 0)), c_t, c_p, None, None, task="avb-type")
+    s = score_all(np.zeros((40, 0)), np.zeros((40, 0)), c_t, c_p, None, None, task=get_task("avb-type"))
     assert s["uar"] == uar(c_t, c_p) == s["score"] and "ccc" not in s and "mae" not in s
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from exvo.tables import HIDDEN_LABELS_FILE, CorpusError, listing, read_csv_rows
+
 
 def _side_tables(root: Path, main: Path) -> list[tuple[Path, list[str], dict[str, tuple[dict, int]]]]:
     """``[(path, header, {File_ID: (row, line)})]`` of every ``labels/*_info.csv`` other than ``main``."""
-    from exvo.corpus import HIDDEN_LABELS_FILE, _read_table
-
     folder = root / "labels"
     out = []
     if not folder.is_dir():
@@ -23,12 +23,17 @@ def _side_tables(root: Path, main: Path) -> list[tuple[Path, list[str], dict[str
     for p in sorted(folder.glob("*_info.csv")):
         if p.resolve() == main.resolve() or p.name in ("data_info.csv", HIDDEN_LABELS_FILE):
             continue
-        header, rows, lines, ragged = _read_table(p, ("File_ID",))
-        if ragged:
-            from exvo.corpus import CorpusError, listing
-
-            raise CorpusError(f"{p} has problems:\n  - wrong number of cells (the header has {len(header)}) on "
-                              f"line(s) {listing(ragged)}")
+        header, rows, lines, ragged = read_csv_rows(p, "a label file of the A-VB layout")
+        problems = [f"wrong number of cells (the header has {len(header)}) on line(s) {listing(ragged)}"] if ragged else []
+        if "File_ID" not in header:
+            problems.append(f"no File_ID column (found {header}); a label file is read by column name")
+        if dup := sorted({h for h in header if header.count(h) > 1}):
+            problems.append(f"duplicate column name(s) {dup}")
+        ids = [r.get("File_ID", "").strip() for r in rows]
+        if len(set(ids)) != len(ids):
+            problems.append(f"duplicate File_ID: {listing(sorted({i for i in ids if ids.count(i) > 1}))}")
+        if problems:
+            raise CorpusError(f"{p} has problems:\n  - " + "\n  - ".join(problems))
         out.append((p, header, {r["File_ID"].strip(): (r, ln) for r, ln in zip(rows, lines)}))
     return out
 
@@ -38,8 +43,6 @@ def read_task_labels(task, root: Path, path: Path, header: list[str], rows: list
     """``(intensities (n, k) float64, class (n,) int64, value (n,) float64)`` of ``task`` for the rows of
     the table at ``path`` (NaN / -1 where unknown; groups the task lacks: 0). Raises
     :class:`~exvo.corpus.CorpusError` naming every problem."""
-    from exvo.corpus import CorpusError, listing
-
     n = len(ids)
     side = None
     cells: dict[str, tuple[list[str], list[int], Path]] = {}     # column -> (cell per row, line per row, file)
