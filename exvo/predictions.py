@@ -142,10 +142,14 @@ class Predictions:
         missing = [c for c in columns if c not in header]
         extra = [c for c in header if c not in columns]
         if missing or extra:
+            from exvo.tasks import BUILTIN
+
+            other = [n for n, t in BUILTIN.items() if set(header) == {"File_ID", *t.submission}]
             raise PredictionError(
                 f"{path} has the wrong columns: missing {missing}, unexpected {extra}; "
                 f"expected exactly {','.join(columns)}"
                 + ("" if task.name == "exvo-mtl" else f" (task {task.name}; another task's file? pass its --task)")
+                + (f"; these are the columns of task {other[0]}: pass --task {other[0]}" if other else "")
             )
         col = {c: header.index(c) for c in columns}
         body = rows[1:]

@@ -237,6 +237,9 @@ def sweep(corpus: Corpus, cfg: LayersConfig, cache_dir: str | Path = "cache", ru
     from exvo.version import __version__
 
     t_start = time.perf_counter()
+    from exvo.tasks import require_exvo
+
+    require_exvo(corpus, "exvo layers (the layer sweep scores ExVo-MTL)")
     cfg.validate()
     spec = sweep_spec(cfg.features)
     lc = cfg.learn_config("mlp")
