@@ -17,19 +17,19 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from exvo.corpus import Corpus, CorpusError, listing
-from exvo.metrics import COUNTRIES, EMOTIONS, CCCConvention, score_all
+from exvo.metrics import EMOTIONS, CCCConvention, score_all
+from exvo.proba import PROBA_SUM_TOL, PredictionError, check_proba, read_proba
+
+__all__ = ["PROBA_SUM_TOL", "SUBMISSION_COLUMNS", "PredictionError", "Predictions", "SeedPredictions", "check_proba",
+           "load_seed_predictions", "load_split", "read_proba", "run_task", "save_seed_predictions", "save_split",
+           "score", "seed_file", "split_files"]
 
 SUBMISSION_COLUMNS: tuple[str, ...] = ("File_ID", "Country", "Age", *EMOTIONS)
 """ExVo-MTL's submission columns (another task's: ``("File_ID", *task.submission)``)."""
-
-
-class PredictionError(ValueError):
-    """A prediction file does not fit the submission format or the corpus."""
 
 
 @dataclass
@@ -173,19 +173,9 @@ class Predictions:
             raise PredictionError(f"{path}: NaN/inf predictions on line(s) {listing(lines)}")
         at = {c: j for j, c in enumerate(numeric)}
         cou = np.zeros(len(body))
-        if g is not None and named:
-            names = [r[col[g.columns[0]]].strip() for r in body]
-            if bad := [n + 2 for n, v in enumerate(names) if v not in g.classes]:
-                raise PredictionError(f"{path}: {g.columns[0]} must be one of {', '.join(g.classes)} "
-                                      f"(line(s) {listing(bad)})")
-            cou = np.array([g.classes.index(v) for v in names], dtype=np.float64)
-        elif g is not None:
-            cou = num[:, at[g.columns[0]]]
-            k = len(g.classes)
-            if not np.isin(cou, np.arange(k)).all():
-                lines = [n + 2 for n in np.flatnonzero(~np.isin(cou, np.arange(k)))]
-                raise PredictionError(f"{path}: {g.columns[0]} must be an integer code 0-{k - 1} "
-                                      f"(line(s) {listing(lines)})")
+        if g is not None:
+            cou = _class_codes(g, [r[col[g.columns[0]]].strip() for r in body] if named else num[:, at[g.columns[0]]],
+                               path)
         emo = num[:, [at[c] for c in task.reg_columns]]
         age = num[:, at[task.group("value").columns[0]]] if task.has("value") else np.zeros(len(body))
         proba = None
@@ -194,74 +184,18 @@ class Predictions:
         return cls(ids, emo, cou.astype(np.int64), age, proba, task)
 
 
-PROBA_SUM_TOL = 1e-3
-"""How far a row of country probabilities may sum from 1 (files hold full float precision)."""
-
-
-def check_proba(proba: np.ndarray, where: str, rows: Sequence[str] | None = None,
-                classes: Sequence[str] = COUNTRIES) -> np.ndarray:
-    """Validate class probabilities ``(..., n, len(classes))`` (ExVo: the 4 countries): finite, in
-    [0, 1], rows summing to 1.
-
-    ``where`` names the file in messages; ``rows`` labels the rows (e.g. ``line 7``).
-    Raises :class:`PredictionError` saying what was found and what is expected.
-    """
-    p = np.asarray(proba, dtype=np.float64)
-    if p.ndim < 2 or p.shape[-1] != len(classes):
-        raise PredictionError(f"{where}: country probabilities have shape {p.shape}; expected (n, {len(classes)}) "
-                              f"columns {', '.join(classes)}")
-    flat = p.reshape(-1, len(classes))
-    label = (lambda k: rows[k % len(rows)]) if rows else (lambda k: f"row {k % max(1, p.shape[-2]) + 1}")
-    bad = np.flatnonzero(~np.isfinite(flat).all(axis=1))
-    if bad.size:
-        raise PredictionError(f"{where}: NaN/inf country probabilities at {listing(label(k) for k in bad)}")
-    bad = np.flatnonzero(((flat < 0) | (flat > 1)).any(axis=1))
-    if bad.size:
-        raise PredictionError(
-            f"{where}: country probabilities outside [0, 1] at {listing(label(k) for k in bad)} (largest "
-            f"{flat.max():.6g}, smallest {flat.min():.6g}); expected probabilities, not percentages or logits")
-    sums = flat.sum(axis=1)
-    bad = np.flatnonzero(np.abs(sums - 1.0) > PROBA_SUM_TOL)
-    if bad.size:
-        raise PredictionError(
-            f"{where}: country probability rows must sum to 1; {bad.size} row(s) do not, at "
-            f"{listing(label(k) for k in bad)} (e.g. sum {sums[bad[0]]:.6g})")
-    return p
-
-
-def read_proba(proba_path: str | Path, ids: Sequence[str], sub_path: str | Path,
-               classes: Sequence[str] = COUNTRIES) -> np.ndarray:
-    """``(n, len(classes))`` probabilities of ``<split>_country_proba.csv`` (or another class group's)
-    aligned to ``ids`` (validated)."""
-    proba_path = Path(proba_path)
-    try:
-        with open(proba_path, newline="", encoding="utf-8-sig") as f:
-            prow = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise PredictionError(f"{proba_path} cannot be read ({e})") from None
-    expected = ["File_ID", *classes]
-    if not prow or [h.strip() for h in prow[0]] != expected:
-        raise PredictionError(f"{proba_path}: header {prow[0] if prow else '(empty file)'}; expected {','.join(expected)}")
-    body = prow[1:]
-    short = [n + 2 for n, r in enumerate(body) if len(r) != len(expected)]
-    if short:
-        raise PredictionError(f"{proba_path}: wrong number of cells on line(s) {listing(short)} "
-                              f"(expected {len(expected)})")
-    pids = [r[0].strip() for r in body]
-    if len(set(pids)) != len(pids):
-        raise PredictionError(f"{proba_path} has duplicate File_ID(s): {listing(sorted({i for i in pids if pids.count(i) > 1}))}")
-    if set(pids) != set(ids):
-        miss = [i for i in ids if i not in set(pids)]
-        extra = [i for i in pids if i not in set(ids)]
-        raise PredictionError(f"{proba_path} ids differ from {sub_path}: {len(miss)} missing [{listing(miss)}], "
-                              f"{len(extra)} extra [{listing(extra)}]")
-    try:
-        vals = np.array([[float(v) for v in r[1:]] for r in body], dtype=np.float64).reshape(len(body), len(classes))
-    except ValueError as e:
-        raise PredictionError(f"{proba_path}: a non-numeric probability ({e})") from None
-    check_proba(vals, str(proba_path), [f"line {n + 2}" for n in range(len(body))], classes)
-    pos = {i: k for k, i in enumerate(pids)}
-    return vals[[pos[i] for i in ids]] if ids else np.zeros((0, len(classes)))
+def _class_codes(g, cells, path: Path) -> np.ndarray:
+    """A submission's class column (``cells``: names, or numbers for class codes) → ``(n,)`` codes;
+    a :class:`PredictionError` names the lines of cells that are no class of ``g``."""
+    k = len(g.classes)
+    if isinstance(cells, list):           # class names (A-VB: Voc_Type)
+        if bad := [n + 2 for n, v in enumerate(cells) if v not in g.classes]:
+            raise PredictionError(f"{path}: {g.columns[0]} must be one of {', '.join(g.classes)} (line(s) {listing(bad)})")
+        return np.array([g.classes.index(v) for v in cells], dtype=np.float64)
+    if not np.isin(cells, np.arange(k)).all():
+        lines = [n + 2 for n in np.flatnonzero(~np.isin(cells, np.arange(k)))]
+        raise PredictionError(f"{path}: {g.columns[0]} must be an integer code 0-{k - 1} (line(s) {listing(lines)})")
+    return cells
 
 
 def run_task(run_dir: str | Path):

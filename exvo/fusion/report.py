@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from exvo.corpus import Corpus
-from exvo.fusion import seeds
+from exvo.fusion.report_task import of_task, task_figures, task_note, task_view
 from exvo.fusion.rows import METRICS, MULTITASK_KINDS, Row, constant_predictor, layer_groups, make_rows
 from exvo.runs.reader import Run, discover
 from exvo.predictions import PredictionError
@@ -172,22 +172,6 @@ def _text_table(rows: list[list[str]], header: list[str] = HEADER, right: set[in
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
 
 
-def task_view(task, cells: list[list[str]]) -> tuple[list[str], list[list[str]], set[int]]:
-    """``(header, cells, right-aligned columns)`` of the table for ``task``: ExVo-MTL's as built; another
-    task's without the columns of the slots it lacks, its combined score named as the task names it."""
-    if task is None or task.name == "exvo-mtl":
-        return HEADER, cells, RIGHT
-    drop = {HEADER.index(h) for h, slot in (("Emo-CCC", "intensities"), ("Cou-UAR", "class"), ("Age-MAE", "value"))
-            if not task.has(slot)}
-    name = task.score_name
-    rename = {"Emo-CCC": "CCC", "Cou-UAR": "UAR", "Age-MAE": "MAE", "S_MTL ▼": f"{name} ▼",
-              "ens. S_MTL": f"ens. {name}", "OOF S_MTL": f"OOF {name}"}
-    keep = [j for j in range(len(HEADER)) if j not in drop]
-    header = [rename.get(HEADER[j], HEADER[j]) for j in keep]
-    right = {k for k, j in enumerate(keep) if j in RIGHT}
-    return header, [[r[j] for j in keep] for r in cells], right
-
-
 def _md_table(rows: list[list[str]], header: list[str] = HEADER, right: set[int] = RIGHT) -> str:
     def esc(c: str) -> str:
         return c.replace("|", "\\|")
@@ -219,7 +203,7 @@ def _figures(rows: list[Row], out_dir: Path, corpus: Corpus | None,
     best = next((r for r in rows if r.run.has("Val")), None)
     task = corpus.task if corpus is not None else None
     if task is not None and task.name != "exvo-mtl":
-        return made + _task_figures(best, task, corpus, out_dir, const, notes), notes
+        return made + task_figures(best, task, corpus, out_dir, const, notes, _dagger(best) if best else ""), notes
     if corpus is None:
         notes.append("country_confusion.png and age_scatter.png skipped: no corpus given (labels needed)")
     elif best is None:
@@ -249,28 +233,6 @@ def _figures(rows: list[Row], out_dir: Path, corpus: Corpus | None,
     else:
         notes.append("ssl_layers.png skipped: no runs of the same feature set at two or more layers")
     return made, notes
-
-
-def _task_figures(best: Row | None, task, corpus: Corpus, out_dir: Path, const: dict | None,
-                  notes: list[str]) -> list[tuple[str, Path]]:
-    """Another task's confusion matrix of its classes (when it has a class group) for the top run."""
-    from exvo.fusion import plots
-    from exvo.metrics import uar
-
-    g = task.group("class")
-    if g is None or best is None:
-        return []
-    try:
-        _, cls, _ = corpus.labels("Val")
-        pred = best.run.load("Val").take(corpus.split_ids("Val"))
-    except (PredictionError, ValueError) as e:
-        notes.append(f"confusion.png skipped: best run {best.system}: {e}")
-        return []
-    title = (f"{g.columns[0]} UAR {uar(cls, pred.country):.3f} (Val, seed ensemble{_dagger(best)})\n"
-             + (f"majority-class predictor: UAR {const['uar']:.3f}\n" if const and const.get("uar") is not None else "")
-             + best.system)
-    return [(f"{g.columns[0]} confusion of the top run ({best.system}, seed ensemble)",
-             plots.country_confusion(cls, pred.country, out_dir / "confusion.png", title, g.classes))]
 
 
 def _optimism_notes(rows: list[Row]) -> list[str]:
@@ -386,31 +348,6 @@ def _split_kinds(runs: list[Run], runs_dir: Path) -> tuple[list[Run], list[str]]
     return [r for r in runs if r.kind in MULTITASK_KINDS], notes
 
 
-def _task_note(note: str, task) -> str:
-    """A legend line in another task's words (its score name, its groups, its trivial predictor)."""
-    for a, b in (("Emo-CCC, Cou-UAR, Age-MAE, S_MTL", "the group metrics and the score"),
-                 ("Train mean emotions and age, majority Train country", "Train mean intensities, majority Train class"),
-                 ("its CCC is 0, so its S_MTL is undefined; ", ""), ("on all three subtasks", "on every target group"),
-                 ("S_MTL", task.score_name)):
-        note = note.replace(a, b)
-    return note
-
-
-def _of_task(runs: list[Run], corpus: Corpus | None) -> tuple[list[Run], object, list[str]]:
-    """``(the runs of the corpus' task, the task, notes)``: a report is of one task (its columns and
-    score); runs of other tasks are left out with a note. Without a corpus: the first run's task."""
-    from exvo.predictions import run_task
-
-    if not runs:
-        return runs, corpus.task if corpus is not None else None, []
-    tasks = {r.name: run_task(r.path) for r in runs}
-    task = corpus.task if corpus is not None else tasks[runs[0].name]
-    other = [f"{n} ({t.name})" for n, t in tasks.items() if t != task]
-    notes = [f"{len(other)} run(s) of other tasks are not rows of this {task.name} table: {', '.join(other[:5])}"
-             f"{' …' if len(other) > 5 else ''}; report them with their --task"] if other else []
-    return [r for r in runs if tasks[r.name] == task], task, notes
-
-
 def make_report(runs_dir: str | Path, out_dir: str | Path, corpus: Corpus | None = None) -> str:
     """Write ``report.md``, ``report.csv`` and figures to ``out_dir``; return the table as text.
 
@@ -422,7 +359,7 @@ def make_report(runs_dir: str | Path, out_dir: str | Path, corpus: Corpus | None
         raise FileNotFoundError(f"{runs_dir} is not a folder; give the --runs folder that `exvo learn` wrote to")
     found = [r for r in discover(runs_dir) if r.path.resolve() != out_dir.resolve()]
     runs, kind_notes = _split_kinds(found, runs_dir)
-    runs, task, task_notes = _of_task(runs, corpus)
+    runs, task, task_notes = of_task(runs, corpus)
     kind_notes += task_notes
     rows = make_rows(runs, corpus) if runs else []
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -440,9 +377,9 @@ def make_report(runs_dir: str | Path, out_dir: str | Path, corpus: Corpus | None
     notes = (_notes(rows, const) + const_notes if rows else
              [f"no multitask runs under {runs_dir} (train some with `exvo learn`)"]) + kind_notes
 
-    header, cells, right = task_view(task, cells)
+    header, cells, right = task_view(task, cells, HEADER, RIGHT)
     if task is not None and task.name != "exvo-mtl":
-        notes = [f"task {task.describe()}"] + [_task_note(n, task) for n in notes]
+        notes = [f"task {task.describe()}"] + [task_note(n, task) for n in notes]
     _write_csv(rows, out_dir / "report.csv", const, task)
     md = [f"# exvo report: {runs_dir}", ""] + ([_md_table(cells, header, right), ""] if cells else [])
     md += [f"- {n}" for n in notes]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from exvo.learn.multitask import LossConfig, MultitaskModule, head_sizes, scale_intensities

@@ -31,7 +31,7 @@ from torch import nn
 
 from exvo.learn import losses
 from exvo.learn.framework import Batch, LearnerModule
-from exvo.learn.targets import N_COUNTRIES, Targets
+from exvo.learn.targets import Targets
 
 N_EMO = 10
 S_INIT = -0.33

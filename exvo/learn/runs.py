@@ -44,7 +44,6 @@ from typing import Sequence
 import numpy as np
 
 from exvo.corpus import Corpus
-from exvo.metrics import EMOTIONS
 from exvo.predictions import Predictions, score
 
 METRICS = ("ccc", "uar", "mae", "s_mtl")

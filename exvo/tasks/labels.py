@@ -38,14 +38,16 @@ def _side_tables(root: Path, main: Path) -> list[tuple[Path, list[str], dict[str
     return out
 
 
-def read_task_labels(task, root: Path, path: Path, header: list[str], rows: list[dict], lines: list[int],
-                     ids: list[str], labelled: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(intensities (n, k) float64, class (n,) int64, value (n,) float64)`` of ``task`` for the rows of
-    the table at ``path`` (NaN / -1 where unknown; groups the task lacks: 0). Raises
-    :class:`~exvo.corpus.CorpusError` naming every problem."""
-    n = len(ids)
+Cells = tuple[list[str], list[int], Path]
+"""One column's cells per corpus row, the CSV line of each (0: the file has no row for it), its file."""
+
+
+def _find_columns(task, root: Path, path: Path, header: list[str], rows: list[dict], lines: list[int],
+                  ids: list[str]) -> dict[str, Cells]:
+    """Every column of ``task``: from the main table when it has it, else from a ``labels/*_info.csv``
+    (joined on File_ID); a column no table has is a :class:`CorpusError` naming where it looked."""
     side = None
-    cells: dict[str, tuple[list[str], list[int], Path]] = {}     # column -> (cell per row, line per row, file)
+    cells: dict[str, Cells] = {}
     for col in [c for g in task.groups for c in g.columns]:
         if col in header:
             cells[col] = ([r[col] for r in rows], lines, path)
@@ -61,68 +63,93 @@ def read_task_labels(task, root: Path, path: Path, header: list[str], rows: list
             raise CorpusError(f"task {task.name!r} needs column {col!r}, which none of the tables has "
                               f"(looked in {', '.join(looked)} under {root}); add the column, or choose the task "
                               f"whose columns the corpus has (--task)")
+    return cells
+
+
+def _missing(col: str, cells: Cells, unknown: np.ndarray, labelled: np.ndarray, ids: list[str],
+             problems: list[str]) -> None:
+    vals, lns, p = cells
+    miss = [k for k in np.flatnonzero(labelled & unknown) if not vals[k].strip()]
+    if miss:
+        where = [f"line {lns[k]}" if lns[k] else f"{ids[k]} (no row)" for k in miss]
+        problems.append(f"{p.name}: missing {col} label in Train/Val at {listing(where)}")
+
+
+def _numbers(col: str, cells: Cells, rng: tuple[float, float] | None, problems: list[str]) -> np.ndarray:
+    """``(n,)`` floats of a column (NaN where empty or bad); non-numeric, infinite and out-of-range
+    cells are appended to ``problems`` with their lines."""
+    vals, lns, p = cells
+    out = np.full(len(vals), np.nan)
+    bad, inf = [], []
+    for k, c in enumerate(vals):
+        c = c.strip()
+        if c == "":
+            continue
+        try:
+            out[k] = float(c)
+        except ValueError:
+            bad.append(lns[k])
+            continue
+        if math.isinf(out[k]):
+            inf.append(lns[k])
+            out[k] = np.nan
+    if bad:
+        problems.append(f"{p.name}: non-numeric {col} on line(s) {listing(bad)}")
+    if inf:
+        problems.append(f"{p.name}: {col} is not finite on line(s) {listing(inf)}; labels must be finite numbers")
+    if rng is not None:
+        lo, hi = rng
+        out_r = np.isfinite(out) & ((out < lo) | (out > hi))
+        if out_r.any():
+            problems.append(f"{p.name}: {col} outside [{lo:g}, {hi:g}] on line(s) "
+                            f"{listing(lns[k] for k in np.flatnonzero(out_r))}")
+    return out
+
+
+def _classes(col: str, cells: Cells, classes: tuple[str, ...], problems: list[str]) -> np.ndarray:
+    """``(n,)`` class codes of a column of class names or codes (-1 where empty or unknown)."""
+    vals, lns, p = cells
+    cls = np.full(len(vals), -1, dtype=np.int64)
+    unknown = []
+    for k, c in enumerate(vals):
+        c = c.strip()
+        if c == "":
+            continue
+        if c in classes:
+            cls[k] = classes.index(c)
+        elif c.isdigit() and int(c) < len(classes):
+            cls[k] = int(c)
+        else:
+            unknown.append(k)
+    if unknown:
+        problems.append(f"{p.name}: {col} not one of {list(classes)} (or a code 0-{len(classes) - 1}) on "
+                        f"line(s) {listing(lns[k] for k in unknown)} (values "
+                        f"{sorted({vals[k].strip() for k in unknown})[:5]})")
+    return cls
+
+
+def read_task_labels(task, root: Path, path: Path, header: list[str], rows: list[dict], lines: list[int],
+                     ids: list[str], labelled: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(intensities (n, k) float64, class (n,) int64, value (n,) float64)`` of ``task`` for the rows of
+    the table at ``path`` (NaN / -1 where unknown; groups the task lacks: 0). Raises
+    :class:`~exvo.corpus.CorpusError` naming every problem (file, column, lines)."""
+    n = len(ids)
+    cells = _find_columns(task, root, path, header, rows, lines, ids)
     problems: list[str] = []
-
-    def number(col: str, lo: float | None, hi: float | None) -> np.ndarray:
-        vals, lns, p = cells[col]
-        out = np.full(n, np.nan)
-        bad, inf = [], []
-        for k, c in enumerate(vals):
-            c = c.strip()
-            if c == "":
-                continue
-            try:
-                out[k] = float(c)
-            except ValueError:
-                bad.append(lns[k])
-                continue
-            if math.isinf(out[k]):
-                inf.append(lns[k]); out[k] = np.nan
-        if bad:
-            problems.append(f"{p.name}: non-numeric {col} on line(s) {listing(bad)}")
-        if inf:
-            problems.append(f"{p.name}: {col} is not finite on line(s) {listing(inf)}; labels must be finite numbers")
-        if lo is not None:
-            out_r = np.isfinite(out) & ((out < lo) | (out > hi))
-            if out_r.any():
-                problems.append(f"{p.name}: {col} outside [{lo:g}, {hi:g}] on line(s) "
-                                f"{listing(lns[k] for k in np.flatnonzero(out_r))}")
-        _missing(col, np.isnan(out), vals, lns, p)
-        return out
-
-    def _missing(col, unknown, vals, lns, p):
-        miss = [k for k in np.flatnonzero(labelled & unknown) if not vals[k].strip()]
-        if miss:
-            where = [f"line {lns[k]}" if lns[k] else f"{ids[k]} (no row)" for k in miss]
-            problems.append(f"{p.name}: missing {col} label in Train/Val at {listing(where)}")
-
-    reg = np.zeros((n, 0))
+    reg, cls, val = np.zeros((n, 0)), np.zeros(n, dtype=np.int64), np.zeros(n)
     if g := task.group("intensities"):
-        reg = np.stack([number(c, *g.range) for c in g.columns], axis=1)
-    cls = np.zeros(n, dtype=np.int64)
+        cols = [_numbers(c, cells[c], g.range, problems) for c in g.columns]
+        for c, v in zip(g.columns, cols):
+            _missing(c, cells[c], np.isnan(v), labelled, ids, problems)
+        reg = np.stack(cols, axis=1)
     if g := task.group("class"):
-        col = g.columns[0]
-        vals, lns, p = cells[col]
-        cls = np.full(n, -1, dtype=np.int64)
-        unknown_cells = []
-        for k, c in enumerate(vals):
-            c = c.strip()
-            if c == "":
-                continue
-            if c in g.classes:
-                cls[k] = g.classes.index(c)
-            elif c.isdigit() and int(c) < len(g.classes):
-                cls[k] = int(c)
-            else:
-                unknown_cells.append(k)
-        if unknown_cells:
-            problems.append(f"{p.name}: {col} not one of {list(g.classes)} (or a code 0-{len(g.classes) - 1}) on "
-                            f"line(s) {listing(lns[k] for k in unknown_cells)} (values "
-                            f"{sorted({vals[k].strip() for k in unknown_cells})[:5]})")
-        _missing(col, cls < 0, vals, lns, p)
-    val = np.zeros(n)
+        c = g.columns[0]
+        cls = _classes(c, cells[c], g.classes, problems)
+        _missing(c, cells[c], cls < 0, labelled, ids, problems)
     if g := task.group("value"):
-        val = number(g.columns[0], None, None)
+        c = g.columns[0]
+        val = _numbers(c, cells[c], None, problems)
+        _missing(c, cells[c], np.isnan(val), labelled, ids, problems)
     if problems:
         raise CorpusError(f"the {task.name} labels of {root} have problems:\n  - " + "\n  - ".join(problems))
     return reg, cls, val
