@@ -304,3 +304,21 @@ def test_user_task_file_end_to_end(tmp_path):
     r = cli.invoke(app, ["learn", "-f", "lin", "--learner", "burst2vec", "--seeds", "1", "--threads", "1",
                          "--cache", str(tmp_path / "cache"), "--runs", str(tmp_path / "runs"), *common])
     assert r.exit_code == 2 and "learns the ExVo-MTL task only" in r.output
+
+
+def test_a_run_of_another_task_goes_stale_when_its_label_file_changes(tmp_path):
+    from exvo.runs.reader import load_run
+
+    root = tmp_path / "avbstale"
+    z, _ = make_avb_corpus(root)
+    _cache(tmp_path / "cache", Corpus.from_dir(root, task="avb-two"), z)
+    run = learn(Corpus.from_dir(root, task="avb-two"), _cfg(seeds=1, epochs=2), cache_dir=tmp_path / "cache",
+                runs_dir=tmp_path / "runs", name="two", echo=lambda m: None)
+    assert load_run(run.run_dir).stale == []           # re-read with its own task: nothing changed
+    p = root / "labels" / "two_info.csv"
+    lines = p.read_text().splitlines()
+    k = next(n for n, line in enumerate(lines) if ",Val," in line)
+    lines[k] = lines[k].rsplit(",", 1)[0] + ",0.123"
+    p.write_text("\n".join(lines) + "\n")
+    stale = load_run(run.run_dir).stale
+    assert len(stale) == 1 and "the Val labels of" in stale[0] and "changed since the run" in stale[0]

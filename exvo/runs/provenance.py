@@ -95,10 +95,17 @@ def labels_digest(corpus, split: str) -> str | None:
 
 
 def corpus_record(corpus) -> dict:
+    """Where the corpus was and digests of its labels. Another task than ExVo-MTL (its columns may
+    come from ``labels/*_info.csv`` too) records its task and no table state, so that a later check
+    re-reads the corpus with that task and compares the label digests themselves."""
     table = Path(corpus.root) / "data_info.csv"
-    return {"root": str(Path(corpus.root).resolve()), "name": corpus.name,
-            "table": file_state(table) if table.is_file() else None,
-            "labels": {s: labels_digest(corpus, s) for s in SPLITS}}
+    exvo_task = corpus.task.name == "exvo-mtl"
+    out = {"root": str(Path(corpus.root).resolve()), "name": corpus.name,
+           "table": file_state(table) if table.is_file() and exvo_task else None,
+           "labels": {s: labels_digest(corpus, s) for s in SPLITS}}
+    if not exvo_task:
+        out["task"] = corpus.task.to_dict()
+    return out
 
 
 def cache_record(name: str, path: str | Path, fingerprint: str, cache_dir: str | Path) -> dict:
@@ -231,20 +238,25 @@ class Checker:
     def _current_labels(self, root: str | None, c: dict) -> dict | None:
         """The label digests of the corpus at ``root`` now (None: no corpus there)."""
         table = Path(root) / "data_info.csv" if root else None
-        if table is None or not table.is_file():
+        if table is None or not (table.is_file() or (Path(root) / "labels" / "data_info.csv").is_file()):
             return None
-        if c.get("table") and unchanged(table, c["table"]):
+        if c.get("table") and table.is_file() and unchanged(table, c["table"]):
             return c["labels"]            # the very table the run read: no parse needed
-        if root not in self._labels:
+        task = c.get("task")              # another task than ExVo-MTL: its labels, read as the run read them
+        key = root if task is None else f"{root}\0{task.get('name')}"
+        if key not in self._labels:
             from exvo.corpus import Corpus, CorpusError
+            from exvo.tasks import TaskError, get_task
 
-            mine = self.corpus is not None and str(self.corpus.root.resolve()) == root
             try:
-                corpus = self.corpus if mine else Corpus.from_dir(root)
-                self._labels[root] = {s: labels_digest(corpus, s) for s in SPLITS}
-            except (CorpusError, OSError):
-                self._labels[root] = None
-        return self._labels[root]
+                want = get_task(task)
+                mine = (self.corpus is not None and str(self.corpus.root.resolve()) == root
+                        and self.corpus.task == want)
+                corpus = self.corpus if mine else Corpus.from_dir(root, task=want)
+                self._labels[key] = {s: labels_digest(corpus, s) for s in SPLITS}
+            except (CorpusError, TaskError, OSError):
+                self._labels[key] = None
+        return self._labels[key]
 
     def _caches_changed(self, rec: dict) -> list[str]:
         out = []
