@@ -8,7 +8,8 @@ functions::
 
 and a :class:`Fitted` has ``seeds``, ``best_epoch``, ``history``, ``info``,
 ``predict(X (n, D)) -> (emotions (S,n,10), country probabilities (S,n,4), standardised age (S,n))``
-and ``save(folder)``. ``exvo learn --learner NAME`` and :func:`exvo.learn.api.learn` derive
+(another task, :mod:`exvo.tasks`: its intensities ``(S,n,k)``, class probabilities ``(S,n,C)`` and
+standardised value; ``data.targets.task`` says which) and ``save(folder)``. ``exvo learn --learner NAME`` and :func:`exvo.learn.api.learn` derive
 their choices from here; the run folder, scores, per-seed predictions and ``exvo predict``
 are the same for every learner.
 
