@@ -84,10 +84,11 @@ def learn(corpus: Corpus | str | Path, features: str | Sequence[str], learner: s
 
 
 def fuse(corpus: Corpus | str | Path, runs: Sequence[str] | None = None, *, runs_dir: str | Path = "runs",
-         mode: str = "hybrid", top: int = 1, weighted: bool = False, select_on: str = "val",
+         mode: str = "hybrid", top: int = 1, weighted: bool = False, select_on: str = "oof",
          name: str | None = None, progress: bool = False) -> Run:
     """Late fusion of finished runs (names under ``runs_dir``, default all learn runs): ``hybrid``
-    picks the best run per subtask, ``mean`` averages; ``select_on="cv"`` scores out of fold."""
+    picks the best run per subtask, ``mean`` averages; ``select_on="oof"`` (default) chooses on the runs'
+    out-of-fold Train predictions, ``"val"`` on Val (†), ``"cv"`` on halves of Val, scored out of fold."""
     from exvo.fusion.api import fuse as run_fuse
 
     res = run_fuse(_corpus(corpus), runs_dir, list(runs) if runs is not None else None, mode=mode, top=top,

@@ -11,7 +11,7 @@ Stages (each says what it does, what it skips and why, and ends with how long it
             weights or fails is skipped with a note; the rest go on;
 3. learn    one MLP run per feature set in :data:`DEMO_FEATURE_SETS` (plus one early fusion),
             for the sets whose caches exist; with wavlm, a few single layers and ``@best``;
-4. fuse     hybrid per-subtask selection over the runs of step 3, chosen on Val (optimistic)
+4. fuse     hybrid per-subtask selection over the runs of step 3, chosen on their out-of-fold Train predictions (Val stays clean) and on halves of Val (cv)
             and with the cv guard;
 5. papers   the reduced recipes of ``exvo reproduce`` (the rows marked ``demo``, the same
             seeds): the Idiap and baseline Multi-Task rows, Burst2Vec over ComParE, the
@@ -338,7 +338,7 @@ def _learn_stage(corpus, cache_dir: Path, runs_dir: Path, ready: list[str], seed
 def _fuse_stage(corpus, runs_dir: Path, names: list[str], echo) -> None:
     from exvo.fusion.api import fuse
 
-    for select_on in ("val", "cv"):
+    for select_on in ("oof", "cv"):
         res = fuse(corpus, runs_dir=runs_dir, run_names=names, mode="hybrid", select_on=select_on,
                    echo=lambda *_: None)
         echo(f"  {res.summary_line()}")
@@ -380,7 +380,7 @@ def _run_stages(clock: StageClock, data_dir: Path, cache_dir: Path, runs_dir: Pa
         ready = _extract_all(corpus, cache_dir, echo, True)   # bar on a terminal, plain lines in a log
     with clock.stage("learn", f"runs: {runs_dir}, {seeds} seeds each"):
         names = _learn_stage(corpus, cache_dir, runs_dir, ready, seeds, echo)
-    with clock.stage("fuse", "hybrid per subtask, chosen on Val (†) and with the cv guard"):
+    with clock.stage("fuse", "hybrid per subtask, chosen on out-of-fold Train predictions, and on Val halves (cv)"):
         _fuse_stage(corpus, runs_dir, names, echo)
     with clock.stage("papers", f"the demo rows of each `exvo reproduce` recipe, {seeds} seeds"):
         _papers(corpus, data_dir, cache_dir, runs_dir, seeds, echo, commands)

@@ -103,7 +103,7 @@ def quiet(*_):
 def test_hybrid_takes_the_obvious_winner_of_each_subtask(setup):
     corpus, runs, v, t = setup
     lines = []
-    res = fuse(corpus, runs_dir=runs, mode="hybrid", echo=lines.append)
+    res = fuse(corpus, select_on="val", runs_dir=runs, mode="hybrid", echo=lines.append)
     assert res.name == "hybrid" and res.path == runs / "hybrid"
     assert res.chosen == {"emotion": ["A"], "country": ["B"], "age": ["C"]}
     for split, src in (("Val", v), ("Test", t)):
@@ -152,7 +152,7 @@ def test_mean_ensemble_known_answer(setup):
 
 def test_weighted_mean_known_answer(setup):
     corpus, runs, v, _ = setup
-    res = fuse(corpus, runs_dir=runs, mode="mean", weighted=True, echo=quiet)
+    res = fuse(corpus, select_on="val", runs_dir=runs, mode="mean", weighted=True, echo=quiet)
     assert res.name == "mean_3runs_weighted"
     out = load_split(res.path, "Val")
     # age weights 1/MAE = 1/10, 1/5, 1/1 → offset (10*.1 + 5*.2 + 1*1) / 1.3 = 3 / 1.3
@@ -171,7 +171,7 @@ def test_weighted_mean_known_answer(setup):
 
 def test_hybrid_top_k_averages_the_k_best(setup):
     corpus, runs, v, t = setup
-    res = fuse(corpus, runs_dir=runs, mode="hybrid", top=2, echo=quiet)
+    res = fuse(corpus, select_on="val", runs_dir=runs, mode="hybrid", top=2, echo=quiet)
     assert res.name == "hybrid_top2"
     assert res.chosen == {"emotion": ["A", "B"], "country": ["B", "C"], "age": ["C", "B"]}
     out = load_split(res.path, "Val")
@@ -189,7 +189,7 @@ def test_mismatched_ids_are_refused(setup):
     write_run(runs, "D", d.take(keep), None)
     with pytest.raises(PredictionError, match=r"runs do not share the same Val ids: D \(7 ids\) vs A \(8 ids\): "
                                               r"D lacks 1 \[\[00107\]\]"):
-        fuse(corpus, runs_dir=runs, echo=quiet)
+        fuse(corpus, select_on="val", runs_dir=runs, echo=quiet)
     assert not (runs / "hybrid").exists()
 
 
@@ -200,14 +200,14 @@ def test_runs_from_another_corpus_are_refused(setup, tmp_path):
         p = v[n]
         write_run(tmp_path / "other", n, Predictions(other, p.emotions, p.country, p.age, p.country_proba), None)
     with pytest.raises(PredictionError, match=r"do not match the Val split of .*8 missing"):
-        fuse(corpus, runs_dir=tmp_path / "other", echo=quiet)
+        fuse(corpus, select_on="val", runs_dir=tmp_path / "other", echo=quiet)
 
 
 def test_ties_are_broken_by_name_and_reported(setup):
     corpus, runs, v, t = setup
     shutil.copytree(runs / "B", runs / "A0")                # identical to B, sorts before it
     lines = []
-    res = fuse(corpus, runs_dir=runs, echo=lines.append)
+    res = fuse(corpus, select_on="val", runs_dir=runs, echo=lines.append)
     assert res.chosen["country"] == ["A0"]
     assert res.chosen["emotion"] == ["A"] and res.chosen["age"] == ["C"]
     text = "\n".join(lines)
@@ -222,7 +222,7 @@ def test_missing_test_csv_of_a_chosen_run(setup):
     (runs / "C" / "test.csv").unlink()
     (runs / "C" / "test_country_proba.csv").unlink()
     lines = []
-    res = fuse(corpus, runs_dir=runs, echo=lines.append)
+    res = fuse(corpus, select_on="val", runs_dir=runs, echo=lines.append)
     assert not res.test_written and not (res.path / "test.csv").exists()
     assert (res.path / "val.csv").exists()
     assert "no test.csv written: chosen run(s) C have no test.csv" in "\n".join(lines)
@@ -234,7 +234,7 @@ def test_missing_test_csv_of_an_unused_run_is_harmless(setup):
     corpus, runs, v, _ = setup
     bad = v["A"]
     write_run(runs, "D", Predictions(VAL_IDS, np.full((8, 10), 0.5), np.zeros(8, int), VAL_AGE + 30), None)
-    res = fuse(corpus, runs_dir=runs, echo=quiet)
+    res = fuse(corpus, select_on="val", runs_dir=runs, echo=quiet)
     assert res.chosen == {"emotion": ["A"], "country": ["B"], "age": ["C"]}
     assert res.test_written and (res.path / "test.csv").exists()
     assert bad is v["A"]
@@ -242,16 +242,16 @@ def test_missing_test_csv_of_an_unused_run_is_harmless(setup):
 
 def test_fusion_runs_are_skipped_unless_named_and_rerun_replaces(setup):
     corpus, runs, *_ = setup
-    first = fuse(corpus, runs_dir=runs, echo=quiet)
+    first = fuse(corpus, select_on="val", runs_dir=runs, echo=quiet)
     lines = []
-    again = fuse(corpus, runs_dir=runs, echo=lines.append)     # same default name: replaced, not stacked
+    again = fuse(corpus, select_on="val", runs_dir=runs, echo=lines.append)     # same default name: replaced, not stacked
     assert again.path == first.path and sorted(p.name for p in runs.iterdir()) == ["A", "B", "C", "hybrid"]
     text = "\n".join(lines)
     assert "skipped 1 fusion run(s) (hybrid)" in text and "replaced the earlier fusion run" in text
     named = fuse(corpus, runs_dir=runs, run_names=["hybrid", "A"], mode="mean", name="m2", echo=quiet)
     assert (named.path / "val.csv").exists()
     with pytest.raises(ValueError, match=r"runs/A exists and is not a fusion run \(kind='learn'\)"):
-        fuse(corpus, runs_dir=runs, name="A", run_names=["B", "C"], echo=quiet)
+        fuse(corpus, select_on="val", runs_dir=runs, name="A", run_names=["B", "C"], echo=quiet)
     with pytest.raises(ValueError, match="top=3 applies to mode='hybrid' only"):
         fuse(corpus, runs_dir=runs, mode="mean", top=3, echo=quiet)
 
@@ -321,7 +321,7 @@ def test_cli_fuse_and_bad_mode(setup):
     from exvo.cli import app
 
     corpus, runs, *_ = setup
-    r = CliRunner().invoke(app, ["fuse", "--hybrid", "--data", str(corpus.root), "--runs", str(runs)])
+    r = CliRunner().invoke(app, ["fuse", "--hybrid", "--select-on", "val", "--data", str(corpus.root), "--runs", str(runs)])
     assert r.exit_code == 0, r.output
     assert "hybrid: Emo-CCC 0.875  Cou-UAR 1.000  Age-MAE 1.00  S_MTL 0.955" in r.output
     r = CliRunner().invoke(app, ["fuse", "--mean", "--data", str(corpus.root), "--runs", str(runs),
@@ -381,7 +381,7 @@ def test_fusion_is_seed_by_seed_with_mean_and_std(tmp_path):
     for n in "ABC":
         write_seed_run(runs, n, seeded(v[n], offsets[n]), seeded(t[n], offsets[n]), seed_values=[3, 4])
     lines = []
-    res = fuse(corpus, runs_dir=runs, mode="hybrid", echo=lines.append)
+    res = fuse(corpus, select_on="val", runs_dir=runs, mode="hybrid", echo=lines.append)
     assert res.chosen == {"emotion": ["A"], "country": ["B"], "age": ["C"]} and res.n_seeds == 2
     met = json.loads((res.path / "metrics.json").read_text())
     assert [r["mae"] for r in met["per_seed"]] == pytest.approx([1, 3])
@@ -517,7 +517,7 @@ def test_what_chose_each_subtask_is_printed_and_kept_with_the_seed_means(tmp_pat
     write_seed_run(runs, "X", seeded(v["C"], [3, -5]), seeded(t["C"], [3, -5]))     # C's ages are truth + 1
     write_seed_run(runs, "Y", seeded(v["C"], [0, 0]), seeded(t["C"], [0, 0]))
     lines = []
-    res = fuse(corpus, runs_dir=runs, mode="hybrid", echo=lines.append)
+    res = fuse(corpus, select_on="val", runs_dir=runs, mode="hybrid", echo=lines.append)
     assert res.chosen["age"] == ["X"]
     text = "\n".join(lines)
     assert ("age: chosen on each candidate's Val MAE of its seed ensemble (the scores above); seed mean ± std of "

@@ -19,8 +19,9 @@ from exvo.predictions import Predictions, save_split
 
 def write_learn_run(runs: Path, name: str, corpus: Corpus, s_mtl: tuple[float, float], features: list[str],
                     *, ccc=(0.4, 0.02), uar=(0.5, 0.03), mae=(4.0, 0.1), ens=0.41, dim=88, seed=0,
-                    learner="mlp", arch="sys2", blocks: list[dict] | None = None) -> Path:
-    """A learn-run folder with hand-set summary numbers and noisy Val predictions.
+                    learner="mlp", arch="sys2", blocks: list[dict] | None = None, oof: bool = False) -> Path:
+    """A learn-run folder with hand-set summary numbers and noisy Val predictions (``oof``: and noisy
+    out-of-fold Train predictions, as a ``--stop-on folds`` run has).
 
     ``blocks``: write ``features`` as the learner's feature blocks (dicts) and ``dim``
     instead of spec strings and ``feature_dim``; the report must read both.
@@ -46,6 +47,12 @@ def write_learn_run(runs: Path, name: str, corpus: Corpus, s_mtl: tuple[float, f
     country = np.where(right, cou, rng.integers(0, 4, n))
     save_split(Predictions(corpus.split_ids("Val"), np.clip(emo + rng.normal(0, 0.1, emo.shape), 0, 1),
                            country, age + rng.normal(0, 4, n)), d, "Val")
+    if oof:
+        emo, cou, age = corpus.labels("Train")
+        n = len(cou)
+        country = np.where(rng.random(n) < 0.6, cou, rng.integers(0, 4, n))
+        save_split(Predictions(corpus.split_ids("Train"), np.clip(emo + rng.normal(0, 0.1, emo.shape), 0, 1),
+                               country, age + rng.normal(0, 4, n)), d, "OOF")
     return d
 
 
@@ -121,7 +128,7 @@ def test_fusion_rows_are_flagged_and_scored_from_their_metrics(report_runs, tmp_
     from exvo.fusion.api import fuse
 
     corpus, runs = report_runs
-    fuse(corpus, runs_dir=runs, mode="hybrid", echo=lambda *_: None)
+    fuse(corpus, select_on="val", runs_dir=runs, mode="hybrid", echo=lambda *_: None)
     fuse(corpus, runs_dir=runs, mode="hybrid", select_on="cv", echo=lambda *_: None)
     out = tmp_path / "rep"
     text = make_report(runs, out, corpus=corpus)
@@ -197,7 +204,7 @@ def test_demo_pipeline_skips_what_is_missing_and_reuses_runs(small_demo_copy, tm
         calls["learn"].append((tuple(cfg.features), cfg.seeds.n))
         shutil.rmtree(runs_dir / name, ignore_errors=True)      # a real learn run replaces its folder
         write_learn_run(runs_dir, name, corpus, (0.3 + 0.01 * len(calls["learn"]), 0.01), cfg.features,
-                        seed=len(calls["learn"]))
+                        seed=len(calls["learn"]), oof=True)     # the demo's runs use speaker folds
         cfg_path = runs_dir / name / "config.json"
         c = json.loads(cfg_path.read_text())
         c["seeds"] = cfg.seeds.list                              # the learner records the seed list
@@ -223,7 +230,7 @@ def test_demo_pipeline_skips_what_is_missing_and_reuses_runs(small_demo_copy, tm
     assert "skip compare: failed: RuntimeError: openSMILE exploded" in text and "second line" not in text
     assert calls["learn"] == [(("egemaps",), 2), (("zff_exvo_er",), 2)]
     assert "skip egemaps+raw_exvo_er: its cache is missing" in text
-    assert (runs / "hybrid" / "fusion.json").is_file() and (runs / "hybrid_cv" / "fusion.json").is_file()
+    assert (runs / "hybrid_oof" / "fusion.json").is_file() and (runs / "hybrid_cv" / "fusion.json").is_file()
     assert "egemaps_mlp_sys2" in table and (runs / "zff_exvo_er_mlp_sys2").is_dir() and (runs / "report" / "report.md").is_file()
     assert calls["papers"] == [2] and calls["fid"] == [["egemaps", "zff_exvo_er"]]
     assert "5/7 papers" in text and "6/7 generate" in text
@@ -302,7 +309,7 @@ def test_every_row_shows_mean_std_over_seeds_and_the_ensemble_apart(seeded_runs,
     from exvo.fusion.api import fuse
 
     corpus, runs = seeded_runs
-    res = fuse(corpus, runs_dir=runs, mode="hybrid", run_names=["good"], name="copy", echo=lambda *_: None)
+    res = fuse(corpus, select_on="val", runs_dir=runs, mode="hybrid", run_names=["good"], name="copy", echo=lambda *_: None)
     assert res.chosen == {"emotion": ["good"], "country": ["good"], "age": ["good"]}
     out = tmp_path / "rep"
     text = make_report(runs, out, corpus=corpus)
@@ -369,7 +376,7 @@ def test_stale_fusions_are_flagged(seeded_runs, tmp_path):
 
     corpus, runs = seeded_runs
     fuse(corpus, runs_dir=runs, mode="mean", echo=lambda *_: None)           # all learn runs
-    fuse(corpus, runs_dir=runs, mode="hybrid", run_names=["good"], name="named", echo=lambda *_: None)
+    fuse(corpus, select_on="val", runs_dir=runs, mode="hybrid", run_names=["good"], name="named", echo=lambda *_: None)
     text = make_report(runs, tmp_path / "r0", corpus=corpus)
     assert "‡" not in text and csv_rows(tmp_path / "r0")["mean_2runs"]["stale"] == ""
     write_seeded_run(runs, "newer", corpus, 3, 0.1, seed=9)                   # a run appears after the fusion

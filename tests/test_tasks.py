@@ -288,7 +288,7 @@ def test_user_task_file_end_to_end(tmp_path):
     head = r.output.splitlines()[0]
     assert "CCC" in head and "UAR" in head and "score ▼" in head and "MAE" not in head and "S_MTL" not in head
     assert "constant predictor" in r.output
-    val = tmp_path / "runs" / "hybrid" / "val.csv"
+    val = tmp_path / "runs" / "hybrid_oof" / "val.csv"     # chosen on the out-of-fold Train predictions (the default)
     assert val.read_text().splitlines()[0] == "File_ID,Gender,Arousal,Valence"
     r = cli.invoke(app, ["score", str(val), *common])
     assert r.exit_code == 0, r.output

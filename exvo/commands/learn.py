@@ -177,7 +177,7 @@ def fuse(
                                                    "CNN seed (NAME@k of an --cnn-seeds cache): mean ± std includes the CNN's variance."),
     top: int = typer.Option(1, help="With --hybrid: average the K best runs per subtask."),
     weighted: bool = typer.Option(False, help="With --mean (or --hybrid --top K): weight runs per subtask by their Val score (CCC, UAR, 1/MAE)."),
-    select_on: str = typer.Option("val", help="val (choose on all of Val; optimistic †) | oof (choose on the runs' out-of-fold Train predictions, from `learn --stop-on folds`; Val stays clean) | cv (choose on half the Val speakers, score on the other half)."),
+    select_on: str = typer.Option("oof", help="oof (choose on the runs' out-of-fold Train predictions, from `learn --stop-on folds`, the default; Val stays a clean score) | val (choose on all of Val; optimistic †) | cv (choose on half the Val speakers, score on the other half)."),
     name: Optional[str] = typer.Option(None, help="Output run name."),
     task: Optional[str] = TaskOpt,
     data: Optional[Path] = DataOpt,

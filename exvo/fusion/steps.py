@@ -184,7 +184,8 @@ def oof_choices(corpus: Corpus, by_name: dict[str, Run], opts: Options, notes: l
     lacking = sorted(n for n, r in by_name.items() if not r.has("OOF"))
     if lacking:
         raise PredictionError(f"--select-on oof: run(s) {', '.join(lacking)} have no out-of-fold Train predictions "
-                              "(oof.csv); train them with `exvo learn --stop-on folds`, or use --select-on cv")
+                              "(oof.csv); train them with `exvo learn --stop-on folds`, or choose with --select-on cv (halves of Val) "
+                              "or --select-on val (optimistic †)")
     for n, r in by_name.items():
         for why in train_label_leaks(r.record.get("features") or [], corpus.name):
             notes.append(f"warning: {n}'s out-of-fold predictions are optimistic ({why}); the choice on them "

@@ -89,10 +89,13 @@ def train_label_leaks(blocks: Sequence[dict | FeatureBlock], corpus_name: str) -
     task CNN (its cache config names a ``label_column``) trained on this corpus's Train labels
     without ``--crossfit`` embedded every Train clip with a model that had fitted that very
     clip's label, so a learner's out-of-fold Train predictions on it look better than they are.
-    ``blocks``: :class:`FeatureBlock` or their ``to_json()`` records (a run's config.json)."""
+    ``blocks``: :class:`FeatureBlock` or their ``to_json()`` records (a run's config.json; the spec
+    strings of exvo 0.1 runs carry no cache config and are passed over)."""
     out = []
     for b in blocks:
         b = b.to_json() if isinstance(b, FeatureBlock) else b
+        if not isinstance(b, dict):
+            continue
         cfg = b.get("cache_config") or {}
         if cfg.get("label_column") and cfg.get("trained_on") == corpus_name and not cfg.get("crossfit"):
             out.append(f"{b.get('spec', b.get('name'))}: a task CNN trained on these Train labels without --crossfit, "
