@@ -6,8 +6,9 @@ scores the other (and swaps); ``oof`` picks on the sources' out-of-fold Train pr
 ``exvo learn --stop-on folds``), so Val is never used to choose. On the demo corpus the hidden
 Test labels give a score that no protocol has seen: the fair comparison of the three.
 
-Prints, per protocol: the source chosen per subtask, Val and Test CCC / UAR / MAE / S_MTL of the
-fusion's seed-ensemble predictions.
+Prints, per protocol: the source chosen per subtask (on all of Val for cv's written predictions),
+the fusion's own Val figure of its seed ensemble (cv: out of fold over the Val halves; val:
+optimistic †) and the Test CCC / UAR / MAE / S_MTL of its test.csv.
 
     python benchmarks/bench_hybrid_select.py --data DEMO --cache CACHE --runs RUNS [--sources a,b,c]
 
@@ -54,7 +55,7 @@ def main() -> None:
         sec = time.perf_counter() - t0
         record = json.loads((fused.path / "fusion.json").read_text())
         chosen = {t: v.get("chosen") for t, v in record.get("subtasks", record).items() if isinstance(v, dict)}
-        v = score(fused.predictions("Val"), corpus, "Val")
+        v = fused.metrics["ensemble"]     # the run's own Val figure: for cv, out of fold over the Val halves
         t = score(fused.predictions("Test"), corpus, "Test")
         mark = " †" if on == "val" else ""
         table.append(f"| {on}{mark} | {v['ccc']:.3f} | {v['uar']:.3f} | {v['mae']:.2f} | {v['s_mtl']:.3f} | "
