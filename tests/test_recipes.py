@@ -264,3 +264,28 @@ def test_delta_only_on_the_papers_corpus():
     same, why = is_paper_corpus(recipes.load("idiap2022"), demo)
     assert not same and why.endswith("this corpus has 600/300/300")
     assert is_paper_corpus(recipes.load("enrol-verify"), exvo) == (False, "the paper used IEMOCAP")
+
+
+def _opt(argv: list[str], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv else None
+
+
+def test_burst2vec_adv_ablations_follow_table_2():
+    """Paper 003 Table 2 marks V2, V3 and V5 '– Adv' (§5: 'the three main variants without adversarial
+    debiasing (V2, V3, and V5)'); those rows run alpha1 = alpha2 = 0, every other fine-tuned row keeps the
+    adversarial terms, and Ensembles A-C average exactly the members the table names."""
+    r = recipes.load("burst2vec")
+    rows = {row.id: row for row in r.rows}
+    no_adv = {"v2", "v3", "v5"}
+    for vid in ("v1", "v2", "v3", "v4", "v5", "v6", "v7"):
+        argv = rows[vid].steps[-1]
+        off = _opt(argv, "--alpha1") == "0" and _opt(argv, "--alpha2") == "0"
+        assert off == (vid in no_adv), (vid, argv)
+        assert ("-Adv" in rows[vid].system) == (vid in no_adv), rows[vid].system
+    assert rows["v3"].checkpoint == "facebook/hubert-base-ls960"
+    members = {"ensemble-a": {"v1", "v2", "v3", "v6"}, "ensemble-b": {"v1", "v2", "v3", "v5", "v6"},
+               "ensemble-c": {"v1", "v2", "v3", "v4", "v5", "v6"}}
+    for eid, want in members.items():
+        argv = rows[eid].steps[-1]
+        got = {a.removeprefix("reproduce-burst2vec-") for a in argv if a.startswith("reproduce-burst2vec-")}
+        assert got == want, (eid, got)
