@@ -9,9 +9,12 @@ Recipe (:class:`TrainConfig`; Idiap paper §2.2 (4)):
   the 10 % only give the cross-validation loss (every frame of every held-out clip);
 * optimiser: cross-entropy, plain SGD (Keras' default: no momentum), lr 0.1;
 * schedule (:class:`PlateauHalving`): after each epoch, if the cross-validation loss did
-  not fall, the weights go back to the best epoch (never to the untrained weights: the
-  first epoch is always kept) and the lr is halved; training stops
+  not fall, the lr is halved (the paper: "halved, in the range 10^-1 to 10^-6, between
+  successive epochs whenever the validation-loss stopped reducing"); training stops
   when the lr would fall below 1e-6 (17 halvings), or at ``max_epochs``;
+* ours, not in paper 001: at every halving the weights and the optimiser state go back to
+  the best epoch so far (never to the untrained weights: the first epoch is always kept),
+  and the model returned is the best epoch's (the paper does not say which it kept);
 * an epoch is one pass over all windows, or ``windows_per_epoch`` windows (whole passes
   are then split into equal steps of the schedule; every window still comes once per pass).
 
@@ -86,6 +89,9 @@ def prepare_signal(wav: np.ndarray, signal: str, zff_config: ZFFConfig | None = 
 # =========================================================================== schedule
 class PlateauHalving:
     """The paper's learning-rate schedule: halve when the cross-validation loss stops falling.
+
+    Only the lr: going back to the best weights at each halving is :func:`fit`'s (ours, not
+    the paper's; see the module docstring).
 
     ``step(loss)`` after each epoch returns whether ``loss`` improved on the best so far
     by more than ``improvement`` (relative); if not, ``lr`` is halved. ``done`` once
@@ -221,6 +227,10 @@ def _recalibrate_bn(model, pool: FramePool, seed: int, n_windows: int, k: int, d
 def fit(model, train: FramePool, held: FramePool, cfg: TrainConfig, device: str, echo: Echo,
         resume: Path | None = None, key: str = "") -> list[dict]:
     """Train ``model`` in place (ends at the best cross-validation checkpoint); returns per-epoch history.
+
+    At every lr halving the weights and optimiser state go back to the best epoch: our rule,
+    not paper 001's (it only halves the lr), kept because at lr 0.1 an epoch that raised the
+    cross-validation loss otherwise becomes the start of every later, smaller step.
 
     With ``resume`` (a path), the state after every epoch is saved there, and a training
     killed after epoch k goes on from epoch k + 1 with the very weights, optimiser, schedule,
