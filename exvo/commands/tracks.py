@@ -63,7 +63,7 @@ def fewshot(
 def _verify_loss_help() -> str:
     from exvo.verify.losses import LOSSES
 
-    return f"Encoder loss: {' | '.join(LOSSES)} (paper 004 Exp I; namp = negative angular margin prototypical + CE, S_jj = w(cos - m), m < 0, the text's "less discriminative" intent; namp-eq4 = its Eq. 4 as printed, w(cos + m): CosFace-like)."
+    return f"Encoder loss: {' | '.join(LOSSES)} (paper 004 Exp I; namp = negative angular margin prototypical + CE, S_jj = w(cos - m), m < 0, the text's less-discriminative intent; namp-eq4 = its Eq. 4 as printed, w(cos + m): CosFace-like)."
 
 
 @app.command()
