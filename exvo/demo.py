@@ -8,8 +8,8 @@ subtask learnable, and not trivial:
 * emotions: the burst type is drawn from a mixture whose emotion profile gives the
   labels, and the continuous intensities further set pitch, loudness, pulse rate,
   noisiness, pitch glide and vibrato;
-* age: the speaker's pitch falls and jitter/breathiness rise with age, on top of
-  a per-speaker random voice (ages skewed young, mean ~ 28, as in ExVo);
+* age: the speaker's pitch falls and cycle-to-cycle jitter, shimmer and breathiness rise
+  with age, on top of a per-speaker random voice (ages skewed young, mean ~ 28, as in ExVo);
 * country: a typical recording channel (band-pass + hum + room) around which each
   speaker's own device scatters, a vocal-tract-length and tempo style, and different
   preferences over burst types;
@@ -69,7 +69,8 @@ class Speaker:
     country: int
     age: int
     f0: float          # Hz, typical pitch
-    jitter: float      # relative cycle-to-cycle f0 perturbation
+    jitter: float      # relative cycle-to-cycle f0 perturbation (std of each period's relative change)
+    shimmer: float     # relative cycle-to-cycle amplitude perturbation
     breath: float      # aspiration noise level relative to voicing
     formant: float     # speaker's vocal-tract scale factor
     band: tuple        # (low, high) Hz of the speaker's recording device
@@ -90,11 +91,12 @@ def _speakers(n: int, rng: np.random.Generator) -> list[Speaker]:
         age = int(np.clip(18 + rng.gamma(2.0, 5.0), 18, 70))
         female = rng.random() < 0.5
         base = 215.0 if female else 125.0
-        f0 = base * (1.0 - 0.009 * (age - 18)) * float(np.exp(rng.normal(0, 0.05)))
+        f0 = base * (1.0 - 0.012 * (age - 18)) * float(np.exp(rng.normal(0, 0.05)))
         lo, hi = style["band"]
         out.append(Speaker(
             id=f"Speaker_{s}", country=country, age=age, f0=f0,
-            jitter=0.003 + 0.0009 * (age - 18),
+            jitter=0.004 + 0.0015 * (age - 18),
+            shimmer=0.02 + 0.006 * (age - 18),
             breath=0.05 + 0.012 * (age - 18) + abs(rng.normal(0, 0.02)),
             formant=(1.08 if female else 0.95) * float(np.exp(rng.normal(0, 0.03))),
             band=(lo * float(np.exp(rng.normal(0, 0.35))), min(7800.0, hi * float(np.exp(rng.normal(0, 0.2))))),
@@ -146,10 +148,16 @@ def _synth(kind: str, emo: np.ndarray, spk: Speaker, rng: np.random.Generator) -
     f0 = spk.f0 * (1.0 + 0.6 * arousal + 0.15 * emo[_E["Amusement"]]) * float(np.exp(0.1 * np.tanh(own[0])))
     glide = 0.35 * emo[_E["Surprise"]] - 0.3 * emo[_E["Sadness"]]
     contour = f0 * (1.0 + glide * (t / dur - 0.5)) * (1.0 + 0.04 * emo[_E["Distress"]] * np.sin(2 * np.pi * 5.5 * t))
-    contour *= 1.0 + spk.jitter * rng.standard_normal(n).cumsum() / np.sqrt(np.arange(1, n + 1))
+    # jitter and shimmer: every glottal cycle gets its own period and amplitude, perturbed by
+    # N(0, jitter) and N(0, shimmer) (cycle-to-cycle, what jitter/shimmer measures see; a slow
+    # pitch wander, as exvo <= 0.1 drew, is no jitter and carried almost no age information)
+    cycle = np.floor(np.cumsum(contour) / SR).astype(np.int64)
+    contour = contour * (1.0 + spk.jitter * rng.standard_normal(cycle[-1] + 1))[cycle]
     phase = np.cumsum(contour) / SR
     voiced = 2.0 * (phase % 1.0) - 1.0               # sawtooth-like glottal source
     voiced = np.diff(voiced, prepend=voiced[0]) * -0.5 + 0.02 * voiced
+    cycle = np.floor(phase).astype(np.int64)
+    voiced = voiced * np.maximum(0.0, 1.0 + spk.shimmer * rng.standard_normal(cycle[-1] + 1))[cycle]
     noise = rng.standard_normal(n) * 0.15
     noisy = {"gasp": 0.85, "sigh": 0.75}.get(kind, 0.15) + 0.3 * (emo[_E["Fear"]] + emo[_E["Horror"]]) / 2
     src = (1.0 - noisy) * voiced + (noisy + spk.breath) * noise

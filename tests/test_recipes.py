@@ -289,3 +289,19 @@ def test_burst2vec_adv_ablations_follow_table_2():
         argv = rows[eid].steps[-1]
         got = {a.removeprefix("reproduce-burst2vec-") for a in argv if a.startswith("reproduce-burst2vec-")}
         assert got == want, (eid, got)
+
+
+def test_idiap_hybrids_take_country_from_the_cnns_own_softmax():
+    """Paper 001: the hybrid country UARs (.437 / .456) are Table 1's softmax UARs of the CR CNNs
+    (43.70 / 45.65), so the hybrid rows fuse the ER run with the CR CNN's own posteriors, not with an
+    MLP trained on the CR embeddings."""
+    rows = {row.id: row for row in recipes.load("idiap2022").rows}
+    for rid, cnn, want in (("hybrid-raw-er+raw-cr-sys2", "raw_exvo_cr", 0.437),
+                           ("hybrid-raw-er+zff-cr-sys2", "zff_exvo_cr", 0.456)):
+        row = rows[rid]
+        assert row.paper["uar"] == want
+        post = [s for s in row.steps if s[0] == "cnn-posteriors"]
+        assert len(post) == 1 and _opt(post[0], "--model") == cnn
+        fuse_step = row.steps[-1]
+        assert fuse_step[:2] == ["fuse", "--hybrid"] and _opt(post[0], "--name") in fuse_step
+        assert not any(s[0] == "learn" and cnn in " ".join(s) for s in row.steps), rid

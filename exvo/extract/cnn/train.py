@@ -50,7 +50,7 @@ VERSION = "2"
 SIGNALS = ("raw", "zff")
 Echo = Callable[[str], None]
 __all__ = ["DEFAULT_THREADS", "FORMAT", "SIGNALS", "VERSION", "Echo", "LoadedModel", "PlateauHalving", "TrainConfig",
-           "evaluate_clips", "fit", "heldout_loss", "load_model", "load_signals", "prepare_signal", "save_model",
+           "clip_posteriors", "evaluate_clips", "fit", "heldout_loss", "load_model", "load_signals", "prepare_signal", "save_model",
            "torch_threads", "train_cnn"]
 
 DEFAULT_THREADS = 1
@@ -323,22 +323,38 @@ def _epoch(model, opt, sampler: AllFramesSampler, train: FramePool, held: FrameP
                 windows_per_s=n / max(train_s, 1e-9))
 
 
-def evaluate_clips(model, corpus: Corpus, rows: Sequence[int], labels: np.ndarray, signal: str,
-                   zcfg: ZFFConfig | None, device: str, echo: Echo) -> dict:
-    """Window-level (every 10 ms frame) and clip-level (argmax of summed frame posteriors) UAR and WAR."""
+def clip_posteriors(model, corpus: Corpus, rows: Sequence[int], signal: str, zcfg: ZFFConfig | None, device: str,
+                    echo: Echo) -> tuple[list[int], list[np.ndarray], np.ndarray]:
+    """The CNN's own clip decisions (the paper's Table 1): every frame's softmax, summed over the clip.
+
+    Returns ``(kept rows, frame logits per clip ((n_frames, C) each), clip posteriors (n_kept, C))``;
+    a clip's posterior is the sum of its frame posteriors divided by its frame count (a
+    distribution whose argmax is the paper's clip decision). Unreadable clips are reported and
+    left out of ``kept rows``.
+    """
     torch = _torch()
-    wt, wp, ct, cp = [], [], [], []
+    kept, logits, post = [], [], []
     for r in rows:   # one clip at a time: Val of the real corpus does not fit in RAM as float32
         sig, ok = load_signals(corpus, [r], signal, zcfg, echo, "evaluation", bar=False, dtype=np.float32)
         if not ok:
             continue
         lg = clip_logits(model, sig[0], device)
         p = torch.softmax(torch.from_numpy(lg), dim=1).numpy()
-        wt.append(np.full(len(lg), labels[r])), wp.append(lg.argmax(1))
-        ct.append(int(labels[r])), cp.append(int(p.sum(0).argmax()))
-    if not ct:
+        kept.append(int(r)), logits.append(lg), post.append(p.sum(0) / len(p))
+    C = int(model.cfg.n_classes)
+    return kept, logits, (np.stack(post) if post else np.zeros((0, C)))
+
+
+def evaluate_clips(model, corpus: Corpus, rows: Sequence[int], labels: np.ndarray, signal: str,
+                   zcfg: ZFFConfig | None, device: str, echo: Echo) -> dict:
+    """Window-level (every 10 ms frame) and clip-level (argmax of summed frame posteriors,
+    :func:`clip_posteriors`) UAR and WAR."""
+    kept, logits, post = clip_posteriors(model, corpus, rows, signal, zcfg, device, echo)
+    if not kept:
         return {}
-    wt, wp = np.concatenate(wt), np.concatenate(wp)
+    ct, cp = [int(labels[r]) for r in kept], post.argmax(1).tolist()
+    wt = np.concatenate([np.full(len(lg), labels[r]) for r, lg in zip(kept, logits)])
+    wp = np.concatenate([lg.argmax(1) for lg in logits])
     return {"n_clips": len(ct), "n_windows": int(wt.size),
             "window_uar": uar(wt, wp), "window_war": float(np.mean(wt == wp)),
             "clip_uar": uar(ct, cp), "clip_war": float(np.mean(np.array(ct) == np.array(cp)))}
