@@ -130,6 +130,24 @@ def _resonator(x: np.ndarray, freq: float, bw: float) -> np.ndarray:
     return lfilter([1.0 - r], a, x)
 
 
+def _glottal_source(contour: np.ndarray, jitter: float, shimmer: float, rng: np.random.Generator) -> np.ndarray:
+    """Sawtooth-like pulse train ``(n,)`` following the f0 ``contour`` ``(n,)`` (Hz per sample).
+
+    Jitter and shimmer are cycle to cycle: every glottal cycle gets its own frequency and
+    amplitude, scaled by ``1 + N(0, jitter)`` and ``1 + N(0, shimmer)``, which is what jitter and
+    shimmer measures (openSMILE's jitterLocal, shimmerLocaldB) see. exvo ≤ 0.1 drew "jitter" as a
+    slow random walk of the pitch instead (a wander no cycle-to-cycle measure sees), so the
+    age cue it was meant to carry was nearly absent (benchmarks/README.md, "Age on the demo corpus").
+    """
+    cycle = np.floor(np.cumsum(contour) / SR).astype(np.int64)
+    contour = contour * (1.0 + jitter * rng.standard_normal(cycle[-1] + 1))[cycle]
+    phase = np.cumsum(contour) / SR
+    voiced = 2.0 * (phase % 1.0) - 1.0
+    voiced = np.diff(voiced, prepend=voiced[0]) * -0.5 + 0.02 * voiced
+    cycle = np.floor(phase).astype(np.int64)
+    return voiced * np.maximum(0.0, 1.0 + shimmer * rng.standard_normal(cycle[-1] + 1))[cycle]
+
+
 def _synth(kind: str, emo: np.ndarray, spk: Speaker, rng: np.random.Generator) -> np.ndarray:
     from scipy.signal import butter, sosfilt
 
@@ -148,16 +166,7 @@ def _synth(kind: str, emo: np.ndarray, spk: Speaker, rng: np.random.Generator) -
     f0 = spk.f0 * (1.0 + 0.6 * arousal + 0.15 * emo[_E["Amusement"]]) * float(np.exp(0.1 * np.tanh(own[0])))
     glide = 0.35 * emo[_E["Surprise"]] - 0.3 * emo[_E["Sadness"]]
     contour = f0 * (1.0 + glide * (t / dur - 0.5)) * (1.0 + 0.04 * emo[_E["Distress"]] * np.sin(2 * np.pi * 5.5 * t))
-    # jitter and shimmer: every glottal cycle gets its own period and amplitude, perturbed by
-    # N(0, jitter) and N(0, shimmer) (cycle-to-cycle, what jitter/shimmer measures see; a slow
-    # pitch wander, as exvo <= 0.1 drew, is no jitter and carried almost no age information)
-    cycle = np.floor(np.cumsum(contour) / SR).astype(np.int64)
-    contour = contour * (1.0 + spk.jitter * rng.standard_normal(cycle[-1] + 1))[cycle]
-    phase = np.cumsum(contour) / SR
-    voiced = 2.0 * (phase % 1.0) - 1.0               # sawtooth-like glottal source
-    voiced = np.diff(voiced, prepend=voiced[0]) * -0.5 + 0.02 * voiced
-    cycle = np.floor(phase).astype(np.int64)
-    voiced = voiced * np.maximum(0.0, 1.0 + spk.shimmer * rng.standard_normal(cycle[-1] + 1))[cycle]
+    voiced = _glottal_source(contour, spk.jitter, spk.shimmer, rng)
     noise = rng.standard_normal(n) * 0.15
     noisy = {"gasp": 0.85, "sigh": 0.75}.get(kind, 0.15) + 0.3 * (emo[_E["Fear"]] + emo[_E["Horror"]]) / 2
     src = (1.0 - noisy) * voiced + (noisy + spk.breath) * noise
