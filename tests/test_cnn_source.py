@@ -78,6 +78,11 @@ def test_cnn_source_is_the_cnns_own_clip_decisions_and_hybrid_takes_it_for_count
     fused = Run.open(runs / "hyb").predictions("Val").take(corpus.split_ids("Val"))
     assert uar(corpus.labels("Val")[1], fused.country) == pytest.approx(table1, abs=1e-12)
     np.testing.assert_allclose(fused.age, corpus.labels("Val")[2] + 20.0)
+    # the report lists the fusion and says what the partial source is, without a row for it
+    from exvo.fusion.report import make_report
+
+    text = make_report(runs, tmp_path / "report", corpus)
+    assert "hyb" in text and "1 cnn-posteriors run(s) (cr) are partial fusion sources" in text
 
 
 def test_cli_cnn_posteriors_and_its_refusals(cr_model, small_demo_copy, tmp_path):
@@ -88,6 +93,10 @@ def test_cli_cnn_posteriors_and_its_refusals(cr_model, small_demo_copy, tmp_path
     assert r.exit_code == 0, r.output
     assert "raw_exvo_cr-softmax: raw_exvo_cr's own clip decisions, country only: Val UAR" in r.output
     assert (runs / "raw_exvo_cr-softmax" / "val.csv").is_file()
+    import exvo
+
+    run = exvo.cnn_posteriors(corpus, "raw_exvo_cr", cache_dir=cache, runs_dir=runs, name="api")
+    assert run.subtasks == ("country",) and run.kind == "cnn-posteriors"
     r = CliRunner().invoke(app, ["cnn-posteriors", "--model", "zff_exvo_cr", *common])
     assert r.exit_code != 0 and "run `exvo extract --model zff_exvo_cr` on this corpus" in r.output
     r = CliRunner().invoke(app, ["cnn-posteriors", "--model", "egemaps", *common])
