@@ -305,3 +305,6 @@ def test_idiap_hybrids_take_country_from_the_cnns_own_softmax():
         fuse_step = row.steps[-1]
         assert fuse_step[:2] == ["fuse", "--hybrid"] and _opt(post[0], "--name") in fuse_step
         assert not any(s[0] == "learn" and cnn in " ".join(s) for s in row.steps), rid
+    from exvo.recipes.run import RUN_COMMANDS_WITH_NAME
+
+    assert "cnn-posteriors" in RUN_COMMANDS_WITH_NAME      # its run folder is found (and reused) by --name
