@@ -139,13 +139,19 @@ def _glottal_source(contour: np.ndarray, jitter: float, shimmer: float, rng: np.
     slow random walk of the pitch instead (a wander no cycle-to-cycle measure sees), so the
     age cue it was meant to carry was nearly absent (benchmarks/README.md, "Age on the demo corpus").
     """
+    n = contour.size
+    # one normal per sample, as exvo 0.1 drew, so the corpus's random stream (labels, splits,
+    # every later draw) is unchanged: the first values perturb the cycles' periods, the next ones
+    # their amplitudes (a clip has far fewer cycles than samples)
+    z = rng.standard_normal(n)
     cycle = np.floor(np.cumsum(contour) / SR).astype(np.int64)
-    contour = contour * (1.0 + jitter * rng.standard_normal(cycle[-1] + 1))[cycle]
+    used = int(cycle[-1]) + 1
+    contour = contour * (1.0 + jitter * z[cycle % n])
     phase = np.cumsum(contour) / SR
     voiced = 2.0 * (phase % 1.0) - 1.0
     voiced = np.diff(voiced, prepend=voiced[0]) * -0.5 + 0.02 * voiced
     cycle = np.floor(phase).astype(np.int64)
-    return voiced * np.maximum(0.0, 1.0 + shimmer * rng.standard_normal(cycle[-1] + 1))[cycle]
+    return voiced * np.maximum(0.0, 1.0 + shimmer * z[(used + cycle) % n])
 
 
 def _synth(kind: str, emo: np.ndarray, spk: Speaker, rng: np.random.Generator) -> np.ndarray:
