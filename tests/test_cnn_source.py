@@ -66,7 +66,7 @@ def test_cnn_source_is_the_cnns_own_clip_decisions_and_hybrid_takes_it_for_count
 
     _er_run(runs, corpus)
     lines: list[str] = []
-    res = fuse(corpus, runs_dir=runs, run_names=["er", "cr"], mode="hybrid", name="hyb", echo=lines.append)
+    res = fuse(corpus, runs_dir=runs, run_names=["er", "cr"], mode="hybrid", select_on="val", name="hyb", echo=lines.append)
     rec = json.loads((runs / "hyb" / "fusion.json").read_text())
     assert res.chosen == {"emotion": ["er"], "country": ["cr"], "age": ["er"]}
     # the CNN is no candidate for emotion or age, though its Train-mean age would beat er's
