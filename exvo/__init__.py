@@ -10,7 +10,7 @@ The Python API (``docs/api.md``)::
 """
 from exvo.version import __version__
 
-_API = ("Corpus", "Run", "extract", "fewshot", "fuse", "learn", "load_features", "load_run", "report", "verify")
+_API = ("Corpus", "Run", "cnn_posteriors", "extract", "fewshot", "fuse", "learn", "load_features", "load_run", "report", "verify")
 _TASKS = ("TaskSpec", "get_task")
 __all__ = ["__version__", *_API, *_TASKS]
 

@@ -96,6 +96,17 @@ def fuse(corpus: Corpus | str | Path, runs: Sequence[str] | None = None, *, runs
     return load_run(res.path)
 
 
+def cnn_posteriors(corpus: Corpus | str | Path, model: str, *, cache_dir: str | Path = "cache",
+                   runs_dir: str | Path = "runs", name: str | None = None, device: str = "cpu",
+                   progress: bool = False) -> Run:
+    """A country CNN's own clip posteriors (``model`` ``raw_exvo_cr`` | ``zff_exvo_cr``, trained by
+    :func:`extract`) as a run that :func:`fuse` takes for the country only (``exvo cnn-posteriors``)."""
+    from exvo.fusion.cnn_source import cnn_source
+
+    res = cnn_source(_corpus(corpus), model, cache_dir, runs_dir, name, device=device, echo=_echo(progress))
+    return load_run(res.path)
+
+
 def fewshot(corpus: Corpus | str | Path, features: str | Sequence[str], variant: str = "none", seeds: int = 5, *,
             cache_dir: str | Path = "cache", runs_dir: str | Path = "runs", name: str | None = None,
             progress: bool = False, **settings) -> Run:

@@ -8,8 +8,8 @@ subtask learnable, and not trivial:
 * emotions: the burst type is drawn from a mixture whose emotion profile gives the
   labels, and the continuous intensities further set pitch, loudness, pulse rate,
   noisiness, pitch glide and vibrato;
-* age: the speaker's pitch falls and jitter/breathiness rise with age, on top of
-  a per-speaker random voice (ages skewed young, mean ~ 28, as in ExVo);
+* age: the speaker's pitch falls and cycle-to-cycle jitter, shimmer and breathiness rise
+  with age, on top of a per-speaker random voice (ages skewed young, mean ~ 28, as in ExVo);
 * country: a typical recording channel (band-pass + hum + room) around which each
   speaker's own device scatters, a vocal-tract-length and tempo style, and different
   preferences over burst types;
@@ -69,7 +69,8 @@ class Speaker:
     country: int
     age: int
     f0: float          # Hz, typical pitch
-    jitter: float      # relative cycle-to-cycle f0 perturbation
+    jitter: float      # relative cycle-to-cycle f0 perturbation (std of each period's relative change)
+    shimmer: float     # relative cycle-to-cycle amplitude perturbation
     breath: float      # aspiration noise level relative to voicing
     formant: float     # speaker's vocal-tract scale factor
     band: tuple        # (low, high) Hz of the speaker's recording device
@@ -90,11 +91,12 @@ def _speakers(n: int, rng: np.random.Generator) -> list[Speaker]:
         age = int(np.clip(18 + rng.gamma(2.0, 5.0), 18, 70))
         female = rng.random() < 0.5
         base = 215.0 if female else 125.0
-        f0 = base * (1.0 - 0.009 * (age - 18)) * float(np.exp(rng.normal(0, 0.05)))
+        f0 = base * (1.0 - 0.012 * (age - 18)) * float(np.exp(rng.normal(0, 0.05)))
         lo, hi = style["band"]
         out.append(Speaker(
             id=f"Speaker_{s}", country=country, age=age, f0=f0,
-            jitter=0.003 + 0.0009 * (age - 18),
+            jitter=0.004 + 0.0015 * (age - 18),
+            shimmer=0.02 + 0.006 * (age - 18),
             breath=0.05 + 0.012 * (age - 18) + abs(rng.normal(0, 0.02)),
             formant=(1.08 if female else 0.95) * float(np.exp(rng.normal(0, 0.03))),
             band=(lo * float(np.exp(rng.normal(0, 0.35))), min(7800.0, hi * float(np.exp(rng.normal(0, 0.2))))),
@@ -128,6 +130,30 @@ def _resonator(x: np.ndarray, freq: float, bw: float) -> np.ndarray:
     return lfilter([1.0 - r], a, x)
 
 
+def _glottal_source(contour: np.ndarray, jitter: float, shimmer: float, rng: np.random.Generator) -> np.ndarray:
+    """Sawtooth-like pulse train ``(n,)`` following the f0 ``contour`` ``(n,)`` (Hz per sample).
+
+    Jitter and shimmer are cycle to cycle: every glottal cycle gets its own frequency and
+    amplitude, scaled by ``1 + N(0, jitter)`` and ``1 + N(0, shimmer)``, which is what jitter and
+    shimmer measures (openSMILE's jitterLocal, shimmerLocaldB) see. exvo ≤ 0.1 drew "jitter" as a
+    slow random walk of the pitch instead (a wander no cycle-to-cycle measure sees), so the
+    age cue it was meant to carry was nearly absent (benchmarks/README.md, "Age on the demo corpus").
+    """
+    n = contour.size
+    # one normal per sample, as exvo 0.1 drew, so the corpus's random stream (labels, splits,
+    # every later draw) is unchanged: the first values perturb the cycles' periods, the next ones
+    # their amplitudes (a clip has far fewer cycles than samples)
+    z = rng.standard_normal(n)
+    cycle = np.floor(np.cumsum(contour) / SR).astype(np.int64)
+    used = int(cycle[-1]) + 1
+    contour = contour * (1.0 + jitter * z[cycle % n])
+    phase = np.cumsum(contour) / SR
+    voiced = 2.0 * (phase % 1.0) - 1.0
+    voiced = np.diff(voiced, prepend=voiced[0]) * -0.5 + 0.02 * voiced
+    cycle = np.floor(phase).astype(np.int64)
+    return voiced * np.maximum(0.0, 1.0 + shimmer * z[(used + cycle) % n])
+
+
 def _synth(kind: str, emo: np.ndarray, spk: Speaker, rng: np.random.Generator) -> np.ndarray:
     from scipy.signal import butter, sosfilt
 
@@ -146,10 +172,7 @@ def _synth(kind: str, emo: np.ndarray, spk: Speaker, rng: np.random.Generator) -
     f0 = spk.f0 * (1.0 + 0.6 * arousal + 0.15 * emo[_E["Amusement"]]) * float(np.exp(0.1 * np.tanh(own[0])))
     glide = 0.35 * emo[_E["Surprise"]] - 0.3 * emo[_E["Sadness"]]
     contour = f0 * (1.0 + glide * (t / dur - 0.5)) * (1.0 + 0.04 * emo[_E["Distress"]] * np.sin(2 * np.pi * 5.5 * t))
-    contour *= 1.0 + spk.jitter * rng.standard_normal(n).cumsum() / np.sqrt(np.arange(1, n + 1))
-    phase = np.cumsum(contour) / SR
-    voiced = 2.0 * (phase % 1.0) - 1.0               # sawtooth-like glottal source
-    voiced = np.diff(voiced, prepend=voiced[0]) * -0.5 + 0.02 * voiced
+    voiced = _glottal_source(contour, spk.jitter, spk.shimmer, rng)
     noise = rng.standard_normal(n) * 0.15
     noisy = {"gasp": 0.85, "sigh": 0.75}.get(kind, 0.15) + 0.3 * (emo[_E["Fear"]] + emo[_E["Horror"]]) / 2
     src = (1.0 - noisy) * voiced + (noisy + spk.breath) * noise

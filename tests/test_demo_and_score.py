@@ -160,3 +160,25 @@ def test_readme_demo_figures_come_from_the_demos_own_records(tmp_path):
     assert "| idiap2022 compare-sys1: ComParE Sys-1 | S_MTL 0.349 | 0.340 ± 0.020 † | 1 / 1 |" in text
     assert "| idiap2022 trivial: constant predictor | – | undefined (CCC 0) | – |" in text
     assert text.startswith("x\n") and text.endswith("z\n") and "old" not in text
+
+
+def test_demo_jitter_and_shimmer_are_cycle_to_cycle():
+    """The demo's age cue: each glottal cycle's own period and amplitude, perturbed by N(0, jitter)
+    and N(0, shimmer). At a steady 100 Hz (160-sample periods) the local jitter (mean |ΔT| / mean T)
+    is at most j·√2·√(2/π) ≈ 1.13 j (the perturbed cycles do not line up exactly with the periods:
+    0.89 j measured with this seed), and the cycle peaks' relative std ≈ shimmer; without them
+    both are 0. exvo ≤ 0.1's slow pitch wander gave no cycle-to-cycle jitter at all."""
+    from exvo.demo import SR, _glottal_source
+
+    def measure(jitter, shimmer):
+        v = _glottal_source(np.full(2 * SR, 100.0), jitter, shimmer, np.random.default_rng(0))
+        starts = np.flatnonzero(v > 0.5)                      # the pulse opening each cycle
+        T = np.diff(starts).astype(float)
+        return np.abs(np.diff(T)).mean() / T.mean(), v[starts].std() / v[starts].mean()
+
+    j0, s0 = measure(0.0, 0.0)
+    assert j0 == 0.0 and s0 < 1e-9
+    j, s = measure(0.02, 0.1)
+    assert 0.014 < j < 0.0226 and 0.08 < s < 0.12
+    j2, s2 = measure(0.04, 0.0)
+    assert j2 > 1.5 * j and s2 < 0.001                        # jitter grows with the speaker's value

@@ -24,7 +24,7 @@ from exvo.verify.config import VerifyConfig
 from exvo.verify.encoder import EncoderConfig, VerifyModule
 from exvo.verify.episodes import (dominant_class, draw_enrolment, episodic_sampler, nearest_prototype, prototypes,
                                   weighted_f1)
-from exvo.verify.losses import LOSSES, LossConfig, make_loss
+from exvo.verify.losses import LOSSES, MARGIN_LOSSES, LossConfig, make_loss, queries_and_centroids
 
 torch.set_num_threads(1)
 CLASSES = ["Amusement", "Awe", "Distress", "Fear", "Awkwardness"]
@@ -71,37 +71,47 @@ def _cfg(**kw):
 
 
 # ------------------------------------------------------------------ losses
-def test_namp_loss_is_eq4_plus_ce_by_hand():
-    torch.manual_seed(0)
-    K, N, E = 3, 4, 5
-    cfg = LossConfig(margin_init=0.3, scale_init=7.0)
-    loss = make_loss("namp", K, E, cfg)
-    emb, logits = torch.randn(K * N, E), torch.randn(K * N, K)
-    y = torch.arange(K).repeat_interleave(N)
-    got = loss(emb, logits, y, N)
-    e = emb.numpy().reshape(K, N, E)
-    q, c = e[:, -1], e[:, :-1].mean(1)                          # Eq. 2: centroid of the first N-1
-    cos = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (c / np.linalg.norm(c, axis=1, keepdims=True)).T
-    S = 7.0 * (cos + np.eye(K) * -0.3)                          # Eq. 4, m = -0.3
-    l_namp = -np.mean([S[j, j] - np.log(np.exp(S[j]).sum()) for j in range(K)])
-    l_ce = F.cross_entropy(logits, y).item()
-    assert got.item() == pytest.approx(l_namp + l_ce, rel=1e-5)
-    assert loss.margin().item() == pytest.approx(-0.3, abs=1e-6)
-    assert loss.scale().item() == pytest.approx(7.0, rel=1e-6)
+def test_namp_loss_by_hand_as_the_text_intends_and_as_eq4_prints():
+    """Two classes, N = 2: class 0 support (1, 0), query (1, 0); class 1 support (0, 1), query (1, 1).
+    Centroids (1, 0) and (0, 1); cos(q0, ·) = (1, 0), cos(q1, ·) = (1/√2, 1/√2); w = 10, m = −0.3.
+    namp (the text's intent, w·(cos − m)): S = [[13, 0], [7.071, 10.071]] →
+    mean(log(1 + e^−13), log(1 + e^−3)) = 0.024295; namp-eq4 (Eq. 4 as printed, w·(cos + m)):
+    S = [[7, 0], [7.071, 4.071]] → mean(log(1 + e^−7), log(1 + e^3)) = 1.524751."""
+    K, N, E = 2, 2, 2
+    emb = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    y = torch.tensor([0, 0, 1, 1])
+    logits = torch.zeros(K * N, K)
+    cfg = LossConfig(margin_init=0.3, scale_init=10.0, ce_weight=0.0)
+    intent, printed = make_loss("namp", K, E, cfg), make_loss("namp-eq4", K, E, cfg)
+    assert intent.margin().item() == pytest.approx(-0.3) and printed.margin().item() == pytest.approx(-0.3)
+    assert intent(emb, logits, y, N).item() == pytest.approx(0.024295, abs=2e-6)
+    assert printed(emb, logits, y, N).item() == pytest.approx(1.524751, abs=2e-6)
+    # the text's NAMP raises the target logit (less discriminative), Eq. 4's lowers it (CosFace-like);
+    # AMProto (m > 0, cos − m) computes Eq. 4's logits
+    q, c = queries_and_centroids(emb, N)
+    torch.testing.assert_close(intent.logits_(q, c), torch.tensor([[13.0, 0.0], [7.0711, 10.0711]]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(printed.logits_(q, c), torch.tensor([[7.0, 0.0], [7.0711, 4.0711]]), atol=1e-4, rtol=0)
+    amp = make_loss("amproto", K, E, cfg)
+    torch.testing.assert_close(amp.logits_(q, c), printed.logits_(q, c))
+    # + the classifier's cross-entropy (Eq. 5)
+    full = make_loss("namp", K, E, LossConfig(margin_init=0.3, scale_init=10.0))
+    lg = torch.randn(K * N, K)
+    assert full(emb, lg, y, N).item() == pytest.approx(0.024295 + F.cross_entropy(lg, y).item(), abs=2e-6)
 
 
-def test_amproto_has_the_positive_margin_and_aproto_the_bias():
+def test_margin_losses_on_random_batches_and_every_loss_has_a_gradient():
     K, N, E = 2, 3, 4
     emb, logits = torch.randn(K * N, E), torch.randn(K * N, K)
     y = torch.arange(K).repeat_interleave(N)
     cfg = LossConfig(ce_weight=0.0)
     amp, namp = make_loss("amproto", K, E, cfg), make_loss("namp", K, E, cfg)
     assert amp.margin().item() == pytest.approx(0.3) and namp.margin().item() == pytest.approx(-0.3)
-    # a positive margin raises the target logit: lower loss than the negative one on the same batch
-    assert amp(emb, logits, y, N).item() < namp(emb, logits, y, N).item()
+    # the text's negative margin raises the target logit: lower loss than AMProto's on the same batch
+    assert namp(emb, logits, y, N).item() < amp(emb, logits, y, N).item()
     fixed = make_loss("namp", K, E, LossConfig(margin_init=0.2, learn_margin=False))
     assert "theta" not in dict(fixed.named_parameters()) and fixed.margin().item() == pytest.approx(-0.2)
     assert fixed.margin_kind() == "fixed" and namp.margin_kind() == "learned"
+    assert set(MARGIN_LOSSES) == {"amproto", "namp", "namp-eq4"}
     for name in LOSSES:   # every loss runs, is finite and has a gradient
         lf = make_loss(name, K, E, LossConfig())
         x = emb.clone().requires_grad_(True)
@@ -110,8 +120,8 @@ def test_amproto_has_the_positive_margin_and_aproto_the_bias():
         assert torch.isfinite(out) and x.grad is not None and torch.isfinite(x.grad).all(), name
 
 
-@pytest.mark.parametrize("name,sign", [("namp", -1), ("amproto", 1)])
-def test_margin_keeps_its_sign_and_scale_stays_positive_under_training(name, sign):
+@pytest.mark.parametrize("name,sign,drift", [("namp", -1, -1), ("namp-eq4", -1, 1), ("amproto", 1, -1)])
+def test_margin_keeps_its_sign_and_scale_stays_positive_under_training(name, sign, drift):
     torch.manual_seed(1)
     K, N = 3, 5
     mod = VerifyModule(6, K, name, EncoderConfig(kind="mlp", hidden=16, emb=8), LossConfig())
@@ -127,8 +137,29 @@ def test_margin_keeps_its_sign_and_scale_stays_positive_under_training(name, sig
             m, w = float(mod.criterion.margin()), float(mod.criterion.scale())
         assert sign * m > 0 and abs(m) < LossConfig().margin_max and w > 0
         ms.append(m)
-    # Eq. 4 lowers the loss as m rises, so a learned m drifts upwards (towards 0 for NAMP)
-    assert ms[-1] > -0.3 if sign < 0 else ms[-1] > 0.3
+    # a learned m drifts to where the target logit is largest: namp (w(cos − m), m < 0) towards −m_max,
+    # namp-eq4 (w(cos + m)) and amproto (w(cos − m), m > 0) towards 0
+    assert drift * (ms[-1] - sign * 0.3) > 0.05
+
+
+def test_the_learned_margin_is_trained_by_the_verify_optimiser():
+    """θ (m = −m_max·sigmoid(θ)) is a parameter of the module the framework's optimiser steps, it
+    has a non-zero gradient, and one Adam step at the verify lr (1e-3) moves θ by ≈ lr."""
+    from exvo.learn.framework import make_optimizer
+
+    torch.manual_seed(0)
+    K, N = 3, 4
+    mod = VerifyModule(6, K, "namp", EncoderConfig(kind="mlp", hidden=16, emb=8), LossConfig())
+    cfg = VerifyConfig.__dataclass_fields__["train"].default_factory()
+    opt = make_optimizer(cfg, list(mod.parameters()))
+    theta = mod.criterion.theta
+    assert any(p is theta for g in opt.param_groups for p in g["params"])
+    before = float(theta.detach())
+    x, y = torch.randn(K * N, 6), torch.arange(K).repeat_interleave(N)
+    mod({"x": x, "y": y}, train_loss=True).backward()
+    assert theta.grad is not None and float(theta.grad) < 0      # the loss falls as θ (so |m|) grows
+    opt.step()
+    assert float(theta.detach()) - before == pytest.approx(cfg.lr, rel=0.05)
 
 
 # ------------------------------------------------------------------ episodes, enrolment, verification

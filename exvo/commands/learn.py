@@ -202,6 +202,23 @@ def fuse(
     typer.echo(result.summary_line())
 
 
+@app.command("cnn-posteriors")
+@friendly
+def cnn_posteriors(
+    model: str = typer.Option(..., "--model", help="The task CNN extractor whose own clip decisions to keep: raw_exvo_cr or zff_exvo_cr (trained by `exvo extract --model NAME`)."),
+    name: Optional[str] = typer.Option(None, help="Run name (default: <model>-softmax)."),
+    device: str = typer.Option("cpu", help="cpu | cuda | auto."),
+    data: Optional[Path] = DataOpt,
+    cache: Path = CacheOpt,
+    runs: Path = RunsOpt,
+):
+    """A country CNN's own clip posteriors (summed frame softmax, paper 001 Table 1) as a run that `exvo fuse` takes for the country only."""
+    from exvo.device import resolve_device
+    from exvo.fusion.cnn_source import cnn_source
+
+    cnn_source(load_corpus(data), model, cache, runs, name, device=resolve_device(device), echo=typer.echo)
+
+
 @app.command()
 @friendly
 def report(

@@ -63,7 +63,7 @@ def fewshot(
 def _verify_loss_help() -> str:
     from exvo.verify.losses import LOSSES
 
-    return f"Encoder loss: {' | '.join(LOSSES)} (paper 004 Exp I; namp = negative angular margin prototypical + CE)."
+    return f"Encoder loss: {' | '.join(LOSSES)} (paper 004 Exp I; namp = negative angular margin prototypical + CE, S_jj = w(cos - m), m < 0, the text's less-discriminative intent; namp-eq4 = its Eq. 4 as printed, w(cos + m): CosFace-like)."
 
 
 @app.command()
@@ -78,8 +78,8 @@ def verify(
     seeds: int = typer.Option(5, help="Number of seeds; results are mean ± std over seeds."),
     epochs: int = typer.Option(40, help="Maximum training epochs."),
     n_per_class: int = typer.Option(10, help="N clips per seen class in a training episode."),
-    margin: float = typer.Option(0.3, help="namp/amproto: |m| at the start, in (0, 0.5); the sign comes from the loss."),
-    fixed_margin: bool = typer.Option(False, "--fixed-margin", help="namp/amproto: keep m at --margin (the paper's Fig. 2 sweep) instead of learning it."),
+    margin: float = typer.Option(0.3, help="namp/namp-eq4/amproto: |m| at the start, in (0, 0.5); the sign comes from the loss."),
+    fixed_margin: bool = typer.Option(False, "--fixed-margin", help="namp/namp-eq4/amproto: keep m at --margin (the paper's Fig. 2 sweep) instead of learning it."),
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Also train the paper's \"All\" classifier on all Train clips of the task classes."),
     stop_on: str = typer.Option("folds", help="Where epochs are chosen (Val holds the enrolment pools, never chooses): folds (K speaker folds of the Train clips, then one encoder per seed refitted on all of them for the folds' median epoch) | holdout (one held-out fraction of the Train speakers)."),
     folds: Optional[int] = typer.Option(None, "--folds", help="With --stop-on folds: number of speaker folds (default 5, or the number of Train speakers when fewer)."),

@@ -341,6 +341,11 @@ def _split_kinds(runs: list[Run], runs_dir: Path) -> tuple[list[Run], list[str]]
             other.setdefault(r.kind, []).append(r.name)
     notes = []
     for kind, names in other.items():
+        if kind == "cnn-posteriors":
+            notes.append(f"{len(names)} cnn-posteriors run(s) ({', '.join(names[:5])}{' …' if len(names) > 5 else ''}) are "
+                         "partial fusion sources (a country CNN's own clip decisions, `exvo cnn-posteriors`), not rows "
+                         "of this table; their Val UAR is the CNN's clip UAR in the task-CNN table")
+            continue
         parent = runs_dir.parent if runs_dir.name == kind else runs_dir
         notes.append(f"{len(names)} {kind} run(s) under {runs_dir} ({', '.join(names[:5])}{' …' if len(names) > 5 else ''}) "
                      f"are not multitask runs and are not rows of this table: `exvo report --runs {parent}` shows "

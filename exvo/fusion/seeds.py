@@ -59,6 +59,22 @@ def pair_count(sources: dict[str, SeedPredictions]) -> tuple[int, list[str]]:
     return k, notes
 
 
+def broadcast_fixed(sources: dict[str, SeedPredictions], fixed: set[str]) -> tuple[dict[str, SeedPredictions], list[str]]:
+    """A ``fixed`` source with ONE seed (a single trained model whose predictions no learner seed
+    changes, e.g. a task CNN's own posteriors) is repeated to the largest seed count of the
+    others, so that it does not cut every fused run down to one seed; ``(sources, notes)``."""
+    others = [len(sp.seeds) for n, sp in sources.items() if n not in fixed]
+    k = max(others) if others else 1
+    out, notes = dict(sources), []
+    for n in sorted(fixed & set(sources)):
+        sp = sources[n]
+        if len(sp.seeds) == 1 and k > 1:
+            out[n] = SeedPredictions(sp.ids, list(sp.seeds) * k, np.repeat(sp.emotions, k, 0),
+                                     np.repeat(sp.country_proba, k, 0), np.repeat(sp.age, k, 0), sp.task)
+            notes.append(f"{n} is one model: its predictions enter each of the {k} fused seeds unchanged")
+    return out, notes
+
+
 def seed_views(sources: dict[str, SeedPredictions], k: int, ids: list[str]) -> dict[str, Predictions]:
     """Seed index ``k`` of every source, rows in the order of ``ids``."""
     return {n: sp.seed(k).take(ids) for n, sp in sources.items()}

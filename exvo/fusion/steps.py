@@ -19,7 +19,7 @@ from exvo.fusion.basis import basis_note, oof_spread, seed_spread
 from exvo.learn.features import train_label_leaks
 from exvo.fusion.cv import speaker_halves
 from exvo.fusion.ensemble import compose
-from exvo.fusion.select import Choice, choose, subtask_score, subtasks
+from exvo.fusion.select import SUBTASKS, Choice, choose, subtask_score, subtasks
 from exvo.predictions import PredictionError, Predictions, SeedPredictions, load_seed_predictions
 from exvo.runs.reader import Run, check_same_ids
 
@@ -61,6 +61,7 @@ class ValCandidates:
     preds: dict[str, Predictions]               # run → what is ranked and composed (ensemble of its paired seeds)
     seed_preds: list[dict[str, Predictions]]    # fused seed k → {run: its seed k}; [] without per-seed files
     seed_sources: list[dict[str, int]]          # fused seed k → {run: the seed value it contributes}
+    covers: dict[str, tuple[str, ...]] | None = None   # run → the subtasks it predicts (None: all, every run)
 
     @property
     def n_seeds(self) -> int:
@@ -118,14 +119,26 @@ def _out_of_fold(template: Predictions, parts: list[tuple[np.ndarray, Prediction
     return Predictions(list(template.ids), emo, cou, age, proba, template.task)
 
 
-def _choose_all(preds: dict[str, Predictions], labels, idx, mode, top, weighted) -> dict[str, Choice]:
+def _choose_all(preds: dict[str, Predictions], labels, idx, mode, top, weighted,
+                covers: dict[str, tuple[str, ...]] | None = None) -> dict[str, Choice]:
     """``{subtask: Choice}`` from the scores of ``preds`` (aligned with ``labels``) on rows ``idx``
-    (None: every row)."""
+    (None: every row); a run enters only the subtasks ``covers`` gives it (None: all)."""
     out = {}
     for sub in subtasks(next(iter(preds.values())).task):
-        scores = {n: subtask_score(sub, p, labels, idx) for n, p in preds.items()}
+        scores = {n: subtask_score(sub, p, labels, idx) for n, p in preds.items()
+                  if covers is None or sub in covers.get(n, SUBTASKS)}
+        if not scores:
+            raise ValueError(f"no source predicts the {sub} subtask (partial sources: "
+                             f"{', '.join(f'{n} {list(c)}' for n, c in sorted((covers or {}).items()))}); "
+                             "add a run that does")
         out[sub] = choose(sub, scores, mode, top, weighted)
     return out
+
+
+def _covers(by_name: dict[str, Run]) -> dict[str, tuple[str, ...]] | None:
+    """run → its subtasks when some run is a partial source, else None."""
+    c = {n: r.subtasks for n, r in by_name.items()}
+    return c if any(set(v) != set(SUBTASKS) for v in c.values()) else None
 
 
 def _reported(per_seed: list[dict], ensemble: dict) -> dict:
@@ -159,12 +172,18 @@ def val_candidates(corpus: Corpus, by_name: dict[str, Run], notes: list[str]) ->
     seed-averaged ``val.csv``; appends to ``notes`` why there are no or fewer seeds."""
     raw_val, val_ids = _load_val(corpus, by_name)
     labels = corpus.labels("Val")
+    covers = _covers(by_name)
+    if covers:
+        notes.append("partial source(s): " + "; ".join(f"{n} predicts {', '.join(c)} only" for n, c in sorted(covers.items())
+                                                       if set(c) != set(SUBTASKS)))
     seed_val = {n: load_seed_predictions(r.path, "Val") for n, r in by_name.items()}
     no_seeds = sorted(n for n, sp in seed_val.items() if sp is None or set(sp.ids) != set(val_ids))
     if no_seeds:
         notes.append(f"run(s) {', '.join(no_seeds)} have no per-seed Val predictions (per_seed/val.npz): fused "
                      "their seed-averaged val.csv instead, so this run has no mean ± std over seeds")
-        return ValCandidates(val_ids, labels, {n: p.take(val_ids) for n, p in raw_val.items()}, [], [])
+        return ValCandidates(val_ids, labels, {n: p.take(val_ids) for n, p in raw_val.items()}, [], [], covers)
+    seed_val, bnotes = seeds.broadcast_fixed(seed_val, {n for n, r in by_name.items() if r.fixed_model})
+    notes += bnotes
     n_seeds, pnotes = seeds.pair_count(seed_val)
     notes += pnotes
     # candidates are the ensembles of the paired seeds, so the choice, the per-seed rows and
@@ -172,7 +191,7 @@ def val_candidates(corpus: Corpus, by_name: dict[str, Run], notes: list[str]) ->
     preds = seeds.ensemble_views(seed_val, n_seeds, val_ids)
     seed_preds = [seeds.seed_views(seed_val, k, val_ids) for k in range(n_seeds)]
     seed_sources = [{n: int(seed_val[n].seeds[k]) for n in sorted(by_name)} for k in range(n_seeds)]
-    return ValCandidates(val_ids, labels, preds, seed_preds, seed_sources)
+    return ValCandidates(val_ids, labels, preds, seed_preds, seed_sources, covers)
 
 
 def oof_choices(corpus: Corpus, by_name: dict[str, Run], opts: Options, notes: list[str]) -> dict[str, Choice]:
@@ -197,7 +216,7 @@ def oof_choices(corpus: Corpus, by_name: dict[str, Run], opts: Options, notes: l
             raise PredictionError(f"--select-on oof: {n}'s out-of-fold predictions cover {len(pr.ids)} clips, not the "
                                   f"{len(train_ids)} Train clips of {corpus.root} (clips missing from its cache?)")
     choices = _choose_all({n: pr.take(train_ids) for n, pr in preds.items()}, corpus.labels("Train"), None,
-                          opts.mode, opts.top, opts.weighted)
+                          opts.mode, opts.top, opts.weighted, _covers(by_name))
     for sub in choices if opts.selects else ():     # what chose, on which quantity (printed, kept in fusion.json)
         choices[sub].notes.append(basis_note(choices[sub], oof_spread(by_name, sub), "out-of-fold Train"))
     return choices
@@ -209,7 +228,7 @@ def fuse_full_val(cand: ValCandidates, opts: Options, notes: list[str],
     out-of-fold Train predictions) and compose the predictions that are written: every fused
     seed, and val.csv as their ensemble; appends the composition's notes to ``notes``."""
     if choices is None:
-        choices = _choose_all(cand.preds, cand.labels, None, opts.mode, opts.top, opts.weighted)
+        choices = _choose_all(cand.preds, cand.labels, None, opts.mode, opts.top, opts.weighted, cand.covers)
         if opts.selects:     # what chose, on which quantity (printed under each subtask, kept in fusion.json)
             for sub in choices:
                 spread = seed_spread(cand.preds, cand.seed_preds, cand.labels, sub)
@@ -243,7 +262,7 @@ def _cv_direction(cand: ValCandidates, sel: np.ndarray, ev: np.ndarray, label: s
                   opts: Options) -> tuple[dict, Predictions, list[Predictions]]:
     """Choose on Val rows ``sel``, score on rows ``ev``: ``(the fusion.json direction, the
     composed Val predictions (n,) rows, the fused seeds)``; only rows ``ev`` are held out."""
-    ch = _choose_all(cand.preds, cand.labels, sel, opts.mode, opts.top, opts.weighted)
+    ch = _choose_all(cand.preds, cand.labels, sel, opts.mode, opts.top, opts.weighted, cand.covers)
     w = {s: ch[s].weights for s in ch}
     pred, _ = compose(cand.preds, w)
     sc = seeds.score(pred, cand.labels, ev)
@@ -307,6 +326,8 @@ def _compose_test(by_name: dict[str, Run], raw_test: dict[str, Predictions], tes
     test.csv), rows in ``test_ids`` order: seed by seed when each keeps at least ``n_seeds``
     Test seeds, else from their test.csv."""
     seed_test = {n: load_seed_predictions(by_name[n].path, "Test") for n in used}
+    if all(sp is not None for sp in seed_test.values()):
+        seed_test, _ = seeds.broadcast_fixed(seed_test, {n for n in used if by_name[n].fixed_model})
     if n_seeds and all(sp is not None and set(sp.ids) == set(test_ids) and len(sp.seeds) >= n_seeds
                        for sp in seed_test.values()):
         fused = [compose(seeds.seed_views(seed_test, k, test_ids), weights)[0] for k in range(n_seeds)]

@@ -28,7 +28,7 @@ Eq. 8, ``L^j = L_O^j − α1 L_D^j − α2 L_Adv^j``, is what the *feature extra
 the minus signs are realised with gradient reversal layers, as the paper says, so the
 adversaries still descend their own losses. The scalar that autograd differentiates is ::
 
-    L_O^j + L_D^j(disc(GRL_α1(r_shared))) + α2 · L_Adv^j(head_j(GRL_1(r_t)))
+    L_O^j + α1 · L_D^j(disc(GRL_1(r_shared))) + α2 · L_Adv^j(head_j(GRL_1(r_t)))
 
 so the gradients are (tested in ``tests/test_burst2vec.py``)
 
@@ -37,12 +37,16 @@ shared extractor               ∂L_O − α1 ∂L_D
 extractor of a task t ≠ j      −α2 ∂L_Adv          (L_O^j does not reach it)
 extractor of task j            ∂L_O
 projection layer               ∂L_O − α1 ∂L_D − α2 ∂L_Adv   (below every GRL)
-discriminator                  ∂L_D                (it learns to tell the tasks apart)
+discriminator                  α1 ∂L_D             (it learns to tell the tasks apart)
 task j's head                  ∂L_O + α2 ∂L_Adv    (the adversary of the t ≠ j extractors)
 =============================  ==================================================
 
-The discriminator always learns at full strength: α1 only scales what is reversed into the
-shared extractor (with α1 = 0 the discriminator watches but never pushes). With α1 = α2 = 0
+The discriminator learns at weight α1, as Eq. 8 weighs L_D for both of its players (the paper's
+reversal layer only flips the sign the shared extractor sees, as α2 weighs L_Adv for task j's
+head and, reversed, for the other extractors). exvo ≤ 0.1 trained the discriminator at weight 1
+and scaled only the reversed gradient by α1; under Adam (the paper's optimiser and ours) a constant
+loss weight changes a parameter's steps only through Adam's ε, so the two differ little, but this
+is the paper's. With α1 = 0 the discriminator no longer learns (it has nothing to push). With α1 = α2 = 0
 every weight outside the discriminator follows exactly the plain multitask model without
 adversaries (``adversarial=False``, the paper's "−Adv"); tested.
 
@@ -204,7 +208,7 @@ class Burst2Vec(LearnerModule):
         terms = {"L_O": torch.stack(L_O)}
         if self.adversarial:
             terms["L_Adv"] = torch.stack(L_Adv)
-            logits = self.discriminator(grl(shared, float(self.cfg.alpha1)))
+            logits = self.discriminator(grl(shared, 1.0))
             terms["L_D"] = F.cross_entropy(logits, batch["task"])
         return terms
 
@@ -215,7 +219,7 @@ class Burst2Vec(LearnerModule):
         terms = self.loss_terms(out, batch)
         total = (w * terms["L_O"]).sum()
         if self.adversarial:
-            total = total + terms["L_D"] + float(self.cfg.alpha2) * (w * terms["L_Adv"]).sum()
+            total = total + float(self.cfg.alpha1) * terms["L_D"] + float(self.cfg.alpha2) * (w * terms["L_Adv"]).sum()
         return total
 
 

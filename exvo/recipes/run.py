@@ -27,7 +27,7 @@ from typing import Callable
 from exvo.recipes.load import Recipe, Row
 from exvo.runs.store import write_json
 
-RUN_COMMANDS_WITH_NAME = ("learn", "fuse", "fewshot", "verify", "finetune")
+RUN_COMMANDS_WITH_NAME = ("learn", "fuse", "fewshot", "verify", "finetune", "cnn-posteriors")
 RUN_SUBDIRS = {"fewshot": "fewshot", "verify": "verify"}
 """Commands whose ``--name NAME`` run folder is ``<runs>/<subdir>/NAME`` rather than ``<runs>/NAME``."""
 

@@ -69,6 +69,18 @@ class Run:
             self.checker = Checker()
         return self.checker.reasons(self.path)
 
+    @property
+    def subtasks(self) -> tuple[str, ...]:
+        """The subtasks this run predicts: all three, or those its ``config.json`` names (a
+        partial source such as a country CNN's own posteriors, :mod:`exvo.fusion.cnn_source`)."""
+        s = self.record.get("subtasks")
+        return tuple(s) if isinstance(s, list) and s else ("emotion", "country", "age")
+
+    @property
+    def fixed_model(self) -> bool:
+        """One trained model whose predictions no learner seed changes (a CNN's own posteriors)."""
+        return self.kind == "cnn-posteriors"
+
     def has(self, split: str) -> bool:
         return split_files(self.path, split)[0].is_file()
 

@@ -43,6 +43,7 @@ from exvo.metrics import EMOTIONS, uar
 from exvo.verify.encoder import VerifyModule
 from exvo.verify.episodes import dominant_class, episodic_sampler, nearest_prototype, prototypes, weighted_f1
 from exvo.verify.inputs import Inputs, load_inputs
+from exvo.verify.losses import MARGIN_LOSSES
 from exvo.verify.config import VerifyConfig
 from exvo.verify.steps import (Classes, Embedder, Rows, embedder, enrol_and_score, np_curve, over_seeds,
                                pretrain_rows, pretrain_uar, selection_parts, task_rows)
@@ -318,6 +319,6 @@ def _derive_name(cfg: VerifyConfig) -> str:
     import re
 
     base = f"{cfg.features}_{cfg.loss}_{'-'.join(cfg.task)}_n{cfg.enrol}"
-    if cfg.loss in ("namp", "amproto") and not cfg.loss_cfg.learn_margin:
+    if cfg.loss in MARGIN_LOSSES and not cfg.loss_cfg.learn_margin:
         base += f"_m{cfg.loss_cfg.margin_init:g}fixed"
     return re.sub(r"[^A-Za-z0-9_.@+-]", "-", base)

@@ -7,19 +7,40 @@ then ``N`` of class 1, …; see :mod:`exvo.verify.episodes`). Learned quantities
 ``w``, margin ``m``, class weights) are parameters of the loss module, so they train with
 the encoder and are stacked over seeds like any other parameter.
 
-Episodic losses (``proto``, ``aproto``, ``amproto``, ``namp``) take the LAST clip of each
-class as its query and the first ``N − 1`` as its support (Eq. 2):
+Episodic losses (``proto``, ``aproto``, ``amproto``, ``namp``, ``namp-eq4``) take the LAST clip
+of each class as its query and the first ``N − 1`` as its support (Eq. 2):
 ``c_k = 1/(N−1) Σ_{i<N} P_{k,i}``; the loss is the mean over the K queries of
-``−log softmax_k S_{j,k}`` (Eq. 5). NAMP follows Eq. 4 as printed:
+``−log softmax_k S_{j,k}`` (Eq. 5), plus the classifier's cross-entropy (``L = L_ce + L_NAMP``).
 
-    S_{j,k} = w·(cos(P_{j,N}, c_k) + m)   if j = k,        w·cos(P_{j,N}, c_k)   otherwise,
+**NAMP: Eq. 4 and the paper's text disagree.** Eq. 4 as printed adds the margin to the target
+similarity, ``S_jj = w·(cos(P_j, c_j) + m)``, ``S_jk = w·cos(P_j, c_k)``, with ``m < 0``: that
+*lowers* the target logit by ``w·|m|``, the CosFace / AM-softmax margin, which makes the loss
+*more* discriminative (it asks the query to beat the other centroids by ``|m|`` in cosine). The
+text says the opposite purpose: m is constrained negative "to penalize the over-discriminated
+decision boundaries", after its ref. 48 (Liu et al. 2020, "Negative margin matters"). Liu et
+al. write the margin the AM-softmax way, subtracted from the target cosine,
+``s·(cos θ_y − m)``, and show that ``m < 0`` — a *raised* target logit — makes the loss *less*
+discriminative and transfers better to unseen classes. The paper's stated intent is therefore
 
-with ``w > 0`` (``w = softplus(ρ)``) and ``m < 0`` (``m = −m_max·sigmoid(θ)``), plus the
-classifier's cross-entropy (Eq. 5: ``L = L_ce + L_NAMP``). AMProto is the same with
-``m > 0`` (``m = m_max·sigmoid(θ)``). Note what Eq. 4 implies: the loss falls as ``m``
-rises (``∂L/∂m = −w·(1 − p_jj)/K < 0``), so a free margin drifts up towards its bound
-(0 for NAMP, ``m_max`` for AMProto) at a pace set by the learning rate; the learned ``m``
-is reported, never assumed.
+    S_jj = w·(cos(P_j, c_j) − m),   S_jk = w·cos(P_j, c_k),   m < 0   (target raised by w·|m|),
+
+which is Eq. 4 with the sign of m's term flipped. exvo implements both:
+
+* ``namp`` (default): the text's intent, ``S_jj = w·(cos − m)``, ``m < 0``: less discriminative;
+* ``namp-eq4``: Eq. 4 as printed, ``S_jj = w·(cos + m)``, ``m < 0``: CosFace-like, more
+  discriminative;
+* ``amproto``: the positive-margin counterpart in the same (text's, AM-softmax) convention,
+  ``S_jj = w·(cos − m)``, ``m > 0``; it computes the same logits as ``namp-eq4`` (a margin
+  that lowers the target by ``w·|m|``), as it must once Eq. 4's sign is read the text's way.
+  (exvo ≤ 0.1 used Eq. 4's sign for ``amproto`` too, i.e. it raised the target.)
+
+``w > 0`` (``w = softplus(ρ)``) and ``|m| = m_max·sigmoid(θ)`` are learned with the encoder
+(same optimiser and learning rate). Whatever the reading, a *learned* margin drifts towards the
+bound that makes the target logit largest, because that lowers the loss: ``namp`` towards
+``−m_max``, ``namp-eq4`` towards 0, ``amproto`` towards 0 (``|∂L/∂m| = w·(1 − p_jj)/K``); it
+moves by about ``lr × steps × ∂m/∂θ`` (Adam steps θ by ≈ lr), a few thousandths over a demo
+run at lr 1e-3, so the learned ``m`` stays near its start. The learned ``m`` is reported, never
+assumed.
 
 The other losses add the cross-entropy too when ``ce_weight > 0`` (the paper's framework
 trains every encoder with its classifier, Fig. 1); ``sm`` is the cross-entropy alone;
@@ -39,7 +60,8 @@ from torch import nn
 @dataclass
 class LossConfig:
     """``margin_init``: |m| at the start (paper Fig. 2: best at ±0.3); ``margin_max``: the bound
-    on |m|; ``learn_margin`` False keeps m fixed at ``margin_init`` (sign from the loss);
+    on |m|; ``learn_margin`` False keeps m fixed at ``margin_init`` (sign from the loss: namp and
+    namp-eq4 m < 0, amproto m > 0);
     ``scale_init``: w at the start (AProto's 10); ``ce_weight``: weight of the classifier's
     cross-entropy added to the metric losses; AM/AAM: ``am_scale`` s and ``am_margin``;
     triplet: ``triplet_margin`` on cosine distance."""
@@ -209,9 +231,15 @@ class AProto(EncoderLoss):
 
 
 class _MarginProto(AProto):
-    """Eq. 4: ``S_jj = w·(cos + m)``, ``S_jk = w·cos``; the sign of m fixed by ``sign``."""
+    """Prototypical loss with a margin on the target similarity (Eq. 4 family).
+
+    ``m = sign·m_max·sigmoid(θ)``; the target similarity is ``w·(cos + shift·m)`` with
+    ``shift = −1`` for the AM-softmax convention of the paper's text (``cos − m``) and
+    ``shift = +1`` for Eq. 4 as printed (``cos + m``); ``S_jk = w·cos`` off the diagonal.
+    """
 
     sign = -1.0
+    shift = -1.0
 
     def __init__(self, n_classes, emb_dim, cfg):
         super().__init__(n_classes, emb_dim, cfg)
@@ -231,26 +259,38 @@ class _MarginProto(AProto):
     def logits_(self, q, c):
         cos = cosine_matrix(q, c)                                # (K, K): row j = query of class j
         eye = torch.eye(cos.shape[0], dtype=cos.dtype, device=cos.device)
-        return self.scale() * (cos + eye * self.margin())
+        return self.scale() * (cos + eye * (self.shift * self.margin()))
 
 
 class AMProto(_MarginProto):
-    """AMProto: Eq. 4 with a learned positive margin."""
+    """AMProto: a learned positive margin subtracted from the target cosine, ``w·(cos − m)``, m > 0
+    (the AM-softmax convention of the paper's text; more discriminative)."""
 
-    sign = 1.0
+    sign, shift = 1.0, -1.0
 
 
 class NAMP(_MarginProto):
-    """NAMP: Eq. 4 with a learned negative margin, + cross-entropy (Eq. 5)."""
+    """NAMP as the paper's text intends (after Liu et al. 2020): ``S_jj = w·(cos − m)`` with a
+    learned m < 0, so the target logit is raised by ``w·|m|`` and the loss is LESS discriminative;
+    + cross-entropy (Eq. 5). Eq. 4 as printed has ``+ m`` instead: see :class:`NAMPEq4`."""
 
-    sign = -1.0
+    sign, shift = -1.0, -1.0
+
+
+class NAMPEq4(_MarginProto):
+    """NAMP by Eq. 4 as printed: ``S_jj = w·(cos + m)`` with a learned m < 0, so the target logit is
+    lowered by ``w·|m|`` (CosFace-like, MORE discriminative, against the text's stated purpose)."""
+
+    sign, shift = -1.0, 1.0
 
 
 LOSSES: dict[str, type[EncoderLoss]] = {
     "sm": Softmax, "am": AM, "aam": AAM, "triplet": Triplet,
-    "proto": Proto, "aproto": AProto, "amproto": AMProto, "namp": NAMP,
+    "proto": Proto, "aproto": AProto, "amproto": AMProto, "namp": NAMP, "namp-eq4": NAMPEq4,
 }
-"""``--loss`` choices, in the order of the paper's Table 4."""
+"""``--loss`` choices, in the order of the paper's Table 4 (``namp-eq4``: its Eq. 4 as printed)."""
+MARGIN_LOSSES = tuple(n for n, c in LOSSES.items() if issubclass(c, _MarginProto))
+"""The losses with a margin m (``--margin``, ``--fixed-margin`` apply)."""
 
 
 def make_loss(name: str, n_classes: int, emb_dim: int, cfg: LossConfig | None = None) -> EncoderLoss:

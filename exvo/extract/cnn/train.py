@@ -9,9 +9,12 @@ Recipe (:class:`TrainConfig`; Idiap paper §2.2 (4)):
   the 10 % only give the cross-validation loss (every frame of every held-out clip);
 * optimiser: cross-entropy, plain SGD (Keras' default: no momentum), lr 0.1;
 * schedule (:class:`PlateauHalving`): after each epoch, if the cross-validation loss did
-  not fall, the weights go back to the best epoch (never to the untrained weights: the
-  first epoch is always kept) and the lr is halved; training stops
+  not fall, the lr is halved (the paper: "halved, in the range 10^-1 to 10^-6, between
+  successive epochs whenever the validation-loss stopped reducing"); training stops
   when the lr would fall below 1e-6 (17 halvings), or at ``max_epochs``;
+* ours, not in paper 001: at every halving the weights and the optimiser state go back to
+  the best epoch so far (never to the untrained weights: the first epoch is always kept),
+  and the model returned is the best epoch's (the paper does not say which it kept);
 * an epoch is one pass over all windows, or ``windows_per_epoch`` windows (whole passes
   are then split into equal steps of the schedule; every window still comes once per pass).
 
@@ -47,7 +50,7 @@ VERSION = "2"
 SIGNALS = ("raw", "zff")
 Echo = Callable[[str], None]
 __all__ = ["DEFAULT_THREADS", "FORMAT", "SIGNALS", "VERSION", "Echo", "LoadedModel", "PlateauHalving", "TrainConfig",
-           "evaluate_clips", "fit", "heldout_loss", "load_model", "load_signals", "prepare_signal", "save_model",
+           "clip_posteriors", "evaluate_clips", "fit", "heldout_loss", "load_model", "load_signals", "prepare_signal", "save_model",
            "torch_threads", "train_cnn"]
 
 DEFAULT_THREADS = 1
@@ -86,6 +89,9 @@ def prepare_signal(wav: np.ndarray, signal: str, zff_config: ZFFConfig | None = 
 # =========================================================================== schedule
 class PlateauHalving:
     """The paper's learning-rate schedule: halve when the cross-validation loss stops falling.
+
+    Only the lr: going back to the best weights at each halving is :func:`fit`'s (ours, not
+    the paper's; see the module docstring).
 
     ``step(loss)`` after each epoch returns whether ``loss`` improved on the best so far
     by more than ``improvement`` (relative); if not, ``lr`` is halved. ``done`` once
@@ -222,6 +228,10 @@ def fit(model, train: FramePool, held: FramePool, cfg: TrainConfig, device: str,
         resume: Path | None = None, key: str = "") -> list[dict]:
     """Train ``model`` in place (ends at the best cross-validation checkpoint); returns per-epoch history.
 
+    At every lr halving the weights and optimiser state go back to the best epoch: our rule,
+    not paper 001's (it only halves the lr), kept because at lr 0.1 an epoch that raised the
+    cross-validation loss otherwise becomes the start of every later, smaller step.
+
     With ``resume`` (a path), the state after every epoch is saved there, and a training
     killed after epoch k goes on from epoch k + 1 with the very weights, optimiser, schedule,
     sampler position and random state it had: the result is bit-identical to an uninterrupted
@@ -313,22 +323,38 @@ def _epoch(model, opt, sampler: AllFramesSampler, train: FramePool, held: FrameP
                 windows_per_s=n / max(train_s, 1e-9))
 
 
-def evaluate_clips(model, corpus: Corpus, rows: Sequence[int], labels: np.ndarray, signal: str,
-                   zcfg: ZFFConfig | None, device: str, echo: Echo) -> dict:
-    """Window-level (every 10 ms frame) and clip-level (argmax of summed frame posteriors) UAR and WAR."""
+def clip_posteriors(model, corpus: Corpus, rows: Sequence[int], signal: str, zcfg: ZFFConfig | None, device: str,
+                    echo: Echo) -> tuple[list[int], list[np.ndarray], np.ndarray]:
+    """The CNN's own clip decisions (the paper's Table 1): every frame's softmax, summed over the clip.
+
+    Returns ``(kept rows, frame logits per clip ((n_frames, C) each), clip posteriors (n_kept, C))``;
+    a clip's posterior is the sum of its frame posteriors divided by its frame count (a
+    distribution whose argmax is the paper's clip decision). Unreadable clips are reported and
+    left out of ``kept rows``.
+    """
     torch = _torch()
-    wt, wp, ct, cp = [], [], [], []
+    kept, logits, post = [], [], []
     for r in rows:   # one clip at a time: Val of the real corpus does not fit in RAM as float32
         sig, ok = load_signals(corpus, [r], signal, zcfg, echo, "evaluation", bar=False, dtype=np.float32)
         if not ok:
             continue
         lg = clip_logits(model, sig[0], device)
         p = torch.softmax(torch.from_numpy(lg), dim=1).numpy()
-        wt.append(np.full(len(lg), labels[r])), wp.append(lg.argmax(1))
-        ct.append(int(labels[r])), cp.append(int(p.sum(0).argmax()))
-    if not ct:
+        kept.append(int(r)), logits.append(lg), post.append(p.sum(0) / len(p))
+    C = int(model.cfg.n_classes)
+    return kept, logits, (np.stack(post) if post else np.zeros((0, C)))
+
+
+def evaluate_clips(model, corpus: Corpus, rows: Sequence[int], labels: np.ndarray, signal: str,
+                   zcfg: ZFFConfig | None, device: str, echo: Echo) -> dict:
+    """Window-level (every 10 ms frame) and clip-level (argmax of summed frame posteriors,
+    :func:`clip_posteriors`) UAR and WAR."""
+    kept, logits, post = clip_posteriors(model, corpus, rows, signal, zcfg, device, echo)
+    if not kept:
         return {}
-    wt, wp = np.concatenate(wt), np.concatenate(wp)
+    ct, cp = [int(labels[r]) for r in kept], post.argmax(1).tolist()
+    wt = np.concatenate([np.full(len(lg), labels[r]) for r, lg in zip(kept, logits)])
+    wp = np.concatenate([lg.argmax(1) for lg in logits])
     return {"n_clips": len(ct), "n_windows": int(wt.size),
             "window_uar": uar(wt, wp), "window_war": float(np.mean(wt == wp)),
             "clip_uar": uar(ct, cp), "clip_war": float(np.mean(np.array(ct) == np.array(cp)))}
