@@ -6,6 +6,8 @@ stopping, ``--val`` Val rows. Each setting fits the three boosters (emotions, co
 for ``--seeds`` seeds through :func:`exvo.learn.xgb.train_xgb` and is scored on Val.
 
     .venv/bin/python benchmarks/bench_xgb.py                  # ~ a few minutes on 2 cores
+    .venv/bin/python benchmarks/bench_xgb.py --train 20000 --holdout 4000 --val 1000 --seeds 1 \
+        --only "default (max_bin 64, colsample 0.8), 2 threads|colsample 0.2, 2 threads"   # ExVo size
 """
 from __future__ import annotations
 
@@ -29,6 +31,12 @@ SETTINGS = {
     "colsample 0.3": dict(n_jobs=1, max_bin=256, colsample_bytree=0.3),
     "max_bin 64 + colsample 0.3": dict(n_jobs=1, max_bin=64, colsample_bytree=0.3),
     "max_bin 64 + colsample 0.3, 2 threads": dict(n_jobs=2, max_bin=64, colsample_bytree=0.3),
+    # ExVo size (issue 28: --train 20000): the current default against column subsampling and fewer rounds
+    "default (max_bin 64, colsample 0.8), 2 threads": dict(n_jobs=2),
+    "colsample 0.2, 2 threads": dict(n_jobs=2, colsample_bytree=0.2),
+    "colsample 0.2 + max_bin 32, 2 threads": dict(n_jobs=2, colsample_bytree=0.2, max_bin=32),
+    "colsample 0.2 + lr 0.3, <= 50 trees, 2 threads": dict(n_jobs=2, colsample_bytree=0.2, learning_rate=0.3,
+                                                           n_estimators=50, early_stopping_rounds=10),
 }
 
 

@@ -216,9 +216,9 @@ def speaker_bootstrap(emo_true, emo_pred, country_true, country_pred, age_true, 
     speakers with replacement (a speaker's clips stay together: clips of one speaker are not
     independent). Shapes as :func:`score_all`, ``speakers`` ``(n,)``; CCC in the population
     convention. ``task``: the task whose scores these are (None → ExVo-MTL)."""
-    speakers = np.asarray(speakers)
-    uniq, inv = np.unique(speakers, return_inverse=True)
-    members = [np.flatnonzero(inv == i) for i in range(uniq.size)]
+    from exvo.splits import speaker_rows
+
+    uniq, members = speaker_rows(speakers)
     rng = np.random.default_rng(seed)
     vals: dict[str, list[float]] = {k: [] for k in (("ccc", "uar", "mae", "s_mtl") if task is None
                                                    else task.metric_keys)}

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from exvo.corpus import Corpus, CorpusError, listing
+from exvo.tables import repeated
 from exvo.metrics import EMOTIONS, CCCConvention, score_all
 from exvo.proba import PROBA_SUM_TOL, PredictionError, check_proba, read_proba
 
@@ -157,7 +158,7 @@ class Predictions:
         if short:
             raise PredictionError(f"{path}: wrong number of cells on line(s) {listing(short)}")
         ids = [r[col["File_ID"]].strip() for r in body]
-        dups = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+        dups = repeated(ids)
         if dups:
             raise PredictionError(f"{path} has duplicate File_ID(s): {listing(dups)}")
         g = task.group("class")

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from exvo.metrics import COUNTRIES
-from exvo.tables import listing
+from exvo.tables import listing, repeated
 
 
 class PredictionError(ValueError):
@@ -71,10 +71,11 @@ def read_proba(proba_path: str | Path, ids: Sequence[str], sub_path: str | Path,
                               f"(expected {len(expected)})")
     pids = [r[0].strip() for r in body]
     if len(set(pids)) != len(pids):
-        raise PredictionError(f"{proba_path} has duplicate File_ID(s): {listing(sorted({i for i in pids if pids.count(i) > 1}))}")
+        raise PredictionError(f"{proba_path} has duplicate File_ID(s): {listing(repeated(pids))}")
     if set(pids) != set(ids):
-        miss = [i for i in ids if i not in set(pids)]
-        extra = [i for i in pids if i not in set(ids)]
+        have, want = set(pids), set(ids)      # once, not per id
+        miss = [i for i in ids if i not in have]
+        extra = [i for i in pids if i not in want]
         raise PredictionError(f"{proba_path} ids differ from {sub_path}: {len(miss)} missing [{listing(miss)}], "
                               f"{len(extra)} extra [{listing(extra)}]")
     try:

@@ -16,11 +16,24 @@ from __future__ import annotations
 import numpy as np
 
 
+def speaker_rows(speakers: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``(unique speakers (S,) sorted, [positions (ascending) of each one's rows in speakers (n,)])``.
+
+    One sort, O(n log n): a ``speakers == s`` mask per speaker is O(S·n), quadratic in the
+    corpus size when speakers grow with it (ExVo: 1,702 speakers, 59,201 clips).
+    """
+    speakers = np.asarray(speakers)
+    uniq, inv = np.unique(speakers, return_inverse=True)
+    order = np.argsort(inv.ravel(), kind="stable")
+    return uniq, np.split(order, np.cumsum(np.bincount(inv.ravel(), minlength=uniq.size))[:-1])
+
+
 def speaker_countries(speakers: np.ndarray, country: np.ndarray) -> dict[str, int]:
     """Each speaker's most frequent country (ties: the lowest code)."""
     out = {}
-    for s in np.unique(speakers):
-        c = country[speakers == s]
+    country = np.asarray(country)
+    for s, rows in zip(*speaker_rows(speakers)):
+        c = country[rows]
         c = c[c >= 0]
         out[str(s)] = int(np.bincount(c).argmax()) if c.size else -1
     return out

@@ -20,6 +20,15 @@ def listing(items, limit: int = MAX_LISTED) -> str:
     return shown + (f" … (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
+def repeated(items) -> list:
+    """The items that occur more than once in ``items``, sorted, each once (one pass: ``list.count`` per
+    item made duplicate checks quadratic, minutes for a 20,000-row file)."""
+    seen, twice = set(), set()
+    for i in items:
+        (twice if i in seen else seen).add(i)
+    return sorted(twice)
+
+
 def read_csv_rows(path: Path, missing: str) -> tuple[list[str], list[dict[str, str]], list[int], list[int]]:
     """``(header, rows as {column: cell}, CSV line of each row, lines with the wrong number of cells)``
     of a UTF-8 CSV (blank lines skipped); :class:`CorpusError` for a missing (``missing`` says what the

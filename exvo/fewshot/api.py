@@ -56,6 +56,7 @@ from exvo.learn.features import FeatureMatrix, FeatureSpec, Scaler, load_feature
 from exvo.learn.folds import median_epoch
 from exvo.learn.framework import SeedFit, train_seeds
 from exvo.learn.probe import probe_layers
+from exvo.splits import speaker_rows
 from exvo.fewshot.config import FewShotConfig
 from exvo.fewshot import record as R
 from exvo.fewshot.select import Part, concat_parts, make_parts
@@ -220,8 +221,9 @@ def _prepare(corpus: Corpus, cfg: FewShotConfig, fm: FeatureMatrix, val_proto: P
     znorm_feat = cfg.variant == "znorm" and cfg.znorm == "features"
     if znorm_feat:
         groups = []
+        own = dict(zip(*speaker_rows(spk[fit_rows])))
         for s in train_spk:
-            r = fit_rows[spk[fit_rows] == s]
+            r = fit_rows[own[s]]
             groups.append((r[:P.SHOTS], r))
         groups += [(e.support, np.concatenate([e.support, e.query])) for e in hold_eps + val_eps + test_eps]
         X = centre_speakers(X, groups)

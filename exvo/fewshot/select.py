@@ -23,7 +23,7 @@ import numpy as np
 from exvo.fewshot import protocol as P
 from exvo.fewshot.train import episode_enrolment
 from exvo.learn.selection import selection_folds
-from exvo.splits import holdout_split
+from exvo.splits import holdout_split, speaker_rows
 
 
 @dataclass
@@ -44,8 +44,9 @@ def held_episodes(held_rows: np.ndarray, spk: np.ndarray, shots: int = P.SHOTS) 
     row order); a speaker with no clip beyond its support has nothing to score and is left out.
     ``support_y`` is filled by the caller (zeros here)."""
     eps = []
+    own = dict(zip(*speaker_rows(spk[held_rows])))       # one grouping, not a mask per speaker
     for s in dict.fromkeys(spk[held_rows].tolist()):
-        r = held_rows[spk[held_rows] == s]
+        r = held_rows[own[s]]
         if r.size > shots:
             eps.append(P.Episode(str(s), r[:shots], r[shots:], np.zeros((shots, 10))))
     return eps

@@ -73,7 +73,8 @@ def _pooled(runs: list[Run], split: str, ids: list[str] | None) -> tuple[SeedPre
         if set(p.ids) != set(ids):
             raise PredictionError(f"{r.name}'s per-seed {split} predictions cover other clips than {runs[0].name}'s; "
                                   "pool runs of the same corpus")
-    take = [np.array([{c: k for k, c in enumerate(p.ids)}[c] for c in ids]) for p in parts]
+    where = [{c: k for k, c in enumerate(p.ids)} for p in parts]      # one index per run, not one per clip
+    take = [np.array([w[c] for c in ids], dtype=np.int64) for w in where]
     emo = np.concatenate([p.emotions[:, t] for p, t in zip(parts, take)])
     pro = np.concatenate([p.country_proba[:, t] for p, t in zip(parts, take)])
     age = np.concatenate([p.age[:, t] for p, t in zip(parts, take)])

@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from exvo.corpus import Corpus, listing
+from exvo.tables import repeated
 from exvo.extract.base import ExtractOptions, get_extractor
 from exvo.extract.cache import CacheMismatch, EmbeddingCache, config_diff
 from exvo.learn.features import FeatureError, FeatureSpec, Scaler, open_cache, parse_spec, resolve_layer
@@ -49,7 +50,7 @@ def list_generated(gen_dir: str | Path) -> list[tuple[str, Path]]:
     if not items:
         raise FileNotFoundError(f"{d} holds no .wav or .flac files (subfolders are not searched)")
     stems = [s for s, _ in items]
-    dups = sorted({s for s in stems if stems.count(s) > 1})
+    dups = repeated(stems)
     if dups:
         raise ValueError(f"{d} has several files per name ({listing(dups)}: e.g. x.wav and x.flac); "
                          "keep one file per clip")
