@@ -178,7 +178,8 @@ check_identity(c, caches, c.ids, sys.argv[2])
 """
 
 
-def stage_command(stage: str, exe: list[str], data: Path, cache: Path, runs: Path) -> list[str]:
+def stage_command(stage: str, exe: list[str], data: Path, cache: Path, runs: Path,
+                  learn_args: list[str] = ()) -> list[str]:
     d = ["--data", str(data)]
     dc = d + ["--cache", str(cache)]
     dcr = dc + ["--runs", str(runs)]
@@ -187,7 +188,7 @@ def stage_command(stage: str, exe: list[str], data: Path, cache: Path, runs: Pat
         "extract_egemaps": exe + ["extract", "--model", "egemaps"] + dc,
         "extract_compare": exe + ["extract", "--model", "compare"] + dc,
         "extract_cnn": exe + ["extract", "--model", "raw_exvo_er", "--epochs", "1"] + dc,
-        "learn_mlp": exe + ["learn", "--features", "egemaps", "--name", "mlp"] + dcr,
+        "learn_mlp": exe + ["learn", "--features", "egemaps", "--name", "mlp", *learn_args] + dcr,
         "learn_fusion": exe + ["learn", "--features", "egemaps,compare", "--preset", "fast", "--name", "fusion"] + dcr,
         "learn_xgb": exe + ["learn", "--features", "egemaps", "--learner", "xgb", "--seeds", "1", "--name", "xgb"] + dcr,
         "fuse": exe + ["fuse", "--hybrid", "--name", "hybrid"] + d + ["--runs", str(runs)],
@@ -237,19 +238,30 @@ def run_stage(stage: str, cmd: list[str], work: Path, n: int, log: Path) -> dict
 
 # ----------------------------------------------------------------------------- fit + figure
 def fit_exponents(records: list[dict]) -> dict[str, dict]:
-    """Per stage: the log-log least-squares slope of seconds (and of peak RSS) over the N measured."""
+    """Per stage: the log-log least-squares slope of wall seconds, CPU seconds and peak RSS over the N measured."""
     out = {}
+    # stages, not the corpus/cache preparation; a stage run with other options is a stage of its own
+    records = [dict(r, stage=f"{r['stage']} {r['args']}" if r.get("args") else r["stage"])
+               for r in records if "peak_rss_mib" in r]
     for st in sorted({r["stage"] for r in records}):
         rs = sorted((r for r in records if r["stage"] == st and r.get("rc", 0) == 0), key=lambda r: r["clips"])
+        by_n = {r["clips"]: r for r in rs}          # the latest measurement of each N
+        rs = [by_n[n] for n in sorted(by_n)]
         ns = np.array([r["clips"] for r in rs], float)
         if len(set(ns)) < 2:
             continue
         t = np.array([max(r["seconds"], 1e-3) for r in rs])
+        cpu = np.array([max(r.get("cpu_seconds", r["seconds"]), 1e-2) for r in rs])
         m = np.array([r["peak_rss_mib"] for r in rs])
-        out[st] = {"n": [int(v) for v in ns], "time_exponent": round(float(np.polyfit(np.log(ns), np.log(t), 1)[0]), 2),
-                   "rss_exponent": round(float(np.polyfit(np.log(ns), np.log(m), 1)[0]), 2)}
+
+        def slope(y):
+            return round(float(np.polyfit(np.log(ns), np.log(y), 1)[0]), 2)
+        # CPU seconds as well as wall: on a shared machine the wall time moves with the others' load
+        out[st] = {"n": [int(v) for v in ns], "time_exponent": slope(t), "cpu_exponent": slope(cpu),
+                   "rss_exponent": slope(m), "seconds": [float(v) for v in t], "cpu_seconds": [float(v) for v in cpu],
+                   "peak_rss_mib": [float(v) for v in m]}
         # growth between the two largest N alone (the fit can hide a late knee)
-        out[st]["last_step_exponent"] = round(float(np.log(t[-1] / t[-2]) / np.log(ns[-1] / ns[-2])), 2)
+        out[st]["last_step_cpu_exponent"] = round(float(np.log(cpu[-1] / cpu[-2]) / np.log(ns[-1] / ns[-2])), 2)
     return out
 
 
@@ -259,18 +271,18 @@ def draw(records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
-    for st in STAGES:
-        rs = sorted((r for r in records if r["stage"] == st and r.get("rc", 0) == 0), key=lambda r: r["clips"])
-        if rs:
-            ax.plot([r["clips"] for r in rs], [r["seconds"] for r in rs], "o-", label=st, ms=4)
+    fits = fit_exponents(records)
+    fig, ax = plt.subplots(figsize=(8, 6))
+    for st, f in fits.items():
+        ax.plot(f["n"], f["cpu_seconds"], "o-", ms=4, label=f"{st} (slope {f['cpu_exponent']})")
     ns = np.array([1e3, EXVO_CLIPS])
-    ax.plot(ns, 2 * ns / ns[0], "k:", lw=1, label="slope 1 (linear)")
+    ax.plot(ns, 0.5 * ns / ns[0], "k:", lw=1, label="slope 1 (linear)")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("clips N")
-    ax.set_ylabel("wall seconds (2 cores, shared)")
-    ax.set_title("exvo stages vs corpus size")
+    ax.set_xlabel("clips N (ExVo: 59,201)")
+    # CPU seconds, not wall: on the shared machine wall time moved with the others' load (1-11x)
+    ax.set_ylabel("CPU seconds of the stage (user + system, its process tree)")
+    ax.set_title("exvo stages vs corpus size (2-core VM; fitted log-log slopes)")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
@@ -286,6 +298,7 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of " + ",".join(STAGES))
     ap.add_argument("--fast-caches", action="store_true",
                     help="write synthetic eGeMAPS/ComParE caches through CacheWriter instead of extracting")
+    ap.add_argument("--learn-args", default="", help="extra options of learn_mlp, e.g. '--preset fast' (recorded)")
     ap.add_argument("--out", type=Path, default=None, help="append the JSON lines to this file too")
     ap.add_argument("--fit", type=Path, default=None, help="only fit exponents of a JSON-lines file (and --figure)")
     ap.add_argument("--figure", type=Path, default=None)
@@ -293,7 +306,16 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.fit:
         recs = [json.loads(line) for line in a.fit.read_text().splitlines() if line.strip().startswith("{")]
-        print(json.dumps(fit_exponents(recs), indent=1))
+        fits = fit_exponents(recs)
+        print("| stage | N measured | wall s | CPU s | peak RSS MiB | exponent wall | exponent CPU | last step CPU | RSS exponent |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for st in [*STAGES, *sorted(set(fits) - set(STAGES))]:
+            if st in fits:
+                f = fits[st]
+                cells = [", ".join(f"{v:,}" for v in f["n"]), " / ".join(f"{v:.1f}" for v in f["seconds"]),
+                         " / ".join(f"{v:.1f}" for v in f["cpu_seconds"]), " / ".join(f"{v:.0f}" for v in f["peak_rss_mib"]),
+                         f["time_exponent"], f["cpu_exponent"], f["last_step_cpu_exponent"], f["rss_exponent"]]
+                print(f"| {st} | " + " | ".join(str(c) for c in cells) + " |")
         if a.figure:
             draw(recs, a.figure)
         return 0
@@ -335,8 +357,12 @@ def main(argv=None) -> int:
             stages = [s for s in stages if s not in EXTRACT_STAGES]
         elif "load" in stages:       # load checks the caches the extract stages make
             stages = [s for s in stages if s != "load"] + ["load"]
+        extra = a.learn_args.split()
         for st in stages:
-            emit(run_stage(st, stage_command(st, exe, data, cache, runs), work, a.clips, work / "stages.log"))
+            r = run_stage(st, stage_command(st, exe, data, cache, runs, extra), work, a.clips, work / "stages.log")
+            if st == "learn_mlp" and extra:
+                r["args"] = a.learn_args
+            emit(r)
         print(f"# log of every stage's output: {work / 'stages.log'}", file=sys.stderr)
     finally:
         if tmp:
