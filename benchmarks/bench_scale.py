@@ -363,7 +363,8 @@ def main(argv=None) -> int:
             if st == "learn_mlp" and extra:
                 r["args"] = a.learn_args
             emit(r)
-        print(f"# log of every stage's output: {work / 'stages.log'}", file=sys.stderr)
+        if not tmp:
+            print(f"# log of every stage's output: {work / 'stages.log'}", file=sys.stderr)
     finally:
         if tmp:
             shutil.rmtree(work.parent, ignore_errors=True)
