@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from exvo.corpus import repeated
+from exvo.tables import repeated
 from exvo.splits import speaker_countries, speaker_rows
 
 
@@ -46,13 +46,16 @@ def main(argv=None) -> int:
         ("fuse --pool: one run's rows aligned (index dict built per id)",
          timed(lambda: [{c: k for k, c in enumerate(ids)}[c] for c in ids[:max(1, p // 10)]]) * n / max(1, p // 10),
          timed(lambda: (lambda w: [w[c] for c in ids])({c: k for k, c in enumerate(ids)}))),
+        ("`@best` layer probe: corpus ids in the cache (a set built per id)",
+         timed(lambda: [i for i in ids[:p] if i in set(ids)]) * scale,
+         timed(lambda: (lambda c: [i for i in ids if i in c])(set(ids)))),
         ("speakers' countries (a mask per speaker)",
          timed(lambda: [country[spk == s] for s in np.unique(spk)]), timed(lambda: speaker_countries(spk, country))),
         ("bootstrap speaker groups (a mask per speaker)",
          timed(lambda: (lambda u: [np.flatnonzero(u[1] == i) for i in range(u[0].size)])(
              np.unique(spk, return_inverse=True))), timed(lambda: speaker_rows(spk))),
     ]
-    print(f"n = {n:,} ids, {a.speakers} speakers; old forms of the first three timed on a prefix and scaled")
+    print(f"n = {n:,} ids, {a.speakers} speakers; old forms of the first four timed on a prefix and scaled")
     print("| loop | old s | new s | × |")
     print("|---|---|---|---|")
     for name, old, new in rows:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exvo.tables import HIDDEN_LABELS_FILE, CorpusError, listing, read_csv_rows
+from exvo.tables import HIDDEN_LABELS_FILE, CorpusError, listing, read_csv_rows, repeated
 
 
 def _side_tables(root: Path, main: Path) -> list[tuple[Path, list[str], dict[str, tuple[dict, int]]]]:
@@ -31,7 +31,7 @@ def _side_tables(root: Path, main: Path) -> list[tuple[Path, list[str], dict[str
             problems.append(f"duplicate column name(s) {dup}")
         ids = [r.get("File_ID", "").strip() for r in rows]
         if len(set(ids)) != len(ids):
-            problems.append(f"duplicate File_ID: {listing(sorted({i for i in ids if ids.count(i) > 1}))}")
+            problems.append(f"duplicate File_ID: {listing(repeated(ids))}")
         if problems:
             raise CorpusError(f"{p} has problems:\n  - " + "\n  - ".join(problems))
         out.append((p, header, {r["File_ID"].strip(): (r, ln) for r, ln in zip(rows, lines)}))
