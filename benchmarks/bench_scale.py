@@ -265,6 +265,19 @@ def fit_exponents(records: list[dict]) -> dict[str, dict]:
     return out
 
 
+def print_fits(fits: dict[str, dict]) -> None:
+    """The fitted exponents as a markdown table, one row per stage."""
+    print("| stage | N measured | wall s | CPU s | peak RSS MiB | exponent wall | exponent CPU | last step CPU | RSS exponent |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for st in [*STAGES, *sorted(set(fits) - set(STAGES))]:
+        if st in fits:
+            f = fits[st]
+            cells = [", ".join(f"{v:,}" for v in f["n"]), " / ".join(f"{v:.1f}" for v in f["seconds"]),
+                     " / ".join(f"{v:.1f}" for v in f["cpu_seconds"]), " / ".join(f"{v:.0f}" for v in f["peak_rss_mib"]),
+                     f["time_exponent"], f["cpu_exponent"], f["last_step_cpu_exponent"], f["rss_exponent"]]
+            print(f"| {st} | " + " | ".join(str(c) for c in cells) + " |")
+
+
 def draw(records: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -289,6 +302,19 @@ def draw(records: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def prepare(a: argparse.Namespace, data: Path, cache: Path, emit) -> None:
+    """Make the corpus (and with ``--fast-caches`` the caches) unless they exist; emit their times."""
+    if not (data / "data_info.csv").is_file():
+        t0 = time.perf_counter()
+        info = make_corpus(data, a.clips, a.clip_seconds)
+        emit({"stage": "make_corpus", "clips": a.clips, "seconds": round(time.perf_counter() - t0, 2),
+              "speakers": info["speakers"], "clip_seconds": a.clip_seconds, "load1": round(os.getloadavg()[0], 2)})
+    if a.fast_caches and not list(cache.glob("*/compare.h5")):
+        t0 = time.perf_counter()
+        write_fast_caches(data, cache)
+        emit({"stage": "fast_caches", "clips": a.clips, "seconds": round(time.perf_counter() - t0, 2)})
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -306,16 +332,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.fit:
         recs = [json.loads(line) for line in a.fit.read_text().splitlines() if line.strip().startswith("{")]
-        fits = fit_exponents(recs)
-        print("| stage | N measured | wall s | CPU s | peak RSS MiB | exponent wall | exponent CPU | last step CPU | RSS exponent |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        for st in [*STAGES, *sorted(set(fits) - set(STAGES))]:
-            if st in fits:
-                f = fits[st]
-                cells = [", ".join(f"{v:,}" for v in f["n"]), " / ".join(f"{v:.1f}" for v in f["seconds"]),
-                         " / ".join(f"{v:.1f}" for v in f["cpu_seconds"]), " / ".join(f"{v:.0f}" for v in f["peak_rss_mib"]),
-                         f["time_exponent"], f["cpu_exponent"], f["last_step_cpu_exponent"], f["rss_exponent"]]
-                print(f"| {st} | " + " | ".join(str(c) for c in cells) + " |")
+        print_fits(fit_exponents(recs))
         if a.figure:
             draw(recs, a.figure)
         return 0
@@ -336,15 +353,7 @@ def main(argv=None) -> int:
             with open(a.out, "a") as f:
                 f.write(line + "\n")
     if a.prepare:       # the child that makes the corpus (and caches), so the parent stays small
-        if not (data / "data_info.csv").is_file():
-            t0 = time.perf_counter()
-            info = make_corpus(data, a.clips, a.clip_seconds)
-            emit({"stage": "make_corpus", "clips": a.clips, "seconds": round(time.perf_counter() - t0, 2),
-                  "speakers": info["speakers"], "clip_seconds": a.clip_seconds, "load1": round(os.getloadavg()[0], 2)})
-        if a.fast_caches and not list(cache.glob("*/compare.h5")):
-            t0 = time.perf_counter()
-            write_fast_caches(data, cache)
-            emit({"stage": "fast_caches", "clips": a.clips, "seconds": round(time.perf_counter() - t0, 2)})
+        prepare(a, data, cache, emit)
         return 0
     try:
         cache.mkdir(parents=True, exist_ok=True)
