@@ -286,8 +286,9 @@ def draw(records: list[dict], path: Path) -> None:
 
     fits = fit_exponents(records)
     fig, ax = plt.subplots(figsize=(8, 6))
-    for st, f in fits.items():
-        ax.plot(f["n"], f["cpu_seconds"], "o-", ms=4, label=f"{st} (slope {f['cpu_exponent']})")
+    for k, (st, f) in enumerate(fits.items()):
+        ax.plot(f["n"], f["cpu_seconds"], "os^D"[k % 4] + "-", ms=4, color=plt.cm.tab20(k % 20),
+                label=f"{st} (slope {f['cpu_exponent']})")
     ns = np.array([1e3, EXVO_CLIPS])
     ax.plot(ns, 0.5 * ns / ns[0], "k:", lw=1, label="slope 1 (linear)")
     ax.set_xscale("log")
