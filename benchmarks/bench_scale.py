@@ -14,7 +14,10 @@ Then each stage runs **in its own subprocess** (the command a user types, or for
 ``os.wait4`` gives the child's ``ru_maxrss`` (the largest process of the stage's tree,
 worker processes included, not their sum). Bytes written = growth of the ``cache/`` and
 ``runs/`` folders over the stage. One JSON line per stage:
-``{"stage", "clips", "seconds", "peak_rss_mib", "bytes_written", "load1", ...}``.
+``{"stage", "clips", "seconds", "peak_rss_mib", "bytes_written", "cpu_seconds", "load1", "rc"}``
+(``cpu_seconds``: user + system of the stage's tree; ``load1``: the 1-minute load average
+at its start). The corpus and caches are made in a child too: a forked stage would inherit
+a big parent's RSS into its ``ru_maxrss``.
 
 Stages (settings as a user would run them; caps stated):
 
@@ -44,7 +47,7 @@ The stage-2 stages then run on them at sizes where extraction would take hours; 
 extraction stages are skipped (``--stages`` chooses stages; the corpus is kept in
 ``--work`` between runs).
 
-    .venv/bin/python benchmarks/bench_scale.py --clips 2000                  # < 10 min on 2 cores
+    .venv/bin/python benchmarks/bench_scale.py --clips 2000      # 321 CPU s; 38 min wall at load 7-13
     nice -n 5 .venv/bin/python benchmarks/bench_scale.py --clips 20000 --fast-caches --work /tmp/scale
     .venv/bin/python benchmarks/bench_scale.py --fit results.jsonl --figure scale.png   # exponents + figure
 """
