@@ -47,7 +47,7 @@ The stage-2 stages then run on them at sizes where extraction would take hours; 
 extraction stages are skipped (``--stages`` chooses stages; the corpus is kept in
 ``--work`` between runs).
 
-    .venv/bin/python benchmarks/bench_scale.py --clips 2000      # 321 CPU s; 38 min wall at load 7-13
+    .venv/bin/python benchmarks/bench_scale.py --clips 2000      # 3 min 17 s wall at load 1-2; 38 min at load 7-13
     nice -n 5 .venv/bin/python benchmarks/bench_scale.py --clips 20000 --fast-caches --work /tmp/scale
     .venv/bin/python benchmarks/bench_scale.py --fit results.jsonl --figure scale.png   # exponents + figure
 """
