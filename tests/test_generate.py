@@ -311,3 +311,17 @@ def test_small_bins_carry_the_singular_covariance_caveat_on_the_figure_and_in_th
     (tmp_path / "runs" / "fid" / "train_vs_val_egemaps_argmax.json").write_text(json.dumps(rec))
     made, notes = report_figures(tmp_path / "runs", tmp_path / "rep")
     assert len(made) == 1 and notes == [f"train_vs_val_egemaps_argmax: {caveat}"]
+
+
+def test_classifier_space_refuses_a_multi_layer_run_with_the_fix(tmp_path):
+    import json
+
+    from exvo.generate.classifier import ClassifierError, ClassifierSpace
+
+    run = tmp_path / "wavlm_all"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"kind": "learn", "learner": "mlp", "features": [
+        {"spec": "wavlm@0-4", "name": "wavlm", "layer": None, "layers": [0, 1, 2, 3, 4], "dim": 8}]}))
+    with pytest.raises(ClassifierError, match=r"wavlm_all was trained on several layers of one cache \(wavlm@0-4\); "
+                                              r"fid --classifier embeds each feature set at one layer"):
+        ClassifierSpace(run, corpus=None, cache_dir=tmp_path)

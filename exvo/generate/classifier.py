@@ -96,6 +96,11 @@ class ClassifierSpace(FeatureSpace):
         self.blocks = cfg.get("features") or []
         if not self.blocks or not all(isinstance(b, dict) and "name" in b and "layer" in b for b in self.blocks):
             raise ClassifierError(f"{self.run_dir}/config.json lists no feature blocks (name, layer); re-run `exvo learn`")
+        multi = [b.get("spec", b["name"]) for b in self.blocks if b["layer"] is None or b.get("layers")]
+        if multi:
+            raise ClassifierError(f"{self.run_dir.name} was trained on several layers of one cache ({', '.join(multi)}); "
+                                  "fid --classifier embeds each feature set at one layer: use a run trained on single "
+                                  "layers (e.g. `exvo learn --features wavlm@12`)")
         self.parts = []
         for b in self.blocks:
             sp = ExtractorSpace(FeatureSpec(b["name"], int(b["layer"])), corpus, cache_dir, opts, standardise=False)
