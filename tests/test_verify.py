@@ -306,15 +306,15 @@ def test_cli_verify_prints_json(world, tmp_path):
 
 
 def test_selection_folds_hold_each_speaker_out_once_and_never_fit_on_it():
-    from exvo.verify.steps import selection_parts
+    from exvo.learn.selection import speaker_parts
 
     rows = np.arange(100, 160)
     spk = np.repeat([f"s{k}" for k in range(12)], 5)
-    parts = selection_parts(rows, spk, _cfg(folds=4))
+    parts = speaker_parts(rows, spk, None, _cfg(folds=4).select)
     assert len(parts) == 4
     held = np.concatenate([h for _, h in parts])
     assert sorted(held.tolist()) == rows.tolist()                  # every clip held out once
     for f, h in parts:
         assert not set(spk[f - 100]) & set(spk[h - 100]) and f.size + h.size == rows.size
-    (f, h), = selection_parts(rows, spk, _cfg(stop_on="holdout"))  # the one hold-out rule
+    (f, h), = speaker_parts(rows, spk, None, _cfg(stop_on="holdout").select)  # the one hold-out rule
     assert not set(spk[f - 100]) & set(spk[h - 100]) and h.size == 10

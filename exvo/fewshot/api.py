@@ -35,7 +35,7 @@ Run folder ``<runs>/fewshot/<name>/``::
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -53,13 +53,13 @@ from exvo.learn.api import input_caches
 from exvo.runs import provenance
 from exvo.runs.store import RunWriter, check_name
 from exvo.learn.features import FeatureMatrix, FeatureSpec, Scaler, load_features, parse_specs, report_missing
-from exvo.learn.folds import median_epoch
+from exvo.learn.folds import fixed_epochs, median_epoch
 from exvo.learn.framework import SeedFit, train_seeds
 from exvo.learn.probe import probe_layers
 from exvo.splits import speaker_rows
 from exvo.fewshot.config import FewShotConfig
 from exvo.fewshot import record as R
-from exvo.fewshot.select import Part, concat_parts, make_parts
+from exvo.fewshot.select import Part, make_parts
 
 FT_GRID = [("all", 1, 1e-4), ("all", 10, 1e-4), ("all", 10, 1e-3), ("head", 10, 1e-3), ("head", 10, 1e-2),
            ("bias", 10, 1e-2), ("bias", 10, 5e-2)]
@@ -230,7 +230,7 @@ def _prepare(corpus: Corpus, cfg: FewShotConfig, fm: FeatureMatrix, val_proto: P
     return _Prepared(fm=fm, val_proto=val_proto, test_proto=test_proto, val_eps=val_eps, test_eps=test_eps,
                      parts=parts, hold_eps=hold_eps, fit_rows=fit_rows, train_spk=train_spk, spk=spk,
                      spk_code=spk_code, Y=Y, X=X, scaler=scaler, znorm_feat=znorm_feat,
-                     hold_q=concat_parts(parts)[0])
+                     hold_q=np.concatenate([p.q for p in parts]))
 
 
 def _echo_plan(cfg: FewShotConfig, d: _Prepared, echo: Callable[[str], None]) -> None:
@@ -279,9 +279,8 @@ def _train(cfg: FewShotConfig, d: _Prepared, Xt: torch.Tensor, Yt: torch.Tensor,
                  f"by the query CCC of {len(part.eps)} held-out speakers")
     if cfg.select.on == "holdout":
         return fits[0], fits, time.perf_counter() - t0
-    epochs = max(1, median_epoch([e for f in fits for e in f.best_epoch]))
-    echo(f"  refit on all {d.fit_rows.size} Train clips for {epochs} epoch(s) (median over seeds × folds)")
-    fixed = replace(cfg.train, epochs=epochs, patience=epochs + 1, restore="last")
+    fixed = fixed_epochs(cfg.train, median_epoch([e for f in fits for e in f.best_epoch]))
+    echo(f"  refit on all {d.fit_rows.size} Train clips for {fixed.epochs} epoch(s) (median over seeds × folds)")
     final = fit_on(d.fit_rows, lambda stack: np.zeros(stack.n), fixed)
     return final, fits, time.perf_counter() - t0
 

@@ -78,8 +78,3 @@ def make_parts(corpus, fm, spk: np.ndarray, select, note: Callable[[str], None])
                              "choose epochs on; use fewer --folds or --stop-on holdout")
         parts.append(Part(fit, eps))
     return parts
-
-
-def concat_parts(parts: list[Part]) -> tuple[np.ndarray, np.ndarray]:
-    """``(query rows, enrolment rows)`` of every part, in part order."""
-    return np.concatenate([p.q for p in parts]), np.concatenate([p.enr for p in parts])

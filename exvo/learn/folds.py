@@ -139,18 +139,27 @@ def refit(learner, data, lcfg, ff: FoldFitted, train_rows: np.ndarray):
     if epochs is None:
         raise ValueError(f"--final refit needs a learner with an epoch loop; {learner.name!r} chose no epochs "
                          "(use --final ensemble)")
-    fixed = dict(epochs=max(1, epochs), patience=max(1, epochs) + 1, restore="last")
     if "train" in learner.uses:
-        data = replace(data, train=replace(data.train, **fixed))
+        data = replace(data, train=fixed_epochs(data.train, epochs))
+        epochs = data.train.epochs
     elif dataclass_has(lcfg, "train"):
-        lcfg = replace(lcfg, train=replace(lcfg.train, **fixed))
+        lcfg = replace(lcfg, train=fixed_epochs(lcfg.train, epochs))
+        epochs = lcfg.train.epochs
     else:
         raise ValueError(f"--final refit: {learner.name!r} has no epoch settings to refit with (use --final ensemble)")
-    data.echo(f"  refit on all {len(train_rows)} Train clips for {fixed['epochs']} epoch(s) (median over folds)")
+    data.echo(f"  refit on all {len(train_rows)} Train clips for {epochs} epoch(s) (median over folds)")
     fitted = learner.fit(replace(data, fit_rows=train_rows, select_rows=train_rows, folds=None), lcfg)
     fitted.oof, fitted.fold_epochs = ff.oof, ff.fold_epochs
-    fitted.info = {**(fitted.info or {}), "refit_epochs": fixed["epochs"], "fold_epochs": ff.fold_epochs}
+    fitted.info = {**(fitted.info or {}), "refit_epochs": epochs, "fold_epochs": ff.fold_epochs}
     return fitted
+
+
+def fixed_epochs(train, epochs: int):
+    """``train`` (a :class:`exvo.config.TrainConfig`) for a refit without selection rows: exactly
+    ``max(1, epochs)`` epochs, no early stopping, the last epoch kept. The refit of every learner
+    that chooses epochs on speaker folds (learn, few-shot, enrol-to-verify)."""
+    e = max(1, int(epochs))
+    return replace(train, epochs=e, patience=e + 1, restore="last")
 
 
 def _refit_rounds(learner, data, lcfg, ff: FoldFitted, train_rows: np.ndarray):

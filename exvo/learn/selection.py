@@ -45,10 +45,21 @@ def selection_folds(corpus: Corpus, ids: list[str], rows: dict[str, np.ndarray],
     """``[(fit rows, selection rows)]``: K speaker folds of Train (``on="folds"``, stratified by
     country when every country has at least K speakers, else plain — ``note`` says which), or
     the one hold-out / Val pair of :func:`selection_rows`."""
-    if sel.on != "folds":
-        return [selection_rows(corpus, ids, rows, sel)]
+    if sel.on == "val":
+        return [(rows["Train"], rows["Val"])]
     spk, cou = corpus_rows_speakers(corpus, ids, rows["Train"])
-    return folds_of_rows(rows["Train"], spk, cou, sel, note)
+    return speaker_parts(rows["Train"], spk, cou, sel, note)
+
+
+def speaker_parts(train: np.ndarray, spk: np.ndarray, cou: np.ndarray | None, sel: SelectionConfig,
+                  note=None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[(fit rows, held rows)]`` of ``train`` ``(n,)`` by speaker (``spk``/``cou`` ``(n,)``, ``cou=None``:
+    no country strata): its K speaker folds (``on="folds"``, :func:`folds_of_rows`) or the one
+    hold-out (``on="holdout"``, :func:`exvo.splits.holdout_split`). For rows that are not a corpus
+    feature matrix (few-shot, enrol-to-verify); :func:`selection_folds` is the same on a corpus."""
+    if sel.on == "folds":
+        return folds_of_rows(train, spk, cou, sel, note)
+    return [holdout_split(train, spk, cou, sel.holdout_frac, sel.holdout_seed)]
 
 
 def folds_of_rows(train: np.ndarray, spk: np.ndarray, cou: np.ndarray | None, sel: SelectionConfig,

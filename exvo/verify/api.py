@@ -37,7 +37,8 @@ from exvo.corpus import Corpus, CorpusError
 from exvo.device import resolve_device
 from exvo.runs import provenance
 from exvo.runs.store import RunWriter
-from exvo.learn.folds import median_epoch
+from exvo.learn.folds import fixed_epochs, median_epoch
+from exvo.learn.selection import speaker_parts
 from exvo.learn.framework import predict, train_seeds
 from exvo.metrics import EMOTIONS, uar
 from exvo.verify.encoder import VerifyModule
@@ -46,7 +47,7 @@ from exvo.verify.inputs import Inputs, load_inputs
 from exvo.verify.losses import MARGIN_LOSSES
 from exvo.verify.config import VerifyConfig
 from exvo.verify.steps import (Classes, Embedder, Rows, embedder, enrol_and_score, np_curve, over_seeds,
-                               pretrain_rows, pretrain_uar, selection_parts, task_rows)
+                               pretrain_rows, pretrain_uar, task_rows)
 
 @dataclass
 class VerifyResult:
@@ -103,7 +104,7 @@ def _fit_selected(inp: Inputs, labels: np.ndarray, fit: np.ndarray, parts: list[
                   classes: list[int], loss: str, cfg: VerifyConfig, device: str, echo: Callable[[str], None],
                   select: str = "prototype"):
     """``(fit result, make, fold epochs)``: one encoder per seed, its epochs chosen on the selection
-    ``parts`` (:func:`exvo.verify.steps.selection_parts`). One hold-out: the model trained on its
+    ``parts`` (:func:`exvo.learn.selection.speaker_parts`). One hold-out: the model trained on its
     fit rows, best epoch restored. Folds: one model per seed and fold, each stopped on its own
     held-out speakers, then one per seed on ``fit`` (all of them) for the median over seeds × folds
     of the chosen epochs, the last epoch kept."""
@@ -114,18 +115,18 @@ def _fit_selected(inp: Inputs, labels: np.ndarray, fit: np.ndarray, parts: list[
     for k, (f, h) in enumerate(parts):
         echo(f"  fold {k + 1}/{len(parts)}: fit {f.size} clips, epochs chosen on {h.size} held-out clips")
         fold_epochs.append([int(e) for e in _train(inp, labels, f, h, classes, loss, cfg, device, echo, select)[0].best_epoch])
-    epochs = max(1, median_epoch([e for row in fold_epochs for e in row]))
+    epochs = fixed_epochs(cfg.train, median_epoch([e for row in fold_epochs for e in row])).epochs
     echo(f"  refit on all {fit.size} clips for {epochs} epoch(s) (median over seeds × folds)")
-    res, make = _train(inp, labels, fit, None, classes, loss, cfg, device, echo, select, fixed_epochs=epochs)
+    res, make = _train(inp, labels, fit, None, classes, loss, cfg, device, echo, select, refit_epochs=epochs)
     return res, make, fold_epochs
 
 
 def _train(inp: Inputs, labels: np.ndarray, fit: np.ndarray, held: np.ndarray | None, classes: list[int], loss: str,
            cfg: VerifyConfig, device: str, echo: Callable[[str], None], select: str = "prototype",
-           fixed_epochs: int | None = None):
+           refit_epochs: int | None = None):
     """Train one encoder per seed on ``fit`` rows of ``classes``; select epochs on ``held`` rows by the
     UAR of the nearest fit-row prototype (``select="prototype"``) or of the classifier (``"classifier"``);
-    or, with ``fixed_epochs`` (``held`` None), train that many epochs and keep the last."""
+    or, with ``refit_epochs`` (``held`` None), train that many epochs and keep the last."""
     K = len(classes)
     cidx = {c: k for k, c in enumerate(classes)}
     enc = cfg.encoder_cfg
@@ -135,8 +136,8 @@ def _train(inp: Inputs, labels: np.ndarray, fit: np.ndarray, held: np.ndarray | 
     vec = enc.kind == "mlp"
     # one episode (n_per_class clips of each class) is one batch; a GRU encoder cannot run under vmap
     tcfg = replace(cfg.train, batch_size=K * cfg.n_per_class, vectorise=cfg.train.vectorise and vec)
-    if fixed_epochs is not None:
-        tcfg = replace(tcfg, epochs=fixed_epochs, patience=fixed_epochs + 1, restore="last")
+    if refit_epochs is not None:
+        tcfg = fixed_epochs(tcfg, refit_epochs)
         held = fit[:0]
     # prototypes for model selection from at most 2000 fit rows (fixed): bounded cost per epoch
     proto_rows = fit if fit.size <= 2000 else np.sort(np.random.default_rng(cfg.seeds.first).choice(fit, 2000, replace=False))
@@ -147,7 +148,7 @@ def _train(inp: Inputs, labels: np.ndarray, fit: np.ndarray, held: np.ndarray | 
         return VerifyModule(inp.dim, K, loss, enc, cfg.loss_cfg)
 
     def evaluate(stack):
-        if fixed_epochs is not None:
+        if refit_epochs is not None:
             return np.zeros(stack.n)
         if select == "classifier":
             lg = predict(stack, data, held, vectorise=vec)["logits"]
@@ -210,7 +211,7 @@ def _reference(inp: Inputs, cl: Classes, rows: Rows, cfg: VerifyConfig, device: 
     echo("\"All\" reference: cross-entropy classifier on all Train clips of the task classes")
     train = inp.rows["Train"]
     task_train = train[np.isin(cl.labels[train], cl.task)]
-    parts = selection_parts(task_train, cl.speakers[task_train], cfg)
+    parts = speaker_parts(task_train, cl.speakers[task_train], None, cfg.select)
     rfit = parts[0][0] if cfg.select.on == "holdout" else task_train
     rfitres, _, _ = _fit_selected(inp, cl.labels, rfit, parts, cl.task, "sm", cfg, device, echo, select="classifier")
     logits = predict(rfitres.stack, inp.data, rows.queries, vectorise=inp.kind == "mlp")["logits"]   # (S, q, K)

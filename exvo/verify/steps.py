@@ -13,7 +13,7 @@ import numpy as np
 
 from exvo.learn.framework import predict
 from exvo.metrics import EMOTIONS, uar
-from exvo.learn.selection import folds_of_rows
+from exvo.learn.selection import speaker_parts
 from exvo.splits import holdout_split
 from exvo.verify.config import VerifyConfig
 from exvo.verify.episodes import draw_enrolment, nearest_prototype, prototypes, weighted_f1
@@ -64,15 +64,6 @@ def over_seeds(values: Iterable[float | None]) -> dict:
     return {"mean": float(v.mean()), "std": float(v.std())} if v.size else {"mean": None, "std": None}
 
 
-def selection_parts(rows: np.ndarray, speakers: np.ndarray, cfg: VerifyConfig,
-                    note: Callable[[str], None] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``[(fit, held)]`` of ``rows`` by speaker (``speakers`` aligned with ``rows``): the K speaker
-    folds of ``exvo learn`` (``select.on="folds"``) or the one hold-out (``"holdout"``)."""
-    if cfg.select.on == "folds":
-        return folds_of_rows(rows, speakers, None, cfg.select, note)
-    return [holdout_split(rows, speakers, None, cfg.select.holdout_frac, cfg.select.holdout_seed)]
-
-
 def pretrain_rows(inp: Inputs, cl: Classes, cfg: VerifyConfig,
                   echo: Callable[[str], None]) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]], dict[str, int]]:
     """``(fit, parts, counts)``: the Train clips of the seen classes the final encoders train on
@@ -87,7 +78,7 @@ def pretrain_rows(inp: Inputs, cl: Classes, cfg: VerifyConfig,
     if empty:
         raise ValueError(f"no Train clip has {', '.join(empty)} as its dominant emotion; choose other --seen classes "
                          f"(Train counts: {counts})")
-    parts = selection_parts(seen_train, cl.speakers[seen_train], cfg, echo)
+    parts = speaker_parts(seen_train, cl.speakers[seen_train], None, cfg.select, echo)
     fit = parts[0][0] if cfg.select.on == "holdout" else seen_train
     inp.standardise(fit)
     how = (f"+{parts[0][1].size} held out by speaker for epoch selection" if cfg.select.on == "holdout" else
